@@ -1,0 +1,87 @@
+import { InventoryService } from "../gen/fleetlet/agent/v1/inventory_pb.js";
+import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
+import type { ListenAddress } from "../lib/listen-address.js";
+import { createLogger, type Logger } from "../lib/rpc/logger.js";
+import { startGrpcServer } from "../lib/rpc/grpc-server.js";
+import { serviceRegistration } from "../lib/rpc/service-adapter.js";
+import { startDaemonMetrics } from "../lib/otel-metrics.js";
+import { claimStateDir } from "../lib/state-dir.js";
+import { InstanceRegistry } from "./inventory/instance-registry.js";
+import { createInventoryService } from "./inventory/inventory-service.js";
+import { DEFAULT_ROOTS, type KernelRoots } from "./kernel/instance-probe.js";
+import { createMetricsService } from "./metrics/metrics-service.js";
+import { registerVmInstruments } from "./metrics/prometheus-export.js";
+import { SharedSampler } from "./metrics/shared-sampler.js";
+import { StatsCollector } from "./metrics/stats-collector.js";
+
+export interface AgentOptions {
+  listen: ListenAddress;
+  stateDir: string;
+  /** undefined = no Prometheus endpoint. */
+  metricsListen?: ListenAddress;
+  tapPrefix: string;
+  metricsLabelBudget: number;
+  roots?: KernelRoots;
+  logger?: Logger;
+}
+
+export interface RunningAgent {
+  address: string;
+  metricsUrl: string | undefined;
+  registry: InstanceRegistry;
+  collector: StatsCollector;
+  sampler: SharedSampler;
+  /** Graceful stop: stop serving, end streams, release the state dir. */
+  close(): Promise<void>;
+}
+
+/** Wires the agent: state dir → registry → readers → services → one gRPC port. */
+export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
+  const logger = options.logger ?? createLogger("fleetlet-agent");
+  const roots = options.roots ?? DEFAULT_ROOTS;
+  const claim = claimStateDir(options.stateDir, "agent");
+  try {
+    const registry = InstanceRegistry.open(options.stateDir, roots);
+    const collector = new StatsCollector(registry, { roots });
+    collector.onProcessGone = (instance) =>
+      logger.warn({ instance_id: instance.id, pid: instance.pid }, "process of a RUNNING instance is gone");
+    const sampler = new SharedSampler((ids) => collector.sweep(ids));
+    const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
+    registerVmInstruments(metrics.meter, () => collector.sweep(), options.metricsLabelBudget, logger);
+    const validation = { tapPrefix: options.tapPrefix };
+    const server = await startGrpcServer({
+      listen: options.listen,
+      logger,
+      services: [
+        serviceRegistration(InventoryService, createInventoryService(registry, validation)),
+        serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler)),
+      ],
+    });
+    logger.info(
+      { address: server.address, state_dir: options.stateDir, metrics: metrics.url, instances: registry.size, incarnation: registry.incarnation },
+      "agent serving",
+    );
+    let closed: Promise<void> | undefined;
+    return {
+      address: server.address,
+      metricsUrl: metrics.url,
+      registry,
+      collector,
+      sampler,
+      close() {
+        closed ??= (async () => {
+          sampler.close();
+          await server.close();
+          collector.close();
+          await metrics.shutdown();
+          claim.release();
+          logger.info("agent stopped");
+        })();
+        return closed;
+      },
+    };
+  } catch (e) {
+    claim.release();
+    throw e;
+  }
+}

@@ -1,0 +1,153 @@
+import { existsSync, readFileSync, readdirSync, unlinkSync } from "node:fs";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { clone, equals, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { InstanceSchema, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { writeFileAtomicSync } from "../../lib/atomic-file.js";
+import { parseProcStat } from "../kernel/proc-stat-parser.js";
+import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
+
+export type RegistryChange =
+  | { type: "upsert"; instance: Instance; previous: Instance | undefined }
+  | { type: "delete"; instance: Instance };
+
+const FILE = "instances.json";
+const FORMAT = 1;
+
+/**
+ * The agent's instances, by id: the one place that holds and changes them. Every change is
+ * written to `<state-dir>/instances.json` atomically before it is acknowledged; changes that
+ * arrive in the same tick share one write (group commit), so a burst of registrations costs one
+ * fsync, not one each.
+ */
+export class InstanceRegistry {
+  private readonly instances = new Map<string, Instance>();
+  private readonly listeners = new Set<(change: RegistryChange) => void>();
+  private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private flushScheduled = false;
+  /** Bumped by every change that alters an instance; identical rewrites leave it. */
+  resourceVersion = 0n;
+  /** New at every start, so a client can tell a restarted agent from a reconnect. */
+  readonly incarnation = randomBytes(8).toString("hex");
+
+  private constructor(
+    private readonly path: string,
+    private readonly roots: KernelRoots,
+  ) {}
+
+  /** Loads the registry; a file that cannot be parsed stops the agent (no silent data loss). */
+  static open(stateDir: string, roots: KernelRoots = DEFAULT_ROOTS): InstanceRegistry {
+    const registry = new InstanceRegistry(join(stateDir, FILE), roots);
+    // Temp files of a write interrupted by a crash: the target still holds the last good state.
+    for (const name of readdirSync(stateDir)) {
+      if (name.startsWith(`.${FILE}.tmp-`)) unlinkSync(join(stateDir, name));
+    }
+    if (existsSync(registry.path)) {
+      let doc: { format?: number; resourceVersion?: string; instances?: JsonValue[] };
+      try {
+        doc = JSON.parse(readFileSync(registry.path, "utf8")) as typeof doc;
+      } catch (e) {
+        throw new Error(`${registry.path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
+      }
+      if (doc.format !== FORMAT) throw new Error(`${registry.path}: unknown format ${String(doc.format)}`);
+      for (const [i, json] of (doc.instances ?? []).entries()) {
+        try {
+          const instance = fromJson(InstanceSchema, json);
+          registry.instances.set(instance.id, instance);
+        } catch (e) {
+          throw new Error(`${registry.path}: instance ${i}: ${(e as Error).message}`);
+        }
+      }
+      registry.resourceVersion = BigInt(doc.resourceVersion ?? "0");
+    }
+    return registry;
+  }
+
+  get(id: string): Instance | undefined {
+    return this.instances.get(id);
+  }
+
+  /** Instances sorted by id (a stable order for lists and sweeps). */
+  list(): Instance[] {
+    return [...this.instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  get size(): number {
+    return this.instances.size;
+  }
+
+  /** Stores a validated instance; resolves once it is durable. Returns what was stored. */
+  async upsert(input: Instance): Promise<Instance> {
+    const previous = this.instances.get(input.id);
+    const next = clone(InstanceSchema, input);
+    next.pidStartTime = this.startTimeFor(next, previous);
+    if (previous && equals(InstanceSchema, previous, next)) return previous;
+    this.instances.set(next.id, next);
+    this.resourceVersion++;
+    this.emit({ type: "upsert", instance: next, previous });
+    await this.persist();
+    return next;
+  }
+
+  /** Removes an instance; NOT_FOUND when there is none. Resolves once the removal is durable. */
+  async remove(id: string): Promise<Instance> {
+    const previous = this.instances.get(id);
+    if (!previous) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
+    this.instances.delete(id);
+    this.resourceVersion++;
+    this.emit({ type: "delete", instance: previous });
+    await this.persist();
+    return previous;
+  }
+
+  subscribe(listener: (change: RegistryChange) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(change: RegistryChange): void {
+    for (const l of this.listeners) l(change);
+  }
+
+  /**
+   * The start time identifies the process behind a pid: kept across re-registrations of the same
+   * pid, read from /proc when the pid is new (unset when the process does not exist yet).
+   */
+  private startTimeFor(next: Instance, previous: Instance | undefined): bigint | undefined {
+    if (next.pid === undefined) return undefined;
+    if (previous?.pid === next.pid && previous.pidStartTime !== undefined) return previous.pidStartTime;
+    try {
+      return parseProcStat(readFileSync(`${this.roots.proc}/${next.pid}/stat`, "latin1")).startTimeTicks;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private persist(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ resolve, reject });
+      if (this.flushScheduled) return;
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    });
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const waiters = this.waiters;
+    this.waiters = [];
+    try {
+      const doc = {
+        format: FORMAT,
+        resourceVersion: this.resourceVersion.toString(),
+        instances: this.list().map((i) => toJson(InstanceSchema, i)),
+      };
+      writeFileAtomicSync(this.path, `${JSON.stringify(doc)}\n`);
+      for (const w of waiters) w.resolve();
+    } catch (e) {
+      const error = new ConnectError(`could not persist the registry: ${(e as Error).message}`, Code.Unavailable);
+      for (const w of waiters) w.reject(error);
+    }
+  }
+}

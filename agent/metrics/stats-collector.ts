@@ -1,0 +1,131 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceStatsSchema, type InstanceStats } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
+import { InstanceProbe, DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
+import { systemConstants, type SystemConstants } from "../kernel/system-constants.js";
+import type { InstanceRegistry } from "../inventory/instance-registry.js";
+
+interface ProbeEntry {
+  probe: InstanceProbe;
+  /** The previous CPU reading of this instance, for cpu_utilization_ratio. */
+  previous?: { cpuUsec: bigint; wallUsec: number };
+}
+
+export interface CollectorOptions {
+  roots?: KernelRoots;
+  constants?: SystemConstants;
+  /** Wall clock in microseconds; injectable for tests. */
+  nowUsec?: () => number;
+}
+
+/**
+ * Turns probe readings into InstanceStats: units, the instance view of network counters, ratios
+ * and `unavailable` reasons. Keeps one probe (kept fds) per instance and drops it when the
+ * instance goes away or its pid or interface changes.
+ */
+export class StatsCollector {
+  private readonly probes = new Map<string, ProbeEntry>();
+  private readonly roots: KernelRoots;
+  private readonly constants: SystemConstants;
+  private readonly nowUsec: () => number;
+  private readonly unsubscribe: () => void;
+  /** Called when a measured instance's process turned out gone (exited or pid reused). */
+  onProcessGone: ((instance: Instance) => void) | undefined;
+
+  constructor(
+    private readonly registry: InstanceRegistry,
+    options: CollectorOptions = {},
+  ) {
+    this.roots = options.roots ?? DEFAULT_ROOTS;
+    this.constants = options.constants ?? systemConstants();
+    this.nowUsec = options.nowUsec ?? (() => Date.now() * 1000);
+    this.unsubscribe = registry.subscribe((change) => {
+      const entry = this.probes.get(change.instance.id);
+      if (!entry) return;
+      const next = change.type === "upsert" ? change.instance : undefined;
+      if (!next || next.pid !== entry.probe.pid || next.tapDevice !== (entry.probe.interfaceName ?? "")) {
+        entry.probe.close();
+        this.probes.delete(change.instance.id);
+      }
+    });
+  }
+
+  /** Measures one instance now. Always answers: what cannot be read is unset with a reason. */
+  measure(instance: Instance): InstanceStats {
+    const wallUsec = this.nowUsec();
+    const stats = create(InstanceStatsSchema, {
+      instanceId: instance.id,
+      instanceName: instance.name,
+      sampledAt: timestampFromMs(Math.floor(wallUsec / 1000)),
+      allocatedVcpus: instance.allocatedVcpus,
+      allocatedMemoryBytes: instance.allocatedMemoryBytes,
+    });
+    const hasInterface = instance.tapDevice !== "";
+    if (instance.pid === undefined && !hasInterface) return stats;
+    const entry = this.probeFor(instance);
+    const reading = entry.probe.read();
+    stats.unavailable = reading.unavailable;
+    if (reading.cpu) {
+      const ticks = reading.cpu.utimeTicks + reading.cpu.stimeTicks;
+      const cpuUsec = (ticks * 1_000_000n) / BigInt(this.constants.clockTicksPerSecond);
+      stats.cpuUsec = cpuUsec;
+      stats.cpuSeconds = Number(cpuUsec) / 1e6;
+      const prev = entry.previous;
+      if (prev && instance.allocatedVcpus > 0 && cpuUsec >= prev.cpuUsec && wallUsec > prev.wallUsec) {
+        stats.cpuUtilizationRatio =
+          Number(cpuUsec - prev.cpuUsec) / ((wallUsec - prev.wallUsec) * instance.allocatedVcpus);
+      }
+      // A counter that went down means a new process: the next sample starts a new baseline.
+      entry.previous = { cpuUsec, wallUsec };
+    } else {
+      entry.previous = undefined;
+    }
+    if (reading.memory) {
+      const page = BigInt(this.constants.pageSizeBytes);
+      stats.memoryRssBytes = reading.memory.residentPages * page;
+      stats.memoryVmsBytes = reading.memory.sizePages * page;
+      if (instance.allocatedMemoryBytes > 0n) {
+        stats.memoryUtilizationRatio = Number(stats.memoryRssBytes) / Number(instance.allocatedMemoryBytes);
+      }
+    }
+    if (reading.interface) {
+      // The host side's tx is what the instance received, and the other way round.
+      stats.netRxBytes = reading.interface.txBytes;
+      stats.netTxBytes = reading.interface.rxBytes;
+    }
+    if (reading.processGone) {
+      entry.probe.close();
+      this.probes.delete(instance.id);
+      if (instance.state === InstanceState.RUNNING) this.onProcessGone?.(instance);
+    }
+    return stats;
+  }
+
+  /** RUNNING instances plus any asked for by id, sorted by id; unknown ids are skipped. */
+  sweep(extraIds: readonly string[] = []): InstanceStats[] {
+    const wanted = new Set(extraIds);
+    const out: InstanceStats[] = [];
+    for (const instance of this.registry.list()) {
+      if (instance.state === InstanceState.RUNNING || wanted.has(instance.id)) out.push(this.measure(instance));
+    }
+    return out;
+  }
+
+  close(): void {
+    this.unsubscribe();
+    for (const entry of this.probes.values()) entry.probe.close();
+    this.probes.clear();
+  }
+
+  private probeFor(instance: Instance): ProbeEntry {
+    let entry = this.probes.get(instance.id);
+    if (!entry) {
+      entry = {
+        probe: new InstanceProbe(instance.pid, instance.tapDevice || undefined, instance.pidStartTime, this.roots),
+      };
+      this.probes.set(instance.id, entry);
+    }
+    return entry;
+  }
+}

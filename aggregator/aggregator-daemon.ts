@@ -1,0 +1,79 @@
+import { FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import type { ListenAddress } from "../lib/listen-address.js";
+import { createLogger, type Logger } from "../lib/rpc/logger.js";
+import { startGrpcServer } from "../lib/rpc/grpc-server.js";
+import { serviceRegistration } from "../lib/rpc/service-adapter.js";
+import { startDaemonMetrics } from "../lib/otel-metrics.js";
+import { claimStateDir } from "../lib/state-dir.js";
+import { createFleetService } from "./fleet-service.js";
+import { HostRegistry } from "./hosts/host-registry.js";
+import type { HostConfig, ReconnectBackoff } from "./hosts/host-connection.js";
+
+export interface AggregatorOptions {
+  listen: ListenAddress;
+  stateDir: string;
+  metricsListen?: ListenAddress;
+  hosts: HostConfig[];
+  defaultPerHostTimeoutMs: number;
+  fanOutConcurrency: number;
+  backoff: ReconnectBackoff;
+  logger?: Logger;
+}
+
+export interface RunningAggregator {
+  address: string;
+  metricsUrl: string | undefined;
+  hosts: HostRegistry;
+  close(): Promise<void>;
+}
+
+/** Wires the aggregator: state dir → hosts and their channels → FleetService → one gRPC port. */
+export async function startAggregator(options: AggregatorOptions): Promise<RunningAggregator> {
+  const logger = options.logger ?? createLogger("fleetlet-aggregator");
+  const claim = claimStateDir(options.stateDir, "aggregator");
+  const hosts = new HostRegistry(options.stateDir, options.backoff);
+  try {
+    hosts.load(options.hosts);
+    const metrics = await startDaemonMetrics("fleetlet-aggregator", options.metricsListen);
+    const hostGauge = metrics.meter.createObservableGauge("fleetlet_aggregator_hosts", { unit: "{host}", description: "Hosts by connection state" });
+    hostGauge.addCallback((result) => {
+      const counts = new Map<number, number>();
+      for (const h of hosts.list()) counts.set(h.state, (counts.get(h.state) ?? 0) + 1);
+      for (const [state, n] of counts) result.observe(n, { state: String(state) });
+    });
+    const server = await startGrpcServer({
+      listen: options.listen,
+      logger,
+      services: [
+        serviceRegistration(
+          FleetService,
+          createFleetService(hosts, {
+            defaultPerHostTimeoutMs: options.defaultPerHostTimeoutMs,
+            fanOutConcurrency: options.fanOutConcurrency,
+          }),
+        ),
+      ],
+    });
+    logger.info({ address: server.address, hosts: hosts.list().length, metrics: metrics.url }, "aggregator serving");
+    let closed: Promise<void> | undefined;
+    return {
+      address: server.address,
+      metricsUrl: metrics.url,
+      hosts,
+      close() {
+        closed ??= (async () => {
+          await server.close();
+          hosts.close();
+          await metrics.shutdown();
+          claim.release();
+          logger.info("aggregator stopped");
+        })();
+        return closed;
+      },
+    };
+  } catch (e) {
+    hosts.close();
+    claim.release();
+    throw e;
+  }
+}

@@ -1,0 +1,162 @@
+import { create } from "@bufbuild/protobuf";
+import { durationMs, timestampFromMs, type Duration } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import {
+  FleetInstanceSchema,
+  FleetService,
+  HostInstanceStatsSchema,
+  HostOrigin,
+  HostSyncState,
+  type FleetInstance,
+  type Host,
+  type HostInstanceStats,
+  type HostResult,
+} from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
+import { parseHostPort } from "../lib/listen-address.js";
+import { fanOut, type HostOutcome } from "./fan-out.js";
+import type { HostConnection } from "./hosts/host-connection.js";
+import type { HostRegistry } from "./hosts/host-registry.js";
+
+export interface FleetOptions {
+  defaultPerHostTimeoutMs: number;
+  fanOutConcurrency: number;
+}
+
+/** Per-call and per-host timeouts are capped so a typo cannot hold a fan-out for hours. */
+const MAX_TIMEOUT_MS = 300_000;
+
+/** FleetService: the hosts registry and the fan-outs over it. */
+export function createFleetService(hosts: HostRegistry, options: FleetOptions): ServiceImpl<typeof FleetService> {
+  const selectHosts = (names: string[]): HostConnection[] => {
+    if (names.length === 0) return hosts.list();
+    const seen = new Set<string>();
+    return names.flatMap((name, i) => {
+      requireId(`hosts[${i}]`, name);
+      if (seen.has(name)) return [];
+      seen.add(name);
+      const conn = hosts.get(name);
+      if (!conn) throw new ConnectError(`host ${JSON.stringify(name)} not found`, Code.NotFound);
+      return [conn];
+    });
+  };
+  const timeoutFor = (override: Duration | undefined, field: string) => {
+    const callMs = override ? checkedTimeout(override, field) : undefined;
+    return (host: HostConnection) => callMs ?? host.config.perHostTimeoutMs ?? options.defaultPerHostTimeoutMs;
+  };
+
+  return {
+    listHosts() {
+      return { hosts: hosts.list().map(toHost) };
+    },
+    addHost(req) {
+      requireId("name", req.name);
+      try {
+        parseHostPort(req.address);
+      } catch (e) {
+        throw invalidArgument("address", (e as Error).message);
+      }
+      const perHostTimeoutMs = req.perHostTimeout ? checkedTimeout(req.perHostTimeout, "per_host_timeout") : undefined;
+      const conn = hosts.add({ name: req.name, address: req.address, origin: HostOrigin.API, perHostTimeoutMs });
+      return { host: toHost(conn) };
+    },
+    removeHost(req) {
+      requireId("name", req.name);
+      hosts.remove(req.name);
+      return {};
+    },
+    async listInstanceStats(req, context) {
+      const selected = selectHosts(req.hosts);
+      const outcomes = await fanOut(
+        selected,
+        async (host, signal, timeoutMs) => (await host.metrics.listInstanceStats({}, { signal, timeoutMs })).stats,
+        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
+      );
+      const stats: HostInstanceStats[] = [];
+      for (const o of sortedByHost(outcomes)) {
+        for (const s of o.value ?? []) {
+          // Same field names and numbers as the agent's InstanceStats, plus the host.
+          const { $typeName: _, ...fields } = s;
+          stats.push(create(HostInstanceStatsSchema, { ...fields, host: o.host }));
+        }
+      }
+      return { stats, hostResults: toHostResults(outcomes) };
+    },
+    async listInstances(req, context) {
+      const selected = selectHosts(req.hosts);
+      const outcomes = await fanOut(
+        selected,
+        async (host, signal, timeoutMs) => {
+          const res = await host.inventory.listInstances({}, { signal, timeoutMs });
+          host.incarnation = res.incarnation;
+          return res;
+        },
+        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
+      );
+      const instances: FleetInstance[] = [];
+      for (const o of sortedByHost(outcomes)) {
+        for (const i of o.value?.instances ?? []) {
+          const { $typeName: _, ...fields } = i;
+          instances.push(create(FleetInstanceSchema, { ...fields, host: o.host }));
+        }
+      }
+      const sync = sortedByHost(outcomes).map((o) => {
+        const conn = hosts.get(o.host);
+        return {
+          host: o.host,
+          state: o.value ? HostSyncState.SYNCED : HostSyncState.DEGRADED,
+          lastSeen: conn?.lastSeenMs ? timestampFromMs(conn.lastSeenMs) : undefined,
+          resourceVersion: o.value?.resourceVersion ?? 0n,
+          incarnation: o.value?.incarnation ?? conn?.incarnation ?? "",
+        };
+      });
+      return { instances, hosts: sync, hostResults: toHostResults(outcomes) };
+    },
+  };
+}
+
+function checkedTimeout(d: Duration, field: string): number {
+  const ms = durationMs(d);
+  if (!(ms > 0) || ms > MAX_TIMEOUT_MS) {
+    throw invalidArgument(field, `must be > 0 and <= ${MAX_TIMEOUT_MS / 1000}s, got ${ms} ms`);
+  }
+  return ms;
+}
+
+function sortedByHost<T>(outcomes: HostOutcome<T>[]): HostOutcome<T>[] {
+  return [...outcomes].sort((a, b) => (a.host < b.host ? -1 : a.host > b.host ? 1 : 0));
+}
+
+function toHostResults<T>(outcomes: HostOutcome<T>[]): HostResult[] {
+  return sortedByHost(outcomes).map((o) => ({
+    $typeName: "fleetlet.aggregator.v1.HostResult",
+    host: o.host,
+    code: o.code,
+    message: o.message,
+    latencyMs: Math.round(o.latencyMs * 1000) / 1000,
+  }));
+}
+
+function toHost(conn: HostConnection): Host {
+  const c = conn.config;
+  return {
+    $typeName: "fleetlet.aggregator.v1.Host",
+    name: c.name,
+    address: c.address,
+    connectionState: conn.state,
+    lastSeen: conn.lastSeenMs ? timestampFromMs(conn.lastSeenMs) : undefined,
+    agentIncarnation: conn.incarnation,
+    syncState: HostSyncState.UNSPECIFIED,
+    lastError: conn.lastError,
+    perHostTimeout: c.perHostTimeoutMs !== undefined ? msToDuration(c.perHostTimeoutMs) : undefined,
+    origin: c.origin,
+  };
+}
+
+function msToDuration(ms: number): Duration {
+  return {
+    $typeName: "google.protobuf.Duration",
+    seconds: BigInt(Math.floor(ms / 1000)),
+    nanos: (ms % 1000) * 1_000_000,
+  };
+}

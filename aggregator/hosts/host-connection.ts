@@ -1,0 +1,98 @@
+import * as grpc from "@grpc/grpc-js";
+import { createClient, type Client } from "@connectrpc/connect";
+import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { MetricsService } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
+import { ConnectionState, HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
+
+export interface ReconnectBackoff {
+  initialMs: number;
+  maxMs: number;
+}
+
+export interface HostConfig {
+  name: string;
+  address: string;
+  origin: HostOrigin;
+  /** Deadline for calls to this host when the request sets none; undefined = aggregator default. */
+  perHostTimeoutMs: number | undefined;
+}
+
+const STATE: Record<grpc.connectivityState, ConnectionState> = {
+  [grpc.connectivityState.IDLE]: ConnectionState.IDLE,
+  [grpc.connectivityState.CONNECTING]: ConnectionState.CONNECTING,
+  [grpc.connectivityState.READY]: ConnectionState.READY,
+  [grpc.connectivityState.TRANSIENT_FAILURE]: ConnectionState.TRANSIENT_FAILURE,
+  [grpc.connectivityState.SHUTDOWN]: ConnectionState.SHUTDOWN,
+};
+
+/**
+ * The aggregator's one long-lived channel to an agent. grpc-js reconnects with exponential
+ * backoff (initial/max from flags); we keep the channel out of IDLE so a host's state in
+ * ListHosts is always current and the first fan-out after a quiet period pays no handshake.
+ * Calls do not wait for a connection (no waitForReady): a dead host fails fast with UNAVAILABLE,
+ * a hung one costs its deadline.
+ */
+export class HostConnection {
+  readonly transport: GrpcJsTransport;
+  readonly inventory: Client<typeof InventoryService>;
+  readonly metrics: Client<typeof MetricsService>;
+  lastSeenMs: number | undefined;
+  lastError = "";
+  incarnation = "";
+  private closed = false;
+
+  constructor(
+    readonly config: HostConfig,
+    backoff: ReconnectBackoff,
+  ) {
+    this.transport = createGrpcJsTransport(config.address, {
+      channelOptions: {
+        "grpc.initial_reconnect_backoff_ms": backoff.initialMs,
+        "grpc.max_reconnect_backoff_ms": backoff.maxMs,
+        "grpc.keepalive_time_ms": 30_000,
+        "grpc.keepalive_timeout_ms": 10_000,
+        "grpc.keepalive_permit_without_calls": 1,
+        // Distinct channels per host even when two hosts share an address (tests, benches).
+        "grpc.use_local_subchannel_pool": 1,
+      },
+    });
+    this.inventory = createClient(InventoryService, this.transport);
+    this.metrics = createClient(MetricsService, this.transport);
+    this.watchState(this.channel.getConnectivityState(true));
+  }
+
+  get channel(): grpc.Channel {
+    return this.transport.client.getChannel() as grpc.Channel;
+  }
+
+  get state(): ConnectionState {
+    return this.closed ? ConnectionState.SHUTDOWN : STATE[this.channel.getConnectivityState(false)];
+  }
+
+  /** Records the outcome of a call: any answer from the agent, even an error status, is "seen". */
+  recordSuccess(nowMs: number): void {
+    this.lastSeenMs = nowMs;
+    this.lastError = "";
+  }
+
+  recordFailure(code: string, message: string, agentAnswered: boolean, nowMs: number): void {
+    if (agentAnswered) this.lastSeenMs = nowMs;
+    this.lastError = `${code}: ${message}`;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.transport.close();
+  }
+
+  private watchState(current: grpc.connectivityState): void {
+    if (this.closed || current === grpc.connectivityState.SHUTDOWN) return;
+    if (current === grpc.connectivityState.READY) this.lastSeenMs = Date.now();
+    if (current === grpc.connectivityState.IDLE) this.channel.getConnectivityState(true);
+    this.channel.watchConnectivityState(current, Infinity, () => {
+      if (this.closed) return;
+      this.watchState(this.channel.getConnectivityState(true));
+    });
+  }
+}

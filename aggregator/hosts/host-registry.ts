@@ -1,0 +1,98 @@
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { writeFileAtomicSync } from "../../lib/atomic-file.js";
+import { HostConnection, type HostConfig, type ReconnectBackoff } from "./host-connection.js";
+
+const FILE = "hosts.json";
+
+/**
+ * The hosts the aggregator fans out to, each with its connection. Hosts come from --hosts,
+ * --hosts-file and AddHost; only AddHost's are persisted (in `<state-dir>/hosts.json`), since
+ * the others are configuration that is read again at every start.
+ */
+export class HostRegistry {
+  private readonly hosts = new Map<string, HostConnection>();
+
+  constructor(
+    private readonly stateDir: string,
+    private readonly backoff: ReconnectBackoff,
+  ) {}
+
+  /** Loads configured hosts, then the persisted API hosts (configuration wins on a clash). */
+  load(configured: HostConfig[]): void {
+    for (const h of configured) this.put(h);
+    const path = join(this.stateDir, FILE);
+    if (!existsSync(path)) return;
+    let saved: { name: string; address: string; perHostTimeoutMs?: number }[];
+    try {
+      saved = (JSON.parse(readFileSync(path, "utf8")) as { hosts: typeof saved }).hosts;
+    } catch (e) {
+      throw new Error(`${path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
+    }
+    for (const h of saved) {
+      if (!this.hosts.has(h.name)) {
+        this.put({ name: h.name, address: h.address, origin: HostOrigin.API, perHostTimeoutMs: h.perHostTimeoutMs });
+      }
+    }
+  }
+
+  get(name: string): HostConnection | undefined {
+    return this.hosts.get(name);
+  }
+
+  /** Sorted by name. */
+  list(): HostConnection[] {
+    return [...this.hosts.values()].sort((a, b) => (a.config.name < b.config.name ? -1 : a.config.name > b.config.name ? 1 : 0));
+  }
+
+  /**
+   * AddHost: idempotent for the same name and address (the timeout is updated);
+   * ALREADY_EXISTS when the name is taken by another address.
+   */
+  add(config: HostConfig): HostConnection {
+    const existing = this.hosts.get(config.name);
+    if (existing && existing.config.address !== config.address) {
+      throw new ConnectError(
+        `host ${JSON.stringify(config.name)} already exists with address ${existing.config.address}`,
+        Code.AlreadyExists,
+      );
+    }
+    if (existing) {
+      existing.config.perHostTimeoutMs = config.perHostTimeoutMs;
+      this.save();
+      return existing;
+    }
+    const conn = this.put(config);
+    this.save();
+    return conn;
+  }
+
+  remove(name: string): void {
+    const conn = this.hosts.get(name);
+    if (!conn) throw new ConnectError(`host ${JSON.stringify(name)} not found`, Code.NotFound);
+    conn.close();
+    this.hosts.delete(name);
+    this.save();
+  }
+
+  close(): void {
+    for (const conn of this.hosts.values()) conn.close();
+    this.hosts.clear();
+  }
+
+  private put(config: HostConfig): HostConnection {
+    this.hosts.get(config.name)?.close();
+    const conn = new HostConnection({ ...config }, this.backoff);
+    this.hosts.set(config.name, conn);
+    return conn;
+  }
+
+  private save(): void {
+    const hosts = this.list()
+      .filter((h) => h.config.origin === HostOrigin.API)
+      .map((h) => ({ name: h.config.name, address: h.config.address, perHostTimeoutMs: h.config.perHostTimeoutMs }));
+    writeFileAtomicSync(join(this.stateDir, FILE), `${JSON.stringify({ hosts }, null, 1)}\n`);
+  }
+}

@@ -1,0 +1,138 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Command } from "commander";
+import { startAgent } from "../agent/agent-daemon.js";
+import { validateTapPrefix } from "../agent/inventory/interface-name.js";
+import { startAggregator } from "../aggregator/aggregator-daemon.js";
+import { mergeHostConfigs, parseHostsFile, parseHostsFlag } from "../aggregator/hosts/host-list-parser.js";
+import type { ListenAddress } from "../lib/listen-address.js";
+import { createLogger } from "../lib/rpc/logger.js";
+import { applyConfigFile, configurable, parse } from "./options.js";
+
+/** Default state location: /var/lib/fleetlet as root, ./.fleetlet otherwise (architecture.md). */
+export function defaultStateBase(): string {
+  return process.getuid?.() === 0 ? "/var/lib/fleetlet" : ".fleetlet";
+}
+
+/** Runs a daemon until SIGTERM/SIGINT, then stops it gracefully and exits 0. */
+async function runUntilSignal(name: string, start: () => Promise<{ close(): Promise<void> }>): Promise<void> {
+  let daemon: { close(): Promise<void> };
+  try {
+    daemon = await start();
+  } catch (e) {
+    // Unusable state dir, port in use, bad hosts file: one line, exit 2.
+    process.stderr.write(`fleetlet ${name}: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    const force = setTimeout(() => {
+      process.stderr.write(`fleetlet ${name}: graceful stop after ${signal} took too long, exiting\n`);
+      process.exit(1);
+    }, 10_000);
+    force.unref();
+    void daemon.close().then(() => process.exit(0));
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+export function agentCommand(): Command {
+  const cmd = new Command("agent")
+    .description("the per-host daemon: InventoryService and MetricsService on one gRPC port")
+    .addOption(configurable("AGENT", "--listen <host:port>", "gRPC address").default(parse.address("127.0.0.1:7701"), "127.0.0.1:7701").argParser(parse.address))
+    .addOption(configurable("AGENT", "--state-dir <dir>", "instance registry and other durable state").default(undefined, `${defaultStateBase()}/agent`))
+    .addOption(configurable("AGENT", "--metrics-listen <host:port>", "Prometheus endpoint; 'off' disables it").default(parse.address("127.0.0.1:9464"), "127.0.0.1:9464").argParser(parse.optionalAddress))
+    .addOption(configurable("AGENT", "--tap-prefix <prefix>", "prefix of derived host-side interface names (hypeman hosts use hype-)").default("fl-"))
+    .addOption(configurable("AGENT", "--metrics-label-budget <n>", "instances above which the label-budget counter rises").default(200).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
+    .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
+    .action(async (_opts, command: Command) => {
+      applyConfigFile(command);
+      const o = command.opts<{
+        listen: ListenAddress;
+        stateDir?: string;
+        metricsListen?: ListenAddress;
+        tapPrefix: string;
+        metricsLabelBudget: number;
+        logLevel: string;
+      }>();
+      try {
+        validateTapPrefix(o.tapPrefix);
+      } catch (e) {
+        command.error(`error: option '--tap-prefix': ${(e as Error).message}`, { exitCode: 2 });
+      }
+      checkLevel(command, o.logLevel);
+      await runUntilSignal("agent", () =>
+        startAgent({
+          listen: o.listen,
+          stateDir: o.stateDir ?? join(defaultStateBase(), "agent"),
+          metricsListen: o.metricsListen,
+          tapPrefix: o.tapPrefix,
+          metricsLabelBudget: o.metricsLabelBudget,
+          logger: createLogger("fleetlet-agent", o.logLevel),
+        }),
+      );
+    });
+  return cmd;
+}
+
+export function aggregatorCommand(): Command {
+  const cmd = new Command("aggregator")
+    .description("the fleet daemon: FleetService fanning out to every agent")
+    .addOption(configurable("AGGREGATOR", "--listen <host:port>", "gRPC address").default(parse.address("127.0.0.1:7700"), "127.0.0.1:7700").argParser(parse.address))
+    .addOption(configurable("AGGREGATOR", "--hosts <list>", "agents as NAME=HOST:PORT,..."))
+    .addOption(configurable("AGGREGATOR", "--hosts-file <file>", "agents, one 'NAME=HOST:PORT [timeout=2s]' per line"))
+    .addOption(configurable("AGGREGATOR", "--state-dir <dir>", "hosts added through the API and other durable state").default(undefined, `${defaultStateBase()}/aggregator`))
+    .addOption(configurable("AGGREGATOR", "--metrics-listen <host:port>", "Prometheus endpoint; 'off' disables it").default(parse.address("127.0.0.1:9465"), "127.0.0.1:9465").argParser(parse.optionalAddress))
+    .addOption(configurable("AGGREGATOR", "--per-host-timeout <duration>", "deadline of one host's part of a fan-out").default(2000, "2s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--fan-out-concurrency <n>", "calls in flight at once per fan-out").default(512).argParser(parse.positiveInt))
+    .addOption(configurable("AGGREGATOR", "--reconnect-backoff-max <duration>", "longest wait between reconnect attempts to a host").default(30_000, "30s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
+    .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGGREGATOR_* win over it")
+    .action(async (_opts, command: Command) => {
+      applyConfigFile(command);
+      const o = command.opts<{
+        listen: ListenAddress;
+        hosts?: string;
+        hostsFile?: string;
+        stateDir?: string;
+        metricsListen?: ListenAddress;
+        perHostTimeout: number;
+        fanOutConcurrency: number;
+        reconnectBackoffMax: number;
+        logLevel: string;
+      }>();
+      checkLevel(command, o.logLevel);
+      let hosts;
+      try {
+        hosts = mergeHostConfigs(
+          o.hosts ? parseHostsFlag(o.hosts) : [],
+          o.hostsFile ? parseHostsFile(readFileSync(o.hostsFile, "utf8"), o.hostsFile) : [],
+        );
+      } catch (e) {
+        command.error(`error: ${o.hostsFile && !o.hosts ? "option '--hosts-file'" : "hosts"}: ${(e as Error).message}`, { exitCode: 2 });
+      }
+      await runUntilSignal("aggregator", () =>
+        startAggregator({
+          listen: o.listen,
+          stateDir: o.stateDir ?? join(defaultStateBase(), "aggregator"),
+          metricsListen: o.metricsListen,
+          hosts,
+          defaultPerHostTimeoutMs: o.perHostTimeout,
+          fanOutConcurrency: o.fanOutConcurrency,
+          backoff: { initialMs: Math.min(1000, o.reconnectBackoffMax), maxMs: o.reconnectBackoffMax },
+          logger: createLogger("fleetlet-aggregator", o.logLevel),
+        }),
+      );
+    });
+  return cmd;
+}
+
+const LEVELS = new Set(["trace", "debug", "info", "warn", "error", "fatal", "silent"]);
+
+function checkLevel(command: Command, level: string): void {
+  if (!LEVELS.has(level)) command.error(`error: option '--log-level': ${JSON.stringify(level)} is not one of ${[...LEVELS].join(", ")}`, { exitCode: 2 });
+}

@@ -1,0 +1,170 @@
+import { Command, Option } from "commander";
+import { createClient } from "@connectrpc/connect";
+import { toJsonString, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { InventoryService, InstanceKind, InstanceState, ListInstancesResponseSchema } from "../gen/fleetlet/agent/v1/inventory_pb.js";
+import { MetricsService, ListInstanceStatsResponseSchema as AgentStatsSchema, type InstanceStats } from "../gen/fleetlet/agent/v1/metrics_pb.js";
+import {
+  ConnectionState,
+  FleetService,
+  HostSyncState,
+  ListHostsResponseSchema,
+  ListInstanceStatsResponseSchema as FleetStatsSchema,
+  ListInstancesResponseSchema as FleetInstancesSchema,
+  type HostResult,
+} from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { parse } from "./options.js";
+import { formatAge, formatBytes, formatPercent, formatTable } from "./table.js";
+
+interface GetOptions {
+  aggregator?: string;
+  agent?: string;
+  output: "table" | "json";
+  timeout: number;
+}
+
+export function getCommand(): Command {
+  return new Command("get")
+    .description("read commands: hosts (aggregator), instances and stats (aggregator or one agent)")
+    .argument("<what>", "hosts | instances | stats")
+    .option("--aggregator <host:port>", "aggregator to ask (default 127.0.0.1:7700)")
+    .option("--agent <host:port>", "ask one agent directly instead")
+    .addOption(new Option("-o, --output <format>", "table or json").choices(["table", "json"]).default("table"))
+    .addOption(new Option("--timeout <duration>", "deadline of the call").default(10_000, "10s").argParser(parse.durationMs))
+    .action(async (what: string, opts: GetOptions, command: Command) => {
+      if (!["hosts", "instances", "stats"].includes(what)) {
+        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances or stats)`, { exitCode: 2 });
+      }
+      if (opts.agent && opts.aggregator) command.error("error: give --agent or --aggregator, not both", { exitCode: 2 });
+      if (opts.agent && what === "hosts") command.error("error: hosts come from the aggregator; drop --agent", { exitCode: 2 });
+      const target = opts.agent ?? opts.aggregator ?? "127.0.0.1:7700";
+      try {
+        parse.address(target);
+      } catch (e) {
+        command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${(e as Error).message}`, { exitCode: 2 });
+      }
+      const transport = createGrpcJsTransport(target);
+      const call = { timeoutMs: opts.timeout };
+      try {
+        if (opts.agent) {
+          if (what === "instances") {
+            const res = await createClient(InventoryService, transport).listInstances({}, call);
+            print(opts, ListInstancesResponseSchema, res, () =>
+              instancesTable(res.instances.map((i) => ({ host: "", ...i })), false),
+            );
+          } else {
+            const res = await createClient(MetricsService, transport).listInstanceStats({}, call);
+            print(opts, AgentStatsSchema, res, () => statsTable(res.stats.map((s) => ({ host: "", ...s })), false));
+          }
+        } else {
+          const fleet = createClient(FleetService, transport);
+          if (what === "hosts") {
+            const res = await fleet.listHosts({}, call);
+            print(opts, ListHostsResponseSchema, res, () =>
+              formatTable(
+                ["HOST", "ADDRESS", "CONNECTION", "LAST-SEEN", "LAST-ERROR"],
+                res.hosts.map((h) => [
+                  h.name,
+                  h.address,
+                  ConnectionState[h.connectionState] ?? String(h.connectionState),
+                  h.lastSeen ? `${formatAge(timestampMs(h.lastSeen))} ago` : "never",
+                  h.lastError,
+                ]),
+              ),
+            );
+          } else if (what === "instances") {
+            const res = await fleet.listInstances({}, call);
+            print(opts, FleetInstancesSchema, res, () =>
+              [
+                instancesTable(res.instances, true),
+                formatTable(
+                  ["HOST", "SYNC", "VERSION"],
+                  res.hosts.map((h) => [h.host, HostSyncState[h.state] ?? "", h.resourceVersion.toString()]),
+                ),
+                hostResultLines(res.hostResults),
+              ].filter(Boolean).join("\n\n"),
+            );
+          } else {
+            const res = await fleet.listInstanceStats({}, call);
+            print(opts, FleetStatsSchema, res, () =>
+              [statsTable(res.stats, true), hostResultLines(res.hostResults)].filter(Boolean).join("\n\n"),
+            );
+          }
+        }
+      } catch (e) {
+        process.stderr.write(`fleetlet get ${what}: ${target}: ${(e as Error).message}\n`);
+        process.exitCode = 1;
+      } finally {
+        transport.close();
+      }
+    });
+}
+
+function print<T extends DescMessage>(opts: GetOptions, schema: T, msg: MessageShape<T>, table: () => string): void {
+  process.stdout.write(opts.output === "json" ? `${toJsonString(schema, msg, { prettySpaces: 2 })}\n` : `${table()}\n`);
+}
+
+interface InstanceRow {
+  host: string;
+  id: string;
+  name: string;
+  kind: InstanceKind;
+  state: InstanceState;
+  pid?: number;
+  tapDevice: string;
+  allocatedVcpus: number;
+  allocatedMemoryBytes: bigint;
+  labels: Record<string, string>;
+}
+
+export function instancesTable(rows: InstanceRow[], withHost: boolean): string {
+  const headers = ["ID", "NAME", "KIND", "STATE", "PID", "TAP", "VCPUS", "MEMORY", "LABELS"];
+  return formatTable(
+    withHost ? ["HOST", ...headers] : headers,
+    rows.map((i) => {
+      const cells = [
+        i.id,
+        i.name,
+        InstanceKind[i.kind] ?? "",
+        InstanceState[i.state] ?? "",
+        i.pid?.toString() ?? "-",
+        i.tapDevice || "-",
+        String(i.allocatedVcpus),
+        formatBytes(i.allocatedMemoryBytes),
+        Object.entries(i.labels).map(([k, v]) => `${k}=${v}`).join(",") || "-",
+      ];
+      return withHost ? [i.host, ...cells] : cells;
+    }),
+  );
+}
+
+export function statsTable(rows: (Omit<InstanceStats, "$typeName"> & { host: string })[], withHost: boolean): string {
+  const headers = ["ID", "NAME", "CPU-SEC", "CPU%", "RSS", "MEM%", "NET-RX", "NET-TX", "UNAVAILABLE"];
+  return formatTable(
+    withHost ? ["HOST", ...headers] : headers,
+    rows.map((s) => {
+      const cells = [
+        s.instanceId,
+        s.instanceName,
+        s.cpuSeconds === undefined ? "-" : s.cpuSeconds.toFixed(2),
+        formatPercent(s.cpuUtilizationRatio),
+        formatBytes(s.memoryRssBytes),
+        formatPercent(s.memoryUtilizationRatio),
+        formatBytes(s.netRxBytes),
+        formatBytes(s.netTxBytes),
+        s.unavailable.join("; ") || "-",
+      ];
+      return withHost ? [s.host, ...cells] : cells;
+    }),
+  );
+}
+
+/** The hosts that did not answer, and why; nothing when all did. */
+export function hostResultLines(results: HostResult[]): string {
+  const failed = results.filter((r) => r.code !== "OK");
+  const ok = results.length - failed.length;
+  const head = `${ok}/${results.length} hosts answered`;
+  if (failed.length === 0) return head;
+  return [head, ...failed.map((r) => `  ${r.host}: ${r.code} after ${Math.round(r.latencyMs)} ms: ${r.message}`)].join("\n");
+}

@@ -1,0 +1,201 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, openSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Command } from "commander";
+import { createClient } from "@connectrpc/connect";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { InventoryService, InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
+import { ConnectionState, FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import type { ListenAddress } from "../lib/listen-address.js";
+import { discoverHypervisors } from "../agent/discovery/hypervisor-discovery.js";
+import { startDemoInstances, stopDemoInstances, type DemoInstance } from "./demo-instances.js";
+import { parse } from "./options.js";
+import { formatAge, formatTable } from "./table.js";
+import { hostResultLines, statsTable } from "./get-command.js";
+
+const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../bin/fleetlet.js");
+
+interface UpOptions {
+  stateDir: string;
+  aggregatorListen: ListenAddress;
+  agentListen: ListenAddress;
+  refresh: number;
+  duration?: number;
+  demo: boolean;
+}
+
+export function upCommand(): Command {
+  return new Command("up")
+    .description("the main job on one machine: an aggregator and a local agent, showing the fleet live until Ctrl-C")
+    .option("--state-dir <dir>", "state of both daemons and their logs", ".fleetlet")
+    .option("--aggregator-listen <host:port>", "aggregator gRPC address", parse.address, parse.address("127.0.0.1:7700"))
+    .option("--agent-listen <host:port>", "agent gRPC address", parse.address, parse.address("127.0.0.1:7701"))
+    .option("--refresh <duration>", "table refresh interval", parse.durationMs, 1000)
+    .option("--duration <duration>", "stop by itself after this long (default: run until Ctrl-C)", parse.durationMs)
+    .option("--no-demo", "do not start demo instances when no hypervisor is found")
+    .action(async (opts: UpOptions) => {
+      process.exitCode = await runUp(opts);
+    });
+}
+
+async function runUp(opts: UpOptions): Promise<number> {
+  const out = process.stdout;
+  const children: { name: string; child: ChildProcess }[] = [];
+  let demos: DemoInstance[] = [];
+  const stopAll = async () => {
+    stopDemoInstances(demos);
+    await Promise.all(children.map(({ child }) => stopChild(child)));
+  };
+  let interrupted = false;
+  const wake: (() => void)[] = [];
+  const onSignal = () => {
+    interrupted = true;
+    for (const w of wake.splice(0)) w();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  try {
+    const base = resolve(opts.stateDir);
+    mkdirSync(base, { recursive: true });
+    const agentAddr = `${opts.agentListen.hostForClients}:${opts.agentListen.port}`;
+    const aggAddr = `${opts.aggregatorListen.hostForClients}:${opts.aggregatorListen.port}`;
+    out.write(`fleetlet up: state and logs in ${base}\n`);
+    children.push({
+      name: "agent",
+      child: spawnDaemon(["agent", "--listen", opts.agentListen.grpcTarget, "--state-dir", join(base, "agent"), "--metrics-listen", "127.0.0.1:9464"], join(base, "agent.log")),
+    });
+    children.push({
+      name: "aggregator",
+      child: spawnDaemon(
+        ["aggregator", "--listen", opts.aggregatorListen.grpcTarget, "--state-dir", join(base, "aggregator"), "--hosts", `local=${agentAddr}`, "--metrics-listen", "127.0.0.1:9465"],
+        join(base, "aggregator.log"),
+      ),
+    });
+    const agentTransport = createGrpcJsTransport(agentAddr);
+    const aggTransport = createGrpcJsTransport(aggAddr);
+    const inventory = createClient(InventoryService, agentTransport);
+    const fleet = createClient(FleetService, aggTransport);
+    try {
+      await waitReady("agent", () => inventory.listInstances({}, { timeoutMs: 500 }), children[0]!.child, join(base, "agent.log"));
+      await waitReady("aggregator", () => fleet.listHosts({}, { timeoutMs: 500 }), children[1]!.child, join(base, "aggregator.log"));
+      out.write(`agent on ${agentAddr} (metrics http://127.0.0.1:9464/metrics), aggregator on ${aggAddr}\n`);
+
+      // Demo instances of an earlier run point at processes that are gone: drop them first.
+      const existing = await inventory.listInstances({});
+      for (const i of existing.instances) {
+        if (i.labels["fleetlet.dev/demo"] === "true") await inventory.deregisterInstance({ instanceId: i.id });
+      }
+      const found = discoverHypervisors();
+      for (const h of found) {
+        await inventory.registerInstance({
+          instance: {
+            id: h.id, name: h.name, kind: InstanceKind.VM, state: InstanceState.RUNNING, pid: h.pid,
+            hypervisor: h.hypervisor, allocatedVcpus: h.vcpus ?? 0, allocatedMemoryBytes: h.memoryBytes ?? 0n,
+            tapDevice: h.tapDevice ?? "", networkEnabled: h.tapDevice !== undefined,
+            labels: { "fleetlet.dev/discovered": "true" },
+          },
+        });
+      }
+      if (found.length > 0) out.write(`registered ${found.length} hypervisor process(es) found in /proc\n`);
+      else if (opts.demo) {
+        demos = startDemoInstances();
+        for (const d of demos) {
+          await inventory.registerInstance({
+            instance: {
+              id: d.id, name: d.name, kind: InstanceKind.PROCESS, state: InstanceState.RUNNING, pid: d.child.pid,
+              hypervisor: "process", allocatedVcpus: d.vcpus, allocatedMemoryBytes: d.memoryBytes,
+              labels: { "fleetlet.dev/demo": "true" },
+            },
+          });
+        }
+        out.write(`no hypervisor processes found: started ${demos.length} demo instances (label fleetlet.dev/demo=true)\n`);
+      }
+      out.write(`try: npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://${agentAddr}\n\n`);
+
+      const endAt = opts.duration !== undefined ? Date.now() + opts.duration : Infinity;
+      const tty = out.isTTY === true;
+      while (!interrupted && Date.now() < endAt) {
+        const frame = await renderFleet(fleet);
+        out.write(tty ? `\x1b[H\x1b[2J${frame}\n\n(Ctrl-C to stop)\n` : `${frame}\n\n`);
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, Math.min(opts.refresh, Math.max(0, endAt - Date.now())));
+          wake.push(() => {
+            clearTimeout(t);
+            r();
+          });
+        });
+      }
+      for (const d of demos) await inventory.deregisterInstance({ instanceId: d.id }).catch(() => undefined);
+    } finally {
+      agentTransport.close();
+      aggTransport.close();
+    }
+    await stopAll();
+    out.write("fleetlet up: stopped\n");
+    return 0;
+  } catch (e) {
+    process.stderr.write(`fleetlet up: ${(e as Error).message}\n`);
+    await stopAll();
+    return 1;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
+async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetService>>): Promise<string> {
+  const time = new Date().toISOString().replace("T", " ").slice(0, 19);
+  try {
+    const [hosts, stats] = await Promise.all([fleet.listHosts({}, { timeoutMs: 2000 }), fleet.listInstanceStats({}, { timeoutMs: 5000 })]);
+    const hostTable = formatTable(
+      ["HOST", "ADDRESS", "CONNECTION", "LAST-SEEN", "INSTANCES", "LAST-ERROR"],
+      hosts.hosts.map((h) => [
+        h.name,
+        h.address,
+        ConnectionState[h.connectionState] ?? "",
+        h.lastSeen ? `${formatAge(timestampMs(h.lastSeen))} ago` : "never",
+        String(stats.stats.filter((s) => s.host === h.name).length),
+        h.lastError || "-",
+      ]),
+    );
+    return `fleetlet fleet  ${time}\n\n${hostTable}\n\n${statsTable(stats.stats, true)}\n\n${hostResultLines(stats.hostResults)}`;
+  } catch (e) {
+    return `fleetlet fleet  ${time}\n\naggregator did not answer: ${(e as Error).message}`;
+  }
+}
+
+function spawnDaemon(args: string[], logFile: string): ChildProcess {
+  mkdirSync(dirname(logFile), { recursive: true });
+  const log = openSync(logFile, "a");
+  return spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", log, log] });
+}
+
+async function waitReady(name: string, probe: () => Promise<unknown>, child: ChildProcess, log: string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${name} exited with code ${child.exitCode}; see ${log}`);
+    try {
+      await probe();
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw new Error(`${name} not ready after 15s: ${(e as Error).message}; see ${log}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+/** SIGTERM, then SIGKILL if the daemon has not stopped within 10 s. By pid, never by name. */
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolveStop) => {
+    const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    child.once("exit", () => {
+      clearTimeout(kill);
+      resolveStop();
+    });
+    child.kill("SIGTERM");
+  });
+}

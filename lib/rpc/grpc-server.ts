@@ -1,0 +1,99 @@
+import * as grpc from "@grpc/grpc-js";
+import type { DescService } from "@bufbuild/protobuf";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { createHealthRegistry, ServingStatus, type HealthRegistry } from "./health-service.js";
+import { createReflectionImpls } from "./reflection-service.js";
+import { adaptService, type CallInterceptor, type ServiceRegistration } from "./service-adapter.js";
+import type { Logger } from "./logger.js";
+import type { ListenAddress } from "../listen-address.js";
+
+export interface GrpcServerOptions {
+  listen: ListenAddress;
+  services: ServiceRegistration[];
+  logger: Logger;
+  interceptors?: CallInterceptor[];
+  /** TLS slots in here later; plaintext until then (loopback by default). */
+  credentials?: grpc.ServerCredentials;
+}
+
+export interface RunningGrpcServer {
+  /** host:port actually bound (port 0 resolved). */
+  address: string;
+  port: number;
+  health: HealthRegistry;
+  /**
+   * Graceful stop: health goes NOT_SERVING, streams are told to end, in-flight unary calls get
+   * up to `graceMs` to finish, then remaining calls are cancelled.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+/**
+ * One gRPC port serving the given Connect services plus grpc.health.v1 (a status per service)
+ * and server reflection v1/v1alpha built from the same generated descriptors.
+ */
+export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
+  const shutdown = new AbortController();
+  const health = createHealthRegistry();
+  const reflection = createReflectionImpls([
+    ...options.services.map((s) => s.service),
+    Health as DescService,
+    ReflectionV1 as DescService,
+    ReflectionV1alpha as DescService,
+  ]);
+  const all: ServiceRegistration[] = [
+    ...options.services,
+    { service: Health, impl: health.impl } as unknown as ServiceRegistration,
+    { service: ReflectionV1, impl: reflection.v1 } as unknown as ServiceRegistration,
+    { service: ReflectionV1alpha, impl: reflection.v1alpha } as unknown as ServiceRegistration,
+  ];
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": 16 * 1024 * 1024,
+    // Keep idle client connections (the aggregator's long-lived channels) alive through NATs.
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+  const quietMethods = new Set([`/${Health.typeName}/Check`, `/${Health.typeName}/Watch`]);
+  for (const registration of all) {
+    const { definition, handlers } = adaptService(registration, {
+      logger: options.logger,
+      shutdownSignal: shutdown.signal,
+      interceptors: options.interceptors,
+      quietMethods,
+    });
+    server.addService(definition, handlers);
+  }
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(
+      `${options.listen.grpcTarget}`,
+      options.credentials ?? grpc.ServerCredentials.createInsecure(),
+      (err, boundPort) => (err ? reject(err) : resolve(boundPort)),
+    );
+  });
+  health.set("", ServingStatus.SERVING);
+  for (const s of options.services) health.set(s.service.typeName, ServingStatus.SERVING);
+
+  let closing: Promise<void> | undefined;
+  return {
+    address: `${options.listen.hostForClients}:${port}`,
+    port,
+    health,
+    close(graceMs = 5000) {
+      closing ??= new Promise<void>((resolve) => {
+        health.shutdown();
+        shutdown.abort();
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      return closing;
+    },
+  };
+}

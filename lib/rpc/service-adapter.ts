@@ -1,0 +1,350 @@
+import * as grpc from "@grpc/grpc-js";
+import { once } from "node:events";
+import type { Readable } from "node:stream";
+import { performance } from "node:perf_hooks";
+import {
+  create,
+  fromBinary,
+  toBinary,
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  type MessageShape,
+} from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createHandlerContext,
+  type HandlerContext,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import type { Logger } from "./logger.js";
+import { codeName } from "./status-codes.js";
+
+/** A Connect service implementation to serve; methods left out answer UNIMPLEMENTED. */
+export interface ServiceRegistration<S extends DescService = DescService> {
+  service: S;
+  impl: Partial<ServiceImpl<S>>;
+}
+
+/** Typed helper so `impl` is checked against `service`. */
+export function serviceRegistration<S extends DescService>(
+  service: S,
+  impl: Partial<ServiceImpl<S>>,
+): ServiceRegistration {
+  return { service, impl } as unknown as ServiceRegistration;
+}
+
+/**
+ * Per-call hook that runs before the handler: the place where authentication and per-method
+ * authorisation slot in later without touching any service. Throw a ConnectError to refuse.
+ */
+export type CallInterceptor = (method: DescMethod, context: HandlerContext, peer: string) => void;
+
+export interface AdapterOptions {
+  logger: Logger;
+  /** Aborted when the server shuts down, so long-lived streams end promptly. */
+  shutdownSignal: AbortSignal;
+  interceptors?: CallInterceptor[];
+  /** Methods whose per-call log line is written at debug level (health checks). */
+  quietMethods?: ReadonlySet<string>;
+}
+
+// Any handler's calls share these few operations; grpc-js has one type per method kind.
+type AnyServerCall = grpc.ServerUnaryCall<Buffer, Buffer> &
+  Partial<grpc.ServerWritableStream<Buffer, Buffer>>;
+type HandlerFn = (...args: never[]) => unknown;
+
+// Connect's implementation functions, with request/response types erased: the adapter handles
+// every method generically, and the typed ServiceImpl guaranteed the shapes when it was built.
+type AnyUnaryImpl = (req: unknown, ctx: HandlerContext) => unknown;
+type AnyStreamImpl = (req: unknown, ctx: HandlerContext) => AsyncIterable<unknown>;
+
+/**
+ * Turns a Connect ServiceImpl into a grpc-js service definition and handlers.
+ *
+ * Messages cross grpc-js as raw bytes: we decode requests ourselves so a malformed message is
+ * answered with INVALID_ARGUMENT naming the method (grpc-js would answer INTERNAL), and we
+ * encode responses ourselves so an encoding failure is reported like any handler error.
+ */
+export function adaptService(
+  registration: ServiceRegistration,
+  options: AdapterOptions,
+): { definition: grpc.ServiceDefinition; handlers: grpc.UntypedServiceImplementation } {
+  const { service, impl } = registration;
+  const definition: Record<string, grpc.MethodDefinition<Buffer, Buffer>> = {};
+  const handlers: grpc.UntypedServiceImplementation = {};
+  const implByName = impl as Record<string, unknown>;
+  for (const method of service.methods) {
+    const path = `/${service.typeName}/${method.name}`;
+    definition[method.name] = {
+      path,
+      originalName: method.localName,
+      requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
+      responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
+      requestSerialize: (b: Buffer) => b,
+      requestDeserialize: (b: Buffer) => b,
+      responseSerialize: (b: Buffer) => b,
+      responseDeserialize: (b: Buffer) => b,
+    };
+    const fn = implByName[method.localName];
+    handlers[method.name] = makeHandler(service, method, path, fn, options) as HandlerFn as never;
+  }
+  return { definition, handlers };
+}
+
+function makeHandler(
+  service: DescService,
+  method: DescMethod,
+  path: string,
+  fn: unknown,
+  options: AdapterOptions,
+): unknown {
+  const quiet = options.quietMethods?.has(path) ?? false;
+  const begin = (call: AnyServerCall) => {
+    const started = performance.now();
+    const requestAbort = new AbortController();
+    // grpc-js emits 'cancelled' for client cancellation and for its own deadline expiry.
+    call.on("cancelled", () => {
+      requestAbort.abort(new ConnectError("call cancelled by the client", Code.Canceled));
+    });
+    const deadline = call.getDeadline();
+    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    const timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
+    const context = createHandlerContext({
+      service,
+      method,
+      protocolName: "grpc",
+      requestMethod: "POST",
+      url: path,
+      timeoutMs,
+      shutdownSignal: options.shutdownSignal,
+      requestSignal: requestAbort.signal,
+      requestHeader: metadataToHeaders(call.metadata),
+    });
+    const peer = call.getPeer();
+    const finish = (error: ConnectError | undefined) => {
+      context.abort();
+      const fields = {
+        method: path,
+        code: codeName(error?.code ?? 0),
+        duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+        peer,
+        ...(error ? { error: error.rawMessage } : {}),
+      };
+      if (quiet) options.logger.debug(fields, "rpc");
+      else if (error && isServerFault(error.code)) options.logger.warn(fields, "rpc");
+      else options.logger.info(fields, "rpc");
+    };
+    const intercept = () => {
+      if (typeof fn !== "function") {
+        throw new ConnectError(`${path} is not implemented`, Code.Unimplemented);
+      }
+      for (const interceptor of options.interceptors ?? []) interceptor(method, context, peer);
+    };
+    return { context, finish, intercept };
+  };
+
+  switch (method.methodKind) {
+    case "unary":
+      return (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+        const { context, finish, intercept } = begin(call as AnyServerCall);
+        void (async () => {
+          try {
+            intercept();
+            const request = decode(method.input, call.request, path);
+            const response = await raceSignal((fn as AnyUnaryImpl)(request, context), context.signal);
+            const bytes = encode(method.output, response);
+            callback(null, bytes, headersToMetadata(context.responseTrailer));
+            finish(undefined);
+          } catch (e) {
+            const error = toConnectError(e, context);
+            callback(toServiceError(error, context));
+            finish(error);
+          }
+        })();
+      };
+    case "server_streaming":
+      return (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
+        const { context, finish, intercept } = begin(call as unknown as AnyServerCall);
+        void (async () => {
+          try {
+            intercept();
+            const request = decode(method.input, call.request, path);
+            await pump((fn as AnyStreamImpl)(request, context), call, method, context);
+            endStream(call, undefined, context);
+            finish(undefined);
+          } catch (e) {
+            const error = toConnectError(e, context);
+            endStream(call, error, context);
+            finish(error);
+          }
+        })();
+      };
+    case "client_streaming":
+      return (call: grpc.ServerReadableStream<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+        const { context, finish, intercept } = begin(call as unknown as AnyServerCall);
+        void (async () => {
+          try {
+            intercept();
+            const requests = decodeStream(call, method.input, path, context.signal);
+            const response = await raceSignal((fn as AnyUnaryImpl)(requests, context), context.signal);
+            callback(null, encode(method.output, response), headersToMetadata(context.responseTrailer));
+            finish(undefined);
+          } catch (e) {
+            const error = toConnectError(e, context);
+            callback(toServiceError(error, context));
+            finish(error);
+          }
+        })();
+      };
+    case "bidi_streaming":
+      return (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+        const { context, finish, intercept } = begin(call as unknown as AnyServerCall);
+        void (async () => {
+          try {
+            intercept();
+            const requests = decodeStream(call, method.input, path, context.signal);
+            await pump((fn as AnyStreamImpl)(requests, context), call, method, context);
+            endStream(call, undefined, context);
+            finish(undefined);
+          } catch (e) {
+            const error = toConnectError(e, context);
+            endStream(call, error, context);
+            finish(error);
+          }
+        })();
+      };
+  }
+}
+
+function decode<T extends DescMessage>(schema: T, bytes: Buffer, path: string): MessageShape<T> {
+  try {
+    return fromBinary(schema, bytes);
+  } catch (e) {
+    throw new ConnectError(
+      `malformed ${schema.typeName} for ${path}: ${(e as Error).message}`,
+      Code.InvalidArgument,
+    );
+  }
+}
+
+function encode(schema: DescMessage, value: unknown): Buffer {
+  const message = create(schema, value as never);
+  return Buffer.from(toBinary(schema, message));
+}
+
+/** Requests of a streaming call, decoded lazily, with the socket's own back-pressure. */
+async function* decodeStream<T extends DescMessage>(
+  call: Readable,
+  schema: T,
+  path: string,
+  signal: AbortSignal,
+): AsyncGenerator<MessageShape<T>> {
+  const onAbort = () => call.destroy?.();
+  signal.addEventListener("abort", onAbort, { once: true });
+  try {
+    // destroyOnReturn: false — by default, finishing a for-await over a Duplex destroys the
+    // whole stream, write side included, and grpc-js would then never send the status.
+    for await (const chunk of call.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+      yield decode(schema, chunk, path);
+    }
+    if (signal.aborted) throw ConnectError.from(signal.reason);
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
+/**
+ * Writes a handler's responses to the call. When grpc-js's buffer is full (write returns false)
+ * we wait for 'drain' before pulling the next message, so a slow reader slows the producer down
+ * instead of growing memory (back-pressure).
+ */
+async function pump(
+  responses: AsyncIterable<unknown>,
+  call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>,
+  method: DescMethod,
+  context: HandlerContext,
+): Promise<void> {
+  const iterator = responses[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      const next = await raceSignal(iterator.next(), context.signal);
+      if (next.done) return;
+      if (!call.write(encode(method.output, next.value))) {
+        await raceSignal(once(call, "drain"), context.signal);
+      }
+    }
+  } finally {
+    // Lets the handler's generator run its finally blocks (unsubscribe, timers).
+    void iterator.return?.();
+  }
+}
+
+function endStream(
+  call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>,
+  error: ConnectError | undefined,
+  context: HandlerContext,
+): void {
+  if (call.cancelled) return;
+  if (error) {
+    // grpc-js turns an 'error' event on a server stream into the call's status.
+    call.emit("error", toServiceError(error, context));
+  } else {
+    call.end(headersToMetadata(context.responseTrailer));
+  }
+}
+
+/** Settles with the promise, or rejects with the signal's reason (deadline, cancel, shutdown). */
+function raceSignal<T>(value: T | Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  if (!(value instanceof Promise)) return Promise.resolve(value);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    value.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+function toConnectError(e: unknown, context: HandlerContext): ConnectError {
+  if (e instanceof ConnectError) return e;
+  // A handler that failed because its signal fired reports why the signal fired.
+  if (context.signal.aborted && context.signal.reason instanceof ConnectError) {
+    return context.signal.reason;
+  }
+  return ConnectError.from(e);
+}
+
+function toServiceError(error: ConnectError, context: HandlerContext): Partial<grpc.ServiceError> {
+  const metadata = headersToMetadata(context.responseTrailer);
+  error.metadata.forEach((value, key) => metadata.add(key, value));
+  return { code: error.code as number as grpc.status, details: error.rawMessage, metadata };
+}
+
+function isServerFault(code: Code): boolean {
+  return code === Code.Unknown || code === Code.Internal || code === Code.DataLoss;
+}
+
+function metadataToHeaders(metadata: grpc.Metadata): Headers {
+  const headers = new Headers();
+  for (const [key, values] of Object.entries(metadata.getMap())) {
+    if (key.endsWith("-bin")) continue;
+    headers.append(key, String(values));
+  }
+  return headers;
+}
+
+function headersToMetadata(headers: Headers): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  headers.forEach((value, key) => metadata.add(key, value));
+  return metadata;
+}
