@@ -104,12 +104,17 @@ function makeHandler(
   const begin = (call: AnyServerCall) => {
     const started = performance.now();
     const requestAbort = new AbortController();
-    // grpc-js emits 'cancelled' for client cancellation and for its own deadline expiry.
-    call.on("cancelled", () => {
-      requestAbort.abort(new ConnectError("call cancelled by the client", Code.Canceled));
-    });
     const deadline = call.getDeadline();
     const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    // grpc-js emits 'cancelled' both for a client's cancellation and for its own deadline
+    // timer, which usually fires before Connect's: tell the two apart by the clock.
+    call.on("cancelled", () => {
+      const reason =
+        Number.isFinite(deadlineMs) && Date.now() >= deadlineMs - 5
+          ? new ConnectError("the call's deadline expired", Code.DeadlineExceeded)
+          : new ConnectError("call cancelled by the client", Code.Canceled);
+      requestAbort.abort(reason);
+    });
     const timeoutMs = Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined;
     const context = createHandlerContext({
       service,

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what fleetlet needs on a fresh machine of this kind (Debian, Node 20, root or not)
+# and builds it. Idempotent and quick when everything is already there.
+#   scripts/setup.sh          npm dependencies + build (enough for `fleetlet up`)
+#   scripts/setup.sh --test   also the system packages the test suite uses
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=false
+[[ "${1:-}" == "--test" ]] && want_test=true
+
+if $want_test; then
+  # Real kernel tests: ip (netns, veth), ps, gcc for the C reference loop of bench/metrics-sweep.
+  missing=()
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v ps >/dev/null || missing+=(procps)
+  command -v gcc >/dev/null || missing+=(gcc)
+  if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "setup: missing ${missing[*]}; install them as root (apt-get install -y ${missing[*]})" >&2
+    else
+      echo "setup: installing ${missing[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+  fi
+fi
+
+# npm ci when node_modules is missing or older than the lock file.
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# Build when any source is newer than the last build.
+stamp=dist/.build-stamp
+if [[ ! -f $stamp ]] || [[ -n "$(find agent aggregator lib cli gen test bench tsconfig.json package.json -newer "$stamp" -type f -print -quit 2>/dev/null)" ]]; then
+  npx tsc -p tsconfig.json
+  mkdir -p dist && touch "$stamp"
+fi
