@@ -21,6 +21,8 @@ interface UpOptions {
   stateDir: string;
   aggregatorListen: ListenAddress;
   agentListen: ListenAddress;
+  agentMetricsListen: string;
+  aggregatorMetricsListen: string;
   refresh: number;
   duration?: number;
   demo: boolean;
@@ -32,6 +34,8 @@ export function upCommand(): Command {
     .option("--state-dir <dir>", "state of both daemons and their logs", ".fleetlet")
     .option("--aggregator-listen <host:port>", "aggregator gRPC address", parse.address, parse.address("127.0.0.1:7700"))
     .option("--agent-listen <host:port>", "agent gRPC address", parse.address, parse.address("127.0.0.1:7701"))
+    .option("--agent-metrics-listen <host:port>", "agent Prometheus endpoint, or off", "127.0.0.1:9464")
+    .option("--aggregator-metrics-listen <host:port>", "aggregator Prometheus endpoint, or off", "127.0.0.1:9465")
     .option("--refresh <duration>", "table refresh interval", parse.durationMs, 1000)
     .option("--duration <duration>", "stop by itself after this long (default: run until Ctrl-C)", parse.durationMs)
     .option("--no-demo", "do not start demo instances when no hypervisor is found")
@@ -65,12 +69,12 @@ async function runUp(opts: UpOptions): Promise<number> {
     out.write(`fleetlet up: state and logs in ${base}\n`);
     children.push({
       name: "agent",
-      child: spawnDaemon(["agent", "--listen", opts.agentListen.grpcTarget, "--state-dir", join(base, "agent"), "--metrics-listen", "127.0.0.1:9464"], join(base, "agent.log")),
+      child: spawnDaemon(["agent", "--listen", opts.agentListen.grpcTarget, "--state-dir", join(base, "agent"), "--metrics-listen", opts.agentMetricsListen], join(base, "agent.log")),
     });
     children.push({
       name: "aggregator",
       child: spawnDaemon(
-        ["aggregator", "--listen", opts.aggregatorListen.grpcTarget, "--state-dir", join(base, "aggregator"), "--hosts", `local=${agentAddr}`, "--metrics-listen", "127.0.0.1:9465"],
+        ["aggregator", "--listen", opts.aggregatorListen.grpcTarget, "--state-dir", join(base, "aggregator"), "--hosts", `local=${agentAddr}`, "--metrics-listen", opts.aggregatorMetricsListen],
         join(base, "aggregator.log"),
       ),
     });
@@ -81,7 +85,8 @@ async function runUp(opts: UpOptions): Promise<number> {
     try {
       await waitReady("agent", () => inventory.listInstances({}, { timeoutMs: 500 }), children[0]!.child, join(base, "agent.log"));
       await waitReady("aggregator", () => fleet.listHosts({}, { timeoutMs: 500 }), children[1]!.child, join(base, "aggregator.log"));
-      out.write(`agent on ${agentAddr} (metrics http://127.0.0.1:9464/metrics), aggregator on ${aggAddr}\n`);
+      const metricsNote = opts.agentMetricsListen === "off" ? "" : ` (metrics http://${opts.agentMetricsListen}/metrics)`;
+      out.write(`agent on ${agentAddr}${metricsNote}, aggregator on ${aggAddr}\n`);
 
       // Demo instances of an earlier run point at processes that are gone: drop them first.
       const existing = await inventory.listInstances({});

@@ -21,7 +21,8 @@ export interface DaemonProcess {
 
 /**
  * Starts `fleetlet agent|aggregator ...` as a separate process (listen on port 0 so parallel
- * tests never clash) and resolves once it logged that it serves, with the address it bound.
+ * tests never clash) and resolves once it logged that it serves, with the address it bound
+ * (so the log level must stay at info or below).
  */
 export async function startDaemon(args: string[], timeoutMs = 15_000): Promise<DaemonProcess> {
   const child = spawn(process.execPath, [FLEETLET_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
@@ -30,6 +31,8 @@ export async function startDaemon(args: string[], timeoutMs = 15_000): Promise<D
   const address = await new Promise<string>((res, rej) => {
     const timer = setTimeout(() => rej(new Error(`daemon not serving after ${timeoutMs} ms:\n${lines.join("\n")}`)), timeoutMs);
     const onLine = (line: string) => {
+      // Keep the start and the most recent output for failure messages, bounded.
+      if (lines.length > 2000) lines.splice(100, 1000);
       lines.push(line);
       if (!line.includes('"msg":"agent serving"') && !line.includes('"msg":"aggregator serving"')) return;
       clearTimeout(timer);

@@ -59,3 +59,32 @@ describe("parseCounter", () => {
     assert.throws(() => parseCounter("12 34", "tx_bytes"), /tx_bytes/);
   });
 });
+
+describe("parser fuzz", () => {
+  it("random and mutated lines either parse or throw ProcParseError, never anything else", async () => {
+    const { prng } = await import("../../helpers/random-message.js");
+    const seed = Date.now() % 1e9;
+    const rnd = prng(seed);
+    const base = statLine("x y) z", 150, 50);
+    const alphabet = "0123456789 ()-\n\tabcR";
+    for (let i = 0; i < 20_000; i++) {
+      let line: string;
+      if (i % 2 === 0) {
+        line = Array.from({ length: Math.floor(rnd() * 120) }, () => alphabet[Math.floor(rnd() * alphabet.length)]).join("");
+      } else {
+        const chars = [...base];
+        for (let k = 0; k < 3; k++) chars[Math.floor(rnd() * chars.length)] = alphabet[Math.floor(rnd() * alphabet.length)]!;
+        line = chars.join("");
+      }
+      for (const parse of [parseProcStat, parseProcStatm, (t: string) => parseCounter(t, "rx_bytes")]) {
+        try {
+          const out = parse(line);
+          // Whatever parses must hold real non-negative numbers, never NaN.
+          for (const v of Object.values(out as object)) if (typeof v === "bigint") assert.ok(v >= 0n);
+        } catch (e) {
+          assert.ok(e instanceof ProcParseError, `seed ${seed}: ${JSON.stringify(line)} threw ${String(e)}`);
+        }
+      }
+    }
+  });
+});

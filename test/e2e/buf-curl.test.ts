@@ -1,0 +1,110 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
+import { tempDir } from "../helpers/temp-dir.js";
+
+// A client that is not ours checks the wire: the buf CLI (from node_modules) with server
+// reflection, exactly as the README tells operators to call the daemons.
+
+const BUF = resolve(dirname(fileURLToPath(import.meta.url)), "../../../node_modules/.bin/buf");
+let agent: DaemonProcess;
+let aggregator: DaemonProcess;
+const agentState = tempDir("bufcurl-agent");
+const aggState = tempDir("bufcurl-agg");
+
+function bufCurl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((res) => {
+    execFile(BUF, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], { timeout: 30_000 }, (err, stdout, stderr) => {
+      res({ code: err ? (typeof err.code === "number" ? err.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+async function call(address: string, method: string, body: object): Promise<Record<string, unknown>> {
+  const r = await bufCurl(["-d", JSON.stringify(body), `http://${address}/${method}`]);
+  assert.equal(r.code, 0, `${method}: ${r.stderr}${r.stdout}`);
+  return JSON.parse(r.stdout || "{}") as Record<string, unknown>;
+}
+
+before(async () => {
+  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", agentState.path, "--metrics-listen", "off"]);
+  aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", aggState.path, "--metrics-listen", "off", "--hosts", `local=${agent.address}`]);
+});
+
+after(async () => {
+  await Promise.all([agent.stop(), aggregator.stop()]);
+  agentState.remove();
+  aggState.remove();
+});
+
+describe("buf curl against the agent", () => {
+  it("lists the services through reflection", async () => {
+    const r = await bufCurl(["--list-services", `http://${agent.address}`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split("\n").sort(), [
+      "fleetlet.agent.v1.InventoryService",
+      "fleetlet.agent.v1.MetricsService",
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection",
+    ]);
+  });
+  it("calls every method with JSON", async () => {
+    const inv = "fleetlet.agent.v1.InventoryService";
+    const met = "fleetlet.agent.v1.MetricsService";
+    const reg = await call(agent.address, `${inv}/RegisterInstance`, { instance: { id: "vm-1", name: "one", pid: process.pid, allocatedVcpus: 2 } });
+    assert.equal((reg.instance as { state: string }).state, "INSTANCE_STATE_RUNNING");
+    const got = await call(agent.address, `${inv}/GetInstance`, { instanceId: "vm-1" });
+    assert.equal((got.instance as { name: string }).name, "one");
+    const list = await call(agent.address, `${inv}/ListInstances`, {});
+    assert.equal((list.instances as unknown[]).length, 1);
+    assert.match(String(list.incarnation), /^[0-9a-f]{16}$/);
+    const stats = await call(agent.address, `${met}/GetInstanceStats`, { instanceId: "vm-1" });
+    assert.ok(Number((stats.stats as { cpuUsec: string }).cpuUsec) > 0);
+    const all = await call(agent.address, `${met}/ListInstanceStats`, {});
+    assert.equal((all.stats as unknown[]).length, 1);
+    // A server stream: buf curl prints one JSON document per message; take the first two.
+    const watch = await bufCurl(["--timeout", "1.5s", "-d", '{"intervalMs":200}', `http://${agent.address}/${met}/WatchInstanceStats`]);
+    assert.ok((watch.stdout.match(/"instanceId": "vm-1"/g) ?? []).length >= 2, watch.stdout + watch.stderr);
+    const health = await call(agent.address, "grpc.health.v1.Health/Check", { service: inv });
+    assert.equal(health.status, "SERVING");
+    const dereg = await call(agent.address, `${inv}/DeregisterInstance`, { instanceId: "vm-1" });
+    assert.equal((dereg.instance as { id: string }).id, "vm-1");
+  });
+  it("answers bad input with invalid_argument naming the field, and unknown ids with not_found", async () => {
+    const bad = await bufCurl(["-d", '{"instance":{"id":"a/b"}}', `http://${agent.address}/fleetlet.agent.v1.InventoryService/RegisterInstance`]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stdout + bad.stderr, /invalid_argument/);
+    assert.match(bad.stdout + bad.stderr, /instance\.id: \\?"a\/b\\?" must match/);
+    const missing = await bufCurl(["-d", '{"instanceId":"nope"}', `http://${agent.address}/fleetlet.agent.v1.MetricsService/GetInstanceStats`]);
+    assert.match(missing.stdout + missing.stderr, /not_found/);
+  });
+});
+
+describe("buf curl against the aggregator", () => {
+  it("lists the services through reflection", async () => {
+    const r = await bufCurl(["--list-services", `http://${aggregator.address}`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.includes("fleetlet.aggregator.v1.FleetService"), r.stdout);
+    assert.ok(r.stdout.includes("grpc.health.v1.Health"));
+  });
+  it("calls every method with JSON", async () => {
+    const fleet = "fleetlet.aggregator.v1.FleetService";
+    await call(agent.address, "fleetlet.agent.v1.InventoryService/RegisterInstance", { instance: { id: "vm-2", pid: process.pid } });
+    const hosts = await call(aggregator.address, `${fleet}/ListHosts`, {});
+    assert.equal((hosts.hosts as { name: string }[])[0]?.name, "local");
+    const added = await call(aggregator.address, `${fleet}/AddHost`, { name: "extra", address: agent.address, perHostTimeout: "1s" });
+    assert.equal((added.host as { origin: string }).origin, "HOST_ORIGIN_API");
+    const stats = await call(aggregator.address, `${fleet}/ListInstanceStats`, { perHostTimeout: "3s" });
+    assert.deepEqual((stats.hostResults as { host: string; code: string }[]).map((h) => [h.host, h.code]), [["extra", "OK"], ["local", "OK"]]);
+    assert.ok((stats.stats as { host: string; instanceId: string }[]).some((s) => s.host === "local" && s.instanceId === "vm-2"));
+    const inst = await call(aggregator.address, `${fleet}/ListInstances`, { hosts: ["local"] });
+    assert.equal((inst.instances as { host: string; id: string }[])[0]?.id, "vm-2");
+    await call(aggregator.address, `${fleet}/RemoveHost`, { name: "extra" });
+    const after = await call(aggregator.address, `${fleet}/ListHosts`, {});
+    assert.deepEqual((after.hosts as { name: string }[]).map((h) => h.name), ["local"]);
+  });
+});

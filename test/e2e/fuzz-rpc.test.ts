@@ -1,0 +1,86 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import { toBinary, type DescService } from "@bufbuild/protobuf";
+import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { MetricsService } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
+import { FleetService } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
+import { tempDir } from "../helpers/temp-dir.js";
+import { prng, randomBytes, randomMessage } from "../helpers/random-message.js";
+
+// Random bytes and random field values to every method of both daemons. Every call must end
+// with a deliberate status: UNKNOWN or INTERNAL would mean an unhandled exception. The daemons
+// must still be alive and serving afterwards.
+
+const SEED = Number(process.env.FLEETLET_FUZZ_SEED ?? Date.now() % 1e9);
+const CASES = Number(process.env.FLEETLET_FUZZ_CASES ?? 150);
+const dirs = [tempDir("fuzz-agent"), tempDir("fuzz-agg")];
+let agent: DaemonProcess;
+let aggregator: DaemonProcess;
+
+before(async () => {
+  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[0]!.path, "--metrics-listen", "off", "--log-level", "info"]);
+  aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dirs[1]!.path, "--metrics-listen", "off", "--hosts", `self=${agent.address}`]);
+});
+
+after(async () => {
+  await Promise.all([agent.stop(), aggregator.stop()]);
+  for (const d of dirs) d.remove();
+});
+
+function callRaw(client: grpc.Client, path: string, streaming: boolean, body: Buffer): Promise<grpc.status> {
+  const id = (b: Buffer) => b;
+  const deadline = Date.now() + 3000;
+  return new Promise((res) => {
+    if (!streaming) {
+      client.makeUnaryRequest(path, id, id, body, new grpc.Metadata(), { deadline }, (err) => res(err ? err.code : grpc.status.OK));
+      return;
+    }
+    const call = client.makeServerStreamRequest(path, id, id, body, new grpc.Metadata(), { deadline });
+    // One message is proof enough that a watch started; then hang up.
+    call.on("data", () => call.cancel());
+    call.on("error", () => undefined);
+    call.on("status", (s: grpc.StatusObject) => res(s.code));
+  });
+}
+
+async function fuzz(address: string, services: DescService[], pid: number): Promise<Map<string, number>> {
+  const rnd = prng(SEED);
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  const seen = new Map<string, number>();
+  try {
+    for (let i = 0; i < CASES; i++) {
+      for (const service of services) {
+        for (const method of service.methods) {
+          const path = `/${service.typeName}/${method.name}`;
+          const body = rnd() < 0.5 ? randomBytes(method.input, rnd) : Buffer.from(toBinary(method.input, randomMessage(method.input, rnd)));
+          const code = await callRaw(client, path, method.methodKind === "server_streaming", body);
+          const key = `${method.name}:${grpc.status[code]}`;
+          seen.set(key, (seen.get(key) ?? 0) + 1);
+          assert.ok(
+            code !== grpc.status.UNKNOWN && code !== grpc.status.INTERNAL,
+            `${path} answered ${grpc.status[code]} for ${body.toString("hex")} (seed ${SEED}, case ${i})`,
+          );
+        }
+      }
+      process.kill(pid, 0); // still alive
+    }
+  } finally {
+    client.close();
+  }
+  return seen;
+}
+
+describe(`fuzzing every method (seed ${SEED})`, () => {
+  it("the agent answers every random request with a deliberate status and stays up", async () => {
+    const seen = await fuzz(agent.address, [InventoryService, MetricsService], agent.pid);
+    assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")), "some inputs were rejected as invalid");
+    assert.equal(agent.child.exitCode, null);
+  });
+  it("the aggregator does the same", async () => {
+    const seen = await fuzz(aggregator.address, [FleetService], aggregator.pid);
+    assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")));
+    assert.equal(aggregator.child.exitCode, null);
+  });
+});
