@@ -21,7 +21,8 @@ fi
 
 echo "== tests"
 # Files run in parallel (one process each); e2e tests bind port 0 and use unique names.
-node --test --test-concurrency=2 --test-reporter=spec dist/test/
+mapfile -t files < <(find dist/test -name '*.test.js' | sort)
+node --test --test-concurrency=2 "${files[@]}"
 
 echo "== bench smoke"
 for b in dist/bench/*/main.js; do
