@@ -47,7 +47,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       logger.warn({ instance_id: instance.id, pid: instance.pid }, "process of a RUNNING instance is gone");
     const sampler = new SharedSampler((ids) => collector.sweep(ids));
     const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
-    registerVmInstruments(metrics.meter, () => collector.sweep(), options.metricsLabelBudget, logger);
+    registerVmInstruments(metrics, () => collector.sweep(), options.metricsLabelBudget, logger);
     const validation = { tapPrefix: options.tapPrefix };
     const server = await startGrpcServer({
       listen: options.listen,

@@ -1,14 +1,26 @@
+import http from "node:http";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import type { Meter } from "@opentelemetry/api";
 import { MeterProvider } from "@opentelemetry/sdk-metrics";
-import { PrometheusExporter } from "@opentelemetry/exporter-prometheus";
+import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import type { ListenAddress } from "./listen-address.js";
+
+/**
+ * Series written straight in the Prometheus text format, produced fresh at each scrape.
+ * For per-instance series only: the OpenTelemetry JS SDK keeps reporting every attribute set an
+ * asynchronous instrument ever observed (cumulative temporality keeps its history,
+ * sdk-metrics TemporalMetricProcessor), so a deregistered instance, or a failed collection,
+ * would keep its last values forever. Called before the OpenTelemetry instruments are collected
+ * in the same scrape, so their callbacks can use what it computed.
+ */
+export type ScrapeExposition = () => string;
 
 export interface DaemonMetrics {
   meter: Meter;
   /** The Prometheus endpoint actually bound, or undefined when disabled. */
   url: string | undefined;
+  setScrapeExposition(fn: ScrapeExposition): void;
   shutdown(): Promise<void>;
 }
 
@@ -18,20 +30,41 @@ export interface DaemonMetrics {
  * `listen` undefined turns the endpoint off; the instruments still work (and cost nothing).
  */
 export async function startDaemonMetrics(serviceName: string, listen: ListenAddress | undefined): Promise<DaemonMetrics> {
-  let exporter: PrometheusExporter | undefined;
-  if (listen) {
-    exporter = await new Promise<PrometheusExporter>((resolve, reject) => {
-      const e: PrometheusExporter = new PrometheusExporter(
-        { host: listen.host, port: listen.port, preventServerStart: true },
-      );
-      e.startServer().then(() => resolve(e), reject);
-    });
-  }
+  const exporter = listen ? new PrometheusExporter({ preventServerStart: true }) : undefined;
   const provider = new MeterProvider({
     resource: resourceFromAttributes({ "service.name": serviceName }),
     readers: exporter ? [exporter] : [],
   });
   const meter = provider.getMeter("fleetlet");
+  let exposition: ScrapeExposition | undefined;
+  const serializer = new PrometheusSerializer();
+
+  let server: http.Server | undefined;
+  let url: string | undefined;
+  if (listen && exporter) {
+    server = http.createServer((req, res) => {
+      if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
+        res.writeHead(404).end("not found: GET /metrics\n");
+        return;
+      }
+      void (async () => {
+        try {
+          const own = exposition?.() ?? "";
+          const { resourceMetrics } = await exporter.collect();
+          res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+          res.end(serializer.serialize(resourceMetrics) + own);
+        } catch (e) {
+          res.writeHead(500).end(`# collection failed: ${(e as Error).message}\n`);
+        }
+      })();
+    });
+    await new Promise<void>((resolve, reject) => {
+      server!.once("error", reject);
+      server!.listen(listen.port, listen.host, () => resolve());
+    });
+    const port = (server.address() as { port: number }).port;
+    url = `http://${listen.hostForClients}:${port}/metrics`;
+  }
 
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
@@ -54,11 +87,20 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
 
   return {
     meter,
-    url: listen ? `http://${listen.hostForClients}:${listen.port}/metrics` : undefined,
+    url,
+    setScrapeExposition(fn) {
+      exposition = fn;
+    },
     async shutdown() {
       loopDelay.disable();
+      await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+      server?.closeAllConnections();
       await provider.shutdown();
-      await exporter?.stopServer();
     },
   };
+}
+
+/** Escapes a label value for the Prometheus text format. */
+export function promLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
 }
