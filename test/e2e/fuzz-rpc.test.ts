@@ -8,6 +8,8 @@ import { FleetService } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { prng, randomBytes, randomMessage } from "../helpers/random-message.js";
+import { agentClients } from "../helpers/clients.js";
+import { Code, ConnectError } from "@connectrpc/connect";
 
 // Random bytes and random field values to every method of both daemons. Every call must end
 // with a deliberate status: UNKNOWN or INTERNAL would mean an unhandled exception. The daemons
@@ -71,6 +73,44 @@ async function fuzz(address: string, services: DescService[], pid: number): Prom
   }
   return seen;
 }
+
+describe("bad input through the agent's port", () => {
+  const cases: [string, object, RegExp][] = [
+    ["an id with '/'", { id: "a/b" }, /^instance\.id: "a\/b" must match/],
+    ["a negative pid", { id: "x", pid: -4 }, /^instance\.pid: must be between 1 and 4194304, got -4$/],
+    ["a tap name ../x", { id: "x", tapDevice: "../x" }, /^instance\.tap_device: interface name "\.\.\/x" must not contain/],
+    ["a tap name of 16 characters", { id: "x", tapDevice: "abcdefghijklmnop" }, /^instance\.tap_device: interface name must be 1-15 characters, got 16$/],
+  ];
+  for (const [what, instance, message] of cases) {
+    it(`${what} → INVALID_ARGUMENT naming the field`, async () => {
+      const c = agentClients(agent.address);
+      try {
+        await assert.rejects(c.inventory.registerInstance({ instance }), (e: unknown) => {
+          assert.ok(e instanceof ConnectError);
+          assert.equal(e.code, Code.InvalidArgument);
+          assert.match(e.rawMessage, message);
+          return true;
+        });
+      } finally {
+        c.close();
+      }
+    });
+  }
+  it("an unknown id → NOT_FOUND, for every method that takes one", async () => {
+    const c = agentClients(agent.address);
+    try {
+      for (const call of [
+        () => c.inventory.getInstance({ instanceId: "nope" }),
+        () => c.inventory.deregisterInstance({ instanceId: "nope" }),
+        () => c.metrics.getInstanceStats({ instanceId: "nope" }),
+      ]) {
+        await assert.rejects(call(), (e: unknown) => e instanceof ConnectError && e.code === Code.NotFound && /instance "nope" not found/.test(e.rawMessage));
+      }
+    } finally {
+      c.close();
+    }
+  });
+});
 
 describe(`fuzzing every method (seed ${SEED})`, () => {
   it("the agent answers every random request with a deliberate status and stays up", async () => {
