@@ -1,4 +1,4 @@
-import { FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { ConnectionState, FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger, type Logger } from "../lib/rpc/logger.js";
 import { startGrpcServer } from "../lib/rpc/grpc-server.js";
@@ -39,7 +39,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
     hostGauge.addCallback((result) => {
       const counts = new Map<number, number>();
       for (const h of hosts.list()) counts.set(h.state, (counts.get(h.state) ?? 0) + 1);
-      for (const [state, n] of counts) result.observe(n, { state: String(state) });
+      for (const [state, n] of counts) result.observe(n, { state: ConnectionState[state] ?? String(state) });
     });
     const server = await startGrpcServer({
       listen: options.listen,
