@@ -26,9 +26,12 @@ if $want_test; then
   fi
 fi
 
-# npm ci when node_modules is missing or older than the lock file.
+# Install when node_modules is missing or older than the lock file. `npm install` rather than
+# `npm ci`: the registry reachable here serves only the Linux builds of @bufbuild/buf's
+# per-platform optional packages, so the lock file cannot list the others and `npm ci` refuses
+# it as out of sync. Versions are pinned exactly in package.json and the lock is honoured.
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  npm ci --no-audit --no-fund --loglevel=error
+  npm install --no-audit --no-fund --loglevel=error
 fi
 
 # Build when any source is newer than the last build.
