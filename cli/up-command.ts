@@ -11,6 +11,7 @@ import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { discoverHypervisors } from "../agent/discovery/hypervisor-discovery.js";
 import { startDemoInstances, stopDemoInstances, type DemoInstance } from "./demo-instances.js";
+import { pokeDemo } from "./demo-network.js";
 import { parse } from "./options.js";
 import { formatAge, formatTable } from "./table.js";
 import { hostResultLines, statsTable } from "./get-command.js";
@@ -26,6 +27,7 @@ interface UpOptions {
   refresh: number;
   duration?: number;
   demo: boolean;
+  demoNetwork: boolean;
 }
 
 export function upCommand(): Command {
@@ -39,6 +41,7 @@ export function upCommand(): Command {
     .option("--refresh <duration>", "table refresh interval", parse.durationMs, 1000)
     .option("--duration <duration>", "stop by itself after this long (default: run until Ctrl-C)", parse.durationMs)
     .option("--no-demo", "do not start demo instances when no hypervisor is found")
+    .option("--demo-network", "root only: put each demo instance in a network namespace of its own behind a veth pair (fl-demo<N>) and send it traffic, so NET columns show real counters")
     .action(async (opts: UpOptions) => {
       process.exitCode = await runUp(opts);
     });
@@ -106,12 +109,14 @@ async function runUp(opts: UpOptions): Promise<number> {
       }
       if (found.length > 0) out.write(`registered ${found.length} hypervisor process(es) found in /proc\n`);
       else if (opts.demo) {
-        demos = startDemoInstances();
+        if (opts.demoNetwork && process.getuid?.() !== 0) throw new Error("--demo-network needs root (it creates network namespaces)");
+        demos = startDemoInstances(opts.demoNetwork);
         for (const d of demos) {
           await inventory.registerInstance({
             instance: {
               id: d.id, name: d.name, kind: InstanceKind.PROCESS, state: InstanceState.RUNNING, pid: d.child.pid,
               hypervisor: "process", allocatedVcpus: d.vcpus, allocatedMemoryBytes: d.memoryBytes,
+              tapDevice: d.net?.hostInterface ?? "", networkEnabled: d.net !== undefined, ip: d.net?.guestIp ?? "",
               labels: { "fleetlet.dev/demo": "true" },
             },
           });
@@ -123,6 +128,7 @@ async function runUp(opts: UpOptions): Promise<number> {
       const endAt = opts.duration !== undefined ? Date.now() + opts.duration : Infinity;
       const tty = out.isTTY === true;
       while (!interrupted && Date.now() < endAt) {
+        await Promise.all(demos.filter((d) => d.net && d.trafficBytes > 0).map((d) => pokeDemo(d.net!, d.trafficBytes)));
         const frame = await renderFleet(fleet);
         out.write(tty ? `\x1b[H\x1b[2J${frame}\n\n(Ctrl-C to stop)\n` : `${frame}\n\n`);
         await new Promise<void>((r) => {
