@@ -150,77 +150,49 @@ function makeHandler(
     return { context, finish, intercept };
   };
 
-  switch (method.methodKind) {
-    case "unary":
-      return (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
-        const { context, finish, intercept } = begin(call as AnyServerCall);
-        void (async () => {
-          try {
-            intercept();
-            const request = decode(method.input, call.request, path);
-            const response = await raceSignal((fn as AnyUnaryImpl)(request, context), context.signal);
-            const bytes = encode(method.output, response);
-            callback(null, bytes, headersToMetadata(context.responseTrailer));
-            finish(undefined);
-          } catch (e) {
-            const error = toConnectError(e, context);
-            callback(toServiceError(error, context));
-            finish(error);
-          }
-        })();
-      };
-    case "server_streaming":
-      return (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
-        const { context, finish, intercept } = begin(call as unknown as AnyServerCall);
-        void (async () => {
-          try {
-            intercept();
-            const request = decode(method.input, call.request, path);
-            await pump((fn as AnyStreamImpl)(request, context), call, method, context);
-            endStream(call, undefined, context);
-            finish(undefined);
-          } catch (e) {
-            const error = toConnectError(e, context);
-            endStream(call, error, context);
-            finish(error);
-          }
-        })();
-      };
-    case "client_streaming":
-      return (call: grpc.ServerReadableStream<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
-        const { context, finish, intercept } = begin(call as unknown as AnyServerCall);
-        void (async () => {
-          try {
-            intercept();
-            const requests = decodeStream(call, method.input, path, context.signal);
-            const response = await raceSignal((fn as AnyUnaryImpl)(requests, context), context.signal);
-            callback(null, encode(method.output, response), headersToMetadata(context.responseTrailer));
-            finish(undefined);
-          } catch (e) {
-            const error = toConnectError(e, context);
-            callback(toServiceError(error, context));
-            finish(error);
-          }
-        })();
-      };
-    case "bidi_streaming":
-      return (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
-        const { context, finish, intercept } = begin(call as unknown as AnyServerCall);
-        void (async () => {
-          try {
-            intercept();
-            const requests = decodeStream(call, method.input, path, context.signal);
-            await pump((fn as AnyStreamImpl)(requests, context), call, method, context);
-            endStream(call, undefined, context);
-            finish(undefined);
-          } catch (e) {
-            const error = toConnectError(e, context);
-            endStream(call, error, context);
-            finish(error);
-          }
-        })();
-      };
+  // The request side differs by kind (one decoded message, or a decoded stream); the response
+  // side is one message through the unary callback, or a stream pumped with back-pressure.
+  const contextOf = new WeakMap<AnyServerCall, HandlerContext>();
+  const requestOf = (call: AnyServerCall): unknown =>
+    method.methodKind === "unary" || method.methodKind === "server_streaming"
+      ? decode(method.input, call.request, path)
+      : decodeStream(call as unknown as Readable, method.input, path, contextOf.get(call)!.signal);
+
+  if (method.methodKind === "unary" || method.methodKind === "client_streaming") {
+    return (call: AnyServerCall, callback: grpc.sendUnaryData<Buffer>) => {
+      const { context, finish, intercept } = begin(call);
+      contextOf.set(call, context);
+      void (async () => {
+        try {
+          intercept();
+          const response = await raceSignal((fn as AnyUnaryImpl)(requestOf(call), context), context.signal);
+          callback(null, encode(method.output, response), headersToMetadata(context.responseTrailer));
+          finish(undefined);
+        } catch (e) {
+          const error = toConnectError(e, context);
+          callback(toServiceError(error, context));
+          finish(error);
+        }
+      })();
+    };
   }
+  return (call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>) => {
+    const any = call as unknown as AnyServerCall;
+    const { context, finish, intercept } = begin(any);
+    contextOf.set(any, context);
+    void (async () => {
+      try {
+        intercept();
+        await pump((fn as AnyStreamImpl)(requestOf(any), context), call, method, context);
+        endStream(call, undefined, context);
+        finish(undefined);
+      } catch (e) {
+        const error = toConnectError(e, context);
+        endStream(call, error, context);
+        finish(error);
+      }
+    })();
+  };
 }
 
 function decode<T extends DescMessage>(schema: T, bytes: Buffer, path: string): MessageShape<T> {
