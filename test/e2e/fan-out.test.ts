@@ -4,6 +4,8 @@ import { performance } from "node:perf_hooks";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentClients, fleetClient } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { ConnectionState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 
 // An aggregator and 3 agents as separate processes; one agent SIGSTOP'd (accepts TCP, never
 // answers) and one killed: the healthy host's stats come back within its deadline + 100 ms,
@@ -61,8 +63,12 @@ describe("fan-out with a hung and a dead host", () => {
         assert.deepEqual(res.stats.map((s) => [s.host, s.instanceId]), [["host-a", "vm-0"]]);
       }
       const hosts = (await fleet.listHosts({})).hosts;
+      const a = hosts.find((h) => h.name === "host-a")!;
       const c = hosts.find((h) => h.name === "host-c")!;
       assert.match(c.lastError, /^UNAVAILABLE: /);
+      assert.equal(ConnectionState[a.connectionState], "READY");
+      assert.notEqual(ConnectionState[c.connectionState], "READY", "the dead host's channel is not ready");
+      assert.ok(a.lastSeen && Date.now() - timestampMs(a.lastSeen) < 5000, "the healthy host was seen just now");
     } finally {
       close();
     }
