@@ -21,6 +21,8 @@ export interface AgentOptions {
   metricsListen?: ListenAddress;
   tapPrefix: string;
   metricsLabelBudget: number;
+  /** How old a shared sweep ListInstanceStats may answer from; 0 = always fresh. */
+  statsMaxAgeMs?: number;
   roots?: KernelRoots;
   logger?: Logger;
 }
@@ -54,7 +56,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       logger,
       services: [
         serviceRegistration(InventoryService, createInventoryService(registry, validation)),
-        serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler)),
+        serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),
       ],
     });
     logger.info(

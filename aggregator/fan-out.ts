@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { performance } from "node:perf_hooks";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { HostConnection } from "./hosts/host-connection.js";
@@ -33,6 +34,13 @@ export async function fanOut<T>(
   call: (host: HostConnection, signal: AbortSignal, timeoutMs: number) => Promise<T>,
   options: FanOutOptions,
 ): Promise<HostOutcome<T>[]> {
+  // One listener on the caller's signal for the whole fan-out; hosts listen on ours (many).
+  const all = new AbortController();
+  setMaxListeners(0, all.signal);
+  const onAbort = () => all.abort(new ConnectError("fan-out cancelled", Code.Canceled));
+  if (options.signal?.aborted) onAbort();
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  const perHost = { ...options, signal: all.signal };
   const outcomes: HostOutcome<T>[] = new Array(hosts.length);
   let next = 0;
   const worker = async () => {
@@ -40,11 +48,15 @@ export async function fanOut<T>(
       const i = next++;
       if (i >= hosts.length) return;
       const host = hosts[i]!;
-      outcomes[i] = await callOne(host, call, options);
+      outcomes[i] = await callOne(host, call, perHost);
     }
   };
   const workers = Math.max(1, Math.min(options.concurrency, hosts.length));
-  await Promise.all(Array.from({ length: workers }, worker));
+  try {
+    await Promise.all(Array.from({ length: workers }, worker));
+  } finally {
+    options.signal?.removeEventListener("abort", onAbort);
+  }
   return outcomes;
 }
 

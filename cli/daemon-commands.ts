@@ -47,6 +47,7 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--metrics-listen <host:port>", "Prometheus endpoint; 'off' disables it").default(parse.address("127.0.0.1:9464"), "127.0.0.1:9464").argParser(parse.optionalAddress))
     .addOption(configurable("AGENT", "--tap-prefix <prefix>", "prefix of derived host-side interface names (hypeman hosts use hype-)").default("fl-"))
     .addOption(configurable("AGENT", "--metrics-label-budget <n>", "instances above which the label-budget counter rises").default(200).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--stats-max-age <duration>", "ListInstanceStats may answer from a shared sweep this recent ('0s' = always sweep anew)").default(500, "500ms").argParser(parse.nonNegativeDurationMs))
     .addOption(configurable("AGENT", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
     .action(async (_opts, command: Command) => {
@@ -57,6 +58,7 @@ export function agentCommand(): Command {
         metricsListen?: ListenAddress;
         tapPrefix: string;
         metricsLabelBudget: number;
+        statsMaxAge: number;
         logLevel: string;
       }>();
       try {
@@ -72,6 +74,7 @@ export function agentCommand(): Command {
           metricsListen: o.metricsListen,
           tapPrefix: o.tapPrefix,
           metricsLabelBudget: o.metricsLabelBudget,
+          statsMaxAgeMs: o.statsMaxAge,
           logger: createLogger("fleetlet-agent", o.logLevel),
         }),
       );

@@ -25,6 +25,10 @@ export const parse = {
       throw new InvalidArgumentError((e as Error).message);
     }
   },
+  nonNegativeDurationMs(value: string): number {
+    if (value.trim() === "0" || /^0+(ms|s|m|h)$/.test(value.trim())) return 0;
+    return parse.durationMs(value);
+  },
   positiveInt(value: string): number {
     if (!/^\d+$/.test(value) || Number(value) <= 0 || !Number.isSafeInteger(Number(value))) {
       throw new InvalidArgumentError(`${JSON.stringify(value)} is not a positive integer`);

@@ -23,6 +23,7 @@ const FORMAT = 1;
  */
 export class InstanceRegistry {
   private readonly instances = new Map<string, Instance>();
+  private sorted: Instance[] | undefined;
   private readonly listeners = new Set<(change: RegistryChange) => void>();
   private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   private flushScheduled = false;
@@ -55,6 +56,7 @@ export class InstanceRegistry {
         try {
           const instance = fromJson(InstanceSchema, json);
           registry.instances.set(instance.id, instance);
+          registry.sorted = undefined;
         } catch (e) {
           throw new Error(`${registry.path}: instance ${i}: ${(e as Error).message}`);
         }
@@ -68,9 +70,11 @@ export class InstanceRegistry {
     return this.instances.get(id);
   }
 
-  /** Instances sorted by id (a stable order for lists and sweeps). */
-  list(): Instance[] {
-    return [...this.instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  /** Instances sorted by id (a stable order for lists and sweeps). Do not modify the array. */
+  list(): readonly Instance[] {
+    // Sorted once per change, not once per sweep.
+    this.sorted ??= [...this.instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return this.sorted;
   }
 
   get size(): number {
@@ -107,6 +111,7 @@ export class InstanceRegistry {
   }
 
   private emit(change: RegistryChange): void {
+    this.sorted = undefined;
     for (const l of this.listeners) l(change);
   }
 

@@ -30,7 +30,7 @@ export function createInventoryService(
     },
     listInstances() {
       return {
-        instances: registry.list(),
+        instances: [...registry.list()],
         resourceVersion: registry.resourceVersion,
         incarnation: registry.incarnation,
       };

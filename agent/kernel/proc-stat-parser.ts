@@ -21,25 +21,44 @@ const NUMERIC = /^\d+$/;
 export function parseProcStat(line: string): ProcStat {
   const close = line.lastIndexOf(")");
   if (close < 0) throw new ProcParseError("stat: no ')' closing the comm field");
-  const rest = line.slice(close + 1).trim().split(/\s+/);
-  // rest[0] is field 3 (state), so field N is rest[N - 3]. We need up to field 22.
-  if (rest.length < 20) {
-    throw new ProcParseError(`stat: ${rest.length} fields after comm, need at least 20`);
+  // Walk the tokens once and slice out only the four we need: this runs for every instance on
+  // every sweep, so no split() into ~50 strings (bench/metrics-sweep).
+  const n = line.length;
+  let i = close + 1;
+  let state = "";
+  let utime = -1n;
+  let stime = -1n;
+  let start = -1n;
+  let field = 3;
+  for (; field <= 22; field++) {
+    while (i < n && isSpace(line.charCodeAt(i))) i++;
+    if (i >= n) break;
+    const from = i;
+    while (i < n && !isSpace(line.charCodeAt(i))) i++;
+    if (field === 3) state = line.slice(from, i);
+    else if (field === 14) utime = numericToken(line, from, i, 14, "utime");
+    else if (field === 15) stime = numericToken(line, from, i, 15, "stime");
+    else if (field === 22) start = numericToken(line, from, i, 22, "starttime");
   }
-  return {
-    state: rest[0] ?? "",
-    utimeTicks: numericField(rest, 14, "utime"),
-    stimeTicks: numericField(rest, 15, "stime"),
-    startTimeTicks: numericField(rest, 22, "starttime"),
-  };
+  if (field <= 22) {
+    const count = line.slice(close + 1).trim().split(/\s+/).filter((t) => t !== "").length;
+    throw new ProcParseError(`stat: ${count} fields after comm, need at least 20`);
+  }
+  return { state, utimeTicks: utime, stimeTicks: stime, startTimeTicks: start };
 }
 
-function numericField(rest: string[], field: number, name: string): bigint {
-  const token = rest[field - 3] ?? "";
-  if (!NUMERIC.test(token)) {
-    throw new ProcParseError(`stat: field ${field} (${name}) is not a number: ${JSON.stringify(token.slice(0, 32))}`);
+function isSpace(c: number): boolean {
+  return c === 32 || c === 10 || c === 9 || c === 13;
+}
+
+function numericToken(line: string, from: number, to: number, field: number, name: string): bigint {
+  for (let k = from; k < to; k++) {
+    const c = line.charCodeAt(k);
+    if (c < 48 || c > 57) {
+      throw new ProcParseError(`stat: field ${field} (${name}) is not a number: ${JSON.stringify(line.slice(from, Math.min(to, from + 32)))}`);
+    }
   }
-  return BigInt(token);
+  return BigInt(line.slice(from, to));
 }
 
 /** /proc/<pid>/statm: size and resident, in pages (proc(5)). */

@@ -1,7 +1,13 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { MetricsService } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
+import { create } from "@bufbuild/protobuf";
+import {
+  ListInstanceStatsResponseSchema,
+  MetricsService,
+  type InstanceStats,
+  type ListInstanceStatsResponse,
+} from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import type { StatsCollector } from "./stats-collector.js";
@@ -15,7 +21,10 @@ export function createMetricsService(
   registry: InstanceRegistry,
   collector: StatsCollector,
   sampler: SharedSampler,
+  /** ListInstanceStats may answer from a sweep this recent (0 = always sweep anew). */
+  statsMaxAgeMs = 0,
 ): ServiceImpl<typeof MetricsService> {
+  let shared: { stats: InstanceStats[]; response: ListInstanceStatsResponse } | undefined;
   const checkIds = (ids: string[]) => {
     if (ids.length > MAX_IDS) throw invalidArgument("instance_ids", `at most ${MAX_IDS} ids, got ${ids.length}`);
     ids.forEach((id, i) => requireId(`instance_ids[${i}]`, id));
@@ -29,7 +38,10 @@ export function createMetricsService(
     },
     listInstanceStats(req) {
       checkIds(req.instanceIds);
-      return { stats: collector.sweep(req.instanceIds) };
+      const stats = collector.recentSweep(statsMaxAgeMs, req.instanceIds);
+      // The same sweep gives the same response object, which the adapter encodes only once.
+      if (shared?.stats !== stats) shared = { stats, response: create(ListInstanceStatsResponseSchema, { stats }) };
+      return shared.response;
     },
     async *watchInstanceStats(req, context) {
       checkIds(req.instanceIds);

@@ -1,7 +1,6 @@
-import { create } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { InstanceStatsSchema, type InstanceStats } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
+import type { InstanceStats } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 import { InstanceProbe, DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
 import { systemConstants, type SystemConstants } from "../kernel/system-constants.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
@@ -30,6 +29,8 @@ export class StatsCollector {
   private readonly constants: SystemConstants;
   private readonly nowUsec: () => number;
   private readonly unsubscribe: () => void;
+  /** The last sweep of all RUNNING instances, for callers that accept a recent answer. */
+  private lastSweep: { atMs: number; stats: InstanceStats[] } | undefined;
   /** Called when a measured instance's process turned out gone (exited or pid reused). */
   onProcessGone: ((instance: Instance) => void) | undefined;
 
@@ -41,6 +42,8 @@ export class StatsCollector {
     this.constants = options.constants ?? systemConstants();
     this.nowUsec = options.nowUsec ?? (() => Date.now() * 1000);
     this.unsubscribe = registry.subscribe((change) => {
+      // A registration or removal must show in the very next answer.
+      this.lastSweep = undefined;
       const entry = this.probes.get(change.instance.id);
       if (!entry) return;
       const next = change.type === "upsert" ? change.instance : undefined;
@@ -52,15 +55,18 @@ export class StatsCollector {
   }
 
   /** Measures one instance now. Always answers: what cannot be read is unset with a reason. */
-  measure(instance: Instance): InstanceStats {
-    const wallUsec = this.nowUsec();
-    const stats = create(InstanceStatsSchema, {
+  measure(instance: Instance, wallUsec = this.nowUsec(), sampledAt?: Timestamp): InstanceStats {
+    // A literal rather than create(): this runs per instance per sweep, and protobuf-es v2
+    // messages are plain objects (unset optional fields are simply absent).
+    const stats: InstanceStats = {
+      $typeName: "fleetlet.agent.v1.InstanceStats",
       instanceId: instance.id,
       instanceName: instance.name,
-      sampledAt: timestampFromMs(Math.floor(wallUsec / 1000)),
+      sampledAt: sampledAt ?? timestampFromMs(Math.floor(wallUsec / 1000)),
       allocatedVcpus: instance.allocatedVcpus,
       allocatedMemoryBytes: instance.allocatedMemoryBytes,
-    });
+      unavailable: [],
+    };
     const hasInterface = instance.tapDevice !== "";
     if (instance.pid === undefined && !hasInterface) return stats;
     const entry = this.probeFor(instance);
@@ -106,10 +112,41 @@ export class StatsCollector {
   sweep(extraIds: readonly string[] = []): InstanceStats[] {
     const wanted = new Set(extraIds);
     const out: InstanceStats[] = [];
+    // One timestamp for the whole sweep: every figure in it was read within this pass.
+    const wallUsec = this.nowUsec();
+    const sampledAt = timestampFromMs(Math.floor(wallUsec / 1000));
     for (const instance of this.registry.list()) {
-      if (instance.state === InstanceState.RUNNING || wanted.has(instance.id)) out.push(this.measure(instance));
+      if (instance.state === InstanceState.RUNNING || wanted.has(instance.id)) out.push(this.measure(instance, wallUsec, sampledAt));
     }
+    if (wanted.size === 0) this.lastSweep = { atMs: this.nowUsec() / 1000, stats: out };
     return out;
+  }
+
+  /**
+   * Like sweep(), but answers from the last sweep of all RUNNING instances (by any caller: RPC,
+   * watch sampler, Prometheus scrape) when it is at most `maxAgeMs` old, so concurrent and
+   * frequent callers share one pass over /proc instead of each paying for their own. Instances
+   * asked for by id that the last sweep did not cover are measured now. `sampled_at` tells the
+   * caller how old each figure is; any registry change invalidates the cached sweep.
+   */
+  recentSweep(maxAgeMs: number, extraIds: readonly string[] = []): InstanceStats[] {
+    const last = this.lastSweep;
+    if (maxAgeMs <= 0 || !last || this.nowUsec() / 1000 - last.atMs > maxAgeMs) {
+      const fresh = this.sweep();
+      return extraIds.length === 0 ? fresh : this.withExtras(fresh, extraIds);
+    }
+    return extraIds.length === 0 ? last.stats : this.withExtras(last.stats, extraIds);
+  }
+
+  private withExtras(base: InstanceStats[], extraIds: readonly string[]): InstanceStats[] {
+    const have = new Set(base.map((s) => s.instanceId));
+    const extra: InstanceStats[] = [];
+    for (const id of new Set(extraIds)) {
+      const instance = have.has(id) ? undefined : this.registry.get(id);
+      if (instance) extra.push(this.measure(instance));
+    }
+    if (extra.length === 0) return base;
+    return [...base, ...extra].sort((a, b) => (a.instanceId < b.instanceId ? -1 : a.instanceId > b.instanceId ? 1 : 0));
   }
 
   close(): void {

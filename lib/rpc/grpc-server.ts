@@ -1,4 +1,5 @@
 import * as grpc from "@grpc/grpc-js";
+import { setMaxListeners } from "node:events";
 import type { DescService } from "@bufbuild/protobuf";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -36,6 +37,8 @@ export interface RunningGrpcServer {
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   const shutdown = new AbortController();
+  // Every in-flight call listens on this signal; hundreds at once are normal.
+  setMaxListeners(0, shutdown.signal);
   const health = createHealthRegistry();
   const reflection = createReflectionImpls([
     ...options.services.map((s) => s.service),

@@ -206,9 +206,23 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer, path: string): 
   }
 }
 
+/**
+ * Encoded bytes of response messages a handler returned, by identity. A handler that answers
+ * many calls with the same message object (e.g. ListInstanceStats from a shared sweep) pays for
+ * encoding once. Response messages are treated as immutable once returned; plain init objects
+ * (no $typeName) are never cached.
+ */
+const encodedResponses = new WeakMap<object, Buffer>();
+
 function encode(schema: DescMessage, value: unknown): Buffer {
-  const message = create(schema, value as never);
-  return Buffer.from(toBinary(schema, message));
+  const reusable = typeof value === "object" && value !== null && (value as { $typeName?: string }).$typeName === schema.typeName;
+  if (reusable) {
+    const cached = encodedResponses.get(value);
+    if (cached) return cached;
+  }
+  const bytes = Buffer.from(toBinary(schema, create(schema, value as never)));
+  if (reusable) encodedResponses.set(value as object, bytes);
+  return bytes;
 }
 
 /** Requests of a streaming call, decoded lazily, with the socket's own back-pressure. */

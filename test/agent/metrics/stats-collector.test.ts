@@ -166,3 +166,29 @@ describe("sweep", () => {
     assert.deepEqual(collector.sweep(["d"]).map((s) => s.instanceId), ["a", "b", "d"]);
   });
 });
+
+describe("recentSweep", () => {
+  it("shares one sweep between callers within the max age, sweeps anew after it", async () => {
+    tree.setProcess(42, statLine("x", 100, 0), "1 1");
+    await register({ id: "a", pid: 42 });
+    const first = collector.recentSweep(500);
+    tree.setProcess(42, statLine("x", 200, 0), "1 1");
+    now += 400_000;
+    assert.equal(collector.recentSweep(500), first, "same sweep within 500 ms");
+    assert.equal(first[0]!.cpuUsec, 1_000_000n);
+    now += 200_000;
+    const later = collector.recentSweep(500);
+    assert.notEqual(later, first);
+    assert.equal(later[0]!.cpuUsec, 2_000_000n);
+    assert.notEqual(collector.recentSweep(0), later, "0 always sweeps anew");
+  });
+  it("a registry change invalidates the shared sweep; ids outside it are measured now", async () => {
+    tree.setProcess(42, statLine("x", 1, 0), "1 1");
+    await register({ id: "a", pid: 42 });
+    collector.recentSweep(10_000);
+    await register({ id: "b", pid: 42 });
+    assert.deepEqual(collector.recentSweep(10_000).map((s) => s.instanceId), ["a", "b"]);
+    await register({ id: "c", state: InstanceState.STOPPED });
+    assert.deepEqual(collector.recentSweep(10_000, ["c", "zz"]).map((s) => s.instanceId), ["a", "b", "c"]);
+  });
+});
