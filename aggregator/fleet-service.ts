@@ -12,6 +12,7 @@ import {
   type HostInstanceStats,
   type HostResult,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
 import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
@@ -22,6 +23,10 @@ export interface FleetOptions {
   defaultPerHostTimeoutMs: number;
   fanOutConcurrency: number;
 }
+
+const listStatsMethod = MetricsService.method.listInstanceStats;
+/** ListInstanceStatsRequest{} encodes to nothing. */
+const EMPTY = Buffer.alloc(0);
 
 /** Per-call and per-host timeouts are capped so a typo cannot hold a fan-out for hours. */
 const MAX_TIMEOUT_MS = 300_000;
@@ -69,15 +74,19 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       const selected = selectHosts(req.hosts);
       const outcomes = await fanOut(
         selected,
-        async (host, signal, timeoutMs) => (await host.metrics.listInstanceStats({}, { signal, timeoutMs })).stats,
+        // The hot path of every dashboard refresh: pre-encoded request, lean call.
+        async (host, signal, timeoutMs) => (await host.transport.unaryBytes(listStatsMethod, EMPTY, timeoutMs, signal)).stats,
         { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
       );
       const stats: HostInstanceStats[] = [];
       for (const o of sortedByHost(outcomes)) {
         for (const s of o.value ?? []) {
-          // Same field names and numbers as the agent's InstanceStats, plus the host.
-          const { $typeName: _, ...fields } = s;
-          stats.push(create(HostInstanceStatsSchema, { ...fields, host: o.host }));
+          // Same field names and numbers as the agent's InstanceStats, plus the host: re-label
+          // the decoded message in place instead of copying it through create().
+          const relabelled = s as unknown as HostInstanceStats;
+          (relabelled as { $typeName: string }).$typeName = HostInstanceStatsSchema.typeName;
+          relabelled.host = o.host;
+          stats.push(relabelled);
         }
       }
       return { stats, hostResults: toHostResults(outcomes) };

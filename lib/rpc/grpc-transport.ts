@@ -25,6 +25,16 @@ import {
  */
 export interface GrpcJsTransport extends Transport {
   readonly client: grpc.Client;
+  /**
+   * The lean path for hot fan-outs: one unary call with pre-encoded request bytes, decoded
+   * response, no headers or interceptors. Errors are ConnectErrors like everywhere else.
+   */
+  unaryBytes<O extends DescMessage>(
+    method: DescMethodUnary<DescMessage, O>,
+    request: Buffer,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<MessageShape<O>>;
   close(): void;
 }
 
@@ -46,9 +56,34 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
   const callOptions = (timeoutMs: number | undefined): grpc.CallOptions =>
     timeoutMs !== undefined && timeoutMs > 0 ? { deadline: Date.now() + timeoutMs } : {};
 
+  const emptyMetadata = new grpc.Metadata();
   return {
     client,
     close: () => client.close(),
+
+    unaryBytes<O extends DescMessage>(method: DescMethodUnary<DescMessage, O>, request: Buffer, timeoutMs: number, signal?: AbortSignal) {
+      const path = `/${method.parent.typeName}/${method.name}`;
+      return new Promise<MessageShape<O>>((resolve, reject) => {
+        if (signal?.aborted) {
+          reject(ConnectError.from(signal.reason));
+          return;
+        }
+        const onAbort = () => call.cancel();
+        const call = client.makeUnaryRequest<Buffer, Buffer>(path, identity, identity, request, emptyMetadata, { deadline: Date.now() + timeoutMs }, (err, value) => {
+          signal?.removeEventListener("abort", onAbort);
+          if (err) {
+            reject(fromServiceError(err));
+            return;
+          }
+          try {
+            resolve(fromBinary(method.output, value ?? Buffer.alloc(0)));
+          } catch (e) {
+            reject(new ConnectError(`malformed ${method.output.typeName}: ${(e as Error).message}`, Code.Internal));
+          }
+        });
+        signal?.addEventListener("abort", onAbort, { once: true });
+      });
+    },
 
     unary<I extends DescMessage, O extends DescMessage>(
       method: DescMethodUnary<I, O>,
