@@ -22,7 +22,17 @@ fi
 echo "== tests"
 # Files run in parallel (one process each); e2e tests bind port 0 and use unique names.
 mapfile -t files < <(find dist/test -name '*.test.js' | sort)
-node --test --test-concurrency=2 "${files[@]}"
+log="$tmp/test-output.txt"
+status=0
+node --test --test-concurrency=2 "${files[@]}" 2>&1 | tee "$log" || status=$?
+passed=$(grep -E '^# pass [0-9]+$' "$log" | tail -1 | awk '{print $3}')
+failed=$(grep -E '^# fail [0-9]+$' "$log" | tail -1 | awk '{print $3}')
+skipped=$(grep -E '^# skipped [0-9]+$' "$log" | tail -1 | awk '{print $3}')
+summary="tests: ${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
+if [[ $status -ne 0 || "${passed:-0}" -eq 0 ]]; then
+  echo "$summary"
+  exit 1
+fi
 
 echo "== bench smoke"
 for b in dist/bench/*/main.js; do
@@ -30,3 +40,6 @@ for b in dist/bench/*/main.js; do
   echo "-- $b --smoke"
   node "$b" --smoke
 done
+
+# The test runner's summary once more, as the last line.
+echo "$summary"
