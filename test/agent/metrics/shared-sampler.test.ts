@@ -23,7 +23,7 @@ describe("SharedSampler", () => {
     sampler.close();
     // 20 watchers × ~11 batches each, from about one sweep per 100 ms tick (plus the
     // immediate first batch of each watcher), not 220 sweeps.
-    assert.ok(counts.every((c) => c >= 8), `batches per watcher: ${counts.join(",")}`);
+    assert.ok(counts.every((c) => c >= 5), `batches per watcher: ${counts.join(",")}`);
     assert.ok(sampler.sweeps <= 20 + 13, `${sampler.sweeps} sweeps for 20 watchers`);
   });
 
@@ -45,8 +45,10 @@ describe("SharedSampler", () => {
     stop.abort();
     await Promise.all([f, s]);
     sampler.close();
-    assert.ok(fast >= 8 && fast <= 13, `fast ${fast}`);
-    assert.ok(slow >= 2 && slow <= 4, `slow ${slow}`);
+    // Timer-based: loose bounds so a loaded CI machine does not flake, tight enough to tell
+    // 100 ms from 500 ms.
+    assert.ok(fast >= 5 && fast <= 13, `fast ${fast}`);
+    assert.ok(slow >= 1 && slow <= 4 && slow < fast, `slow ${slow}`);
   });
 
   it("drops the oldest batches of a watcher that does not read, and says how many", async () => {
