@@ -62,6 +62,14 @@ describe("fan-out with a hung and a dead host", () => {
         assert.ok(byHost["host-b"]!.latencyMs >= deadlineMs - 5, "the hung host cost its deadline");
         assert.deepEqual(res.stats.map((s) => [s.host, s.instanceId]), [["host-a", "vm-0"]]);
       }
+      // Per-host override (AddHost) and the aggregator default (2 s), with no per-call override.
+      await fleet.addHost({ name: "b-short", address: agents[1]!.address, perHostTimeout: { seconds: 0n, nanos: 300e6 } });
+      const short = (await fleet.listInstanceStats({ hosts: ["b-short", "host-b"] })).hostResults;
+      assert.deepEqual(short.map((h) => [h.host, h.code]), [["b-short", "DEADLINE_EXCEEDED"], ["host-b", "DEADLINE_EXCEEDED"]]);
+      assert.ok(short[0]!.latencyMs >= 295 && short[0]!.latencyMs < 600, `b-short took ${short[0]!.latencyMs} ms`);
+      assert.ok(short[1]!.latencyMs >= 1995 && short[1]!.latencyMs < 2300, `host-b took ${short[1]!.latencyMs} ms`);
+      await fleet.removeHost({ name: "b-short" });
+
       const hosts = (await fleet.listHosts({})).hosts;
       const a = hosts.find((h) => h.name === "host-a")!;
       const c = hosts.find((h) => h.name === "host-c")!;
