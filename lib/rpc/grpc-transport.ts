@@ -35,6 +35,8 @@ export interface GrpcJsTransport extends Transport {
     timeoutMs: number,
     signal?: AbortSignal,
   ): Promise<MessageShape<O>>;
+  /** Like unaryBytes, but the response stays undecoded. */
+  unaryRaw(method: DescMethodUnary, request: Buffer, timeoutMs: number, signal?: AbortSignal): Promise<Buffer>;
   close(): void;
 }
 
@@ -61,9 +63,9 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
     client,
     close: () => client.close(),
 
-    unaryBytes<O extends DescMessage>(method: DescMethodUnary<DescMessage, O>, request: Buffer, timeoutMs: number, signal?: AbortSignal) {
+    unaryRaw(method: DescMethodUnary, request: Buffer, timeoutMs: number, signal?: AbortSignal) {
       const path = `/${method.parent.typeName}/${method.name}`;
-      return new Promise<MessageShape<O>>((resolve, reject) => {
+      return new Promise<Buffer>((resolve, reject) => {
         if (signal?.aborted) {
           reject(ConnectError.from(signal.reason));
           return;
@@ -71,18 +73,20 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
         const onAbort = () => call.cancel();
         const call = client.makeUnaryRequest<Buffer, Buffer>(path, identity, identity, request, emptyMetadata, { deadline: Date.now() + timeoutMs }, (err, value) => {
           signal?.removeEventListener("abort", onAbort);
-          if (err) {
-            reject(fromServiceError(err));
-            return;
-          }
-          try {
-            resolve(fromBinary(method.output, value ?? Buffer.alloc(0)));
-          } catch (e) {
-            reject(new ConnectError(`malformed ${method.output.typeName}: ${(e as Error).message}`, Code.Internal));
-          }
+          if (err) reject(fromServiceError(err));
+          else resolve(value ?? Buffer.alloc(0));
         });
         signal?.addEventListener("abort", onAbort, { once: true });
       });
+    },
+
+    async unaryBytes<O extends DescMessage>(method: DescMethodUnary<DescMessage, O>, request: Buffer, timeoutMs: number, signal?: AbortSignal) {
+      const bytes = await this.unaryRaw(method as DescMethodUnary, request, timeoutMs, signal);
+      try {
+        return fromBinary(method.output, bytes);
+      } catch (e) {
+        throw new ConnectError(`malformed ${method.output.typeName}: ${(e as Error).message}`, Code.Internal);
+      }
     },
 
     unary<I extends DescMessage, O extends DescMessage>(

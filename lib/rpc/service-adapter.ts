@@ -214,6 +214,17 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer, path: string): 
  */
 const encodedResponses = new WeakMap<object, Buffer>();
 
+/**
+ * A response whose wire form the handler built itself (e.g. the aggregator splicing agents'
+ * answers together without decoding them). The returned object stands for `bytes` on the wire
+ * only: its fields are empty, so it is meant for returning from a handler, nothing else.
+ */
+export function wireResponse<T extends DescMessage>(schema: T, bytes: Uint8Array): MessageShape<T> {
+  const placeholder = create(schema);
+  encodedResponses.set(placeholder, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return placeholder;
+}
+
 function encode(schema: DescMessage, value: unknown): Buffer {
   const reusable = typeof value === "object" && value !== null && (value as { $typeName?: string }).$typeName === schema.typeName;
   if (reusable) {
