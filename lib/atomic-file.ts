@@ -1,5 +1,6 @@
 import { closeSync, fsyncSync, openSync, renameSync, writeSync, unlinkSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
+import fsp from "node:fs/promises";
 
 /**
  * Replaces `path` with `data` so that after a crash (kill -9, power loss) the file holds either
@@ -32,5 +33,31 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array): vo
     fsyncSync(dfd);
   } finally {
     closeSync(dfd);
+  }
+}
+
+/**
+ * The same protocol as writeFileAtomicSync, off the event loop: the fsyncs of a large file take
+ * milliseconds that a daemon's RPCs should not wait behind.
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}`);
+  const file = await fsp.open(tmp, "w", 0o600);
+  try {
+    await file.writeFile(data);
+    await file.sync();
+  } catch (e) {
+    await file.close();
+    await fsp.rm(tmp, { force: true });
+    throw e;
+  }
+  await file.close();
+  await fsp.rename(tmp, path);
+  const d = await fsp.open(dir, "r");
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
   }
 }

@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { clone, equals, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { InstanceSchema, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { writeFileAtomicSync } from "../../lib/atomic-file.js";
+import { writeFileAtomic } from "../../lib/atomic-file.js";
 import { parseProcStat } from "../kernel/proc-stat-parser.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
 
@@ -25,8 +25,14 @@ export class InstanceRegistry {
   private readonly instances = new Map<string, Instance>();
   private sorted: Instance[] | undefined;
   private readonly listeners = new Set<(change: RegistryChange) => void>();
-  private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
-  private flushScheduled = false;
+  /** Changes not yet handed to a write, with how to undo each and who waits for them. */
+  private batch: { undo: (() => void)[]; waiters: { resolve: () => void; reject: (e: unknown) => void }[] } | undefined;
+  private writing = false;
+  private writeScheduled = false;
+  /** Completed writes of the registry file (group commit makes this far fewer than changes). */
+  writes = 0;
+  /** The resource version of the state last written to disk. */
+  private durableVersion = 0n;
   /** Bumped by every change that alters an instance; identical rewrites leave it. */
   resourceVersion = 0n;
   /** New at every start, so a client can tell a restarted agent from a reconnect. */
@@ -62,6 +68,7 @@ export class InstanceRegistry {
         }
       }
       registry.resourceVersion = BigInt(doc.resourceVersion ?? "0");
+      registry.durableVersion = registry.resourceVersion;
     }
     return registry;
   }
@@ -86,11 +93,14 @@ export class InstanceRegistry {
     const previous = this.instances.get(input.id);
     const next = clone(InstanceSchema, input);
     next.pidStartTime = this.startTimeFor(next, previous);
-    if (previous && equals(InstanceSchema, previous, next)) return previous;
-    this.instances.set(next.id, next);
-    this.resourceVersion++;
-    this.emit({ type: "upsert", instance: next, previous });
-    await this.persist();
+    if (previous && equals(InstanceSchema, previous, next)) {
+      // Same content: acknowledge only once it is on disk (it may be in a write still pending,
+      // or in one that failed and was rolled back: then this call writes it).
+      if (this.resourceVersion !== this.durableVersion || this.batch) await this.commit();
+      return this.instances.get(input.id) ?? previous;
+    }
+    this.set(next.id, next, previous);
+    await this.commit(() => this.set(next.id, previous, next));
     return next;
   }
 
@@ -98,11 +108,31 @@ export class InstanceRegistry {
   async remove(id: string): Promise<Instance> {
     const previous = this.instances.get(id);
     if (!previous) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
-    this.instances.delete(id);
-    this.resourceVersion++;
-    this.emit({ type: "delete", instance: previous });
-    await this.persist();
+    this.set(id, undefined, previous);
+    await this.commit(() => this.set(id, previous, undefined));
     return previous;
+  }
+
+  /**
+   * Records the start time of an instance's pid learnt after registration (the process did not
+   * exist yet then), so pid-reuse detection survives restarts. Best effort: persisted with the
+   * next write, errors only logged by the caller.
+   */
+  async noteStartTime(id: string, pid: number, startTime: bigint): Promise<void> {
+    const current = this.instances.get(id);
+    if (!current || current.pid !== pid || current.pidStartTime !== undefined) return;
+    const next = clone(InstanceSchema, current);
+    next.pidStartTime = startTime;
+    this.set(id, next, current);
+    await this.commit(() => this.set(id, current, next));
+  }
+
+  /** One change in memory, announced to listeners; `undefined` = absent. */
+  private set(id: string, value: Instance | undefined, previous: Instance | undefined): void {
+    if (value) this.instances.set(id, value);
+    else this.instances.delete(id);
+    this.resourceVersion++;
+    this.emit(value ? { type: "upsert", instance: value, previous } : { type: "delete", instance: previous! });
   }
 
   subscribe(listener: (change: RegistryChange) => void): () => void {
@@ -129,30 +159,57 @@ export class InstanceRegistry {
     }
   }
 
-  private persist(): Promise<void> {
+  /**
+   * Joins the current batch (group commit: every change made before the write starts shares
+   * it) and resolves once the batch is on disk. One write is in flight at a time; changes made
+   * meanwhile form the next batch. If a write fails, its batch and the one queued behind it
+   * (which may build on it) are undone in memory, newest first, and every caller of both gets
+   * UNAVAILABLE: nothing is acknowledged that is not on disk, and nothing on disk is missing
+   * from memory.
+   */
+  private commit(undo?: () => void): Promise<void> {
+    this.batch ??= { undo: [], waiters: [] };
+    if (undo) this.batch.undo.push(undo);
+    const batch = this.batch;
     return new Promise((resolve, reject) => {
-      this.waiters.push({ resolve, reject });
-      if (this.flushScheduled) return;
-      this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      batch.waiters.push({ resolve, reject });
+      this.scheduleWrite();
     });
   }
 
-  private flush(): void {
-    this.flushScheduled = false;
-    const waiters = this.waiters;
-    this.waiters = [];
+  private scheduleWrite(): void {
+    if (this.writing || this.writeScheduled) return;
+    this.writeScheduled = true;
+    setImmediate(() => void this.write());
+  }
+
+  private async write(): Promise<void> {
+    this.writeScheduled = false;
+    const batch = this.batch;
+    if (!batch) return;
+    this.batch = undefined;
+    const version = this.resourceVersion;
+    const doc = {
+      format: FORMAT,
+      resourceVersion: version.toString(),
+      instances: this.list().map((i) => toJson(InstanceSchema, i)),
+    };
+    this.writing = true;
     try {
-      const doc = {
-        format: FORMAT,
-        resourceVersion: this.resourceVersion.toString(),
-        instances: this.list().map((i) => toJson(InstanceSchema, i)),
-      };
-      writeFileAtomicSync(this.path, `${JSON.stringify(doc)}\n`);
-      for (const w of waiters) w.resolve();
+      await writeFileAtomic(this.path, `${JSON.stringify(doc)}\n`);
+      this.durableVersion = version;
+      this.writes++;
+      for (const w of batch.waiters) w.resolve();
     } catch (e) {
+      const queued = this.batch as typeof batch | undefined;
+      this.batch = undefined;
+      for (const undo of [...(queued?.undo ?? [])].reverse()) undo();
+      for (const undo of [...batch.undo].reverse()) undo();
       const error = new ConnectError(`could not persist the registry: ${(e as Error).message}`, Code.Unavailable);
-      for (const w of waiters) w.reject(error);
+      for (const w of [...batch.waiters, ...(queued?.waiters ?? [])]) w.reject(error);
+    } finally {
+      this.writing = false;
+      if (this.batch) this.scheduleWrite();
     }
   }
 }

@@ -1,3 +1,4 @@
+import { performance } from "node:perf_hooks";
 import { timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import type { InstanceStats } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
@@ -7,15 +8,29 @@ import type { InstanceRegistry } from "../inventory/instance-registry.js";
 
 interface ProbeEntry {
   probe: InstanceProbe;
-  /** The previous CPU reading of this instance, for cpu_utilization_ratio. */
-  previous?: { cpuUsec: bigint; wallUsec: number };
+  /** The CPU reading cpu_utilization_ratio is measured from (monotonic clock). */
+  baseline?: { cpuUsec: bigint; monoUsec: number };
+  /** onProcessGone fired already for this probe's process. */
+  goneReported: boolean;
+  /** The learnt start time was handed to the registry. */
+  startTimeNoted: boolean;
 }
+
+/**
+ * The ratio is measured against a baseline at least this old, renewed once it is older than
+ * BASELINE_RENEW_USEC: CPU time moves in whole ticks (10 ms at 100 Hz), so a ratio over a few
+ * milliseconds between two callers would be noise (0, then 3.3, then 0).
+ */
+const MIN_RATIO_WINDOW_USEC = 100_000;
+const BASELINE_RENEW_USEC = 1_000_000;
 
 export interface CollectorOptions {
   roots?: KernelRoots;
   constants?: SystemConstants;
-  /** Wall clock in microseconds; injectable for tests. */
+  /** Wall clock in microseconds (sampled_at); injectable for tests. */
   nowUsec?: () => number;
+  /** Monotonic clock in microseconds (ratios); defaults to nowUsec when that is injected. */
+  monoUsec?: () => number;
 }
 
 /**
@@ -28,6 +43,7 @@ export class StatsCollector {
   private readonly roots: KernelRoots;
   private readonly constants: SystemConstants;
   private readonly nowUsec: () => number;
+  private readonly monoUsec: () => number;
   private readonly unsubscribe: () => void;
   /** The last sweep of all RUNNING instances, for callers that accept a recent answer. */
   private lastSweep: { atMs: number; stats: InstanceStats[] } | undefined;
@@ -41,6 +57,7 @@ export class StatsCollector {
     this.roots = options.roots ?? DEFAULT_ROOTS;
     this.constants = options.constants ?? systemConstants();
     this.nowUsec = options.nowUsec ?? (() => Date.now() * 1000);
+    this.monoUsec = options.monoUsec ?? options.nowUsec ?? (() => performance.now() * 1000);
     this.unsubscribe = registry.subscribe((change) => {
       // A registration or removal must show in the very next answer.
       this.lastSweep = undefined;
@@ -77,15 +94,27 @@ export class StatsCollector {
       const cpuUsec = (ticks * 1_000_000n) / BigInt(this.constants.clockTicksPerSecond);
       stats.cpuUsec = cpuUsec;
       stats.cpuSeconds = Number(cpuUsec) / 1e6;
-      const prev = entry.previous;
-      if (prev && instance.allocatedVcpus > 0 && cpuUsec >= prev.cpuUsec && wallUsec > prev.wallUsec) {
-        stats.cpuUtilizationRatio =
-          Number(cpuUsec - prev.cpuUsec) / ((wallUsec - prev.wallUsec) * instance.allocatedVcpus);
+      const mono = this.monoUsec();
+      const base = entry.baseline;
+      if (!base || cpuUsec < base.cpuUsec) {
+        // First reading, or the counter went down (a new process): a new baseline, no ratio.
+        entry.baseline = { cpuUsec, monoUsec: mono };
+      } else {
+        const window = mono - base.monoUsec;
+        if (window >= MIN_RATIO_WINDOW_USEC && instance.allocatedVcpus > 0) {
+          stats.cpuUtilizationRatio = Number(cpuUsec - base.cpuUsec) / (window * instance.allocatedVcpus);
+        }
+        if (window >= BASELINE_RENEW_USEC) entry.baseline = { cpuUsec, monoUsec: mono };
       }
-      // A counter that went down means a new process: the next sample starts a new baseline.
-      entry.previous = { cpuUsec, wallUsec };
+      if (instance.pid !== undefined && instance.pidStartTime === undefined && !entry.startTimeNoted && entry.probe.expectedStartTime !== undefined) {
+        // Learnt now (the process did not exist at registration): keep it across restarts.
+        entry.startTimeNoted = true;
+        this.registry.noteStartTime(instance.id, instance.pid, entry.probe.expectedStartTime).catch(() => {
+          entry.startTimeNoted = false; // retried at the next reading
+        });
+      }
     } else {
-      entry.previous = undefined;
+      entry.baseline = undefined;
     }
     if (reading.memory) {
       const page = BigInt(this.constants.pageSizeBytes);
@@ -100,9 +129,10 @@ export class StatsCollector {
       stats.netRxBytes = reading.interface.txBytes;
       stats.netTxBytes = reading.interface.rxBytes;
     }
-    if (reading.processGone) {
-      entry.probe.close();
-      this.probes.delete(instance.id);
+    if (reading.processGone && !entry.goneReported) {
+      // The probe stays: it remembers the start time, so a new process that gets the pid is
+      // never taken for the instance, and this fires once, not at every reading.
+      entry.goneReported = true;
       if (instance.state === InstanceState.RUNNING) this.onProcessGone?.(instance);
     }
     return stats;
@@ -160,6 +190,8 @@ export class StatsCollector {
     if (!entry) {
       entry = {
         probe: new InstanceProbe(instance.pid, instance.tapDevice || undefined, instance.pidStartTime, this.roots),
+        goneReported: false,
+        startTimeNoted: false,
       };
       this.probes.set(instance.id, entry);
     }

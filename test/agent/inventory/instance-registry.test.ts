@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -46,6 +46,7 @@ describe("InstanceRegistry", () => {
   it("a burst of upserts in one tick shares one write (group commit)", async () => {
     const r = InstanceRegistry.open(dir.path);
     await Promise.all(Array.from({ length: 200 }, (_, i) => r.upsert(inst(`vm-${i}`))));
+    assert.equal(r.writes, 1, "200 changes, one write");
     assert.equal(InstanceRegistry.open(dir.path).size, 200);
     assert.deepEqual(readdirSync(dir.path).filter((f) => f.includes("tmp")), [], "no temp file left behind");
   });
@@ -68,5 +69,28 @@ describe("InstanceRegistry", () => {
     assert.ok(a.pidStartTime !== undefined && a.pidStartTime > 0n);
     const again = await r.upsert(inst("a", { pid: process.pid, name: "renamed" }));
     assert.equal(again.pidStartTime, a.pidStartTime);
+  });
+  it("a failed write is not acknowledged, is rolled back, and a retry really writes", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a", { name: "one" }));
+    rmSync(dir.path, { recursive: true, force: true });
+    await assert.rejects(r.upsert(inst("b")), (e: unknown) => e instanceof ConnectError && e.code === Code.Unavailable && /could not persist/.test(e.rawMessage));
+    await assert.rejects(r.upsert(inst("a", { name: "two" })), (e: unknown) => e instanceof ConnectError && e.code === Code.Unavailable);
+    assert.equal(r.get("b"), undefined, "rolled back");
+    assert.equal(r.get("a")!.name, "one", "rolled back to what is on disk");
+    mkdirSync(dir.path);
+    // The same request again: identical to memory after the rollback, so it must write, not
+    // answer OK from memory.
+    await r.upsert(inst("b"));
+    await r.upsert(inst("a", { name: "one" }));
+    const reopened = InstanceRegistry.open(dir.path);
+    assert.deepEqual(reopened.list().map((i) => [i.id, i.name]), [["a", "one"], ["b", ""]]);
+  });
+  it("an identical registration arriving while the first is being written waits for that write", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    const first = r.upsert(inst("a"));
+    const second = r.upsert(inst("a"));
+    await Promise.all([first, second]);
+    assert.equal(InstanceRegistry.open(dir.path).size, 1);
   });
 });

@@ -107,6 +107,28 @@ describe("StatsCollector on fixture trees", () => {
     assert.equal(s.memoryRssBytes, undefined);
     assert.match(s.unavailable[0] ?? "", /^cpu: pid 42 was reused by another process \(start time 9999, expected 1000\)$/);
     assert.deepEqual(gone, ["vm1"], "a RUNNING instance's process going away is signalled");
+    collector.measure(inst);
+    collector.measure(inst);
+    assert.deepEqual(gone, ["vm1"], "once, not at every reading");
+  });
+  it("a start time learnt after registration is persisted, so a pid reused after a restart is caught", async () => {
+    const inst = await register({ pid: 43 });
+    assert.equal(inst.pidStartTime, undefined, "no such process at registration");
+    tree.setProcess(43, statLine("late", 5, 5, 777), "1 1");
+    assert.equal(collector.measure(inst).cpuUsec, 100_000n);
+    assert.equal(registry.get("vm1")!.pidStartTime, 777n);
+    // Written in the background: wait for that write.
+    const writes = registry.writes;
+    for (let i = 0; i < 200 && registry.writes === writes; i++) await new Promise((r) => setTimeout(r, 5));
+    // "Restart": a new registry and collector over the same state; another process has pid 43.
+    const reopened = InstanceRegistry.open(state.path, tree);
+    assert.equal(reopened.get("vm1")!.pidStartTime, 777n);
+    const c2 = new StatsCollector(reopened, { roots: tree, constants: { clockTicksPerSecond: 100, pageSizeBytes: 4096 } });
+    tree.setProcess(43, statLine("other", 9, 9, 999), "1 1");
+    const s = c2.measure(reopened.get("vm1")!);
+    c2.close();
+    assert.equal(s.cpuUsec, undefined);
+    assert.match(s.unavailable[0] ?? "", /was reused by another process \(start time 999, expected 777\)/);
   });
   it("a garbled stat line is a reason, not a zero", async () => {
     tree.setProcess(42, "42 (x R 1 2", "10 5");
@@ -145,6 +167,23 @@ describe("ratios", () => {
     now += 1_000_000;
     tree.setProcess(42, statLine("x", 105, 0), "1 1");
     assert.equal(collector.measure(inst).cpuUtilizationRatio, 0.5);
+  });
+  it("cpu_utilization_ratio needs a window of 100 ms; the baseline is renewed once it is 1 s old", async () => {
+    tree.setProcess(42, statLine("x", 100, 0), "1 1");
+    const inst = await register({ pid: 42, allocatedVcpus: 1 });
+    collector.measure(inst);
+    now += 5_000;
+    tree.setProcess(42, statLine("x", 101, 0), "1 1");
+    assert.equal(collector.measure(inst).cpuUtilizationRatio, undefined, "5 ms is no window for 10 ms ticks");
+    now += 495_000;
+    tree.setProcess(42, statLine("x", 125, 0), "1 1");
+    assert.equal(collector.measure(inst).cpuUtilizationRatio, 0.5, "250 ms of CPU over the 500 ms since the baseline");
+    now += 500_000;
+    tree.setProcess(42, statLine("x", 200, 0), "1 1");
+    assert.equal(collector.measure(inst).cpuUtilizationRatio, 1, "1 s since the baseline; renewed now");
+    now += 500_000;
+    tree.setProcess(42, statLine("x", 200, 0), "1 1");
+    assert.equal(collector.measure(inst).cpuUtilizationRatio, 0, "idle since the renewed baseline");
   });
   it("cpu_utilization_ratio is unset when vcpus is 0", async () => {
     tree.setProcess(42, statLine("x", 100, 0), "1 1");
