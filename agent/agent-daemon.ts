@@ -14,6 +14,9 @@ import { registerVmInstruments } from "./metrics/prometheus-export.js";
 import { SharedSampler } from "./metrics/shared-sampler.js";
 import { StatsCollector } from "./metrics/stats-collector.js";
 
+/** Sweeps younger than this serve a watch tick without reading /proc again. */
+const SAMPLER_SHARE_MS = 50;
+
 export interface AgentOptions {
   listen: ListenAddress;
   stateDir: string;
@@ -47,9 +50,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const collector = new StatsCollector(registry, { roots });
     collector.onProcessGone = (instance) =>
       logger.warn({ instance_id: instance.id, pid: instance.pid }, "process of a RUNNING instance is gone");
-    const sampler = new SharedSampler((ids) => collector.sweep(ids));
+    // Watch ticks and scrapes share recent sweeps too: many streams opening at once, or a
+    // scrape next to a watch, cost one pass over /proc, not one each.
+    const sampler = new SharedSampler((ids) => collector.recentSweep(SAMPLER_SHARE_MS, ids));
     const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
-    registerVmInstruments(metrics, () => collector.sweep(), options.metricsLabelBudget, logger);
+    registerVmInstruments(metrics, () => collector.recentSweep(options.statsMaxAgeMs ?? 0), options.metricsLabelBudget, logger);
     const validation = { tapPrefix: options.tapPrefix };
     const server = await startGrpcServer({
       listen: options.listen,

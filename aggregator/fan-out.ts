@@ -67,6 +67,10 @@ async function callOne<T>(
 ): Promise<HostOutcome<T>> {
   const timeoutMs = options.timeoutMsFor(host);
   const started = performance.now();
+  if (options.signal?.aborted) {
+    // Cancelled before this host's turn: not called at all, and not the host's failure.
+    return { host: host.config.name, code: "CANCELLED", message: "fan-out cancelled before this host was called", latencyMs: 0 };
+  }
   const abort = new AbortController();
   const onParentAbort = () => abort.abort(new ConnectError("fan-out cancelled", Code.Canceled));
   options.signal?.addEventListener("abort", onParentAbort, { once: true });
@@ -92,7 +96,8 @@ async function callOne<T>(
     if (error.code === Code.DeadlineExceeded) message = `no answer within ${timeoutMs} ms (${message})`;
     // UNAVAILABLE and DEADLINE_EXCEEDED come from the transport; any other code is the agent's answer.
     const agentAnswered = error.code !== Code.Unavailable && error.code !== Code.DeadlineExceeded && error.code !== Code.Canceled;
-    host.recordFailure(code, message, agentAnswered, Date.now());
+    // Our own cancellation says nothing about the host.
+    if (error.code !== Code.Canceled) host.recordFailure(code, message, agentAnswered, Date.now());
     return { host: name, code, message, latencyMs };
   } finally {
     clearTimeout(timer);

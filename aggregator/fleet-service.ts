@@ -17,7 +17,7 @@ import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
 import { agentStatEntries, hostStatEntries } from "./stats-splice.js";
 import { wireResponse } from "../lib/rpc/service-adapter.js";
-import type { HostConnection } from "./hosts/host-connection.js";
+import { hostTimeoutProblem, type HostConnection } from "./hosts/host-connection.js";
 import type { HostRegistry } from "./hosts/host-registry.js";
 
 export interface FleetOptions {
@@ -29,8 +29,6 @@ const listStatsMethod = MetricsService.method.listInstanceStats;
 /** ListInstanceStatsRequest{} encodes to nothing. */
 const EMPTY = Buffer.alloc(0);
 
-/** Per-call and per-host timeouts are capped so a typo cannot hold a fan-out for hours. */
-const MAX_TIMEOUT_MS = 300_000;
 
 /** FleetService: the hosts registry and the fan-outs over it. */
 export function createFleetService(hosts: HostRegistry, options: FleetOptions): ServiceImpl<typeof FleetService> {
@@ -57,11 +55,13 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
     },
     addHost(req) {
       requireId("name", req.name);
+      let port: number;
       try {
-        parseHostPort(req.address);
+        port = parseHostPort(req.address).port;
       } catch (e) {
         throw invalidArgument("address", (e as Error).message);
       }
+      if (port === 0) throw invalidArgument("address", "port 0 cannot be dialled");
       const perHostTimeoutMs = req.perHostTimeout ? checkedTimeout(req.perHostTimeout, "per_host_timeout") : undefined;
       const conn = hosts.add({ name: req.name, address: req.address, origin: HostOrigin.API, perHostTimeoutMs });
       return { host: toHost(conn) };
@@ -126,9 +126,8 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
 
 function checkedTimeout(d: Duration, field: string): number {
   const ms = durationMs(d);
-  if (!(ms > 0) || ms > MAX_TIMEOUT_MS) {
-    throw invalidArgument(field, `must be > 0 and <= ${MAX_TIMEOUT_MS / 1000}s, got ${ms} ms`);
-  }
+  const problem = hostTimeoutProblem(ms);
+  if (problem) throw invalidArgument(field, problem);
   return ms;
 }
 

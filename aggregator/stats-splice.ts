@@ -16,15 +16,33 @@ export class WireFormatError extends Error {
   override name = "WireFormatError";
 }
 
-/** The encoded stats (field 1 entries) of an agent's ListInstanceStatsResponse, each as bytes. */
+/**
+ * The encoded stats (field 1 entries) of an agent's ListInstanceStatsResponse, each as bytes.
+ * Each entry's wire structure is checked too (its fields, and the Timestamp inside
+ * sampled_at), so one malformed or skewed agent answer fails that host alone instead of making
+ * the whole fleet answer undecodable for the client.
+ */
 export function agentStatEntries(bytes: Uint8Array): Uint8Array[] {
   const out: Uint8Array[] = [];
+  walk(bytes, (field, entry) => {
+    if (field !== 1) return;
+    walk(entry, (inner, value) => {
+      if (inner === 3) walk(value, () => undefined);
+    });
+    out.push(entry);
+  });
+  return out;
+}
+
+/** Walks the fields of one message, calling `onLen` for each length-delimited one. */
+function walk(bytes: Uint8Array, onLen: (field: number, value: Uint8Array) => void): void {
   let pos = 0;
   while (pos < bytes.length) {
     const [tag, afterTag] = readVarint(bytes, pos);
     pos = afterTag;
     const field = Number(tag >> 3n);
     const wire = Number(tag & 7n);
+    if (field === 0) throw new WireFormatError("field number 0");
     switch (wire) {
       case WIRE_VARINT:
         pos = readVarint(bytes, pos)[1];
@@ -39,7 +57,7 @@ export function agentStatEntries(bytes: Uint8Array): Uint8Array[] {
         const [len, start] = readVarint(bytes, pos);
         const end = start + Number(len);
         if (end > bytes.length) throw new WireFormatError(`field ${field}: length ${len} runs past the end`);
-        if (field === 1) out.push(bytes.subarray(start, end));
+        onLen(field, bytes.subarray(start, end));
         pos = end;
         break;
       }
@@ -48,7 +66,6 @@ export function agentStatEntries(bytes: Uint8Array): Uint8Array[] {
     }
     if (pos > bytes.length) throw new WireFormatError("truncated message");
   }
-  return out;
 }
 
 /** Field 1 (stats) entries of the fleet answer: each agent stat with `host` (field 100) appended. */

@@ -90,7 +90,7 @@ export function aggregatorCommand(): Command {
     .addOption(configurable("AGGREGATOR", "--hosts-file <file>", "agents, one 'NAME=HOST:PORT [timeout=2s]' per line"))
     .addOption(configurable("AGGREGATOR", "--state-dir <dir>", "hosts added through the API and other durable state").default(undefined, `${defaultStateBase()}/aggregator`))
     .addOption(configurable("AGGREGATOR", "--metrics-listen <host:port>", "Prometheus endpoint; 'off' disables it").default(parse.address("127.0.0.1:9465"), "127.0.0.1:9465").argParser(parse.optionalAddress))
-    .addOption(configurable("AGGREGATOR", "--per-host-timeout <duration>", "deadline of one host's part of a fan-out").default(2000, "2s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--per-host-timeout <duration>", "deadline of one host's part of a fan-out (at most 300s)").default(2000, "2s").argParser(parse.hostTimeoutMs))
     .addOption(configurable("AGGREGATOR", "--fan-out-concurrency <n>", "calls in flight at once per fan-out").default(512).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--reconnect-backoff-max <duration>", "longest wait between reconnect attempts to a host").default(30_000, "30s").argParser(parse.durationMs))
     .addOption(configurable("AGGREGATOR", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { parseHostPort, type ListenAddress } from "../lib/listen-address.js";
 import { parseDurationMs } from "../lib/duration.js";
+import { hostTimeoutProblem } from "../aggregator/hosts/host-connection.js";
 
 /** Commander argument parsers: each throws InvalidArgumentError with the rule that failed. */
 export const parse = {
@@ -24,6 +25,12 @@ export const parse = {
     } catch (e) {
       throw new InvalidArgumentError((e as Error).message);
     }
+  },
+  hostTimeoutMs(value: string): number {
+    const ms = parse.durationMs(value);
+    const problem = hostTimeoutProblem(ms);
+    if (problem) throw new InvalidArgumentError(problem);
+    return ms;
   },
   nonNegativeDurationMs(value: string): number {
     if (value.trim() === "0" || /^0+(ms|s|m|h)$/.test(value.trim())) return 0;

@@ -1,10 +1,13 @@
-import { accessSync, constants, mkdirSync, readFileSync, writeFileSync, unlinkSync } from "node:fs";
+import { accessSync, constants, mkdirSync, openSync, closeSync, writeSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 
 /**
  * Prepares a daemon's state directory: creates it, checks it is writable, and claims it with a
- * pid file so two daemons never write the same files. A pid file left by a process that no
- * longer exists (kill -9) is taken over. Throws with a one-line reason otherwise.
+ * pid file so two daemons never write the same files. The file holds the pid and that process's
+ * start time (/proc/<pid>/stat field 22) and is created exclusively (O_EXCL), so two daemons
+ * starting together cannot both claim it. A file whose process is gone, or whose pid now belongs
+ * to another process (pid reuse after kill -9 or a reboot), is stale and taken over.
+ * Throws with a one-line reason otherwise.
  */
 export function claimStateDir(dir: string, owner: string): { release(): void } {
   try {
@@ -14,32 +17,54 @@ export function claimStateDir(dir: string, owner: string): { release(): void } {
     throw new Error(`state dir ${dir} is not usable: ${(e as Error).message}`);
   }
   const pidFile = join(dir, `${owner}.pid`);
-  let existing: number | undefined;
-  try {
-    existing = Number(readFileSync(pidFile, "utf8").trim());
-  } catch {
-    existing = undefined;
+  const mine = `${process.pid} ${startTimeOf(process.pid) ?? "?"}\n`;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(pidFile, "wx", 0o600);
+      writeSync(fd, mine);
+      closeSync(fd);
+      return {
+        release() {
+          try {
+            if (readFileSync(pidFile, "utf8") === mine) unlinkSync(pidFile);
+          } catch {
+            // already gone
+          }
+        },
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw new Error(`state dir ${dir} is not usable: ${(e as Error).message}`);
+    }
+    const holder = readHolder(pidFile);
+    if (holder && holder.pid !== process.pid && startTimeOf(holder.pid) === holder.startTime && holder.startTime !== undefined) {
+      throw new Error(`state dir ${dir} is in use by another ${owner} (pid ${holder.pid})`);
+    }
+    // Stale: its process is gone or the pid is someone else's now.
+    try {
+      unlinkSync(pidFile);
+    } catch {
+      // removed meanwhile by its owner: try again
+    }
   }
-  if (existing && existing !== process.pid && processExists(existing)) {
-    throw new Error(`state dir ${dir} is in use by another ${owner} (pid ${existing})`);
-  }
-  writeFileSync(pidFile, `${process.pid}\n`);
-  return {
-    release() {
-      try {
-        if (Number(readFileSync(pidFile, "utf8").trim()) === process.pid) unlinkSync(pidFile);
-      } catch {
-        // already gone
-      }
-    },
-  };
+  throw new Error(`state dir ${dir}: could not claim ${pidFile} (another ${owner} starting at the same time?)`);
 }
 
-function processExists(pid: number): boolean {
+function readHolder(pidFile: string): { pid: number; startTime: string | undefined } | undefined {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
+    const [pid, startTime] = readFileSync(pidFile, "utf8").trim().split(/\s+/);
+    const n = Number(pid);
+    return Number.isInteger(n) && n > 0 ? { pid: n, startTime: startTime === "?" ? undefined : startTime } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Field 22 of /proc/<pid>/stat (split after the last ')': comm may hold anything), or undefined. */
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const line = readFileSync(`/proc/${pid}/stat`, "latin1");
+    return line.slice(line.lastIndexOf(")") + 1).trim().split(/\s+/)[19];
+  } catch {
+    return undefined;
   }
 }

@@ -1,9 +1,12 @@
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { InstanceStats } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 
 export const MIN_INTERVAL_MS = 100;
 export const DEFAULT_INTERVAL_MS = 1000;
 /** Batches a watcher may have waiting before older ones are dropped (and counted). */
 export const WATCH_QUEUE_LIMIT = 8;
+/** Streams one agent serves at once; more get RESOURCE_EXHAUSTED. */
+export const MAX_WATCHERS = 1024;
 
 export interface SampleBatch {
   sampledAtMs: number;
@@ -40,6 +43,9 @@ export class SharedSampler {
 
   /** Streams batches until `signal` aborts. */
   async *watch(intervalMs: number, ids: string[], signal: AbortSignal): AsyncGenerator<SampleBatch> {
+    if (this.watchers.size >= MAX_WATCHERS) {
+      throw new ConnectError(`at most ${MAX_WATCHERS} stats watches at once; this agent has ${this.watchers.size}`, Code.ResourceExhausted);
+    }
     const watcher: Watcher = {
       intervalMs,
       ids: new Set(ids),
@@ -110,8 +116,9 @@ export class SharedSampler {
     for (const w of due) {
       const stats = w.ids.size === 0 ? all : all.filter((s) => w.ids.has(s.instanceId));
       if (w.queue.length >= WATCH_QUEUE_LIMIT) {
-        w.queue.shift();
-        w.dropped++;
+        // The dropped batch's own count of earlier drops moves on with it.
+        const shifted = w.queue.shift()!;
+        w.dropped += 1 + shifted.dropped;
       }
       w.queue.push({ sampledAtMs: now, stats, dropped: w.dropped });
       w.dropped = 0;

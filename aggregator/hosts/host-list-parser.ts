@@ -2,7 +2,7 @@ import { HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { ID_PATTERN } from "../../lib/rpc/field-error.js";
 import { parseHostPort } from "../../lib/listen-address.js";
 import { parseDurationMs } from "../../lib/duration.js";
-import type { HostConfig } from "./host-connection.js";
+import { hostTimeoutProblem, type HostConfig } from "./host-connection.js";
 
 /** `--hosts NAME=ADDR,...`. Throws an Error naming the bad entry. */
 export function parseHostsFlag(value: string): HostConfig[] {
@@ -28,7 +28,15 @@ export function parseHostsFile(text: string, fileName: string): HostConfig[] {
     for (const opt of opts) {
       const m = /^timeout=(.+)$/.exec(opt);
       if (!m) throw new Error(`${where}: unknown option ${JSON.stringify(opt)} (expected timeout=DURATION)`);
-      host.perHostTimeoutMs = parseDurationMs(m[1] ?? "");
+      let ms: number;
+      try {
+        ms = parseDurationMs(m[1] ?? "");
+      } catch (e) {
+        throw new Error(`${where}: ${(e as Error).message}`);
+      }
+      const problem = hostTimeoutProblem(ms);
+      if (problem) throw new Error(`${where}: timeout ${problem}`);
+      host.perHostTimeoutMs = ms;
     }
     out.push(host);
   });
@@ -51,10 +59,12 @@ function parseEntry(entry: string, origin: HostOrigin, where: string): HostConfi
   const name = entry.slice(0, eq);
   const address = entry.slice(eq + 1);
   if (!ID_PATTERN.test(name)) throw new Error(`${where}: host name ${JSON.stringify(name)} must match ${ID_PATTERN.source}`);
+  let port: number;
   try {
-    parseHostPort(address);
+    port = parseHostPort(address).port;
   } catch (e) {
     throw new Error(`${where}: ${(e as Error).message}`);
   }
+  if (port === 0) throw new Error(`${where}: port 0 cannot be dialled`);
   return { name, address, origin, perHostTimeoutMs: undefined };
 }

@@ -31,6 +31,9 @@ export class HostRegistry {
     } catch (e) {
       throw new Error(`${path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
     }
+    if (!Array.isArray(saved) || saved.some((h) => typeof h?.name !== "string" || typeof h?.address !== "string")) {
+      throw new Error(`${path}: expected {"hosts": [{"name", "address"}, ...]}; refusing to start over it`);
+    }
     for (const h of saved) {
       if (!this.hosts.has(h.name)) {
         this.put({ name: h.name, address: h.address, origin: HostOrigin.API, perHostTimeoutMs: h.perHostTimeoutMs });
@@ -60,21 +63,35 @@ export class HostRegistry {
       );
     }
     if (existing) {
+      const before = existing.config.perHostTimeoutMs;
       existing.config.perHostTimeoutMs = config.perHostTimeoutMs;
-      this.save();
+      this.saveOrUndo(() => (existing.config.perHostTimeoutMs = before));
       return existing;
     }
     const conn = this.put(config);
-    this.save();
+    this.saveOrUndo(() => {
+      conn.close();
+      this.hosts.delete(config.name);
+    });
     return conn;
   }
 
   remove(name: string): void {
     const conn = this.hosts.get(name);
     if (!conn) throw new ConnectError(`host ${JSON.stringify(name)} not found`, Code.NotFound);
-    conn.close();
     this.hosts.delete(name);
-    this.save();
+    this.saveOrUndo(() => this.hosts.set(name, conn));
+    conn.close();
+  }
+
+  /** Persists, or undoes the change in memory and fails: nothing unsaved is acknowledged. */
+  private saveOrUndo(undo: () => void): void {
+    try {
+      this.save();
+    } catch (e) {
+      undo();
+      throw e;
+    }
   }
 
   close(): void {
@@ -93,6 +110,10 @@ export class HostRegistry {
     const hosts = this.list()
       .filter((h) => h.config.origin === HostOrigin.API)
       .map((h) => ({ name: h.config.name, address: h.config.address, perHostTimeoutMs: h.config.perHostTimeoutMs }));
-    writeFileAtomicSync(join(this.stateDir, FILE), `${JSON.stringify({ hosts }, null, 1)}\n`);
+    try {
+      writeFileAtomicSync(join(this.stateDir, FILE), `${JSON.stringify({ hosts }, null, 1)}\n`);
+    } catch (e) {
+      throw new ConnectError(`could not persist the hosts: ${(e as Error).message}`, Code.Unavailable);
+    }
   }
 }

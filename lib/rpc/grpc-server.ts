@@ -1,5 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { setMaxListeners } from "node:events";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -86,7 +87,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     close(graceMs = 5000) {
       closing ??= new Promise<void>((resolve) => {
         health.shutdown();
-        shutdown.abort();
+        // UNAVAILABLE, not CANCELLED: clients may retry elsewhere or after a restart.
+        shutdown.abort(new ConnectError("server shutting down", Code.Unavailable));
         const force = setTimeout(() => {
           server.forceShutdown();
           resolve();

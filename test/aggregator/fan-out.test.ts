@@ -92,4 +92,23 @@ describe("fanOut", () => {
     );
     assert.deepEqual(out.map((o) => o.code), ["CANCELLED", "CANCELLED"]);
   });
+  it("hosts still waiting for a slot when the caller cancels are not called at all", async () => {
+    const ac = new AbortController();
+    const called: string[] = [];
+    const hosts = [host("a"), host("b"), host("c"), host("d")];
+    setTimeout(() => ac.abort(), 50);
+    const started = Date.now();
+    const out = await fanOut(
+      hosts,
+      async (h, signal) => {
+        called.push(h.config.name);
+        await new Promise((_, rej) => signal.addEventListener("abort", () => rej(signal.reason)));
+      },
+      { concurrency: 1, timeoutMsFor: () => 1000, signal: ac.signal },
+    );
+    assert.ok(Date.now() - started < 500, "no host waited for its deadline");
+    assert.deepEqual(called, ["a"]);
+    assert.deepEqual(out.map((o) => o.code), ["CANCELLED", "CANCELLED", "CANCELLED", "CANCELLED"]);
+    assert.deepEqual(hosts.map((h) => h.seen), [[], [], [], []], "a cancellation is not the host's failure");
+  });
 });

@@ -37,5 +37,9 @@ describe("splicing agent answers into the fleet answer", () => {
     assert.throws(() => agentStatEntries(good.subarray(0, good.length - 1)), WireFormatError);
     assert.throws(() => agentStatEntries(Uint8Array.from([0x0b])), /unsupported wire type 3/);
     assert.throws(() => agentStatEntries(Uint8Array.from([0x0a, 0xff])), WireFormatError);
+    // A well-formed outer answer whose stat is broken inside (field 2 runs past the entry).
+    assert.throws(() => agentStatEntries(Uint8Array.from([0x0a, 0x02, 0x12, 0x05])), /length 5 runs past the end/);
+    // ... or whose sampled_at Timestamp is broken.
+    assert.throws(() => agentStatEntries(Uint8Array.from([0x0a, 0x03, 0x1a, 0x01, 0x08])), /truncated varint/);
   });
 });

@@ -82,3 +82,15 @@ describe("configuration sources", () => {
     d.remove();
   });
 });
+
+describe("state dir claim", () => {
+  it("takes over a pid file whose pid now belongs to another process (pid reuse)", async () => {
+    const { writeFileSync } = await import("node:fs");
+    const d = tempDir("stale-pid");
+    // pid 1 exists, but its start time is not the one recorded: a stale claim.
+    writeFileSync(join(d.path, "agent.pid"), "1 123456789\n");
+    const agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", d.path, "--metrics-listen", "off"]);
+    await agent.stop();
+    d.remove();
+  });
+});

@@ -51,8 +51,9 @@ describe("a real busy process", () => {
     const rssKiB = Number(second.memoryRssBytes) / 1024;
     assert.ok(Math.abs(rssKiB - reference.rssKiB) <= Math.max(256, reference.rssKiB * 0.02), `rss ${rssKiB} KiB vs ps ${reference.rssKiB} KiB`);
     assert.ok(rssKiB > 64 * 1024, "the 64 MiB buffer is resident");
-    // A busy loop on one vCPU is close to fully used between the two samples.
-    assert.ok(second.cpuUtilizationRatio !== undefined && second.cpuUtilizationRatio > 0.5, `cpu ratio ${second.cpuUtilizationRatio}`);
+    // A busy loop on one vCPU uses much of it between the two samples (loose: other test files
+    // share the 2 cores).
+    assert.ok(second.cpuUtilizationRatio !== undefined && second.cpuUtilizationRatio > 0.2, `cpu ratio ${second.cpuUtilizationRatio}`);
     assert.deepEqual(second.unavailable, []);
   });
 

@@ -53,6 +53,14 @@ describe("validateInstance rejects, naming the field", () => {
     rejects({ id: "x", labels: { ok: "line\nbreak" } }, 'instance.labels["ok"]');
   });
   it("control characters in the name", () => rejects({ id: "x", name: "a\u0000b" }, "instance.name"));
+  it("a standby policy that could not work", () => {
+    rejects({ id: "x", standbyPolicy: { idleTimeout: "5 minutes" } }, "instance.standby_policy.idle_timeout", /is not a duration/);
+    rejects({ id: "x", standbyPolicy: { ignoreSourceCidrs: ["10.0.0.0/8", "10.0.0.0/33"] } }, "instance.standby_policy.ignore_source_cidrs[1]");
+    rejects({ id: "x", standbyPolicy: { ignoreSourceCidrs: ["nope"] } }, "instance.standby_policy.ignore_source_cidrs[0]");
+    rejects({ id: "x", standbyPolicy: { ignoreDestinationPorts: [22, 0] } }, "instance.standby_policy.ignore_destination_ports[1]");
+    rejects({ id: "x", standbyPolicy: { driver: "teleport" } }, "instance.standby_policy.driver");
+    validate({ id: "x", standbyPolicy: { enabled: true, idleTimeout: "5m", ignoreSourceCidrs: ["fd00::/8"], ignoreDestinationPorts: [22], driver: "cgroup" } });
+  });
   it("a missing instance", () => {
     assert.throws(() => validateInstance(undefined, { tapPrefix: "fl-" }), /^ConnectError: \[invalid_argument\] instance: is required$/);
   });

@@ -65,4 +65,30 @@ describe("SharedSampler", () => {
     assert.ok(dropped >= 3, `dropped batches reported: ${dropped}`);
     assert.equal(sampler.watcherCount, 0, "the watcher is gone after return");
   });
+  it("counts every dropped batch exactly (hand-driven ticks)", async () => {
+    let now = 0;
+    const sampler = new SharedSampler(sweepOf(["a"]), () => now);
+    const tick = () => (sampler as unknown as { tick(): void }).tick();
+    const stop = new AbortController();
+    const it = sampler.watch(100, [], stop.signal)[Symbol.asyncIterator]();
+    const first = await it.next(); // the immediate first batch
+    assert.equal(first.value!.dropped, 0);
+    const ticks = 30;
+    for (let i = 0; i < ticks; i++) {
+      now += 100;
+      tick();
+    }
+    let delivered = 0;
+    let dropped = 0;
+    for (let i = 0; i < WATCH_QUEUE_LIMIT; i++) {
+      const b = (await it.next()).value!;
+      delivered++;
+      dropped += b.dropped;
+    }
+    stop.abort();
+    await it.return?.(undefined);
+    sampler.close();
+    assert.equal(delivered, WATCH_QUEUE_LIMIT);
+    assert.equal(dropped + delivered, ticks, "every tick's batch is either delivered or counted as dropped");
+  });
 });

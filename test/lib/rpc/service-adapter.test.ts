@@ -257,6 +257,26 @@ describe("bidi streaming", () => {
   });
 });
 
+describe("server shutdown", () => {
+  it("ends open streams with UNAVAILABLE (retryable), not CANCELLED", async () => {
+    const own = await startGrpcServer({
+      listen: parseHostPort("127.0.0.1:0"),
+      logger: createLogger("test", "silent"),
+      services: [serviceRegistration(EchoService, createEchoService({ abortReasons: new Map(), produced: 0 }))],
+    });
+    const t = createGrpcJsTransport(own.address);
+    const c = createClient(EchoService, t);
+    const check = rejectsWith(collect(c.echoServerStream({ count: 3, after: 1, behavior: Behavior.HANG })), Code.Unavailable, /server shutting down/);
+    await new Promise((r) => setTimeout(r, 100));
+    await own.close(500);
+    try {
+      await check;
+    } finally {
+      t.close();
+    }
+  });
+});
+
 describe("unknown methods", () => {
   it("answers UNIMPLEMENTED", async () => {
     const err = await new Promise<grpc.ServiceError>((res) => {
