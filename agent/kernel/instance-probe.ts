@@ -1,5 +1,28 @@
-import { KeptFdFile } from "./kept-fd-file.js";
-import { parseCounter, parseProcStat, parseProcStatm } from "./proc-stat-parser.js";
+import { KeptFdFile, readBuffer } from "./kept-fd-file.js";
+import {
+  parseCounter,
+  parseCounterBytes,
+  parseProcStat,
+  parseProcStatBytes,
+  parseProcStatm,
+  parseProcStatmBytes,
+  type ProcStat,
+  type ProcStatm,
+} from "./proc-stat-parser.js";
+
+// Parse straight from the shared read buffer; the string path only for oversized content.
+function readStat(f: KeptFdFile): ProcStat {
+  const n = f.readInto();
+  return n >= 0 ? parseProcStatBytes(readBuffer, n) : parseProcStat(f.read());
+}
+function readStatm(f: KeptFdFile): ProcStatm {
+  const n = f.readInto();
+  return n >= 0 ? parseProcStatmBytes(readBuffer, n) : parseProcStatm(f.read());
+}
+function readCounter(f: KeptFdFile, what: string): bigint {
+  const n = f.readInto();
+  return n >= 0 ? parseCounterBytes(readBuffer, n, what) : parseCounter(f.read(), what);
+}
 
 /** Where the probe reads; tests point these at fixture trees. */
 export interface KernelRoots {
@@ -58,8 +81,8 @@ export class InstanceProbe {
     if (this.rx && this.tx) {
       // Both counters or neither: a half pair would make rates and sums lie.
       try {
-        const rxBytes = parseCounter(this.rx.read(), "rx_bytes");
-        const txBytes = parseCounter(this.tx.read(), "tx_bytes");
+        const rxBytes = readCounter(this.rx, "rx_bytes");
+        const txBytes = readCounter(this.tx, "tx_bytes");
         reading.interface = { rxBytes, txBytes };
       } catch (e) {
         reading.unavailable.push(`network: interface ${this.interfaceName}: ${describe(e)}`);
@@ -71,7 +94,7 @@ export class InstanceProbe {
   private readProcess(reading: ProbeReading, pid: number): void {
     let stat;
     try {
-      stat = parseProcStat(this.stat!.read());
+      stat = readStat(this.stat!);
     } catch (e) {
       const reason = isGone(e) ? `pid ${pid} not found` : describe(e);
       reading.unavailable.push(`cpu: ${reason}`, `memory: ${reason}`);
@@ -89,7 +112,7 @@ export class InstanceProbe {
     }
     reading.cpu = { utimeTicks: stat.utimeTicks, stimeTicks: stat.stimeTicks, startTimeTicks: stat.startTimeTicks };
     try {
-      reading.memory = parseProcStatm(this.statm!.read());
+      reading.memory = readStatm(this.statm!);
     } catch (e) {
       // stat was read but statm was not (the process exited in between): CPU still stands.
       reading.unavailable.push(`memory: ${isGone(e) ? `pid ${pid} not found` : describe(e)}`);

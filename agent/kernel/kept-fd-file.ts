@@ -3,6 +3,9 @@ import { closeSync, openSync, readSync, readFileSync } from "node:fs";
 /** One buffer for every read: reads are synchronous, so they never overlap. */
 const shared = Buffer.allocUnsafe(8192);
 
+/** The buffer readInto() fills; valid until the next read of any KeptFdFile. */
+export const readBuffer: Buffer = shared;
+
 /**
  * A small kernel file (/proc/<pid>/stat, a sysfs counter) read again and again through one kept
  * file descriptor with a positional read at offset 0, which makes procfs and sysfs produce the
@@ -20,6 +23,15 @@ export class KeptFdFile {
   constructor(readonly path: string) {}
 
   read(): string {
+    const n = this.readInto();
+    return n < 0 ? readFileSync(this.path, "latin1") : shared.toString("latin1", 0, n);
+  }
+
+  /**
+   * Reads into `readBuffer` and returns the byte count, or -1 when the content did not fit
+   * (then use read()). The bytes are valid until the next read of any KeptFdFile.
+   */
+  readInto(): number {
     if (this.fd !== undefined) {
       try {
         return this.readFd(this.fd);
@@ -46,10 +58,10 @@ export class KeptFdFile {
     this.fd = undefined;
   }
 
-  private readFd(fd: number): string {
+  private readFd(fd: number): number {
     const n = readSync(fd, shared, 0, shared.length, 0);
-    if (n < shared.length) return shared.toString("latin1", 0, n);
-    // Longer than the buffer (not seen for stat/statm/counters): read it whole.
-    return readFileSync(this.path, "latin1");
+    // A full buffer may mean more content (not seen for stat/statm/counters): the caller
+    // reads the file whole instead.
+    return n < shared.length ? n : -1;
   }
 }

@@ -7,23 +7,31 @@ export interface ProcStat {
   startTimeTicks: bigint;
 }
 
+/** /proc/<pid>/statm: size and resident, in pages (proc(5)). */
+export interface ProcStatm {
+  sizePages: bigint;
+  residentPages: bigint;
+}
+
 export class ProcParseError extends Error {
   override name = "ProcParseError";
 }
 
-const NUMERIC = /^\d+$/;
+// The parsers work on the bytes of a read (latin1), not on strings: they run for every
+// instance on every sweep, and decoding plus splitting cost more than the reads themselves
+// (bench/metrics-sweep). The string forms below wrap them for tests and one-off reads.
+
+const CLOSE_PAREN = 0x29;
 
 /**
  * Parses one /proc/<pid>/stat line. The comm field (2) is in parentheses and may itself contain
  * spaces and ')', so we split at the LAST ')' (proc(5)); the tokens after it start at field 3.
  * Anything malformed is an error, never a silent 0.
  */
-export function parseProcStat(line: string): ProcStat {
-  const close = line.lastIndexOf(")");
+export function parseProcStatBytes(buf: Uint8Array, length: number): ProcStat {
+  let close = length - 1;
+  while (close >= 0 && buf[close] !== CLOSE_PAREN) close--;
   if (close < 0) throw new ProcParseError("stat: no ')' closing the comm field");
-  // Walk the tokens once and slice out only the four we need: this runs for every instance on
-  // every sweep, so no split() into ~50 strings (bench/metrics-sweep).
-  const n = line.length;
   let i = close + 1;
   let state = "";
   let utime = -1n;
@@ -31,59 +39,79 @@ export function parseProcStat(line: string): ProcStat {
   let start = -1n;
   let field = 3;
   for (; field <= 22; field++) {
-    while (i < n && isSpace(line.charCodeAt(i))) i++;
-    if (i >= n) break;
+    while (i < length && isSpace(buf[i]!)) i++;
+    if (i >= length) break;
     const from = i;
-    while (i < n && !isSpace(line.charCodeAt(i))) i++;
-    if (field === 3) state = line.slice(from, i);
-    else if (field === 14) utime = numericToken(line, from, i, 14, "utime");
-    else if (field === 15) stime = numericToken(line, from, i, 15, "stime");
-    else if (field === 22) start = numericToken(line, from, i, 22, "starttime");
+    while (i < length && !isSpace(buf[i]!)) i++;
+    if (field === 3) state = latin1(buf, from, i);
+    else if (field === 14) utime = number(buf, from, i, `stat: field 14 (utime)`);
+    else if (field === 15) stime = number(buf, from, i, `stat: field 15 (stime)`);
+    else if (field === 22) start = number(buf, from, i, `stat: field 22 (starttime)`);
   }
   if (field <= 22) {
-    const count = line.slice(close + 1).trim().split(/\s+/).filter((t) => t !== "").length;
+    const count = latin1(buf, close + 1, length).trim().split(/\s+/).filter((t) => t !== "").length;
     throw new ProcParseError(`stat: ${count} fields after comm, need at least 20`);
   }
   return { state, utimeTicks: utime, stimeTicks: stime, startTimeTicks: start };
+}
+
+export function parseProcStatmBytes(buf: Uint8Array, length: number): ProcStatm {
+  const tokens: [number, number][] = [];
+  let i = 0;
+  while (tokens.length < 2) {
+    while (i < length && isSpace(buf[i]!)) i++;
+    if (i >= length) break;
+    const from = i;
+    while (i < length && !isSpace(buf[i]!)) i++;
+    tokens.push([from, i]);
+  }
+  if (tokens.length < 2) throw new ProcParseError(`statm: ${tokens.length} tokens, need at least 2`);
+  const [[s0, e0], [s1, e1]] = tokens as [[number, number], [number, number]];
+  return { sizePages: number(buf, s0, e0, "statm: size is not a number"), residentPages: number(buf, s1, e1, "statm: resident is not a number") };
+}
+
+/** A sysfs counter file such as statistics/rx_bytes: one unsigned decimal and a newline. */
+export function parseCounterBytes(buf: Uint8Array, length: number, what: string): bigint {
+  let from = 0;
+  let to = length;
+  while (from < to && isSpace(buf[from]!)) from++;
+  while (to > from && isSpace(buf[to - 1]!)) to--;
+  if (from === to) throw new ProcParseError(`${what}: not a counter: ""`);
+  return number(buf, from, to, `${what}: not a counter`);
+}
+
+export function parseProcStat(line: string): ProcStat {
+  const b = Buffer.from(line, "latin1");
+  return parseProcStatBytes(b, b.length);
+}
+
+export function parseProcStatm(text: string): ProcStatm {
+  const b = Buffer.from(text, "latin1");
+  return parseProcStatmBytes(b, b.length);
+}
+
+export function parseCounter(text: string, what: string): bigint {
+  const b = Buffer.from(text, "latin1");
+  return parseCounterBytes(b, b.length, what);
 }
 
 function isSpace(c: number): boolean {
   return c === 32 || c === 10 || c === 9 || c === 13;
 }
 
-function numericToken(line: string, from: number, to: number, field: number, name: string): bigint {
+function latin1(buf: Uint8Array, from: number, to: number): string {
+  return Buffer.from(buf.buffer, buf.byteOffset + from, to - from).toString("latin1");
+}
+
+/** Decimal digits only; up to 15 digits through a Number (exact), longer ones through BigInt. */
+function number(buf: Uint8Array, from: number, to: number, what: string): bigint {
+  let n = 0;
   for (let k = from; k < to; k++) {
-    const c = line.charCodeAt(k);
-    if (c < 48 || c > 57) {
-      throw new ProcParseError(`stat: field ${field} (${name}) is not a number: ${JSON.stringify(line.slice(from, Math.min(to, from + 32)))}`);
+    const d = buf[k]! - 48;
+    if (d < 0 || d > 9) {
+      throw new ProcParseError(`${what}${what.includes("not a") ? "" : " is not a number"}: ${JSON.stringify(latin1(buf, from, Math.min(to, from + 32)))}`);
     }
+    n = n * 10 + d;
   }
-  return BigInt(line.slice(from, to));
-}
-
-/** /proc/<pid>/statm: size and resident, in pages (proc(5)). */
-export interface ProcStatm {
-  sizePages: bigint;
-  residentPages: bigint;
-}
-
-export function parseProcStatm(text: string): ProcStatm {
-  const tokens = text.trim().split(/\s+/);
-  if (tokens.length < 2 || tokens[0] === "") {
-    throw new ProcParseError(`statm: ${tokens[0] === "" ? 0 : tokens.length} tokens, need at least 2`);
-  }
-  const [size = "", resident = ""] = tokens;
-  if (!NUMERIC.test(size) || !NUMERIC.test(resident)) {
-    throw new ProcParseError("statm: size or resident is not a number");
-  }
-  return { sizePages: BigInt(size), residentPages: BigInt(resident) };
-}
-
-/** A sysfs counter file such as statistics/rx_bytes: one unsigned decimal and a newline. */
-export function parseCounter(text: string, what: string): bigint {
-  const token = text.trim();
-  if (!NUMERIC.test(token)) {
-    throw new ProcParseError(`${what}: not a counter: ${JSON.stringify(token.slice(0, 32))}`);
-  }
-  return BigInt(token);
+  return to - from <= 15 ? BigInt(n) : BigInt(latin1(buf, from, to));
 }
