@@ -7,8 +7,8 @@ import {
   InstanceState,
   type Instance,
 } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { StandbyPolicySchema, type StandbyPolicy } from "../../gen/fleetlet/agent/v1/standby_pb.js";
-import { parseDurationMs } from "../../lib/duration.js";
+import { StandbyPolicySchema } from "../../gen/fleetlet/agent/v1/standby_pb.js";
+import { normalizeStandbyPolicy } from "../standby/standby-policy.js";
 import { invalidArgument, requireId, truncate } from "../../lib/rpc/field-error.js";
 import { deriveTapName, validateInterfaceName } from "./interface-name.js";
 
@@ -65,8 +65,8 @@ export function validateInstance(input: Instance | undefined, options: Validatio
     }
     checkText(`instance.labels[${JSON.stringify(key)}]`, out.labels[key] ?? "", 256);
   }
-  out.standbyPolicy ??= create(StandbyPolicySchema);
-  checkStandbyPolicy(out.standbyPolicy);
+  // Missing policy = none (disabled); a given one is normalised (standby.md).
+  out.standbyPolicy = out.standbyPolicy ? normalizeStandbyPolicy(out.standbyPolicy, "instance.standby_policy") : create(StandbyPolicySchema);
   out.source = InstanceSource.REGISTERED;
   // Output only: the agent records the pid's start time itself.
   out.pidStartTime = undefined;
@@ -77,41 +77,4 @@ function checkText(field: string, value: string, max: number): void {
   if (value.length > max) throw invalidArgument(field, `at most ${max} characters, got ${value.length}`);
   // Control characters break tables, logs and label values downstream.
   if (/[\u0000-\u001f\u007f]/.test(value)) throw invalidArgument(field, "must not contain control characters");
-}
-
-const STANDBY_DRIVERS = new Set(["", "signal", "cgroup", "docker", "exec"]);
-const MAX_POLICY_LIST = 64;
-
-/**
- * The checks a standby policy needs before it is stored; its normalisation (canonical
- * durations, masked and sorted CIDRs) comes with the standby controller (standby.md).
- */
-function checkStandbyPolicy(p: StandbyPolicy): void {
-  const f = "instance.standby_policy";
-  if (p.idleTimeout !== "") {
-    try {
-      if (parseDurationMs(p.idleTimeout) <= 0) throw new Error("must be greater than 0");
-    } catch (e) {
-      throw invalidArgument(`${f}.idle_timeout`, (e as Error).message);
-    }
-  }
-  if (p.ignoreSourceCidrs.length > MAX_POLICY_LIST) {
-    throw invalidArgument(`${f}.ignore_source_cidrs`, `at most ${MAX_POLICY_LIST} entries, got ${p.ignoreSourceCidrs.length}`);
-  }
-  p.ignoreSourceCidrs.forEach((cidr, i) => {
-    const m = /^([^/]+)\/(\d{1,3})$/.exec(cidr);
-    const family = m ? isIP(m[1] ?? "") : 0;
-    if (!m || family === 0 || Number(m[2]) > (family === 4 ? 32 : 128)) {
-      throw invalidArgument(`${f}.ignore_source_cidrs[${i}]`, `${JSON.stringify(truncate(cidr))} is not an IPv4 or IPv6 CIDR`);
-    }
-  });
-  if (p.ignoreDestinationPorts.length > MAX_POLICY_LIST) {
-    throw invalidArgument(`${f}.ignore_destination_ports`, `at most ${MAX_POLICY_LIST} entries, got ${p.ignoreDestinationPorts.length}`);
-  }
-  p.ignoreDestinationPorts.forEach((port, i) => {
-    if (port < 1 || port > 65535) throw invalidArgument(`${f}.ignore_destination_ports[${i}]`, `must be 1-65535, got ${port}`);
-  });
-  if (!STANDBY_DRIVERS.has(p.driver)) {
-    throw invalidArgument(`${f}.driver`, `${JSON.stringify(truncate(p.driver))} is not one of signal, cgroup, docker, exec (or empty)`);
-  }
 }

@@ -54,12 +54,15 @@ describe("validateInstance rejects, naming the field", () => {
   });
   it("control characters in the name", () => rejects({ id: "x", name: "a\u0000b" }, "instance.name"));
   it("a standby policy that could not work", () => {
-    rejects({ id: "x", standbyPolicy: { idleTimeout: "5 minutes" } }, "instance.standby_policy.idle_timeout", /is not a duration/);
+    rejects({ id: "x", standbyPolicy: { idleTimeout: "5 minutes" } }, "instance.standby_policy.idle_timeout", /"5 minutes": invalid duration/);
     rejects({ id: "x", standbyPolicy: { ignoreSourceCidrs: ["10.0.0.0/8", "10.0.0.0/33"] } }, "instance.standby_policy.ignore_source_cidrs[1]");
     rejects({ id: "x", standbyPolicy: { ignoreSourceCidrs: ["nope"] } }, "instance.standby_policy.ignore_source_cidrs[0]");
     rejects({ id: "x", standbyPolicy: { ignoreDestinationPorts: [22, 0] } }, "instance.standby_policy.ignore_destination_ports[1]");
     rejects({ id: "x", standbyPolicy: { driver: "teleport" } }, "instance.standby_policy.driver");
-    validate({ id: "x", standbyPolicy: { enabled: true, idleTimeout: "5m", ignoreSourceCidrs: ["fd00::/8"], ignoreDestinationPorts: [22], driver: "cgroup" } });
+    const ok = validate({ id: "x", standbyPolicy: { enabled: true, idleTimeout: "300s", ignoreSourceCidrs: ["fd00::1/8"], ignoreDestinationPorts: [22, 22], driver: "cgroup" } });
+    assert.equal(ok.standbyPolicy?.idleTimeout, "5m0s", "stored normalised");
+    assert.deepEqual(ok.standbyPolicy?.ignoreSourceCidrs, ["fd00::/8"]);
+    assert.deepEqual(ok.standbyPolicy?.ignoreDestinationPorts, [22]);
   });
   it("a missing instance", () => {
     assert.throws(() => validateInstance(undefined, { tapPrefix: "fl-" }), /^ConnectError: \[invalid_argument\] instance: is required$/);
