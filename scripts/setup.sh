@@ -10,9 +10,12 @@ want_test=false
 [[ "${1:-}" == "--test" ]] && want_test=true
 
 if $want_test; then
-  # Real kernel tests: ip (netns, veth), ps, gcc for the C reference loop of bench/metrics-sweep.
+  # Real kernel tests: ip (netns, veth), iptables (makes the kernel track flows in a test
+  # namespace), conntrack (deletes a flow in a test), ps, gcc for the C reference loop of bench/metrics-sweep.
   missing=()
   command -v ip >/dev/null || missing+=(iproute2)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v conntrack >/dev/null || missing+=(conntrack)
   command -v ps >/dev/null || missing+=(procps)
   command -v gcc >/dev/null || missing+=(gcc)
   if ((${#missing[@]})); then
