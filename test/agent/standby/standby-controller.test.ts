@@ -1,0 +1,261 @@
+import { beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import { InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.js";
+import { StandbyController, type StandbyInstance } from "../../../agent/standby/standby-controller.js";
+import type { StandbyRuntime } from "../../../agent/standby/standby-runtime-store.js";
+import { FakeClock, FakeFlowSource, settle } from "./fake-clock.js";
+
+const IP = "192.168.100.10";
+const MIN = 60_000;
+
+let clock: FakeClock;
+let source: FakeFlowSource;
+let instances: Map<string, StandbyInstance>;
+let runtime: Map<string, StandbyRuntime>;
+let driverCalls: string[];
+let failStandby: number;
+let controller: StandbyController;
+
+function vm(overrides: Partial<StandbyInstance> = {}): StandbyInstance {
+  return {
+    id: "vm1",
+    state: InstanceState.RUNNING,
+    networkEnabled: true,
+    ip: IP,
+    hasVgpu: false,
+    policy: create(StandbyPolicySchema, { enabled: true, idleTimeout: "10m0s", wakeOnTraffic: true }),
+    ...overrides,
+  };
+}
+
+function build(supported = true, syncMs = 24 * 60 * MIN): StandbyController {
+  return new StandbyController({
+    clock,
+    syncMs,
+    source: supported ? source : undefined,
+    instances: { list: () => [...instances.values()], get: (id) => instances.get(id) },
+    runtime: { get: (id) => runtime.get(id), set: (id, r) => (r ? runtime.set(id, r) : runtime.delete(id)) },
+    standby: async (i) => {
+      driverCalls.push(`standby:${i.id}`);
+      if (failStandby > 0) {
+        failStandby--;
+        throw new Error("driver failed: exit status 1");
+      }
+    },
+    wake: async (i) => void driverCalls.push(`wake:${i.id}`),
+    setState: async (id, state) => {
+      const i = instances.get(id)!;
+      instances.set(id, { ...i, state });
+    },
+  });
+}
+
+const client = (srcPort: number, tcpState = 3) => ({ srcIp: "1.2.3.4", srcPort, dstIp: IP, dstPort: 8080, tcpState });
+
+beforeEach(() => {
+  clock = new FakeClock();
+  source = new FakeFlowSource();
+  instances = new Map([["vm1", vm()]]);
+  runtime = new Map();
+  driverCalls = [];
+  failStandby = 0;
+  controller = build();
+});
+
+describe("StandbyController (fake clock, fake conntrack)", () => {
+  it("check 5: restart with a persisted idle_since and a live inbound flow → ACTIVE, idle_since cleared", async () => {
+    runtime.set("vm1", { idleSince: clock.now() - 5 * MIN });
+    source.open(client(40000), true);
+    await controller.start();
+    const d = controller.describe("vm1");
+    assert.equal(d.status, "ACTIVE");
+    assert.equal(d.activeInboundCount, 1);
+    assert.equal(runtime.get("vm1")?.idleSince, undefined);
+  });
+
+  it("check 6: persisted idle_since 10:55, timeout 10m, no flows, now 11:00 → countdown to 11:05", async () => {
+    runtime.set("vm1", { idleSince: clock.now() - 5 * MIN });
+    await controller.start();
+    const d = controller.describe("vm1");
+    assert.equal(d.status, "IDLE_COUNTDOWN");
+    assert.equal(d.nextStandbyAt, clock.now() + 5 * MIN);
+    assert.equal(d.countdownRemainingMs, 5 * MIN);
+  });
+
+  it("check 7: NEW then DESTROY → countdown from the DESTROY; a second DESTROY changes nothing", async () => {
+    await controller.start();
+    const f = source.open(client(40000));
+    assert.equal(controller.describe("vm1").status, "ACTIVE");
+    await clock.advance(30_000);
+    const destroyedAt = clock.now();
+    source.close(f);
+    assert.equal(controller.describe("vm1").idleSince, destroyedAt);
+    await clock.advance(1000);
+    source.emit("flow", { ...f, kind: "destroy", tcpState: 0 });
+    const d = controller.describe("vm1");
+    assert.equal(d.idleSince, destroyedAt);
+    assert.equal(d.activeInboundCount, 0);
+    assert.equal(d.nextStandbyAt, destroyedAt + 10 * MIN);
+  });
+
+  it("check 8: two flows, one destroyed → still ACTIVE", async () => {
+    await controller.start();
+    const a = source.open(client(40000));
+    source.open(client(40001));
+    source.close(a);
+    const d = controller.describe("vm1");
+    assert.equal(d.status, "ACTIVE");
+    assert.equal(d.activeInboundCount, 1);
+  });
+
+  it("an open connection keeps the instance awake well past its timeout; after it closes, standby exactly once", async () => {
+    await controller.start();
+    const f = source.open(client(40000));
+    await clock.advance(60 * MIN);
+    assert.deepEqual(driverCalls, []);
+    assert.equal(controller.describe("vm1").status, "ACTIVE");
+    source.close(f);
+    await clock.advance(10 * MIN - 1);
+    assert.deepEqual(driverCalls, []);
+    await clock.advance(1);
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY);
+    assert.equal(controller.describe("vm1").status, "IN_STANDBY");
+    await clock.advance(60 * MIN);
+    assert.deepEqual(driverCalls, ["standby:vm1"], "exactly once");
+  });
+
+  it("check 9: NEW events lost → the confirm dump finds the flow → ACTIVE, no standby", async () => {
+    await controller.start();
+    source.open(client(40000), true); // the event never arrives
+    await clock.advance(10 * MIN);
+    assert.deepEqual(driverCalls, []);
+    assert.equal(controller.describe("vm1").status, "ACTIVE");
+    assert.equal(controller.counters.confirmFoundFlows, 1);
+  });
+
+  it("a failed confirm dump counts as busy: no standby, countdown restarted", async () => {
+    await controller.start();
+    source.failDumps = true;
+    await clock.advance(10 * MIN);
+    assert.deepEqual(driverCalls, []);
+    assert.equal(controller.describe("vm1").nextStandbyAt, clock.now() + 10 * MIN);
+  });
+
+  it("check 10: a failing driver is retried one timeout later; success → STANDBY exactly once", async () => {
+    failStandby = 1;
+    await controller.start();
+    await clock.advance(10 * MIN);
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING);
+    assert.match(controller.describe("vm1").lastError ?? "", /driver failed: exit status 1/);
+    await clock.advance(10 * MIN);
+    assert.deepEqual(driverCalls, ["standby:vm1", "standby:vm1"]);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY);
+    assert.equal(controller.counters.standby.failed, 1);
+    assert.equal(controller.counters.standby.ok, 1);
+  });
+
+  it("check 11: overflow → resync by dump, no false standby", async () => {
+    await controller.start();
+    source.open(client(40000), true); // lost in the overflow
+    source.emit("overflow");
+    await settle();
+    assert.equal(controller.describe("vm1").status, "ACTIVE");
+    await clock.advance(30 * MIN);
+    assert.deepEqual(driverCalls, []);
+    assert.equal(controller.counters.resyncs, 1);
+  });
+
+  it("reconcile every 2 s replaces the active set from one dump (a missed DESTROY starts the countdown)", async () => {
+    await controller.start();
+    const f = source.open(client(40000));
+    source.close(f, true); // DESTROY lost
+    assert.equal(controller.describe("vm1").status, "ACTIVE");
+    await clock.advance(2000);
+    const d = controller.describe("vm1");
+    assert.equal(d.status, "IDLE_COUNTDOWN");
+    assert.equal(d.idleSince, clock.now());
+  });
+
+  it("ignored ports and source networks and outbound flows do not keep it awake", async () => {
+    instances.set("vm1", vm({ policy: create(StandbyPolicySchema, { enabled: true, idleTimeout: "10m0s", ignoreDestinationPorts: [22], ignoreSourceCidrs: ["10.0.0.0/8"] }) }));
+    await controller.start();
+    source.open({ srcIp: "1.2.3.4", srcPort: 1, dstIp: IP, dstPort: 22, tcpState: 3 });
+    source.open({ srcIp: "10.1.2.3", srcPort: 2, dstIp: IP, dstPort: 8080, tcpState: 3 });
+    source.open({ srcIp: IP, srcPort: 3, dstIp: "8.8.8.8", dstPort: 443, tcpState: 3 });
+    await clock.advance(10 * MIN);
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
+  });
+
+  it("wake on traffic: a NEW inbound flow to an instance on standby wakes it and it is RUNNING again", async () => {
+    await controller.start();
+    await clock.advance(10 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY);
+    source.open(client(40100, 1)); // SYN_SENT
+    await settle();
+    assert.deepEqual(driverCalls, ["standby:vm1", "wake:vm1"]);
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING);
+    assert.equal(controller.describe("vm1").status, "ACTIVE", "the waking flow counts");
+  });
+
+  it("WakeInstance on a running instance is FAILED_PRECONDITION", async () => {
+    await controller.start();
+    await assert.rejects(controller.wake("vm1"), /is not on standby/);
+  });
+
+  it("HoldStandby postpones the standby; ResetIdle restarts the countdown", async () => {
+    await controller.start();
+    controller.hold("vm1", 40 * MIN);
+    assert.equal(controller.describe("vm1").reason, "HOLD");
+    await clock.advance(20 * MIN);
+    assert.deepEqual(driverCalls, []);
+    controller.resetIdle("vm1");
+    assert.equal(controller.describe("vm1").idleSince, clock.now());
+    await clock.advance(10 * MIN);
+    assert.deepEqual(driverCalls, [], "idle long enough at minute 30, but held until minute 40");
+    await clock.advance(10 * MIN);
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
+  });
+
+  it("the periodic sync picks up a flow whose events were lost, before the countdown ends", async () => {
+    controller = build(true, 5 * MIN);
+    await controller.start();
+    source.open(client(40000), true);
+    await clock.advance(5 * MIN);
+    assert.equal(controller.describe("vm1").status, "ACTIVE");
+    await clock.advance(30 * MIN);
+    assert.deepEqual(driverCalls, []);
+  });
+
+  it("the Describe table, row by row", async () => {
+    const noSupport = build(false);
+    assert.deepEqual([noSupport.describe("vm1").status, noSupport.describe("vm1").reason, noSupport.describe("vm1").supported], ["UNSUPPORTED", "UNSUPPORTED_PLATFORM", false]);
+    await controller.start();
+    const row = (over: Partial<StandbyInstance>) => {
+      instances.set("vm1", vm(over));
+      const d = controller.describe("vm1");
+      return `${d.status}/${d.reason}`;
+    };
+    assert.equal(row({ policy: undefined }), "DISABLED/POLICY_MISSING");
+    assert.equal(row({ policy: create(StandbyPolicySchema, { enabled: false, idleTimeout: "5m0s" }) }), "DISABLED/POLICY_DISABLED");
+    assert.equal(row({ state: InstanceState.STANDBY }), "IN_STANDBY/STANDBY");
+    assert.equal(row({ state: InstanceState.STOPPED }), "INELIGIBLE/INSTANCE_NOT_RUNNING");
+    assert.equal(row({ networkEnabled: false }), "INELIGIBLE/NETWORK_DISABLED");
+    assert.equal(row({ ip: "" }), "INELIGIBLE/MISSING_IP");
+    assert.equal(row({ hasVgpu: true }), "INELIGIBLE/HAS_VGPU");
+    assert.equal(row({}), "IDLE_COUNTDOWN/IDLE_TIMEOUT_NOT_ELAPSED");
+    source.failDumps = true;
+    source.emit("error", new Error("netlink socket closed"));
+    await settle();
+    assert.equal(row({}), "ERROR/OBSERVER_ERROR");
+    source.failDumps = false;
+    source.emit("overflow");
+    await settle();
+    source.open(client(40000));
+    assert.equal(row({}), "ACTIVE/ACTIVE_INBOUND_CONNECTIONS");
+    assert.equal(controller.describe("vm1").trackingMode, "conntrack_netlink_v4_tcp");
+  });
+});
