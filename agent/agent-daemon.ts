@@ -10,6 +10,11 @@ import { InstanceRegistry } from "./inventory/instance-registry.js";
 import { createInventoryService } from "./inventory/inventory-service.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "./kernel/instance-probe.js";
 import { createMetricsService } from "./metrics/metrics-service.js";
+import { StandbyService } from "../gen/fleetlet/agent/v1/standby_pb.js";
+import { setUpStandby } from "./standby/standby-setup.js";
+import { createStandbyService } from "./standby/standby-service.js";
+import { DEFAULT_POLICY_LIMITS } from "./standby/standby-policy.js";
+import type { ExecDriverCommands } from "./standby/drivers/exec-driver.js";
 import { registerVmInstruments } from "./metrics/prometheus-export.js";
 import { SharedSampler } from "./metrics/shared-sampler.js";
 import { StatsCollector } from "./metrics/stats-collector.js";
@@ -28,6 +33,10 @@ export interface AgentOptions {
   statsMaxAgeMs?: number;
   roots?: KernelRoots;
   logger?: Logger;
+  /** Auto-standby over conntrack; false reports every instance UNSUPPORTED (tests, benches). */
+  standby?: boolean;
+  standbyConcurrency?: number;
+  standbyExec?: ExecDriverCommands;
 }
 
 export interface RunningAgent {
@@ -56,12 +65,20 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
     registerVmInstruments(metrics, () => collector.recentSweep(options.statsMaxAgeMs ?? 0), options.metricsLabelBudget, logger);
     const validation = { tapPrefix: options.tapPrefix };
+    const standby = await setUpStandby(registry, {
+      stateDir: options.stateDir,
+      logger,
+      concurrency: options.standbyConcurrency ?? 16,
+      exec: options.standbyExec,
+      conntrack: options.standby !== false,
+    });
     const server = await startGrpcServer({
       listen: options.listen,
       logger,
       services: [
         serviceRegistration(InventoryService, createInventoryService(registry, validation)),
         serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),
+        serviceRegistration(StandbyService, createStandbyService(registry, standby.controller, DEFAULT_POLICY_LIMITS, standby.unsupportedReason)),
       ],
     });
     logger.info(
@@ -78,6 +95,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       close() {
         closed ??= (async () => {
           sampler.close();
+          standby.close();
           await server.close();
           collector.close();
           await metrics.shutdown();

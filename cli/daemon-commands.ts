@@ -48,6 +48,10 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--tap-prefix <prefix>", "prefix of derived host-side interface names (hypeman hosts use hype-)").default("fl-"))
     .addOption(configurable("AGENT", "--metrics-label-budget <n>", "instances above which the label-budget counter rises").default(200).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--stats-max-age <duration>", "ListInstanceStats may answer from a shared sweep this recent ('0s' = always sweep anew)").default(500, "500ms").argParser(parse.nonNegativeDurationMs))
+    .addOption(configurable("AGENT", "--standby <on|off>", "auto-standby over conntrack (off: every instance reports UNSUPPORTED)").choices(["on", "off"]).default("on"))
+    .addOption(configurable("AGENT", "--standby-concurrency <n>", "standby requests run at once").default(16).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--standby-exec <command>", "exec driver: standby command, run without a shell, split on spaces"))
+    .addOption(configurable("AGENT", "--wake-exec <command>", "exec driver: wake command"))
     .addOption(configurable("AGENT", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
     .action(async (_opts, command: Command) => {
@@ -59,6 +63,10 @@ export function agentCommand(): Command {
         tapPrefix: string;
         metricsLabelBudget: number;
         statsMaxAge: number;
+        standby: string;
+        standbyConcurrency: number;
+        standbyExec?: string;
+        wakeExec?: string;
         logLevel: string;
       }>();
       try {
@@ -75,6 +83,9 @@ export function agentCommand(): Command {
           tapPrefix: o.tapPrefix,
           metricsLabelBudget: o.metricsLabelBudget,
           statsMaxAgeMs: o.statsMaxAge,
+          standby: o.standby === "on",
+          standbyConcurrency: o.standbyConcurrency,
+          standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },
           logger: createLogger("fleetlet-agent", o.logLevel),
         }),
       );

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { clone, equals, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InstanceSchema, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, type Instance, type InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { writeFileAtomic } from "../../lib/atomic-file.js";
 import { parseProcStat } from "../kernel/proc-stat-parser.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
@@ -111,6 +111,19 @@ export class InstanceRegistry {
     this.set(id, undefined, previous);
     await this.commit(() => this.set(id, previous, undefined));
     return previous;
+  }
+
+  /**
+   * Changes an instance's lifecycle state: the one place state changes (standby, wake, and the
+   * lifecycle transitions metering records). NOT_FOUND for an unknown id; durable on return.
+   */
+  async setState(id: string, state: InstanceState): Promise<Instance> {
+    const current = this.instances.get(id);
+    if (!current) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
+    if (current.state === state) return current;
+    const next = clone(InstanceSchema, current);
+    next.state = state;
+    return this.upsert(next);
   }
 
   /**

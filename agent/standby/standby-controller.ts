@@ -108,6 +108,8 @@ export class StandbyController {
   private readonly tracks = new Map<string, Track>();
   private readonly byIp = new Map<string, Set<string>>();
   private readonly queue: string[] = [];
+  private readonly pendingRefresh = new Set<string>();
+  private refreshing: Promise<void> | undefined;
   private running = 0;
   private reconcileTimer: unknown;
   private syncTimer: unknown;
@@ -142,23 +144,42 @@ export class StandbyController {
     if (this.syncTimer) this.deps.clock.clearTimeout(this.syncTimer);
   }
 
-  /** An instance was registered, changed (e.g. became RUNNING) or removed. */
-  async refresh(id: string): Promise<void> {
-    const instance = this.deps.instances.get(id);
-    if (!instance) {
-      this.drop(id);
-      return;
+  /**
+   * An instance was registered, changed (e.g. became RUNNING) or removed. Refreshes asked for in
+   * the same tick share one dump: a burst of registrations must not become a burst of dumps.
+   */
+  refresh(id: string): Promise<void> {
+    this.pendingRefresh.add(id);
+    this.refreshing ??= new Promise<void>((r) => setImmediate(r))
+      .then(() => this.runRefresh())
+      .finally(() => (this.refreshing = undefined));
+    return this.refreshing;
+  }
+
+  private async runRefresh(): Promise<void> {
+    const ids = [...this.pendingRefresh];
+    this.pendingRefresh.clear();
+    const present: StandbyInstance[] = [];
+    for (const id of ids) {
+      const instance = this.deps.instances.get(id);
+      if (instance) present.push(instance);
+      else this.drop(id);
     }
-    if (!this.supported) return;
+    if (!this.supported || present.length === 0) return;
     let flows: ConntrackFlow[] | undefined;
-    if (this.isEligible(instance)) {
+    if (present.some((i) => this.isEligible(i))) {
       try {
         flows = await this.deps.source!.dump();
       } catch (e) {
-        this.deps.onError?.("dump", id, e);
+        this.deps.onError?.("dump", undefined, e);
       }
     }
-    this.seed(instance, flows);
+    for (const instance of present) {
+      // Re-read: it may have changed while the dump ran.
+      const current = this.deps.instances.get(instance.id);
+      if (current) this.seed(current, flows);
+    }
+    if (this.pendingRefresh.size > 0) await this.runRefresh();
   }
 
   describe(id: string): StandbyDescription {

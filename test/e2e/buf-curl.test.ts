@@ -47,6 +47,7 @@ describe("buf curl against the agent", () => {
     assert.deepEqual(r.stdout.trim().split("\n").sort(), [
       "fleetlet.agent.v1.InventoryService",
       "fleetlet.agent.v1.MetricsService",
+      "fleetlet.agent.v1.StandbyService",
       "grpc.health.v1.Health",
       "grpc.reflection.v1.ServerReflection",
       "grpc.reflection.v1alpha.ServerReflection",

@@ -2,20 +2,21 @@
 // @generated from file fleetlet/agent/v1/standby.proto (package fleetlet.agent.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file fleetlet/agent/v1/standby.proto.
  */
 export const file_fleetlet_agent_v1_standby: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mbGVldGxldC9hZ2VudC92MS9zdGFuZGJ5LnByb3RvEhFmbGVldGxldC5hZ2VudC52MSKeAQoNU3RhbmRieVBvbGljeRIPCgdlbmFibGVkGAEgASgIEhQKDGlkbGVfdGltZW91dBgCIAEoCRIbChNpZ25vcmVfc291cmNlX2NpZHJzGAMgAygJEiAKGGlnbm9yZV9kZXN0aW5hdGlvbl9wb3J0cxgEIAMoDRIXCg93YWtlX29uX3RyYWZmaWMYBSABKAgSDgoGZHJpdmVyGAYgASgJYgZwcm90bzM");
+  fileDesc("Ch9mbGVldGxldC9hZ2VudC92MS9zdGFuZGJ5LnByb3RvEhFmbGVldGxldC5hZ2VudC52MSKeAQoNU3RhbmRieVBvbGljeRIPCgdlbmFibGVkGAEgASgIEhQKDGlkbGVfdGltZW91dBgCIAEoCRIbChNpZ25vcmVfc291cmNlX2NpZHJzGAMgAygJEiAKGGlnbm9yZV9kZXN0aW5hdGlvbl9wb3J0cxgEIAMoDRIXCg93YWtlX29uX3RyYWZmaWMYBSABKAgSDgoGZHJpdmVyGAYgASgJItcECg1TdGFuZGJ5U3RhdHVzEhMKC2luc3RhbmNlX2lkGAEgASgJEhEKCXN1cHBvcnRlZBgCIAEoCBISCgpjb25maWd1cmVkGAMgASgIEg8KB2VuYWJsZWQYBCABKAgSEAoIZWxpZ2libGUYBSABKAgSLwoGc3RhdHVzGAYgASgOMh8uZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVN0YXRlEjAKBnJlYXNvbhgHIAEoDjIgLmZsZWV0bGV0LmFnZW50LnYxLlN0YW5kYnlSZWFzb24SHAoUYWN0aXZlX2luYm91bmRfY291bnQYCCABKAUSFAoMaWRsZV90aW1lb3V0GAkgASgJEi4KCmlkbGVfc2luY2UYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKGGxhc3RfaW5ib3VuZF9hY3Rpdml0eV9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9zdGFuZGJ5X2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChNjb3VudGRvd25fcmVtYWluaW5nGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXRyYWNraW5nX21vZGUYDiABKAkSLgoKaG9sZF91bnRpbBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbGFzdF9lcnJvchgQIAEoCRIaChJ1bnN1cHBvcnRlZF9yZWFzb24YESABKAkiLgoXR2V0U3RhbmRieVN0YXR1c1JlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkiTAoYR2V0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEjAKBnN0YXR1cxgBIAEoCzIgLmZsZWV0bGV0LmFnZW50LnYxLlN0YW5kYnlTdGF0dXMiGgoYTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0Ik8KGUxpc3RTdGFuZGJ5U3RhdHVzUmVzcG9uc2USMgoIc3RhdHVzZXMYASADKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5U3RhdHVzIjEKGVdhdGNoU3RhbmRieVN0YXR1c1JlcXVlc3QSFAoMaW5zdGFuY2VfaWRzGAEgAygJIk4KGldhdGNoU3RhbmRieVN0YXR1c1Jlc3BvbnNlEjAKBnN0YXR1cxgBIAEoCzIgLmZsZWV0bGV0LmFnZW50LnYxLlN0YW5kYnlTdGF0dXMiYAoXU2V0U3RhbmRieVBvbGljeVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkSMAoGcG9saWN5GAIgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVBvbGljeSJMChhTZXRTdGFuZGJ5UG9saWN5UmVzcG9uc2USMAoGcG9saWN5GAEgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVBvbGljeSJWChJIb2xkU3RhbmRieVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iRQoTSG9sZFN0YW5kYnlSZXNwb25zZRIuCgpob2xkX3VudGlsGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCInChBSZXNldElkbGVSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJIkUKEVJlc2V0SWRsZVJlc3BvbnNlEjAKBnN0YXR1cxgBIAEoCzIgLmZsZWV0bGV0LmFnZW50LnYxLlN0YW5kYnlTdGF0dXMiKgoTV2FrZUluc3RhbmNlUmVxdWVzdBITCgtpbnN0YW5jZV9pZBgBIAEoCSJIChRXYWtlSW5zdGFuY2VSZXNwb25zZRIwCgZzdGF0dXMYASABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5U3RhdHVzKt0CCgxTdGFuZGJ5U3RhdGUSHQoZU1RBTkRCWV9TVEFURV9VTlNQRUNJRklFRBAAEh0KGVNUQU5EQllfU1RBVEVfVU5TVVBQT1JURUQQARIaChZTVEFOREJZX1NUQVRFX0RJU0FCTEVEEAISHAoYU1RBTkRCWV9TVEFURV9JTkVMSUdJQkxFEAMSGAoUU1RBTkRCWV9TVEFURV9BQ1RJVkUQBBIgChxTVEFOREJZX1NUQVRFX0lETEVfQ09VTlRET1dOEAUSIwofU1RBTkRCWV9TVEFURV9SRUFEWV9GT1JfU1RBTkRCWRAGEiMKH1NUQU5EQllfU1RBVEVfU1RBTkRCWV9SRVFVRVNURUQQBxIcChhTVEFOREJZX1NUQVRFX0lOX1NUQU5EQlkQCBIYChRTVEFOREJZX1NUQVRFX1dBS0lORxAJEhcKE1NUQU5EQllfU1RBVEVfRVJST1IQCiqeBAoNU3RhbmRieVJlYXNvbhIeChpTVEFOREJZX1JFQVNPTl9VTlNQRUNJRklFRBAAEicKI1NUQU5EQllfUkVBU09OX1VOU1VQUE9SVEVEX1BMQVRGT1JNEAESIQodU1RBTkRCWV9SRUFTT05fUE9MSUNZX01JU1NJTkcQAhIiCh5TVEFOREJZX1JFQVNPTl9QT0xJQ1lfRElTQUJMRUQQAxIaChZTVEFOREJZX1JFQVNPTl9TVEFOREJZEAQSGQoVU1RBTkRCWV9SRUFTT05fV0FLSU5HEAUSJwojU1RBTkRCWV9SRUFTT05fSU5TVEFOQ0VfTk9UX1JVTk5JTkcQBhIjCh9TVEFOREJZX1JFQVNPTl9ORVRXT1JLX0RJU0FCTEVEEAcSHQoZU1RBTkRCWV9SRUFTT05fTUlTU0lOR19JUBAIEhsKF1NUQU5EQllfUkVBU09OX0hBU19WR1BVEAkSJAogU1RBTkRCWV9SRUFTT05fUkVBRFlfRk9SX1NUQU5EQlkQChIhCh1TVEFOREJZX1JFQVNPTl9PQlNFUlZFUl9FUlJPUhALEi0KKVNUQU5EQllfUkVBU09OX0FDVElWRV9JTkJPVU5EX0NPTk5FQ1RJT05TEAwSFwoTU1RBTkRCWV9SRUFTT05fSE9MRBANEisKJ1NUQU5EQllfUkVBU09OX0lETEVfVElNRU9VVF9OT1RfRUxBUFNFRBAOMuYFCg5TdGFuZGJ5U2VydmljZRJrChBHZXRTdGFuZGJ5U3RhdHVzEiouZmxlZXRsZXQuYWdlbnQudjEuR2V0U3RhbmRieVN0YXR1c1JlcXVlc3QaKy5mbGVldGxldC5hZ2VudC52MS5HZXRTdGFuZGJ5U3RhdHVzUmVzcG9uc2USbgoRTGlzdFN0YW5kYnlTdGF0dXMSKy5mbGVldGxldC5hZ2VudC52MS5MaXN0U3RhbmRieVN0YXR1c1JlcXVlc3QaLC5mbGVldGxldC5hZ2VudC52MS5MaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEnMKEldhdGNoU3RhbmRieVN0YXR1cxIsLmZsZWV0bGV0LmFnZW50LnYxLldhdGNoU3RhbmRieVN0YXR1c1JlcXVlc3QaLS5mbGVldGxldC5hZ2VudC52MS5XYXRjaFN0YW5kYnlTdGF0dXNSZXNwb25zZTABEmsKEFNldFN0YW5kYnlQb2xpY3kSKi5mbGVldGxldC5hZ2VudC52MS5TZXRTdGFuZGJ5UG9saWN5UmVxdWVzdBorLmZsZWV0bGV0LmFnZW50LnYxLlNldFN0YW5kYnlQb2xpY3lSZXNwb25zZRJcCgtIb2xkU3RhbmRieRIlLmZsZWV0bGV0LmFnZW50LnYxLkhvbGRTdGFuZGJ5UmVxdWVzdBomLmZsZWV0bGV0LmFnZW50LnYxLkhvbGRTdGFuZGJ5UmVzcG9uc2USVgoJUmVzZXRJZGxlEiMuZmxlZXRsZXQuYWdlbnQudjEuUmVzZXRJZGxlUmVxdWVzdBokLmZsZWV0bGV0LmFnZW50LnYxLlJlc2V0SWRsZVJlc3BvbnNlEl8KDFdha2VJbnN0YW5jZRImLmZsZWV0bGV0LmFnZW50LnYxLldha2VJbnN0YW5jZVJlcXVlc3QaJy5mbGVldGxldC5hZ2VudC52MS5XYWtlSW5zdGFuY2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * StandbyPolicy says when an idle instance may be put on standby (standby.md).
- * It is carried by Instance today; StandbyService (SetStandbyPolicy, status, wake) joins this
- * file when the standby controller lands.
+ * It is carried by Instance and set with StandbyService.SetStandbyPolicy.
  *
  * @generated from message fleetlet.agent.v1.StandbyPolicy
  */
@@ -61,4 +62,584 @@ export type StandbyPolicy = Message<"fleetlet.agent.v1.StandbyPolicy"> & {
  */
 export const StandbyPolicySchema: GenMessage<StandbyPolicy> = /*@__PURE__*/
   messageDesc(file_fleetlet_agent_v1_standby, 0);
+
+/**
+ * The Describe table of standby.md.
+ *
+ * @generated from message fleetlet.agent.v1.StandbyStatus
+ */
+export type StandbyStatus = Message<"fleetlet.agent.v1.StandbyStatus"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * @generated from field: bool supported = 2;
+   */
+  supported: boolean;
+
+  /**
+   * @generated from field: bool configured = 3;
+   */
+  configured: boolean;
+
+  /**
+   * @generated from field: bool enabled = 4;
+   */
+  enabled: boolean;
+
+  /**
+   * @generated from field: bool eligible = 5;
+   */
+  eligible: boolean;
+
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyState status = 6;
+   */
+  status: StandbyState;
+
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyReason reason = 7;
+   */
+  reason: StandbyReason;
+
+  /**
+   * @generated from field: int32 active_inbound_count = 8;
+   */
+  activeInboundCount: number;
+
+  /**
+   * @generated from field: string idle_timeout = 9;
+   */
+  idleTimeout: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp idle_since = 10;
+   */
+  idleSince?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_inbound_activity_at = 11;
+   */
+  lastInboundActivityAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp next_standby_at = 12;
+   */
+  nextStandbyAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration countdown_remaining = 13;
+   */
+  countdownRemaining?: Duration | undefined;
+
+  /**
+   * e.g. conntrack_netlink_v4_tcp; "none" when unsupported.
+   *
+   * @generated from field: string tracking_mode = 14;
+   */
+  trackingMode: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp hold_until = 15;
+   */
+  holdUntil?: Timestamp | undefined;
+
+  /**
+   * The last driver or observer error, with its output.
+   *
+   * @generated from field: string last_error = 16;
+   */
+  lastError: string;
+
+  /**
+   * Why standby is unsupported on this host, when it is.
+   *
+   * @generated from field: string unsupported_reason = 17;
+   */
+  unsupportedReason: string;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.StandbyStatus.
+ * Use `create(StandbyStatusSchema)` to create a new message.
+ */
+export const StandbyStatusSchema: GenMessage<StandbyStatus> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 1);
+
+/**
+ * @generated from message fleetlet.agent.v1.GetStandbyStatusRequest
+ */
+export type GetStandbyStatusRequest = Message<"fleetlet.agent.v1.GetStandbyStatusRequest"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.GetStandbyStatusRequest.
+ * Use `create(GetStandbyStatusRequestSchema)` to create a new message.
+ */
+export const GetStandbyStatusRequestSchema: GenMessage<GetStandbyStatusRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 2);
+
+/**
+ * @generated from message fleetlet.agent.v1.GetStandbyStatusResponse
+ */
+export type GetStandbyStatusResponse = Message<"fleetlet.agent.v1.GetStandbyStatusResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyStatus status = 1;
+   */
+  status?: StandbyStatus | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.GetStandbyStatusResponse.
+ * Use `create(GetStandbyStatusResponseSchema)` to create a new message.
+ */
+export const GetStandbyStatusResponseSchema: GenMessage<GetStandbyStatusResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 3);
+
+/**
+ * @generated from message fleetlet.agent.v1.ListStandbyStatusRequest
+ */
+export type ListStandbyStatusRequest = Message<"fleetlet.agent.v1.ListStandbyStatusRequest"> & {
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.ListStandbyStatusRequest.
+ * Use `create(ListStandbyStatusRequestSchema)` to create a new message.
+ */
+export const ListStandbyStatusRequestSchema: GenMessage<ListStandbyStatusRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 4);
+
+/**
+ * @generated from message fleetlet.agent.v1.ListStandbyStatusResponse
+ */
+export type ListStandbyStatusResponse = Message<"fleetlet.agent.v1.ListStandbyStatusResponse"> & {
+  /**
+   * @generated from field: repeated fleetlet.agent.v1.StandbyStatus statuses = 1;
+   */
+  statuses: StandbyStatus[];
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.ListStandbyStatusResponse.
+ * Use `create(ListStandbyStatusResponseSchema)` to create a new message.
+ */
+export const ListStandbyStatusResponseSchema: GenMessage<ListStandbyStatusResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 5);
+
+/**
+ * @generated from message fleetlet.agent.v1.WatchStandbyStatusRequest
+ */
+export type WatchStandbyStatusRequest = Message<"fleetlet.agent.v1.WatchStandbyStatusRequest"> & {
+  /**
+   * @generated from field: repeated string instance_ids = 1;
+   */
+  instanceIds: string[];
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.WatchStandbyStatusRequest.
+ * Use `create(WatchStandbyStatusRequestSchema)` to create a new message.
+ */
+export const WatchStandbyStatusRequestSchema: GenMessage<WatchStandbyStatusRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 6);
+
+/**
+ * @generated from message fleetlet.agent.v1.WatchStandbyStatusResponse
+ */
+export type WatchStandbyStatusResponse = Message<"fleetlet.agent.v1.WatchStandbyStatusResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyStatus status = 1;
+   */
+  status?: StandbyStatus | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.WatchStandbyStatusResponse.
+ * Use `create(WatchStandbyStatusResponseSchema)` to create a new message.
+ */
+export const WatchStandbyStatusResponseSchema: GenMessage<WatchStandbyStatusResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 7);
+
+/**
+ * @generated from message fleetlet.agent.v1.SetStandbyPolicyRequest
+ */
+export type SetStandbyPolicyRequest = Message<"fleetlet.agent.v1.SetStandbyPolicyRequest"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyPolicy policy = 2;
+   */
+  policy?: StandbyPolicy | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.SetStandbyPolicyRequest.
+ * Use `create(SetStandbyPolicyRequestSchema)` to create a new message.
+ */
+export const SetStandbyPolicyRequestSchema: GenMessage<SetStandbyPolicyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 8);
+
+/**
+ * @generated from message fleetlet.agent.v1.SetStandbyPolicyResponse
+ */
+export type SetStandbyPolicyResponse = Message<"fleetlet.agent.v1.SetStandbyPolicyResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyPolicy policy = 1;
+   */
+  policy?: StandbyPolicy | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.SetStandbyPolicyResponse.
+ * Use `create(SetStandbyPolicyResponseSchema)` to create a new message.
+ */
+export const SetStandbyPolicyResponseSchema: GenMessage<SetStandbyPolicyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 9);
+
+/**
+ * @generated from message fleetlet.agent.v1.HoldStandbyRequest
+ */
+export type HoldStandbyRequest = Message<"fleetlet.agent.v1.HoldStandbyRequest"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * @generated from field: google.protobuf.Duration duration = 2;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.HoldStandbyRequest.
+ * Use `create(HoldStandbyRequestSchema)` to create a new message.
+ */
+export const HoldStandbyRequestSchema: GenMessage<HoldStandbyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 10);
+
+/**
+ * @generated from message fleetlet.agent.v1.HoldStandbyResponse
+ */
+export type HoldStandbyResponse = Message<"fleetlet.agent.v1.HoldStandbyResponse"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp hold_until = 1;
+   */
+  holdUntil?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.HoldStandbyResponse.
+ * Use `create(HoldStandbyResponseSchema)` to create a new message.
+ */
+export const HoldStandbyResponseSchema: GenMessage<HoldStandbyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 11);
+
+/**
+ * @generated from message fleetlet.agent.v1.ResetIdleRequest
+ */
+export type ResetIdleRequest = Message<"fleetlet.agent.v1.ResetIdleRequest"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.ResetIdleRequest.
+ * Use `create(ResetIdleRequestSchema)` to create a new message.
+ */
+export const ResetIdleRequestSchema: GenMessage<ResetIdleRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 12);
+
+/**
+ * @generated from message fleetlet.agent.v1.ResetIdleResponse
+ */
+export type ResetIdleResponse = Message<"fleetlet.agent.v1.ResetIdleResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyStatus status = 1;
+   */
+  status?: StandbyStatus | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.ResetIdleResponse.
+ * Use `create(ResetIdleResponseSchema)` to create a new message.
+ */
+export const ResetIdleResponseSchema: GenMessage<ResetIdleResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 13);
+
+/**
+ * @generated from message fleetlet.agent.v1.WakeInstanceRequest
+ */
+export type WakeInstanceRequest = Message<"fleetlet.agent.v1.WakeInstanceRequest"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.WakeInstanceRequest.
+ * Use `create(WakeInstanceRequestSchema)` to create a new message.
+ */
+export const WakeInstanceRequestSchema: GenMessage<WakeInstanceRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 14);
+
+/**
+ * @generated from message fleetlet.agent.v1.WakeInstanceResponse
+ */
+export type WakeInstanceResponse = Message<"fleetlet.agent.v1.WakeInstanceResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.StandbyStatus status = 1;
+   */
+  status?: StandbyStatus | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.WakeInstanceResponse.
+ * Use `create(WakeInstanceResponseSchema)` to create a new message.
+ */
+export const WakeInstanceResponseSchema: GenMessage<WakeInstanceResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_standby, 15);
+
+/**
+ * @generated from enum fleetlet.agent.v1.StandbyState
+ */
+export enum StandbyState {
+  /**
+   * @generated from enum value: STANDBY_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_UNSUPPORTED = 1;
+   */
+  UNSUPPORTED = 1,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_DISABLED = 2;
+   */
+  DISABLED = 2,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_INELIGIBLE = 3;
+   */
+  INELIGIBLE = 3,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_ACTIVE = 4;
+   */
+  ACTIVE = 4,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_IDLE_COUNTDOWN = 5;
+   */
+  IDLE_COUNTDOWN = 5,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_READY_FOR_STANDBY = 6;
+   */
+  READY_FOR_STANDBY = 6,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_STANDBY_REQUESTED = 7;
+   */
+  STANDBY_REQUESTED = 7,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_IN_STANDBY = 8;
+   */
+  IN_STANDBY = 8,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_WAKING = 9;
+   */
+  WAKING = 9,
+
+  /**
+   * @generated from enum value: STANDBY_STATE_ERROR = 10;
+   */
+  ERROR = 10,
+}
+
+/**
+ * Describes the enum fleetlet.agent.v1.StandbyState.
+ */
+export const StandbyStateSchema: GenEnum<StandbyState> = /*@__PURE__*/
+  enumDesc(file_fleetlet_agent_v1_standby, 0);
+
+/**
+ * @generated from enum fleetlet.agent.v1.StandbyReason
+ */
+export enum StandbyReason {
+  /**
+   * @generated from enum value: STANDBY_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_UNSUPPORTED_PLATFORM = 1;
+   */
+  UNSUPPORTED_PLATFORM = 1,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_POLICY_MISSING = 2;
+   */
+  POLICY_MISSING = 2,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_POLICY_DISABLED = 3;
+   */
+  POLICY_DISABLED = 3,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_STANDBY = 4;
+   */
+  STANDBY = 4,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_WAKING = 5;
+   */
+  WAKING = 5,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_INSTANCE_NOT_RUNNING = 6;
+   */
+  INSTANCE_NOT_RUNNING = 6,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_NETWORK_DISABLED = 7;
+   */
+  NETWORK_DISABLED = 7,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_MISSING_IP = 8;
+   */
+  MISSING_IP = 8,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_HAS_VGPU = 9;
+   */
+  HAS_VGPU = 9,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_READY_FOR_STANDBY = 10;
+   */
+  READY_FOR_STANDBY = 10,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_OBSERVER_ERROR = 11;
+   */
+  OBSERVER_ERROR = 11,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_ACTIVE_INBOUND_CONNECTIONS = 12;
+   */
+  ACTIVE_INBOUND_CONNECTIONS = 12,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_HOLD = 13;
+   */
+  HOLD = 13,
+
+  /**
+   * @generated from enum value: STANDBY_REASON_IDLE_TIMEOUT_NOT_ELAPSED = 14;
+   */
+  IDLE_TIMEOUT_NOT_ELAPSED = 14,
+}
+
+/**
+ * Describes the enum fleetlet.agent.v1.StandbyReason.
+ */
+export const StandbyReasonSchema: GenEnum<StandbyReason> = /*@__PURE__*/
+  enumDesc(file_fleetlet_agent_v1_standby, 1);
+
+/**
+ * StandbyService: auto-standby of idle instances and wake on traffic (standby.md).
+ *
+ * @generated from service fleetlet.agent.v1.StandbyService
+ */
+export const StandbyService: GenService<{
+  /**
+   * Describe, one instance.
+   *
+   * @generated from rpc fleetlet.agent.v1.StandbyService.GetStandbyStatus
+   */
+  getStandbyStatus: {
+    methodKind: "unary";
+    input: typeof GetStandbyStatusRequestSchema;
+    output: typeof GetStandbyStatusResponseSchema;
+  },
+  /**
+   * Every instance, sorted by id.
+   *
+   * @generated from rpc fleetlet.agent.v1.StandbyService.ListStandbyStatus
+   */
+  listStandbyStatus: {
+    methodKind: "unary";
+    input: typeof ListStandbyStatusRequestSchema;
+    output: typeof ListStandbyStatusResponseSchema;
+  },
+  /**
+   * The current status of each instance asked for (all when none), then every change.
+   *
+   * @generated from rpc fleetlet.agent.v1.StandbyService.WatchStandbyStatus
+   */
+  watchStandbyStatus: {
+    methodKind: "server_streaming";
+    input: typeof WatchStandbyStatusRequestSchema;
+    output: typeof WatchStandbyStatusResponseSchema;
+  },
+  /**
+   * Validates and normalises the policy, stores it on the instance, answers the stored form.
+   *
+   * @generated from rpc fleetlet.agent.v1.StandbyService.SetStandbyPolicy
+   */
+  setStandbyPolicy: {
+    methodKind: "unary";
+    input: typeof SetStandbyPolicyRequestSchema;
+    output: typeof SetStandbyPolicyResponseSchema;
+  },
+  /**
+   * No standby before now + duration (the newest hold wins).
+   *
+   * @generated from rpc fleetlet.agent.v1.StandbyService.HoldStandby
+   */
+  holdStandby: {
+    methodKind: "unary";
+    input: typeof HoldStandbyRequestSchema;
+    output: typeof HoldStandbyResponseSchema;
+  },
+  /**
+   * The idle countdown starts again now.
+   *
+   * @generated from rpc fleetlet.agent.v1.StandbyService.ResetIdle
+   */
+  resetIdle: {
+    methodKind: "unary";
+    input: typeof ResetIdleRequestSchema;
+    output: typeof ResetIdleResponseSchema;
+  },
+  /**
+   * Leave standby now, through the instance's driver.
+   *
+   * @generated from rpc fleetlet.agent.v1.StandbyService.WakeInstance
+   */
+  wakeInstance: {
+    methodKind: "unary";
+    input: typeof WakeInstanceRequestSchema;
+    output: typeof WakeInstanceResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_fleetlet_agent_v1_standby, 0);
 

@@ -1,0 +1,103 @@
+import { InstanceKind, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import type { Logger } from "../../lib/rpc/logger.js";
+import type { InstanceRegistry } from "../inventory/instance-registry.js";
+import { ConntrackSocket } from "../kernel/conntrack-socket.js";
+import { createCgroupDriver } from "./drivers/cgroup-driver.js";
+import { createExecDriver, type ExecDriverCommands } from "./drivers/exec-driver.js";
+import { createSignalDriver } from "./drivers/signal-driver.js";
+import { DriverError, type DriverTarget, type StandbyDriver } from "./drivers/standby-driver.js";
+import { StandbyController, type StandbyInstance } from "./standby-controller.js";
+import { StandbyRuntimeStore } from "./standby-runtime-store.js";
+
+export interface StandbySetupOptions {
+  stateDir: string;
+  logger: Logger;
+  concurrency: number;
+  exec?: ExecDriverCommands;
+  /** Tests turn conntrack off to see UNSUPPORTED; production leaves it on. */
+  conntrack?: boolean;
+}
+
+export interface StandbySetup {
+  controller: StandbyController;
+  unsupportedReason: string | undefined;
+  close(): void;
+}
+
+/**
+ * Wires auto-standby: the conntrack socket (or the reason it cannot be had — then every
+ * instance is UNSUPPORTED and the rest of the agent runs on), the persisted runtime, the
+ * drivers, and the registry as the one place instance state changes.
+ */
+export async function setUpStandby(registry: InstanceRegistry, options: StandbySetupOptions): Promise<StandbySetup> {
+  let socket: ConntrackSocket | undefined;
+  let unsupportedReason: string | undefined;
+  if (options.conntrack === false) {
+    unsupportedReason = "conntrack disabled by configuration";
+  } else {
+    try {
+      socket = new ConntrackSocket();
+      await socket.dump(); // proves the table can be read here (CAP_NET_ADMIN, conntrack present)
+    } catch (e) {
+      socket?.close();
+      socket = undefined;
+      unsupportedReason = `conntrack unavailable: ${(e as Error).message} (needs CAP_NET_ADMIN and conntrack active in this network namespace; see docs/operations.md)`;
+      options.logger.warn({ reason: unsupportedReason }, "standby unsupported on this host");
+    }
+  }
+  const runtime = StandbyRuntimeStore.open(options.stateDir);
+  runtime.onWriteError = (e) => options.logger.error({ err: e }, "could not persist the standby runtime");
+  const drivers: Record<string, StandbyDriver> = {
+    signal: createSignalDriver(),
+    cgroup: createCgroupDriver(),
+    exec: createExecDriver(options.exec ?? { standby: [], wake: [] }),
+  };
+  const driverFor = (i: Instance): StandbyDriver => {
+    const name = i.standbyPolicy?.driver || (i.kind === InstanceKind.CONTAINER ? "docker" : "signal");
+    const d = drivers[name];
+    if (!d) throw new DriverError(`no ${name} driver on this agent yet`);
+    return d;
+  };
+  const target = (i: Instance): DriverTarget => ({ id: i.id, pid: i.pid, ip: i.ip, kind: i.kind });
+  const view = (i: Instance): StandbyInstance => ({
+    id: i.id,
+    state: i.state,
+    networkEnabled: i.networkEnabled,
+    ip: i.ip,
+    hasVgpu: i.hasVgpu,
+    policy: i.standbyPolicy,
+  });
+  const controller = new StandbyController({
+    clock: { now: Date.now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
+    source: socket,
+    unsupportedReason,
+    instances: { list: () => registry.list().map(view), get: (id) => (registry.get(id) ? view(registry.get(id)!) : undefined) },
+    runtime,
+    standby: async (i) => {
+      const inst = registry.get(i.id)!;
+      await driverFor(inst).standby(target(inst));
+    },
+    wake: async (i) => {
+      const inst = registry.get(i.id)!;
+      await driverFor(inst).wake(target(inst));
+    },
+    setState: async (id, state: InstanceState) => {
+      await registry.setState(id, state);
+    },
+    concurrency: options.concurrency,
+    onError: (operation, id, e) => options.logger.warn({ operation, instance_id: id, err: (e as Error).message }, "standby"),
+  });
+  const unsubscribe = registry.subscribe((change) => {
+    void controller.refresh(change.instance.id).catch((e) => options.logger.warn({ err: (e as Error).message }, "standby refresh"));
+  });
+  await controller.start();
+  return {
+    controller,
+    unsupportedReason,
+    close() {
+      unsubscribe();
+      controller.close();
+      socket?.close();
+    },
+  };
+}
