@@ -91,6 +91,16 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       parts.push(Buffer.from(toBinary(ListInstanceStatsResponseSchema, create(ListInstanceStatsResponseSchema, { hostResults: toHostResults(outcomes) }))));
       return wireResponse(ListInstanceStatsResponseSchema, Buffer.concat(parts));
     },
+    async listStandbyStatus(req, context) {
+      const selected = selectHosts(req.hosts);
+      const outcomes = await fanOut(
+        selected,
+        async (host, signal, timeoutMs) => (await host.standby.listStandbyStatus({}, { signal, timeoutMs })).statuses,
+        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
+      );
+      const statuses = sortedByHost(outcomes).flatMap((o) => (o.value ?? []).map((status) => ({ host: o.host, status })));
+      return { statuses, hostResults: toHostResults(outcomes) };
+    },
     async listInstances(req, context) {
       const selected = selectHosts(req.hosts);
       const outcomes = await fanOut(

@@ -1,7 +1,15 @@
 import { Command, Option } from "commander";
 import { createClient } from "@connectrpc/connect";
 import { toJsonString, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import {
+  ListStandbyStatusResponseSchema as AgentStandbySchema,
+  StandbyReason,
+  StandbyService,
+  StandbyState,
+  type StandbyStatus,
+} from "../gen/fleetlet/agent/v1/standby_pb.js";
+import { formatDurationMs } from "../lib/duration.js";
 import { InventoryService, InstanceKind, InstanceState, ListInstancesResponseSchema } from "../gen/fleetlet/agent/v1/inventory_pb.js";
 import { MetricsService, ListInstanceStatsResponseSchema as AgentStatsSchema, type InstanceStats } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import {
@@ -11,6 +19,7 @@ import {
   ListHostsResponseSchema,
   ListInstanceStatsResponseSchema as FleetStatsSchema,
   ListInstancesResponseSchema as FleetInstancesSchema,
+  ListStandbyStatusResponseSchema as FleetStandbySchema,
   type HostResult,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
@@ -26,15 +35,15 @@ interface GetOptions {
 
 export function getCommand(): Command {
   return new Command("get")
-    .description("read commands: hosts (aggregator), instances and stats (aggregator or one agent)")
-    .argument("<what>", "hosts | instances | stats")
+    .description("read commands: hosts (aggregator), instances, stats and standby (aggregator or one agent)")
+    .argument("<what>", "hosts | instances | stats | standby")
     .option("--aggregator <host:port>", "aggregator to ask (default 127.0.0.1:7700)")
     .option("--agent <host:port>", "ask one agent directly instead")
     .addOption(new Option("-o, --output <format>", "table or json").choices(["table", "json"]).default("table"))
     .addOption(new Option("--timeout <duration>", "deadline of the call").default(10_000, "10s").argParser(parse.durationMs))
     .action(async (what: string, opts: GetOptions, command: Command) => {
-      if (!["hosts", "instances", "stats"].includes(what)) {
-        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances or stats)`, { exitCode: 2 });
+      if (!["hosts", "instances", "stats", "standby"].includes(what)) {
+        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances, stats or standby)`, { exitCode: 2 });
       }
       if (opts.agent && opts.aggregator) command.error("error: give --agent or --aggregator, not both", { exitCode: 2 });
       if (opts.agent && what === "hosts") command.error("error: hosts come from the aggregator; drop --agent", { exitCode: 2 });
@@ -48,7 +57,10 @@ export function getCommand(): Command {
       const call = { timeoutMs: opts.timeout };
       try {
         if (opts.agent) {
-          if (what === "instances") {
+          if (what === "standby") {
+            const res = await createClient(StandbyService, transport).listStandbyStatus({}, call);
+            print(opts, AgentStandbySchema, res, () => standbyTable(res.statuses.map((status) => ({ host: "", status })), false));
+          } else if (what === "instances") {
             const res = await createClient(InventoryService, transport).listInstances({}, call);
             print(opts, ListInstancesResponseSchema, res, () =>
               instancesTable(res.instances.map((i) => ({ host: "", ...i })), false),
@@ -72,6 +84,11 @@ export function getCommand(): Command {
                   h.lastError,
                 ]),
               ),
+            );
+          } else if (what === "standby") {
+            const res = await fleet.listStandbyStatus({}, call);
+            print(opts, FleetStandbySchema, res, () =>
+              [standbyTable(res.statuses.map((s) => ({ host: s.host, status: s.status! })), true), hostResultLines(res.hostResults)].join("\n\n"),
             );
           } else if (what === "instances") {
             const res = await fleet.listInstances({}, call);
@@ -156,6 +173,25 @@ export function statsTable(rows: (Omit<InstanceStats, "$typeName"> & { host: str
         s.unavailable.join("; ") || "-",
       ];
       return withHost ? [s.host, ...cells] : cells;
+    }),
+  );
+}
+
+export function standbyTable(rows: { host: string; status: StandbyStatus }[], withHost: boolean): string {
+  const headers = ["ID", "STATUS", "REASON", "ACTIVE", "IDLE-TIMEOUT", "NEXT-STANDBY", "LAST-ERROR"];
+  return formatTable(
+    withHost ? ["HOST", ...headers] : headers,
+    rows.map(({ host, status: s }) => {
+      const cells = [
+        s.instanceId,
+        (StandbyState[s.status] ?? "").replace(/^STANDBY_STATE_/, ""),
+        (StandbyReason[s.reason] ?? "").replace(/^STANDBY_REASON_/, ""),
+        String(s.activeInboundCount),
+        s.idleTimeout || "-",
+        s.countdownRemaining ? `in ${formatDurationMs(Math.round(durationMs(s.countdownRemaining) / 1000) * 1000)}` : "-",
+        s.lastError || (s.supported ? "-" : s.unsupportedReason || "-"),
+      ];
+      return withHost ? [host, ...cells] : cells;
     }),
   );
 }

@@ -55,6 +55,16 @@ describe("fleetlet get", () => {
     assert.match(r.stdout, /^gone\s+DEGRADED/m);
     assert.match(r.stdout, /^live\s+SYNCED/m);
   });
+  it("standby: each instance's status row, through the aggregator and from one agent", async () => {
+    const r = await runFleetlet(["get", "standby", "--aggregator", aggregator.address]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^HOST\s+ID\s+STATUS\s+REASON\s+ACTIVE/m);
+    assert.match(r.stdout, /^live\s+vm-get\s+(DISABLED\s+POLICY_MISSING|UNSUPPORTED\s+UNSUPPORTED_PLATFORM)\s/m);
+    assert.match(r.stdout, /^1\/2 hosts answered$/m);
+    const j = await runFleetlet(["get", "standby", "--agent", agent.address, "-o", "json"]);
+    const doc = JSON.parse(j.stdout) as { statuses: { instanceId: string; trackingMode: string }[] };
+    assert.equal(doc.statuses[0]?.instanceId, "vm-get");
+  });
   it("an aggregator that is not there: one line on stderr, exit 1", async () => {
     const r = await runFleetlet(["get", "hosts", "--aggregator", "127.0.0.1:1", "--timeout", "2s"]);
     assert.equal(r.code, 1);
