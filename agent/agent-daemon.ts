@@ -71,6 +71,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       concurrency: options.standbyConcurrency ?? 16,
       exec: options.standbyExec,
       conntrack: options.standby !== false,
+      meter: metrics.meter,
     });
     const server = await startGrpcServer({
       listen: options.listen,

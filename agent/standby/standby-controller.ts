@@ -47,6 +47,8 @@ export interface StandbyControllerDeps {
   syncMs?: number;
   concurrency?: number;
   onError?: (operation: string, id: string | undefined, e: unknown) => void;
+  /** Every wake's duration, from its trigger (the flow's event or the RPC) to RUNNING. */
+  onWake?: (ms: number, ok: boolean) => void;
 }
 
 export type Phase =
@@ -255,13 +257,16 @@ export class StandbyController {
     const t = this.trackOf(id);
     if (t.waking) return;
     t.waking = true;
+    const started = this.deps.clock.now();
     try {
       await this.deps.wake(instance);
       await this.deps.setState(id, InstanceState.RUNNING);
       this.counters.wake.ok++;
+      this.deps.onWake?.(this.deps.clock.now() - started, true);
       t.lastError = undefined;
     } catch (e) {
       this.counters.wake.failed++;
+      this.deps.onWake?.(this.deps.clock.now() - started, false);
       t.lastError = `wake: ${(e as Error).message}`;
       throw e;
     } finally {

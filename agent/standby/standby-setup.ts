@@ -8,6 +8,8 @@ import { createSignalDriver } from "./drivers/signal-driver.js";
 import { DriverError, type DriverTarget, type StandbyDriver } from "./drivers/standby-driver.js";
 import { StandbyController, type StandbyInstance } from "./standby-controller.js";
 import { StandbyRuntimeStore } from "./standby-runtime-store.js";
+import { registerStandbyInstruments } from "./standby-metrics.js";
+import type { Meter } from "@opentelemetry/api";
 
 export interface StandbySetupOptions {
   stateDir: string;
@@ -16,6 +18,7 @@ export interface StandbySetupOptions {
   exec?: ExecDriverCommands;
   /** Tests turn conntrack off to see UNSUPPORTED; production leaves it on. */
   conntrack?: boolean;
+  meter?: Meter;
 }
 
 export interface StandbySetup {
@@ -86,7 +89,9 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     },
     concurrency: options.concurrency,
     onError: (operation, id, e) => options.logger.warn({ operation, instance_id: id, err: (e as Error).message }, "standby"),
+    onWake: (ms, ok) => instruments?.recordWake(ms, ok),
   });
+  const instruments = options.meter ? registerStandbyInstruments(options.meter, controller, socket, () => registry.list().map((i) => i.id)) : undefined;
   const unsubscribe = registry.subscribe((change) => {
     void controller.refresh(change.instance.id).catch((e) => options.logger.warn({ err: (e as Error).message }, "standby refresh"));
   });

@@ -1,0 +1,55 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { chmodSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { FLEETLET_BIN } from "../helpers/daemon-process.js";
+import { agentClients } from "../helpers/clients.js";
+import { tempDir } from "../helpers/temp-dir.js";
+import { createClient } from "@connectrpc/connect";
+import { StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
+import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
+
+// Without CAP_NET_ADMIN the conntrack table cannot be read: standby says UNSUPPORTED with the
+// reason, and the rest of the agent works.
+
+const skip = process.getuid?.() !== 0 ? "needs root to start the agent as another, unprivileged user" : false;
+
+describe("an agent without CAP_NET_ADMIN", { skip }, () => {
+  it("reports UNSUPPORTED with the reason, and registers and measures as usual", async () => {
+    const d = tempDir("unpriv");
+    chmodSync(d.path, 0o777);
+    const child = spawn("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", process.execPath, FLEETLET_BIN, "agent", "--listen", "127.0.0.1:0", "--state-dir", `${d.path}/agent`, "--metrics-listen", "off"], { stdio: ["ignore", "pipe", "pipe"] });
+    try {
+      const address = await new Promise<string>((res, rej) => {
+        const t = setTimeout(() => rej(new Error("agent not serving")), 15_000);
+        let err = "";
+        child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
+        child.once("exit", (code) => rej(new Error(`agent exited ${code}: ${err}`)));
+        createInterface({ input: child.stdout! }).on("line", (l) => {
+          if (!l.includes('"agent serving"')) return;
+          clearTimeout(t);
+          res((JSON.parse(l) as { address: string }).address);
+        });
+      });
+      const c = agentClients(address);
+      const t = createGrpcJsTransport(address);
+      try {
+        await c.inventory.registerInstance({ instance: { id: "u-1", pid: process.pid, ip: "10.0.0.1", networkEnabled: true, standbyPolicy: { enabled: true, idleTimeout: "5m" } } });
+        const s = (await createClient(StandbyService, t).getStandbyStatus({ instanceId: "u-1" })).status!;
+        assert.equal(s.status, StandbyState.UNSUPPORTED);
+        assert.equal(s.supported, false);
+        assert.match(s.unsupportedReason, /^conntrack unavailable: .*CAP_NET_ADMIN/);
+        const stats = (await c.metrics.getInstanceStats({ instanceId: "u-1" })).stats!;
+        assert.ok(stats.cpuUsec !== undefined, "metrics still work");
+      } finally {
+        c.close();
+        t.close();
+      }
+    } finally {
+      child.kill("SIGTERM");
+      await new Promise((r) => (child.exitCode !== null ? r(null) : child.once("exit", r)));
+      d.remove();
+    }
+  });
+});
