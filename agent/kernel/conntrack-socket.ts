@@ -10,10 +10,16 @@ import {
   type ConntrackFlow,
 } from "./conntrack-decoder.js";
 
-// netlink ships CommonJS with a prebuilt N-API binary; only its raw socket layer is used.
+// netlink ships CommonJS with a prebuilt N-API binary; only its raw socket layer is used. Loaded
+// on first use, so a platform without a working binary gets "standby unsupported", not an agent
+// that cannot start.
 const require = createRequire(import.meta.url);
 type RawSocket = import("netlink/dist/raw.js").RawNetlinkSocket;
-const { RawNetlinkSocket } = require("netlink/dist/raw.js") as typeof import("netlink/dist/raw.js");
+let rawModule: typeof import("netlink/dist/raw.js") | undefined;
+function rawSocketClass(): typeof import("netlink/dist/raw.js").RawNetlinkSocket {
+  rawModule ??= require("netlink/dist/raw.js") as typeof import("netlink/dist/raw.js");
+  return rawModule.RawNetlinkSocket;
+}
 
 export interface ConntrackSocketOptions {
   /** SO_RCVBUF asked for the event socket; production hosts overflowed the default about once a minute. */
@@ -51,6 +57,7 @@ export class ConntrackSocket extends EventEmitter {
   constructor(options: ConntrackSocketOptions = {}) {
     super();
     this.dumpTimeoutMs = options.dumpTimeoutMs ?? 5000;
+    const RawNetlinkSocket = rawSocketClass();
     this.events = new RawNetlinkSocket(NETLINK_NETFILTER, { recvBufferSize: options.receiveBufferBytes ?? 16 << 20, sendBufferSize: 1 << 16 });
     this.receiveBufferBytes = this.events.getRecvBufferSize();
     for (const group of [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY]) this.events.addMembership(group);
