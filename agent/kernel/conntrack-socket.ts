@@ -25,6 +25,11 @@ export interface ConntrackSocketOptions {
   /** SO_RCVBUF asked for the event socket; production hosts overflowed the default about once a minute. */
   receiveBufferBytes?: number;
   dumpTimeoutMs?: number;
+  /**
+   * Fault injection for tests and drills: drop every "new" event as if the kernel had lost it
+   * (dumps are unaffected). The controller must still never put a busy instance on standby.
+   */
+  dropNewEvents?: boolean;
 }
 
 export interface ConntrackCounters {
@@ -33,6 +38,8 @@ export interface ConntrackCounters {
   overflows: number;
   decodeErrors: number;
   dumps: number;
+  /** "new" events dropped on purpose (dropNewEvents). */
+  injectedDrops: number;
 }
 
 /**
@@ -46,7 +53,8 @@ export interface ConntrackCounters {
  * the process on any of them.
  */
 export class ConntrackSocket extends EventEmitter {
-  readonly counters: ConntrackCounters = { events: { new: 0, destroy: 0 }, overflows: 0, decodeErrors: 0, dumps: 0 };
+  readonly counters: ConntrackCounters = { events: { new: 0, destroy: 0 }, overflows: 0, decodeErrors: 0, dumps: 0, injectedDrops: 0 };
+  private readonly dropNewEvents: boolean;
   readonly receiveBufferBytes: number;
   private readonly events: RawSocket;
   private readonly dumper: RawSocket;
@@ -57,6 +65,7 @@ export class ConntrackSocket extends EventEmitter {
   constructor(options: ConntrackSocketOptions = {}) {
     super();
     this.dumpTimeoutMs = options.dumpTimeoutMs ?? 5000;
+    this.dropNewEvents = options.dropNewEvents ?? false;
     const RawNetlinkSocket = rawSocketClass();
     this.events = new RawNetlinkSocket(NETLINK_NETFILTER, { recvBufferSize: options.receiveBufferBytes ?? 16 << 20, sendBufferSize: 1 << 16 });
     this.receiveBufferBytes = this.events.getRecvBufferSize();
@@ -105,6 +114,10 @@ export class ConntrackSocket extends EventEmitter {
     }
     for (const m of messages) {
       if (m.type !== "flow") continue;
+      if (this.dropNewEvents && m.flow.kind === "new") {
+        this.counters.injectedDrops++;
+        continue;
+      }
       this.counters.events[m.flow.kind]++;
       this.emit("flow", m.flow);
     }

@@ -39,7 +39,9 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     unsupportedReason = "conntrack disabled by configuration";
   } else {
     try {
-      socket = new ConntrackSocket();
+      // FLEETLET_FAULT_DROP_CONNTRACK_NEW=1: fault injection (see ConntrackSocketOptions).
+      socket = new ConntrackSocket({ dropNewEvents: process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1" });
+      if (process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1") options.logger.warn("fault injection: dropping every conntrack NEW event");
       await socket.dump(); // proves the table can be read here (CAP_NET_ADMIN, conntrack present)
     } catch (e) {
       socket?.close();

@@ -1,67 +1,76 @@
-import { after, before, describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { createClient, type Client } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
+import { StandbyPolicySchema, StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { FLEETLET_BIN } from "../helpers/daemon-process.js";
 import { mustRunInCi, rootSkipReason } from "../helpers/root.js";
 import { tempDir } from "../helpers/temp-dir.js";
 
 // Auto-standby end to end (standby.md check 12, testing.md recipe): a "host" namespace with
-// conntrack active runs the agent; the instance is a server in its own namespace behind a veth
-// pair; real TCP clients connect from the host namespace. The test reaches the agent's port over
-// a second veth pair from the root namespace (only interfaces and addresses this test creates).
+// conntrack active runs the agent; the instance is an echo server (ports 7000 and 7001) in its
+// own namespace behind a veth pair; real TCP clients connect from the host namespace. The test
+// reaches the agent's port over a second veth pair from the root namespace (only interfaces and
+// addresses this test creates, removed at the end).
 
 const skip = mustRunInCi(rootSkipReason());
-const tag = randomBytes(2).toString("hex");
-const hostNs = `flt-sbh-${tag}`;
-const instNs = `flt-sbi-${tag}`;
-const o = 1 + (parseInt(tag, 16) % 250);
-const instIp = `10.214.${o}.2`;
-const agentIp = `10.215.${o}.2`;
-const children: ChildProcess[] = [];
-const state = tempDir("standby-e2e");
-let transport: GrpcJsTransport | undefined;
-let inventory: Client<typeof InventoryService>;
-let standby: Client<typeof StandbyService>;
-let server: ChildProcess;
-
 const sh = (...args: string[]) => execFileSync(args[0]!, args.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
+const envs: Env[] = [];
 
-function procState(pid: number): string {
-  const line = readFileSync(`/proc/${pid}/stat`, "latin1");
-  return line.slice(line.lastIndexOf(")") + 2, line.lastIndexOf(")") + 3);
+after(() => {
+  for (const e of envs) e.teardown();
+});
+
+interface Env {
+  hostNs: string;
+  instIp: string;
+  hostIp: string;
+  server: ChildProcess;
+  inventory: Client<typeof InventoryService>;
+  standby: Client<typeof StandbyService>;
+  client(port: number, holdMs: number, message?: string): Promise<string>;
+  teardown(): void;
 }
 
-/** A client in the host namespace: connects, optionally holds the connection, prints the echo. */
-function client(holdMs: number, message = "ping"): Promise<string> {
-  const script = `const s = require("net").connect(7000, "${instIp}"); let got = "";
-    s.on("data", (d) => { got += d; if (got.length >= ${message.length}) setTimeout(() => s.end(), ${holdMs}); });
-    s.on("close", () => { console.log(got); process.exit(0); }); s.on("error", (e) => { console.log("ERR " + e.message); process.exit(1); });
-    s.write("${message}");`;
-  const c = spawn("ip", ["netns", "exec", hostNs, process.execPath, "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
-  children.push(c);
-  return new Promise((res) => {
-    let out = "";
-    c.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-    c.on("exit", () => res(out.trim()));
-  });
-}
-
-before(async () => {
-  if (skip) return;
+async function setUp(agentEnv: Record<string, string> = {}): Promise<Env> {
+  const tag = randomBytes(2).toString("hex");
+  const hostNs = `flt-sbh-${tag}`;
+  const instNs = `flt-sbi-${tag}`;
+  const o = 1 + (parseInt(tag, 16) % 250);
+  const instIp = `10.214.${o}.2`;
+  const hostIp = `10.214.${o}.1`;
+  const agentIp = `10.215.${o}.2`;
+  const children: ChildProcess[] = [];
+  const state = tempDir("standby-e2e");
+  let transport: GrpcJsTransport | undefined;
+  const env = { hostNs, instIp, hostIp } as Env;
+  env.teardown = () => {
+    transport?.close();
+    for (const c of children) c.kill("SIGKILL");
+    env.server?.kill("SIGCONT");
+    for (const args of [["link", "del", `vr-${tag}`], ["netns", "del", hostNs], ["netns", "del", instNs]]) {
+      try {
+        sh("ip", ...args);
+      } catch {
+        // already gone
+      }
+    }
+    state.remove();
+  };
+  envs.push(env);
   sh("ip", "netns", "add", hostNs);
   sh("ip", "netns", "add", instNs);
   sh("ip", "-n", hostNs, "link", "set", "lo", "up");
   sh("ip", "-n", instNs, "link", "set", "lo", "up");
   // host ns <-> instance ns: the instance's "TAP"
   sh("ip", "-n", hostNs, "link", "add", `vi-${tag}`, "type", "veth", "peer", "name", `vg-${tag}`, "netns", instNs);
-  sh("ip", "-n", hostNs, "addr", "add", `10.214.${o}.1/30`, "dev", `vi-${tag}`);
+  sh("ip", "-n", hostNs, "addr", "add", `${hostIp}/30`, "dev", `vi-${tag}`);
   sh("ip", "-n", instNs, "addr", "add", `${instIp}/30`, "dev", `vg-${tag}`);
   sh("ip", "-n", hostNs, "link", "set", `vi-${tag}`, "up");
   sh("ip", "-n", instNs, "link", "set", `vg-${tag}`, "up");
@@ -75,11 +84,15 @@ before(async () => {
   sh("ip", "netns", "exec", hostNs, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT");
   sh("ip", "netns", "exec", hostNs, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1");
 
-  server = spawn("ip", ["netns", "exec", instNs, process.execPath, "-e", `require("net").createServer((s) => { s.on("error", () => {}); s.pipe(s); }).listen(7000, "${instIp}", () => console.log("up"))`], { stdio: ["ignore", "pipe", "inherit"] });
-  children.push(server);
-  await new Promise((r) => server.stdout!.once("data", r));
+  env.server = spawn("ip", ["netns", "exec", instNs, process.execPath, "-e",
+    `for (const p of [7000, 7001]) require("net").createServer((s) => { s.on("error", () => {}); s.pipe(s); }).listen(p, "${instIp}"); setTimeout(() => console.log("up"), 100);`], { stdio: ["ignore", "pipe", "inherit"] });
+  children.push(env.server);
+  await new Promise((r) => env.server.stdout!.once("data", r));
 
-  const agent = spawn("ip", ["netns", "exec", hostNs, process.execPath, FLEETLET_BIN, "agent", "--listen", `${agentIp}:0`, "--state-dir", state.path, "--metrics-listen", "off"], { stdio: ["ignore", "pipe", "inherit"] });
+  const agent = spawn("ip", ["netns", "exec", hostNs, process.execPath, FLEETLET_BIN, "agent", "--listen", `${agentIp}:0`, "--state-dir", state.path, "--metrics-listen", "off"], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, ...agentEnv },
+  });
   children.push(agent);
   const address = await new Promise<string>((res, rej) => {
     const t = setTimeout(() => rej(new Error("agent not serving")), 15_000);
@@ -90,25 +103,28 @@ before(async () => {
     });
   });
   transport = createGrpcJsTransport(address);
-  inventory = createClient(InventoryService, transport);
-  standby = createClient(StandbyService, transport);
-});
+  env.inventory = createClient(InventoryService, transport);
+  env.standby = createClient(StandbyService, transport);
+  env.client = (port, holdMs, message = "ping") => {
+    const script = `const s = require("net").connect(${port}, "${instIp}"); let got = "";
+      s.on("data", (d) => { got += d; if (got.length >= ${message.length}) setTimeout(() => s.end(), ${holdMs}); });
+      s.on("close", () => { console.log(got); process.exit(0); }); s.on("error", (e) => { console.log("ERR " + e.message); process.exit(1); });
+      s.write("${message}");`;
+    const c = spawn("ip", ["netns", "exec", hostNs, process.execPath, "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+    children.push(c);
+    return new Promise((res) => {
+      let out = "";
+      c.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+      c.on("exit", () => res(out.trim()));
+    });
+  };
+  return env;
+}
 
-after(() => {
-  transport?.close();
-  for (const c of children) c.kill("SIGKILL");
-  server?.kill("SIGCONT");
-  if (!skip) {
-    for (const args of [["link", "del", `vr-${tag}`], ["netns", "del", hostNs], ["netns", "del", instNs]]) {
-      try {
-        sh("ip", ...args);
-      } catch {
-        // already gone
-      }
-    }
-  }
-  state.remove();
-});
+function procState(pid: number): string {
+  const line = readFileSync(`/proc/${pid}/stat`, "latin1");
+  return line.slice(line.lastIndexOf(")") + 2, line.lastIndexOf(")") + 3);
+}
 
 async function until<T>(what: string, get: () => Promise<T>, ok: (v: T) => boolean, ms: number): Promise<T> {
   const end = Date.now() + ms;
@@ -120,39 +136,71 @@ async function until<T>(what: string, get: () => Promise<T>, ok: (v: T) => boole
   }
 }
 
+async function register(env: Env, policy: MessageInitShape<typeof StandbyPolicySchema>): Promise<() => Promise<StandbyState>> {
+  await env.inventory.registerInstance({
+    instance: { id: "web", pid: env.server.pid, ip: env.instIp, networkEnabled: true, kind: 3, standbyPolicy: { enabled: true, idleTimeout: "5s", wakeOnTraffic: true, driver: "signal", ...policy } },
+  });
+  const s = (await env.standby.getStandbyStatus({ instanceId: "web" })).status!;
+  assert.equal(s.supported, true, s.unsupportedReason);
+  return async () => (await env.standby.getStandbyStatus({ instanceId: "web" })).status!.status;
+}
+
 describe("auto-standby in network namespaces", { skip }, () => {
   it("an open connection keeps it awake past its timeout; idle → SIGSTOP'd once; a new connection wakes it and is served", async () => {
-    const pid = server.pid!;
-    await inventory.registerInstance({
-      instance: {
-        id: "web", pid, ip: instIp, networkEnabled: true, tapDevice: `vi-${tag}`, kind: 3,
-        standbyPolicy: { enabled: true, idleTimeout: "5s", wakeOnTraffic: true, driver: "signal" },
-      },
-    });
-    const status = async () => (await standby.getStandbyStatus({ instanceId: "web" })).status!;
-    assert.equal((await status()).supported, true, (await status()).unsupportedReason);
-
+    const env = await setUp();
+    const pid = env.server.pid!;
+    const status = await register(env, {});
     // A connection held for 9 s, almost twice the 5 s timeout.
-    const held = client(9000);
-    await until("ACTIVE", status, (s) => s.status === StandbyState.ACTIVE, 5000);
+    const held = env.client(7000, 9000);
+    await until("ACTIVE", status, (s) => s === StandbyState.ACTIVE, 5000);
     await new Promise((r) => setTimeout(r, 7000));
-    assert.equal((await status()).status, StandbyState.ACTIVE, "still active while the connection is open");
+    assert.equal(await status(), StandbyState.ACTIVE, "still active while the connection is open");
     assert.notEqual(procState(pid), "T", "not stopped while a client is connected");
     assert.equal(await held, "ping");
-
     // Last connection gone: the countdown runs, then the signal driver stops the process.
-    await until("IN_STANDBY", status, (s) => s.status === StandbyState.IN_STANDBY, 12_000);
+    await until("IN_STANDBY", status, (s) => s === StandbyState.IN_STANDBY, 12_000);
     assert.equal(procState(pid), "T", "the server process really is stopped");
-    assert.equal((await inventory.getInstance({ instanceId: "web" })).instance!.state, InstanceState.STANDBY);
+    assert.equal((await env.inventory.getInstance({ instanceId: "web" })).instance!.state, InstanceState.STANDBY);
     await new Promise((r) => setTimeout(r, 1500));
-    assert.equal((await status()).status, StandbyState.IN_STANDBY, "stays on standby (once, no flapping)");
-
+    assert.equal(await status(), StandbyState.IN_STANDBY, "stays on standby (once, no flapping)");
     // A new connection: its SYN wakes the instance, and it is served.
     const started = Date.now();
-    assert.equal(await client(0, "hello"), "hello");
-    const wakeMs = Date.now() - started;
+    assert.equal(await env.client(7000, 0, "hello"), "hello");
+    assert.ok(Date.now() - started < 5000, `served ${Date.now() - started} ms after connecting`);
     assert.notEqual(procState(pid), "T");
-    assert.equal((await inventory.getInstance({ instanceId: "web" })).instance!.state, InstanceState.RUNNING);
-    assert.ok(wakeMs < 5000, `served ${wakeMs} ms after connecting`);
+    assert.equal((await env.inventory.getInstance({ instanceId: "web" })).instance!.state, InstanceState.RUNNING);
+    env.teardown();
+  });
+
+  it("connections to an ignored port or from an ignored network do not keep it awake", async () => {
+    const env = await setUp();
+    const status = await register(env, { ignoreDestinationPorts: [7001] });
+    const toIgnoredPort = env.client(7001, 12_000);
+    await until("IN_STANDBY despite a connection to port 7001", status, (s) => s === StandbyState.IN_STANDBY, 12_000);
+    assert.equal(procState(env.server.pid!), "T");
+    env.server.kill("SIGCONT");
+    await env.inventory.registerInstance({
+      instance: { id: "web", pid: env.server.pid, ip: env.instIp, networkEnabled: true, kind: 3, state: InstanceState.RUNNING, standbyPolicy: { enabled: true, idleTimeout: "5s", driver: "signal", ignoreSourceCidrs: [`${env.hostIp}/32`] } },
+    });
+    const fromIgnoredNet = env.client(7000, 12_000);
+    await until("IN_STANDBY despite a connection from an ignored source", status, (s) => s === StandbyState.IN_STANDBY, 12_000);
+    env.server.kill("SIGCONT");
+    await Promise.all([toIgnoredPort, fromIgnoredNet]);
+    env.teardown();
+  });
+
+  it("with every NEW event lost (fault injection), an open connection still never leads to standby", async () => {
+    const env = await setUp({ FLEETLET_FAULT_DROP_CONNTRACK_NEW: "1" });
+    const status = await register(env, {});
+    const held = env.client(7000, 11_000);
+    // The countdown ends at 5 s; the confirming dump finds the flow the events never reported.
+    await until("ACTIVE through the confirm dump", status, (s) => s === StandbyState.ACTIVE, 9000);
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(await status(), StandbyState.ACTIVE);
+    assert.notEqual(procState(env.server.pid!), "T", "never stopped while the connection is open");
+    assert.equal(await held, "ping");
+    // Closed: the 2 s reconcile dump sees it gone, and the countdown leads to standby.
+    await until("IN_STANDBY after the connection closed", status, (s) => s === StandbyState.IN_STANDBY, 15_000);
+    env.teardown();
   });
 });
