@@ -18,7 +18,10 @@ export function createCgroupDriver(procRoot = "/proc", cgroupRoot = "/sys/fs/cgr
     }
     for (const line of text.split("\n")) {
       const [, controllers, path] = line.split(":");
-      if (controllers === "freezer" && path) return { file: `${cgroupRoot}/freezer${path}/freezer.state`, freeze: "FROZEN", thaw: "THAWED" };
+      if (controllers === "freezer" && path) {
+        if (path === "/") throw new DriverError(`cgroup driver: pid ${pid} is in the root freezer cgroup, which cannot be frozen; run it in a cgroup of its own`);
+        return { file: `${cgroupRoot}/freezer${path}/freezer.state`, freeze: "FROZEN", thaw: "THAWED" };
+      }
     }
     const v2 = text.split("\n").find((l) => l.startsWith("0::"));
     const path = v2?.slice(3);
