@@ -258,4 +258,45 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     assert.equal(row({}), "ACTIVE/ACTIVE_INBOUND_CONNECTIONS");
     assert.equal(controller.describe("vm1").trackingMode, "conntrack_netlink_v4_tcp");
   });
+
+  it("Describe rows while work is in flight: READY_FOR_STANDBY (confirming), STANDBY_REQUESTED (driver running), WAKING", async () => {
+    let releaseDump!: () => void;
+    let releaseStandby!: () => void;
+    let releaseWake!: () => void;
+    const gatedSource = new FakeFlowSource();
+    let gateDumps = false;
+    const origDump = gatedSource.dump.bind(gatedSource);
+    gatedSource.dump = async () => {
+      if (gateDumps) await new Promise<void>((r) => (releaseDump = r));
+      return origDump();
+    };
+    const c = new StandbyController({
+      clock,
+      syncMs: 24 * 60 * MIN,
+      source: gatedSource,
+      instances: { list: () => [...instances.values()], get: (id) => instances.get(id) },
+      runtime: { get: (id) => runtime.get(id), set: (id, r) => (r ? runtime.set(id, r) : runtime.delete(id)) },
+      standby: () => new Promise<void>((r) => (releaseStandby = r)),
+      wake: () => new Promise<void>((r) => (releaseWake = r)),
+      setState: async (id, state) => void instances.set(id, { ...instances.get(id)!, state }),
+    });
+    await c.start();
+    gateDumps = true;
+    await clock.advance(10 * MIN);
+    assert.equal(c.describe("vm1").status, "READY_FOR_STANDBY", "countdown over, confirming dump under way");
+    gateDumps = false;
+    releaseDump();
+    await settle();
+    assert.equal(c.describe("vm1").status, "STANDBY_REQUESTED");
+    releaseStandby();
+    await settle();
+    assert.equal(c.describe("vm1").status, "IN_STANDBY");
+    const waking = c.wake("vm1");
+    await settle();
+    assert.equal(c.describe("vm1").status, "WAKING");
+    releaseWake();
+    await waking;
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING);
+    c.close();
+  });
 });
