@@ -1,5 +1,5 @@
 import type { Meter } from "@opentelemetry/api";
-import type { ConntrackSocket } from "../kernel/conntrack-socket.js";
+import type { ConntrackProcessSource } from "../kernel/conntrack-process-source.js";
 import type { Phase, StandbyController } from "./standby-controller.js";
 
 const PHASES: Phase[] = ["UNSUPPORTED", "DISABLED", "INELIGIBLE", "ACTIVE", "IDLE_COUNTDOWN", "READY_FOR_STANDBY", "STANDBY_REQUESTED", "IN_STANDBY", "WAKING", "ERROR"];
@@ -12,7 +12,7 @@ const PHASES: Phase[] = ["UNSUPPORTED", "DISABLED", "INELIGIBLE", "ACTIVE", "IDL
 export function registerStandbyInstruments(
   meter: Meter,
   controller: StandbyController,
-  socket: ConntrackSocket | undefined,
+  socket: ConntrackProcessSource | undefined,
   instanceIds: () => string[],
 ): { recordWake(ms: number, ok: boolean): void } {
   const events = meter.createObservableCounter("fleetlet_standby_conntrack_events", { description: "Conntrack events received, by type" });

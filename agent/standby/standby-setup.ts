@@ -1,7 +1,7 @@
 import { InstanceKind, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
-import { ConntrackSocket } from "../kernel/conntrack-socket.js";
+import { ConntrackProcessSource } from "../kernel/conntrack-process-source.js";
 import { createCgroupDriver } from "./drivers/cgroup-driver.js";
 import { createExecDriver, type ExecDriverCommands } from "./drivers/exec-driver.js";
 import { createSignalDriver } from "./drivers/signal-driver.js";
@@ -33,16 +33,18 @@ export interface StandbySetup {
  * drivers, and the registry as the one place instance state changes.
  */
 export async function setUpStandby(registry: InstanceRegistry, options: StandbySetupOptions): Promise<StandbySetup> {
-  let socket: ConntrackSocket | undefined;
+  let socket: ConntrackProcessSource | undefined;
   let unsupportedReason: string | undefined;
   if (options.conntrack === false) {
     unsupportedReason = "conntrack disabled by configuration";
   } else {
     try {
-      // FLEETLET_FAULT_DROP_CONNTRACK_NEW=1: fault injection (see ConntrackSocketOptions).
-      socket = new ConntrackSocket({ dropNewEvents: process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1" });
+      // The reader runs as a process of its own (conntrack-process-source.ts: the netlink
+      // binding can abort its process on an overflow). FLEETLET_FAULT_DROP_CONNTRACK_NEW=1 is
+      // passed on to it: fault injection (see ConntrackSocketOptions).
       if (process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1") options.logger.warn("fault injection: dropping every conntrack NEW event");
-      await socket.dump(); // proves the table can be read here (CAP_NET_ADMIN, conntrack present)
+      socket = new ConntrackProcessSource();
+      await socket.start(); // proves the table can be read here (CAP_NET_ADMIN, conntrack present)
     } catch (e) {
       socket?.close();
       socket = undefined;
