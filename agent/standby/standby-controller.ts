@@ -111,6 +111,8 @@ export class StandbyController {
   private readonly byIp = new Map<string, Set<string>>();
   private readonly queue: string[] = [];
   private readonly pendingRefresh = new Set<string>();
+  /** Instances on standby that wake on traffic, by IP: the per-event wake check is one lookup. */
+  private readonly wakeByIp = new Map<string, Set<string>>();
   private refreshing: Promise<void> | undefined;
   private running = 0;
   private reconcileTimer: unknown;
@@ -316,6 +318,7 @@ export class StandbyController {
   private seed(instance: StandbyInstance, flows: ConntrackFlow[] | undefined): void {
     const t = this.trackOf(instance.id);
     this.unindex(t);
+    this.indexWake(instance);
     if (!this.isEligible(instance)) {
       this.clearIdleTimer(t);
       this.unqueue(t);
@@ -373,13 +376,12 @@ export class StandbyController {
       }
     }
     // Wake on traffic: a NEW inbound flow to an instance on standby.
-    if (flow.kind === "new" && isActiveTcpState(flow.tcpState)) {
-      for (const instance of this.deps.instances.list()) {
-        if (instance.state !== InstanceState.STANDBY || instance.ip !== flow.dstIp || !instance.policy?.wakeOnTraffic) continue;
-        const t = this.tracks.get(instance.id);
-        if (t?.waking) continue;
-        this.wake(instance.id).catch((e) => this.deps.onError?.("wake", instance.id, e));
-      }
+    const sleeping = flow.kind === "new" && isActiveTcpState(flow.tcpState) ? this.wakeByIp.get(flow.dstIp) : undefined;
+    for (const id of sleeping ?? []) {
+      const instance = this.deps.instances.get(id);
+      if (instance?.state !== InstanceState.STANDBY || !instance.policy?.wakeOnTraffic) continue;
+      if (this.tracks.get(id)?.waking) continue;
+      this.wake(id).catch((e) => this.deps.onError?.("wake", id, e));
     }
   }
 
@@ -464,8 +466,15 @@ export class StandbyController {
           t.lastError = undefined;
           t.failures = 0;
           t.idleSince = undefined;
+          // A client that connected while the driver was still working must not be stranded.
+          const arrivedMeanwhile = t.active.size > 0;
           t.active.clear();
           this.deps.runtime.set(id, undefined);
+          const now = this.deps.instances.get(id);
+          if (now) this.indexWake(now);
+          if (arrivedMeanwhile && now?.policy?.wakeOnTraffic) {
+            setImmediate(() => this.wake(id).catch((e) => this.deps.onError?.("wake", id, e)));
+          }
         } catch (e) {
           this.counters.standby.failed++;
           t.failures++;
@@ -535,6 +544,16 @@ export class StandbyController {
     ids.add(t.id);
   }
 
+  private indexWake(instance: StandbyInstance): void {
+    for (const [ip, ids] of this.wakeByIp) {
+      if (ids.delete(instance.id) && ids.size === 0) this.wakeByIp.delete(ip);
+    }
+    if (instance.state !== InstanceState.STANDBY || !instance.policy?.wakeOnTraffic || instance.ip === "") return;
+    let ids = this.wakeByIp.get(instance.ip);
+    if (!ids) this.wakeByIp.set(instance.ip, (ids = new Set()));
+    ids.add(instance.id);
+  }
+
   private unindex(t: Track): void {
     if (!t.target) return;
     const ids = this.byIp.get(t.target.ip);
@@ -543,6 +562,9 @@ export class StandbyController {
   }
 
   private drop(id: string): void {
+    for (const [ip, ids] of this.wakeByIp) {
+      if (ids.delete(id) && ids.size === 0) this.wakeByIp.delete(ip);
+    }
     const t = this.tracks.get(id);
     if (!t) return;
     this.clearIdleTimer(t);

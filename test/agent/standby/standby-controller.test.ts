@@ -299,4 +299,27 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING);
     c.close();
   });
+
+  it("a client that connects while the standby driver is still working is not stranded: woken right after", async () => {
+    let release!: () => void;
+    const c = new StandbyController({
+      clock,
+      syncMs: 24 * 60 * MIN,
+      source,
+      instances: { list: () => [...instances.values()], get: (id) => instances.get(id) },
+      runtime: { get: (id) => runtime.get(id), set: (id, r) => (r ? runtime.set(id, r) : runtime.delete(id)) },
+      standby: () => new Promise<void>((r) => (release = r)),
+      wake: async (i) => void driverCalls.push(`wake:${i.id}`),
+      setState: async (id, state) => void instances.set(id, { ...instances.get(id)!, state }),
+    });
+    await c.start();
+    await clock.advance(10 * MIN);
+    assert.equal(c.describe("vm1").status, "STANDBY_REQUESTED");
+    source.open(client(40200, 1)); // arrives while the (slow) driver runs
+    release();
+    await settle();
+    assert.deepEqual(driverCalls, ["wake:vm1"]);
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING);
+    c.close();
+  });
 });
