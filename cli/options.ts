@@ -33,8 +33,13 @@ export const parse = {
     return ms;
   },
   nonNegativeDurationMs(value: string): number {
-    if (value.trim() === "0" || /^0+(ms|s|m|h)$/.test(value.trim())) return 0;
-    return parse.durationMs(value);
+    try {
+      const ms = parseDurationMs(value);
+      if (ms < 0) throw new Error(`${JSON.stringify(value)} must not be negative`);
+      return ms;
+    } catch (e) {
+      throw new InvalidArgumentError((e as Error).message);
+    }
   },
   positiveInt(value: string): number {
     if (!/^\d+$/.test(value) || Number(value) <= 0 || !Number.isSafeInteger(Number(value))) {

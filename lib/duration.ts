@@ -1,19 +1,16 @@
-/**
- * Go-style duration strings ("500ms", "2s", "1m30s", "1h") to milliseconds, the form every
- * interval and timeout flag takes. A bare number is refused: a unit is always required.
- */
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+import { parseGoDuration } from "./go-duration.js";
 
+/**
+ * A flag's duration ("500ms", "2s", "1m30s", "1.5h") in milliseconds: the same Go syntax as
+ * standby policies (go-duration.ts), one parser for both. A bare number other than 0 is
+ * refused: a unit is always required.
+ */
 export function parseDurationMs(value: string): number {
-  const text = value.trim();
-  if (text === "" || !/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(text)) {
+  try {
+    return parseGoDuration(value.trim()) / 1e6;
+  } catch {
     throw new Error(`${JSON.stringify(value)} is not a duration (e.g. 500ms, 2s, 1m30s)`);
   }
-  let total = 0;
-  for (const m of text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) {
-    total += Number(m[1]) * (UNIT_MS[m[2] ?? ""] ?? 0);
-  }
-  return total;
 }
 
 /** Milliseconds back to the shortest readable duration string ("2s", "1m30s", "250ms"). */

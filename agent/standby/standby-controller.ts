@@ -3,7 +3,7 @@ import { InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import type { StandbyPolicy } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import type { ConntrackFlow } from "../kernel/conntrack-decoder.js";
 import { isActiveInbound, isActiveTcpState, type ClassifierTarget } from "./flow-classifier.js";
-import { parseGoDuration } from "./go-duration.js";
+import { parseGoDuration } from "../../lib/go-duration.js";
 import { parseCidr, type ParsedCidr } from "./standby-policy.js";
 import type { StandbyRuntime } from "./standby-runtime-store.js";
 

@@ -2,7 +2,7 @@ import { isIPv4, isIPv6 } from "node:net";
 import { create } from "@bufbuild/protobuf";
 import { StandbyPolicySchema, type StandbyPolicy } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { invalidArgument, truncate } from "../../lib/rpc/field-error.js";
-import { formatGoDuration, parseGoDuration } from "./go-duration.js";
+import { formatGoDuration, parseGoDuration } from "../../lib/go-duration.js";
 
 export interface PolicyLimits {
   /** --standby-min-idle; default 5 s. */

@@ -1,7 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { createClient, type Client } from "@connectrpc/connect";
 import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { MetricsService } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 import { StandbyService } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { ConnectionState, HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
@@ -50,7 +49,6 @@ const STATE: Record<grpc.connectivityState, ConnectionState> = {
 export class HostConnection {
   readonly transport: GrpcJsTransport;
   readonly inventory: Client<typeof InventoryService>;
-  readonly metrics: Client<typeof MetricsService>;
   readonly standby: Client<typeof StandbyService>;
   lastSeenMs: number | undefined;
   lastError = "";
@@ -73,7 +71,6 @@ export class HostConnection {
       },
     });
     this.inventory = createClient(InventoryService, this.transport);
-    this.metrics = createClient(MetricsService, this.transport);
     this.standby = createClient(StandbyService, this.transport);
     this.watchState(this.channel.getConnectivityState(true));
   }

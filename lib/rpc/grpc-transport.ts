@@ -26,16 +26,9 @@ import {
 export interface GrpcJsTransport extends Transport {
   readonly client: grpc.Client;
   /**
-   * The lean path for hot fan-outs: one unary call with pre-encoded request bytes, decoded
-   * response, no headers or interceptors. Errors are ConnectErrors like everywhere else.
+   * The lean path for hot fan-outs: one unary call with pre-encoded request bytes and the
+   * response left undecoded, no headers or interceptors. Errors are ConnectErrors as elsewhere.
    */
-  unaryBytes<O extends DescMessage>(
-    method: DescMethodUnary<DescMessage, O>,
-    request: Buffer,
-    timeoutMs: number,
-    signal?: AbortSignal,
-  ): Promise<MessageShape<O>>;
-  /** Like unaryBytes, but the response stays undecoded. */
   unaryRaw(method: DescMethodUnary, request: Buffer, timeoutMs: number, signal?: AbortSignal): Promise<Buffer>;
   close(): void;
 }
@@ -78,15 +71,6 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
         });
         signal?.addEventListener("abort", onAbort, { once: true });
       });
-    },
-
-    async unaryBytes<O extends DescMessage>(method: DescMethodUnary<DescMessage, O>, request: Buffer, timeoutMs: number, signal?: AbortSignal) {
-      const bytes = await this.unaryRaw(method as DescMethodUnary, request, timeoutMs, signal);
-      try {
-        return fromBinary(method.output, bytes);
-      } catch (e) {
-        throw new ConnectError(`malformed ${method.output.typeName}: ${(e as Error).message}`, Code.Internal);
-      }
     },
 
     unary<I extends DescMessage, O extends DescMessage>(

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.js";
-import { formatGoDuration, parseGoDuration } from "../../../agent/standby/go-duration.js";
+import { formatGoDuration, parseGoDuration } from "../../../lib/go-duration.js";
 import { cidrContains, normalizeStandbyPolicy, parseCidr } from "../../../agent/standby/standby-policy.js";
 
 const norm = (p: MessageInitShape<typeof StandbyPolicySchema>) => normalizeStandbyPolicy(create(StandbyPolicySchema, p), "policy");
