@@ -9,23 +9,25 @@ cd "$(dirname "$0")/.."
 want_test=false
 [[ "${1:-}" == "--test" ]] && want_test=true
 
+missing=()
+# gcc builds the agent's conntrack reader (agent/kernel/native/conntrack-reader.c); without it
+# the agent runs and answers standby calls with UNSUPPORTED.
+command -v gcc >/dev/null || missing+=(gcc)
 if $want_test; then
   # Real kernel tests: ip (netns, veth), iptables (makes the kernel track flows in a test
-  # namespace), conntrack (deletes a flow in a test), ps, gcc for the C reference loop of bench/metrics-sweep.
-  missing=()
+  # namespace), conntrack (deletes a flow in a test), ps.
   command -v ip >/dev/null || missing+=(iproute2)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v conntrack >/dev/null || missing+=(conntrack)
   command -v ps >/dev/null || missing+=(procps)
-  command -v gcc >/dev/null || missing+=(gcc)
-  if ((${#missing[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then
-      echo "setup: missing ${missing[*]}; install them as root (apt-get install -y ${missing[*]})" >&2
-    else
-      echo "setup: installing ${missing[*]}"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+fi
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing ${missing[*]}; install them as root (apt-get install -y ${missing[*]})" >&2
+  else
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
 
@@ -42,4 +44,15 @@ stamp=dist/.build-stamp
 if [[ ! -f $stamp ]] || [[ -n "$(find agent aggregator lib cli gen test bench tsconfig.json package.json -newer "$stamp" -type f -print -quit 2>/dev/null)" ]]; then
   npx tsc -p tsconfig.json
   mkdir -p dist && touch "$stamp"
+fi
+
+# The conntrack reader: a small C program next to the compiled agent (see its header comment).
+reader=dist/agent/kernel/conntrack-reader
+if [[ ! -x $reader || agent/kernel/native/conntrack-reader.c -nt $reader ]]; then
+  if command -v gcc >/dev/null; then
+    mkdir -p "$(dirname "$reader")"
+    gcc -O2 -Wall -Wextra -Werror -o "$reader" agent/kernel/native/conntrack-reader.c
+  else
+    echo "setup: no gcc, the conntrack reader is not built: standby will answer UNSUPPORTED" >&2
+  fi
 fi

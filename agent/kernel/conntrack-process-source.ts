@@ -1,38 +1,101 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { EventEmitter } from "node:events";
-import { createInterface } from "node:readline";
+import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { ConntrackFlow } from "./conntrack-decoder.js";
+import { decodeDatagram, dumpRequest, type ConntrackFlow } from "./conntrack-decoder.js";
 
-const READER = join(dirname(fileURLToPath(import.meta.url)), "conntrack-reader-main.js");
+/** Where setup.sh compiles native/conntrack-reader.c: next to this file in dist/. */
+export const CONNTRACK_READER = join(dirname(fileURLToPath(import.meta.url)), "conntrack-reader");
 
-export interface ConntrackProcessCounters {
+// Frame kinds written by the reader (see native/conntrack-reader.c).
+const F_READY = 1;
+const F_EVENT = 2;
+const F_DUMP = 3;
+const F_OVERFLOW = 4;
+const F_ERROR = 5;
+/** The event socket's receive buffer unless configured: see ConntrackSourceOptions. */
+export const DEFAULT_RECEIVE_BUFFER_BYTES = 32 << 20;
+/** Longest stretch of decoding before yielding to the event loop. */
+const SLICE_MS = 4;
+/** Decoded-later bytes above which the reader's pipe is paused (≈ 20k events). */
+const MAX_QUEUED_BYTES = 4 << 20;
+
+export interface ConntrackSourceOptions {
+  /**
+   * Receive buffer of the event socket. The reader asks with SO_RCVBUFFORCE (CAP_NET_ADMIN,
+   * which conntrack needs anyway), so net.core.rmem_max does not cap it. 32 MiB holds about
+   * 5 s of a 7k connections/s burst (bench/conntrack) if the agent stalls.
+   */
+  receiveBufferBytes?: number;
+  dumpTimeoutMs?: number;
+  /**
+   * Fault injection for tests and drills: drop every "new" event as if the kernel had lost it
+   * (dumps are unaffected). The controller must still never put a busy instance on standby.
+   */
+  dropNewEvents?: boolean;
+  /** The reader executable (tests point this at a missing file). */
+  readerPath?: string;
+}
+
+export interface ConntrackCounters {
   events: { new: number; destroy: number };
+  /** Events were lost (ENOBUFS on the event socket, or the reader died): a resync follows. */
   overflows: number;
   /** Times the reader process died and was started again (each also counts as an overflow). */
   restarts: number;
+  decodeErrors: number;
+  dumps: number;
+  /** "new" events dropped on purpose (dropNewEvents). */
+  injectedDrops: number;
+}
+
+interface PendingDump {
+  seq: number;
+  flows: ConntrackFlow[];
+  resolve: (f: ConntrackFlow[]) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
 }
 
 /**
- * Conntrack through a reader process (conntrack-reader-main.ts), so a native crash of the
- * netlink binding costs lost events — reported as an overflow, answered by the controller with
- * a resync — instead of the agent. Same surface as ConntrackSocket: dump(), and 'flow',
- * 'overflow', 'error' events. `start()` resolves once the reader answered a first dump.
+ * Conntrack over raw NETLINK_NETFILTER sockets (standby.md "Conntrack source"), held by a small
+ * reader process (native/conntrack-reader.c) that only moves datagrams; decoding is ours, here.
+ * One socket joined to NEW/UPDATE/DESTROY, subscribed before the first dump, one for dumps so
+ * replies and events never interleave. IPv4 TCP only; other flows are skipped.
+ *
+ * Events: 'flow' (ConntrackFlow), 'overflow' (events were lost: resync), 'error' (anything
+ * else, including the reader dying — it is started again 200 ms later and an 'overflow'
+ * follows), 'datagram' (raw bytes of each event/dump datagram, for capturing fixtures).
+ * `start()` resolves once the reader answered a first dump; it rejects with the reason when
+ * conntrack cannot be read here (no CAP_NET_ADMIN, no conntrack, no reader built).
  */
 export class ConntrackProcessSource extends EventEmitter {
-  readonly counters: ConntrackProcessCounters = { events: { new: 0, destroy: 0 }, overflows: 0, restarts: 0 };
+  readonly counters: ConntrackCounters = { events: { new: 0, destroy: 0 }, overflows: 0, restarts: 0, decodeErrors: 0, dumps: 0, injectedDrops: 0 };
   receiveBufferBytes = 0;
+  private readonly options: Required<Omit<ConntrackSourceOptions, "readerPath">> & { readerPath: string };
   private child: ChildProcess | undefined;
   private seq = 1;
-  private readonly pending = new Map<number, { resolve: (f: ConntrackFlow[]) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private pending: PendingDump | undefined;
+  private dumpQueue: Promise<unknown> = Promise.resolve();
+  private leftover: Buffer | undefined;
+  /** Chunks read from the reader, not yet decoded (see onChunk). */
+  private readonly queue: Buffer[] = [];
+  private queuedBytes = 0;
+  private draining = false;
   private closed = false;
   private started = false;
   private lastExit = "";
   private restartTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly env: NodeJS.ProcessEnv = process.env) {
+  constructor(options: ConntrackSourceOptions = {}) {
     super();
+    this.options = {
+      receiveBufferBytes: options.receiveBufferBytes ?? DEFAULT_RECEIVE_BUFFER_BYTES,
+      dumpTimeoutMs: options.dumpTimeoutMs ?? 5000,
+      dropNewEvents: options.dropNewEvents ?? false,
+      readerPath: options.readerPath ?? CONNTRACK_READER,
+    };
   }
 
   /** The reader process's pid (tests and operators: it is the one holding the netlink sockets). */
@@ -41,56 +104,74 @@ export class ConntrackProcessSource extends EventEmitter {
   }
 
   async start(): Promise<void> {
+    if (!existsSync(this.options.readerPath)) {
+      throw new Error(`the conntrack reader is not built (${this.options.readerPath}; scripts/setup.sh compiles it with gcc)`);
+    }
     this.spawnReader();
     try {
       await this.dump();
     } catch (e) {
       // Could not read conntrack at all: no restarts, the caller reports UNSUPPORTED.
+      const reason = await this.exitReason();
       this.close();
-      throw new Error(this.lastExit ? `${(e as Error).message}: ${this.lastExit}` : (e as Error).message);
+      throw new Error(reason ? `${(e as Error).message}: ${reason}` : (e as Error).message);
     }
     this.started = true;
   }
 
-  dump(timeoutMs = 5000): Promise<ConntrackFlow[]> {
-    const child = this.child;
-    if (!child || this.closed) return Promise.reject(new Error("conntrack reader is not running"));
-    const seq = this.seq++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(seq);
-        reject(new Error(`conntrack dump: no answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(seq, { resolve, reject, timer });
-      child.stdin!.write(`${seq}\n`);
-    });
+  /** The current IPv4 TCP flows. One dump at a time; callers queue. */
+  dump(): Promise<ConntrackFlow[]> {
+    const run = this.dumpQueue.then(() => this.dumpNow());
+    this.dumpQueue = run.catch(() => undefined);
+    return run;
   }
 
   close(): void {
     this.closed = true;
     clearTimeout(this.restartTimer);
-    this.failPending(new Error("conntrack reader closed"));
+    this.failDump(new Error("conntrack reader closed"));
     this.child?.stdin?.end();
     this.child?.kill("SIGTERM");
   }
 
+  private dumpNow(): Promise<ConntrackFlow[]> {
+    const child = this.child;
+    if (!child || this.closed) return Promise.reject(new Error("conntrack reader is not running"));
+    const seq = this.seq++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.failDump(new Error(`conntrack dump: no answer within ${this.options.dumpTimeoutMs} ms`)), this.options.dumpTimeoutMs);
+      this.pending = { seq, flows: [], resolve, reject, timer };
+      const req = dumpRequest(seq);
+      const frame = Buffer.alloc(4 + req.length);
+      frame.writeUInt32LE(req.length, 0);
+      req.copy(frame, 4);
+      child.stdin!.write(frame);
+    });
+  }
+
   private spawnReader(): void {
-    const child = spawn(process.execPath, [READER], { stdio: ["pipe", "pipe", "pipe"], env: this.env });
+    const child = spawn(this.options.readerPath, [String(this.options.receiveBufferBytes)], { stdio: ["pipe", "pipe", "pipe"] });
     this.child = child;
+    this.leftover = undefined;
+    this.queue.length = 0;
+    this.queuedBytes = 0;
     let stderr = "";
     child.stderr!.on("data", (b: Buffer) => (stderr = (stderr + b.toString()).slice(-2000)));
     child.stdin!.on("error", () => undefined);
-    createInterface({ input: child.stdout! }).on("line", (line) => this.onLine(line));
+    child.stdout!.on("data", (chunk: Buffer) => {
+      if (this.child === child) this.onChunk(chunk);
+    });
+    child.on("error", (e) => (stderr = e.message));
     child.on("exit", (code, signal) => {
       if (this.child !== child) return;
       this.child = undefined;
       this.lastExit = stderr.trim().split("\n").pop() ?? "";
-      this.failPending(new Error(`conntrack reader exited (${signal ?? code})`));
+      this.failDump(new Error(`conntrack reader exited (${signal ?? code})`));
       if (this.closed || !this.started) return;
       // Events were lost while it was down: say so, start it again, and let the owner resync.
       this.counters.restarts++;
       this.counters.overflows++;
-      if (this.listenerCount("error") > 0) this.emit("error", new Error(`conntrack reader died (${signal ?? `exit ${code}`})${stderr ? `: ${stderr.trim().split("\n").pop()}` : ""}`));
+      if (this.listenerCount("error") > 0) this.emit("error", new Error(`conntrack reader died (${signal ?? `exit ${code}`})${this.lastExit ? `: ${this.lastExit}` : ""}`));
       this.restartTimer = setTimeout(() => {
         if (this.closed) return;
         this.spawnReader();
@@ -99,46 +180,137 @@ export class ConntrackProcessSource extends EventEmitter {
     });
   }
 
-  private onLine(line: string): void {
-    const tag = line[0];
-    const rest = line.slice(1);
-    if (tag === "F") {
-      const [kind, srcIp, srcPort, dstIp, dstPort, state, id] = rest.split(",");
-      const flow: ConntrackFlow = {
-        kind: kind === "n" ? "new" : "destroy",
-        srcIp: srcIp ?? "",
-        srcPort: Number(srcPort),
-        dstIp: dstIp ?? "",
-        dstPort: Number(dstPort),
-        tcpState: Number(state),
-        id: id ? Number(id) : undefined,
-      };
-      this.counters.events[flow.kind]++;
-      this.emit("flow", flow);
-    } else if (tag === "O") {
-      this.counters.overflows++;
-      this.emit("overflow");
-    } else if (tag === "R") {
-      this.receiveBufferBytes = Number(rest);
-    } else if (tag === "D" || tag === "X") {
-      const comma = rest.indexOf(",");
-      const seq = Number(rest.slice(0, comma));
-      const p = this.pending.get(seq);
-      if (!p) return;
-      this.pending.delete(seq);
-      clearTimeout(p.timer);
-      if (tag === "D") p.resolve(JSON.parse(rest.slice(comma + 1)) as ConntrackFlow[]);
-      else p.reject(new Error(rest.slice(comma + 1)));
-    } else if (tag === "E") {
-      if (this.listenerCount("error") > 0) this.emit("error", new Error(rest));
+  /** Why the reader stopped, once it has (start() failures carry it to the UNSUPPORTED reason). */
+  private async exitReason(): Promise<string> {
+    const child = this.child;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return this.lastExit;
+  }
+
+  // libuv reads a pipe up to 32 × 64 KiB per turn; decoding that much at once (~10k events)
+  // blocked the event loop for 20-45 ms at 80k events/s (bench/conntrack). So chunks are queued
+  // and decoded in slices of at most SLICE_MS, yielding to timers and I/O in between; above
+  // MAX_QUEUED_BYTES the pipe is paused, the reader blocks, and the kernel's socket buffer takes
+  // the burst (and says ENOBUFS if that fills: an explicit overflow, never a silent one).
+  private onChunk(chunk: Buffer): void {
+    this.queue.push(chunk);
+    this.queuedBytes += chunk.length;
+    if (this.queuedBytes > MAX_QUEUED_BYTES) this.child?.stdout?.pause();
+    if (!this.draining) {
+      this.draining = true;
+      setImmediate(() => this.drain());
     }
   }
 
-  private failPending(error: Error): void {
-    for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(error);
+  private drain(): void {
+    const until = performance.now() + SLICE_MS;
+    let chunk: Buffer | undefined;
+    while ((chunk = this.queue.shift()) !== undefined) {
+      this.queuedBytes -= chunk.length;
+      this.decodeChunk(chunk);
+      if (performance.now() >= until) break;
     }
-    this.pending.clear();
+    if (this.queue.length > 0) {
+      setImmediate(() => this.drain());
+      return;
+    }
+    this.draining = false;
+    this.child?.stdout?.resume();
   }
+
+  private decodeChunk(chunk: Buffer): void {
+    let buf = chunk;
+    if (this.leftover) {
+      buf = Buffer.concat([this.leftover, chunk]);
+      this.leftover = undefined;
+    }
+    let off = 0;
+    while (buf.length - off >= 8) {
+      const kind = buf.readUInt32LE(off);
+      const len = buf.readUInt32LE(off + 4);
+      if (buf.length - off - 8 < len) break;
+      this.onFrame(kind, buf.subarray(off + 8, off + 8 + len));
+      off += 8 + len;
+    }
+    if (off < buf.length) this.leftover = Buffer.from(buf.subarray(off));
+  }
+
+  private onFrame(kind: number, body: Buffer): void {
+    if (kind === F_EVENT) this.onEvent(body);
+    else if (kind === F_DUMP) this.onDump(body);
+    else if (kind === F_OVERFLOW) {
+      this.counters.overflows++;
+      this.emit("overflow");
+    } else if (kind === F_READY) {
+      this.receiveBufferBytes = body.readUInt32LE(0);
+    } else if (kind === F_ERROR) {
+      const message = body.toString();
+      if (this.pending) this.failDump(new Error(message));
+      else if (this.listenerCount("error") > 0) this.emit("error", new Error(message));
+    }
+  }
+
+  private onEvent(datagram: Buffer): void {
+    if (this.listenerCount("datagram") > 0) this.emit("datagram", datagram);
+    let messages;
+    try {
+      messages = decodeDatagram(datagram);
+    } catch {
+      this.counters.decodeErrors++;
+      return;
+    }
+    for (const m of messages) {
+      if (m.type !== "flow") continue;
+      if (this.options.dropNewEvents && m.flow.kind === "new") {
+        this.counters.injectedDrops++;
+        continue;
+      }
+      this.counters.events[m.flow.kind]++;
+      this.emit("flow", m.flow);
+    }
+  }
+
+  private onDump(datagram: Buffer): void {
+    if (this.listenerCount("datagram") > 0) this.emit("datagram", datagram);
+    const p = this.pending;
+    // A late reply to a dump that already timed out carries an older sequence number.
+    if (!p || datagram.length < 16 || datagram.readUInt32LE(8) !== p.seq) return;
+    let messages;
+    try {
+      messages = decodeDatagram(datagram);
+    } catch (e) {
+      this.counters.decodeErrors++;
+      this.failDump(new Error(`conntrack dump: ${(e as Error).message}`));
+      return;
+    }
+    for (const m of messages) {
+      if (m.type === "flow") p.flows.push(m.flow);
+      else if (m.type === "error" && m.errno !== 0) {
+        // EPERM without CAP_NET_ADMIN; ENOENT/EOPNOTSUPP when conntrack is not there.
+        this.failDump(new Error(`conntrack dump: ${errnoName(m.errno)}`));
+        return;
+      } else if (m.type === "done") {
+        clearTimeout(p.timer);
+        this.pending = undefined;
+        this.counters.dumps++;
+        p.resolve(p.flows);
+        return;
+      }
+    }
+  }
+
+  private failDump(error: Error): void {
+    const p = this.pending;
+    if (!p) return;
+    clearTimeout(p.timer);
+    this.pending = undefined;
+    p.reject(error);
+  }
+}
+
+const ERRNO_NAMES: Record<number, string> = { 1: "EPERM (no CAP_NET_ADMIN)", 2: "ENOENT", 13: "EACCES", 95: "EOPNOTSUPP", 97: "EAFNOSUPPORT" };
+function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
 }

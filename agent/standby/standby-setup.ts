@@ -39,12 +39,13 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     unsupportedReason = "conntrack disabled by configuration";
   } else {
     try {
-      // The reader runs as a process of its own (conntrack-process-source.ts: the netlink
-      // binding can abort its process on an overflow). FLEETLET_FAULT_DROP_CONNTRACK_NEW=1 is
-      // passed on to it: fault injection (see ConntrackSocketOptions).
-      if (process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1") options.logger.warn("fault injection: dropping every conntrack NEW event");
-      socket = new ConntrackProcessSource();
+      // The sockets live in a small reader process (native/conntrack-reader.c, see
+      // conntrack-process-source.ts). FLEETLET_FAULT_DROP_CONNTRACK_NEW=1 is fault injection.
+      const dropNewEvents = process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1";
+      if (dropNewEvents) options.logger.warn("fault injection: dropping every conntrack NEW event");
+      socket = new ConntrackProcessSource({ dropNewEvents });
       await socket.start(); // proves the table can be read here (CAP_NET_ADMIN, conntrack present)
+      options.logger.info({ receive_buffer_bytes: socket.receiveBufferBytes, reader_pid: socket.readerPid }, "conntrack reader ready");
     } catch (e) {
       socket?.close();
       socket = undefined;

@@ -1,8 +1,9 @@
 /**
  * The fleetlet side of bench/conntrack, run in the benchmark's namespace
- * (`ip netns exec NS node probe.js`): the agent's own ConntrackSocket, opened with the agent's
- * defaults (as standby-setup.ts does), counting what the standby controller would see. Like the
- * controller, every overflow (ENOBUFS: events lost) is answered with a resync dump.
+ * (`ip netns exec NS node probe.js`): the agent's own conntrack source (ConntrackProcessSource:
+ * the reader process + our decoder), opened with the agent's defaults as standby-setup.ts does,
+ * counting what the standby controller would see. Like the controller, every overflow (events
+ * lost) is answered with a resync dump. CPU counts this process and the reader process.
  *
  * Commands on stdin, one per line; answers are JSON lines on stdout:
  *   start PORT  reset the counters, CPU and event-loop histogram; count flows to PORT
@@ -12,7 +13,9 @@
  */
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createInterface } from "node:readline";
-import { ConntrackSocket } from "../../agent/kernel/conntrack-socket.js";
+import { readFileSync } from "node:fs";
+import { ConntrackProcessSource } from "../../agent/kernel/conntrack-process-source.js";
+import { systemConstants } from "../../agent/kernel/system-constants.js";
 
 export interface ProbeStats {
   port: number;
@@ -28,8 +31,12 @@ export interface ProbeStats {
   resyncs: number;
   resyncFailures: number;
   decodeErrors: number;
-  /** User + system CPU of this process since `start`. */
+  /** User + system CPU of this process and of the reader process since `start`. */
   cpuMs: number;
+  /** The reader process's share of cpuMs. */
+  readerCpuMs: number;
+  /** Times the reader process died (restarted by the source). */
+  readerRestarts: number;
   /** Event-loop delay (timer interval minus its 5 ms resolution), p99 and max since `start`. */
   eventLoopP99Ms: number;
   eventLoopMaxMs: number;
@@ -39,7 +46,19 @@ export interface ProbeStats {
   receiveBufferBytes: number;
 }
 
-const socket = new ConntrackSocket();
+const socket = new ConntrackProcessSource();
+const { clockTicksPerSecond } = systemConstants();
+/** utime + stime of the reader process, in ms (0 once it is gone). */
+function readerCpu(): number {
+  try {
+    const stat = readFileSync(`/proc/${socket.readerPid}/stat`, "latin1");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond;
+  } catch {
+    return 0;
+  }
+}
+let readerCpu0 = 0;
 // The histogram holds whole timer intervals: the loop's delay is what exceeds the resolution.
 const LOOP_RESOLUTION_MS = 5;
 const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
@@ -86,6 +105,7 @@ socket.on("error", (e: Error) => print({ error: e.message }));
 
 function stats(): ProbeStats {
   const cpu = process.cpuUsage(cpu0);
+  const readerCpuMs = Math.max(0, readerCpu() - readerCpu0);
   return {
     port,
     events,
@@ -96,7 +116,9 @@ function stats(): ProbeStats {
     resyncs,
     resyncFailures,
     decodeErrors: socket.counters.decodeErrors - decodeErrors0,
-    cpuMs: (cpu.user + cpu.system) / 1000,
+    cpuMs: (cpu.user + cpu.system) / 1000 + readerCpuMs,
+    readerCpuMs,
+    readerRestarts: socket.counters.restarts,
     eventLoopP99Ms: Math.max(0, loop.percentile(99) / 1e6 - LOOP_RESOLUTION_MS),
     eventLoopMaxMs: Math.max(0, loop.max / 1e6 - LOOP_RESOLUTION_MS),
     firstEventMs,
@@ -114,6 +136,7 @@ createInterface({ input: process.stdin }).on("line", (line) => {
     firstEventMs = lastEventMs = undefined;
     loop.reset();
     cpu0 = process.cpuUsage();
+    readerCpu0 = readerCpu();
     t0 = performance.now();
     print({ started: port });
     ticker ??= setInterval(() => print({ tick: stats() }), 250);
@@ -126,8 +149,8 @@ process.stdin.on("end", () => {
   socket.close();
   process.exit(0);
 });
-// The subscription exists once the constructor returned; a dump proves the table is readable.
-socket.dump().then(
-  (flows) => print({ ready: true, flows: flows.length, receiveBufferBytes: socket.receiveBufferBytes }),
+// Subscribed before the first dump; the dump proves the table is readable.
+socket.start().then(
+  () => print({ ready: true, receiveBufferBytes: socket.receiveBufferBytes }),
   (e: Error) => print({ error: `dump: ${e.message}` }),
 );

@@ -1,3 +1,4 @@
+import { once } from "node:events";
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
@@ -52,7 +53,7 @@ after(() => {
   }
 });
 
-describe("ConntrackSocket in a namespace", { skip }, () => {
+describe("conntrack source (reader process + decoder) in a namespace", { skip }, () => {
   it("dumps open flows and streams NEW → ESTABLISHED → TIME_WAIT → DESTROY of a new one", async () => {
     const server = inNs([process.execPath, "-e", `require("net").createServer((s) => s.on("data", () => {}).on("error", () => {})).listen(9000, "127.0.0.1", () => console.log("up"))`]);
     await new Promise((r) => server.stdout!.once("data", r));
@@ -92,6 +93,44 @@ describe("ConntrackSocket in a namespace", { skip }, () => {
     assert.equal(lines.filter((l) => "overflow" in l).length, 0);
     probe.stdin!.end();
     longLived.kill("SIGKILL");
+    server.kill("SIGKILL");
+  });
+
+  it("an overflow of the event socket is reported (ENOBUFS), and the stream and dumps go on", async () => {
+    const server = inNs([process.execPath, "-e", `require("net").createServer((s) => s.end()).listen(9001, "127.0.0.1", () => console.log("up"))`]);
+    await new Promise((r) => server.stdout!.once("data", r));
+    // A small buffer, and a reader that cannot read for a while: the kernel must drop events.
+    const probe = inNs([process.execPath, PROBE, "--rcvbuf", "16384"]);
+    const lines: Record<string, unknown>[] = [];
+    createInterface({ input: probe.stdout! }).on("line", (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
+    const waitFor = async (pred: (l: Record<string, unknown>) => boolean, ms = 5000) => {
+      const end = Date.now() + ms;
+      for (;;) {
+        const hit = lines.find(pred);
+        if (hit) return hit;
+        if (Date.now() > end) assert.fail(`not seen in ${ms} ms; got ${JSON.stringify(lines.slice(-20)).slice(0, 2000)}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    const ready = (await waitFor((l) => l.ready === true)) as { readerPid: number };
+    process.kill(ready.readerPid, "SIGSTOP");
+    try {
+      const burst = inNs([process.execPath, "-e", `let left = 300; const one = () => require("net").connect(9001, "127.0.0.1").on("close", () => (--left === 0 ? process.exit(0) : one())).on("error", () => process.exit(1)); one();`]);
+      const [code] = (await once(burst, "exit")) as [number];
+      assert.equal(code, 0, "300 connections made");
+    } finally {
+      process.kill(ready.readerPid, "SIGCONT");
+    }
+    const overflow = (await waitFor((l) => "overflow" in l)) as { overflow: number };
+    assert.ok(overflow.overflow >= 1);
+    // Still alive and streaming: a new connection's SYN_SENT arrives, and a dump answers.
+    const before = lines.length;
+    inNs([process.execPath, "-e", `require("net").connect(9001, "127.0.0.1").on("close", () => process.exit(0))`]);
+    await waitFor((l) => lines.indexOf(l) >= before && (l.event as { dstPort?: number; tcpState?: number } | undefined)?.dstPort === 9001 && (l.event as { tcpState: number }).tcpState === 1);
+    probe.stdin!.write("dump\n");
+    const dump = (await waitFor((l) => "dump" in l || "dumpError" in l)) as { dumpError?: string };
+    assert.equal(dump.dumpError, undefined);
+    probe.stdin!.end();
     server.kill("SIGKILL");
   });
 });
