@@ -15,11 +15,16 @@ missing=()
 command -v gcc >/dev/null || missing+=(gcc)
 if $want_test; then
   # Real kernel tests: ip (netns, veth), iptables (makes the kernel track flows in a test
-  # namespace), conntrack (deletes a flow in a test), ps.
+  # namespace), conntrack (deletes a flow in a test), ps. kubectl comes with machines of
+  # this kind (runtime.md); the Kubernetes fixture test needs it.
   command -v ip >/dev/null || missing+=(iproute2)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v conntrack >/dev/null || missing+=(conntrack)
   command -v ps >/dev/null || missing+=(procps)
+  # A private Docker engine for the runtime tests (testing.md "Docker"), and busybox-static
+  # for the image they import (no registry).
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  [[ -x /bin/busybox ]] || missing+=(busybox-static)
 fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
