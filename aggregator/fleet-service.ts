@@ -101,6 +101,33 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       const statuses = sortedByHost(outcomes).flatMap((o) => (o.value ?? []).map((status) => ({ host: o.host, status })));
       return { statuses, hostResults: toHostResults(outcomes) };
     },
+    async listContainers(req, context) {
+      const selected = selectHosts(req.hosts);
+      const outcomes = await fanOut(
+        selected,
+        async (host, signal, timeoutMs) => host.runtime.listContainers({ runtime: req.runtime, runningOnly: req.runningOnly }, { signal, timeoutMs }),
+        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
+      );
+      const containers = sortedByHost(outcomes).flatMap((o) =>
+        (o.value?.containers ?? [])
+          .slice()
+          .sort((a, b) => (a.runtime === b.runtime ? (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) : a.runtime < b.runtime ? -1 : 1))
+          .map((container) => ({ host: o.host, container })),
+      );
+      const unavailable = sortedByHost(outcomes).flatMap((o) => (o.value?.unavailable ?? []).map((u) => `${o.host}: ${u}`));
+      return { containers, hostResults: toHostResults(outcomes), unavailable };
+    },
+    async *streamContainerLogs(req, context) {
+      requireId("host", req.host);
+      const host = hosts.get(req.host);
+      if (!host) throw new ConnectError(`host ${JSON.stringify(req.host)} not found`, Code.NotFound);
+      // Relayed as it comes; the agent validates the rest and its errors (NOT_FOUND for the
+      // container, UNAVAILABLE for its runtime) reach the caller unchanged.
+      const { host: _, $typeName: __, ...agentRequest } = req;
+      for await (const m of host.runtime.streamContainerLogs(agentRequest, { signal: context.signal })) {
+        yield { lines: m.lines, endReason: m.endReason, endDetail: m.endDetail, errors: m.errors };
+      }
+    },
     async listInstances(req, context) {
       const selected = selectHosts(req.hosts);
       const outcomes = await fanOut(

@@ -20,8 +20,16 @@ import {
   ListInstanceStatsResponseSchema as FleetStatsSchema,
   ListInstancesResponseSchema as FleetInstancesSchema,
   ListStandbyStatusResponseSchema as FleetStandbySchema,
+  ListContainersResponseSchema as FleetContainersSchema,
   type HostResult,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import {
+  ContainerState,
+  HealthStatus,
+  ListContainersResponseSchema as AgentContainersSchema,
+  RuntimeService,
+  type Container,
+} from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import { parse } from "./options.js";
 import { formatAge, formatBytes, formatPercent, formatTable } from "./table.js";
@@ -35,15 +43,15 @@ interface GetOptions {
 
 export function getCommand(): Command {
   return new Command("get")
-    .description("read commands: hosts (aggregator), instances, stats and standby (aggregator or one agent)")
-    .argument("<what>", "hosts | instances | stats | standby")
+    .description("read commands: hosts (aggregator), instances, stats, standby and containers (aggregator or one agent)")
+    .argument("<what>", "hosts | instances | stats | standby | containers")
     .option("--aggregator <host:port>", "aggregator to ask (default 127.0.0.1:7700)")
     .option("--agent <host:port>", "ask one agent directly instead")
     .addOption(new Option("-o, --output <format>", "table or json").choices(["table", "json"]).default("table"))
     .addOption(new Option("--timeout <duration>", "deadline of the call").default(10_000, "10s").argParser(parse.durationMs))
     .action(async (what: string, opts: GetOptions, command: Command) => {
-      if (!["hosts", "instances", "stats", "standby"].includes(what)) {
-        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances, stats or standby)`, { exitCode: 2 });
+      if (!["hosts", "instances", "stats", "standby", "containers"].includes(what)) {
+        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances, stats, standby or containers)`, { exitCode: 2 });
       }
       if (opts.agent && opts.aggregator) command.error("error: give --agent or --aggregator, not both", { exitCode: 2 });
       if (opts.agent && what === "hosts") command.error("error: hosts come from the aggregator; drop --agent", { exitCode: 2 });
@@ -57,7 +65,12 @@ export function getCommand(): Command {
       const call = { timeoutMs: opts.timeout };
       try {
         if (opts.agent) {
-          if (what === "standby") {
+          if (what === "containers") {
+            const res = await createClient(RuntimeService, transport).listContainers({}, call);
+            print(opts, AgentContainersSchema, res, () =>
+              [containersTable(res.containers.map((container) => ({ host: "", container })), false), res.unavailable.map((u) => `unavailable: ${u}`).join("\n")].filter(Boolean).join("\n\n"),
+            );
+          } else if (what === "standby") {
             const res = await createClient(StandbyService, transport).listStandbyStatus({}, call);
             print(opts, AgentStandbySchema, res, () => standbyTable(res.statuses.map((status) => ({ host: "", status })), false));
           } else if (what === "instances") {
@@ -84,6 +97,15 @@ export function getCommand(): Command {
                   h.lastError,
                 ]),
               ),
+            );
+          } else if (what === "containers") {
+            const res = await fleet.listContainers({}, call);
+            print(opts, FleetContainersSchema, res, () =>
+              [
+                containersTable(res.containers.map((c) => ({ host: c.host, container: c.container! })), true),
+                res.unavailable.map((u) => `unavailable: ${u}`).join("\n"),
+                hostResultLines(res.hostResults),
+              ].filter(Boolean).join("\n\n"),
             );
           } else if (what === "standby") {
             const res = await fleet.listStandbyStatus({}, call);
@@ -190,6 +212,27 @@ export function standbyTable(rows: { host: string; status: StandbyStatus }[], wi
         s.idleTimeout || "-",
         s.countdownRemaining ? `in ${formatDurationMs(Math.round(durationMs(s.countdownRemaining) / 1000) * 1000)}` : "-",
         s.lastError || (s.supported ? "-" : s.unsupportedReason || "-"),
+      ];
+      return withHost ? [host, ...cells] : cells;
+    }),
+  );
+}
+
+export function containersTable(rows: { host: string; container: Container }[], withHost: boolean): string {
+  const headers = ["RUNTIME", "ID", "NAME", "IMAGE", "STATE", "HEALTH", "STARTED", "INSTANCE"];
+  return formatTable(
+    withHost ? ["HOST", ...headers] : headers,
+    rows.map(({ host, container: c }) => {
+      const state = (ContainerState[c.state] ?? "").toLowerCase();
+      const cells = [
+        c.runtime,
+        c.runtime === "docker" ? c.externalId.slice(0, 12) : c.externalId,
+        c.name,
+        c.image || "-",
+        c.exitCode !== undefined && c.state !== ContainerState.RUNNING ? `${state} (${c.exitCode}${c.oomKilled ? ", oom" : ""})` : state,
+        c.health?.hasHealthcheck ? (HealthStatus[c.health.status] ?? "").toLowerCase() : "-",
+        c.startedAt ? `${formatAge(timestampMs(c.startedAt))} ago` : "-",
+        c.id,
       ];
       return withHost ? [host, ...cells] : cells;
     }),

@@ -47,6 +47,12 @@ export const parse = {
     }
     return Number(value);
   },
+  nonNegativeInt(value: string): number {
+    if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) > 0xffffffff) {
+      throw new InvalidArgumentError(`${JSON.stringify(value)} is not a whole number >= 0`);
+    }
+    return Number(value);
+  },
 };
 
 /**

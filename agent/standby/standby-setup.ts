@@ -3,6 +3,8 @@ import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import { ConntrackProcessSource } from "../kernel/conntrack-process-source.js";
 import { createCgroupDriver } from "./drivers/cgroup-driver.js";
+import { createDockerDriver } from "./drivers/docker-driver.js";
+import type { ContainerRuntime } from "../runtime/container-runtime.js";
 import { createExecDriver, type ExecDriverCommands } from "./drivers/exec-driver.js";
 import { createSignalDriver } from "./drivers/signal-driver.js";
 import { DriverError, type DriverTarget, type StandbyDriver } from "./drivers/standby-driver.js";
@@ -19,6 +21,8 @@ export interface StandbySetupOptions {
   /** Tests turn conntrack off to see UNSUPPORTED; production leaves it on. */
   conntrack?: boolean;
   meter?: Meter;
+  /** The docker runtime, when configured (the docker driver pauses through it). */
+  dockerRuntime?: () => ContainerRuntime | undefined;
 }
 
 export interface StandbySetup {
@@ -59,6 +63,7 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     signal: createSignalDriver(),
     cgroup: createCgroupDriver(),
     exec: createExecDriver(options.exec ?? { standby: [], wake: [] }),
+    docker: createDockerDriver(options.dockerRuntime ?? (() => undefined)),
   };
   const driverFor = (i: Instance): StandbyDriver => {
     const name = i.standbyPolicy?.driver || (i.kind === InstanceKind.CONTAINER ? "docker" : "signal");
@@ -66,7 +71,7 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     if (!d) throw new DriverError(`no ${name} driver on this agent yet`);
     return d;
   };
-  const target = (i: Instance): DriverTarget => ({ id: i.id, pid: i.pid, ip: i.ip, kind: i.kind });
+  const target = (i: Instance): DriverTarget => ({ id: i.id, pid: i.pid, ip: i.ip, kind: i.kind, runtimeRef: i.runtimeRef });
   const view = (i: Instance): StandbyInstance => ({
     id: i.id,
     state: i.state,

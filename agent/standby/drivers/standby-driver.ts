@@ -4,6 +4,8 @@ export interface DriverTarget {
   pid: number | undefined;
   ip: string;
   kind: number;
+  /** "docker/<container id>" for containers (the docker driver acts through the runtime). */
+  runtimeRef?: string;
 }
 
 /** How an instance is put on standby and woken (standby.md "Drivers"). */

@@ -6,6 +6,8 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { InstanceKind, InstanceSource, InstanceState } from "../../agent/v1/inventory_pb.js";
 import { file_fleetlet_agent_v1_inventory } from "../../agent/v1/inventory_pb.js";
+import type { Container, LogEndReason, LogLine } from "../../agent/v1/runtime_pb.js";
+import { file_fleetlet_agent_v1_runtime } from "../../agent/v1/runtime_pb.js";
 import type { StandbyPolicy, StandbyStatus } from "../../agent/v1/standby_pb.js";
 import { file_fleetlet_agent_v1_standby } from "../../agent/v1/standby_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetlet/aggregator/v1/fleet.proto.
  */
 export const file_fleetlet_aggregator_v1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIuoCCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4iTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKOBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEgwKBGhvc3QYZCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZSKsAQoISG9zdFN5bmMSDAoEaG9zdBgBIAEoCRI0CgVzdGF0ZRgCIAEoDjIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmNTdGF0ZRItCglsYXN0X3NlZW4YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHJlc291cmNlX3ZlcnNpb24YBCABKAQSEwoLaW5jYXJuYXRpb24YBSABKAkiWgoUTGlzdEluc3RhbmNlc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK8AQoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjgKCWluc3RhbmNlcxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIvCgVob3N0cxgCIAMoCzIgLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmMSOAoMaG9zdF9yZXN1bHRzGAMgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0Il4KGExpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKEUhvc3RTdGFuZGJ5U3RhdHVzEgwKBGhvc3QYASABKAkSMAoGc3RhdHVzGAIgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVN0YXR1cyKSAQoZTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRI7CghzdGF0dXNlcxgBIAMoCzIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN0YW5kYnlTdGF0dXMSOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0KtIBCg9Db25uZWN0aW9uU3RhdGUSIAocQ09OTkVDVElPTl9TVEFURV9VTlNQRUNJRklFRBAAEhkKFUNPTk5FQ1RJT05fU1RBVEVfSURMRRABEh8KG0NPTk5FQ1RJT05fU1RBVEVfQ09OTkVDVElORxACEhoKFkNPTk5FQ1RJT05fU1RBVEVfUkVBRFkQAxImCiJDT05ORUNUSU9OX1NUQVRFX1RSQU5TSUVOVF9GQUlMVVJFEAQSHQoZQ09OTkVDVElPTl9TVEFURV9TSFVURE9XThAFKmoKCkhvc3RPcmlnaW4SGwoXSE9TVF9PUklHSU5fVU5TUEVDSUZJRUQQABIUChBIT1NUX09SSUdJTl9GTEFHEAESFAoQSE9TVF9PUklHSU5fRklMRRACEhMKD0hPU1RfT1JJR0lOX0FQSRADKqIBCg1Ib3N0U3luY1N0YXRlEh8KG0hPU1RfU1lOQ19TVEFURV9VTlNQRUNJRklFRBAAEhsKF0hPU1RfU1lOQ19TVEFURV9MT0FESU5HEAESGgoWSE9TVF9TWU5DX1NUQVRFX1NZTkNFRBACEhkKFUhPU1RfU1lOQ19TVEFURV9TVEFMRRADEhwKGEhPU1RfU1lOQ19TVEFURV9ERUdSQURFRBAEMpMFCgxGbGVldFNlcnZpY2USYAoJTGlzdEhvc3RzEiguZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SG9zdHNSZXF1ZXN0GikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SG9zdHNSZXNwb25zZRJaCgdBZGRIb3N0EiYuZmxlZXRsZXQuYWdncmVnYXRvci52MS5BZGRIb3N0UmVxdWVzdBonLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlc3BvbnNlEmMKClJlbW92ZUhvc3QSKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlbW92ZUhvc3RSZXF1ZXN0GiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVzcG9uc2USeAoRTGlzdEluc3RhbmNlU3RhdHMSMC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVxdWVzdBoxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlU3RhdHNSZXNwb25zZRJsCg1MaXN0SW5zdGFuY2VzEiwuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdBotLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlEngKEUxpc3RTdGFuZGJ5U3RhdHVzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U3RhbmRieVN0YXR1c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RTdGFuZGJ5U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIuoCCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4iTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKOBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEgwKBGhvc3QYZCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZSKsAQoISG9zdFN5bmMSDAoEaG9zdBgBIAEoCRI0CgVzdGF0ZRgCIAEoDjIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmNTdGF0ZRItCglsYXN0X3NlZW4YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHJlc291cmNlX3ZlcnNpb24YBCABKAQSEwoLaW5jYXJuYXRpb24YBSABKAkiWgoUTGlzdEluc3RhbmNlc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK8AQoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjgKCWluc3RhbmNlcxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIvCgVob3N0cxgCIAMoCzIgLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmMSOAoMaG9zdF9yZXN1bHRzGAMgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0Il4KGExpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKEUhvc3RTdGFuZGJ5U3RhdHVzEgwKBGhvc3QYASABKAkSMAoGc3RhdHVzGAIgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVN0YXR1cyKSAQoZTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRI7CghzdGF0dXNlcxgBIAMoCzIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN0YW5kYnlTdGF0dXMSOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0IoIBChVMaXN0Q29udGFpbmVyc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdydW50aW1lGAMgASgJEhQKDHJ1bm5pbmdfb25seRgEIAEoCCJOCg1Ib3N0Q29udGFpbmVyEgwKBGhvc3QYASABKAkSLwoJY29udGFpbmVyGAIgASgLMhwuZmxlZXRsZXQuYWdlbnQudjEuQ29udGFpbmVyIqIBChZMaXN0Q29udGFpbmVyc1Jlc3BvbnNlEjkKCmNvbnRhaW5lcnMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RDb250YWluZXISOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0EhMKC3VuYXZhaWxhYmxlGAMgAygJIpUBChpTdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBIMCgRob3N0GAEgASgJEg8KB3J1bnRpbWUYAiABKAkSEwoLZXh0ZXJuYWxfaWQYAyABKAkSDAoEdGFpbBgEIAEoDRISCgp0aW1lc3RhbXBzGAUgASgIEhEKCWNvbnRhaW5lchgGIAEoCRIOCgZmb2xsb3cYByABKAgioQEKG1N0cmVhbUNvbnRhaW5lckxvZ3NSZXNwb25zZRIpCgVsaW5lcxgBIAMoCzIaLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0xpbmUSMwoKZW5kX3JlYXNvbhgCIAEoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0VuZFJlYXNvbhISCgplbmRfZGV0YWlsGAMgASgJEg4KBmVycm9ycxgEIAMoCSrSAQoPQ29ubmVjdGlvblN0YXRlEiAKHENPTk5FQ1RJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVDT05ORUNUSU9OX1NUQVRFX0lETEUQARIfChtDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RJTkcQAhIaChZDT05ORUNUSU9OX1NUQVRFX1JFQURZEAMSJgoiQ09OTkVDVElPTl9TVEFURV9UUkFOU0lFTlRfRkFJTFVSRRAEEh0KGUNPTk5FQ1RJT05fU1RBVEVfU0hVVERPV04QBSpqCgpIb3N0T3JpZ2luEhsKF0hPU1RfT1JJR0lOX1VOU1BFQ0lGSUVEEAASFAoQSE9TVF9PUklHSU5fRkxBRxABEhQKEEhPU1RfT1JJR0lOX0ZJTEUQAhITCg9IT1NUX09SSUdJTl9BUEkQAyqiAQoNSG9zdFN5bmNTdGF0ZRIfChtIT1NUX1NZTkNfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdIT1NUX1NZTkNfU1RBVEVfTE9BRElORxABEhoKFkhPU1RfU1lOQ19TVEFURV9TWU5DRUQQAhIZChVIT1NUX1NZTkNfU1RBVEVfU1RBTEUQAxIcChhIT1NUX1NZTkNfU1RBVEVfREVHUkFERUQQBDKHBwoMRmxlZXRTZXJ2aWNlEmAKCUxpc3RIb3N0cxIoLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVxdWVzdBopLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVzcG9uc2USWgoHQWRkSG9zdBImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlcXVlc3QaJy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFkZEhvc3RSZXNwb25zZRJjCgpSZW1vdmVIb3N0EikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVxdWVzdBoqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVtb3ZlSG9zdFJlc3BvbnNlEngKEUxpc3RJbnN0YW5jZVN0YXRzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USbAoNTGlzdEluc3RhbmNlcxIsLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJ4ChFMaXN0U3RhbmRieVN0YXR1cxIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEm8KDkxpc3RDb250YWluZXJzEi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1JlcXVlc3QaLi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RDb250YWluZXJzUmVzcG9uc2USgAEKE1N0cmVhbUNvbnRhaW5lckxvZ3MSMi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlN0cmVhbUNvbnRhaW5lckxvZ3NSZXF1ZXN0GjMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVzcG9uc2UwAWIGcHJvdG8z", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message fleetlet.aggregator.v1.Host
@@ -643,6 +645,178 @@ export const ListStandbyStatusResponseSchema: GenMessage<ListStandbyStatusRespon
   messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
 
 /**
+ * @generated from message fleetlet.aggregator.v1.ListContainersRequest
+ */
+export type ListContainersRequest = Message<"fleetlet.aggregator.v1.ListContainersRequest"> & {
+  /**
+   * Empty = every host.
+   *
+   * @generated from field: repeated string hosts = 1;
+   */
+  hosts: string[];
+
+  /**
+   * @generated from field: google.protobuf.Duration per_host_timeout = 2;
+   */
+  perHostTimeout?: Duration | undefined;
+
+  /**
+   * Empty = every runtime of each host.
+   *
+   * @generated from field: string runtime = 3;
+   */
+  runtime: string;
+
+  /**
+   * @generated from field: bool running_only = 4;
+   */
+  runningOnly: boolean;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ListContainersRequest.
+ * Use `create(ListContainersRequestSchema)` to create a new message.
+ */
+export const ListContainersRequestSchema: GenMessage<ListContainersRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.HostContainer
+ */
+export type HostContainer = Message<"fleetlet.aggregator.v1.HostContainer"> & {
+  /**
+   * @generated from field: string host = 1;
+   */
+  host: string;
+
+  /**
+   * @generated from field: fleetlet.agent.v1.Container container = 2;
+   */
+  container?: Container | undefined;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.HostContainer.
+ * Use `create(HostContainerSchema)` to create a new message.
+ */
+export const HostContainerSchema: GenMessage<HostContainer> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.ListContainersResponse
+ */
+export type ListContainersResponse = Message<"fleetlet.aggregator.v1.ListContainersResponse"> & {
+  /**
+   * Sorted by host, then runtime and name.
+   *
+   * @generated from field: repeated fleetlet.aggregator.v1.HostContainer containers = 1;
+   */
+  containers: HostContainer[];
+
+  /**
+   * @generated from field: repeated fleetlet.aggregator.v1.HostResult host_results = 2;
+   */
+  hostResults: HostResult[];
+
+  /**
+   * Runtimes a host could not list, "<host>: <runtime>: <reason>" (its other runtimes are listed).
+   *
+   * @generated from field: repeated string unavailable = 3;
+   */
+  unavailable: string[];
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ListContainersResponse.
+ * Use `create(ListContainersResponseSchema)` to create a new message.
+ */
+export const ListContainersResponseSchema: GenMessage<ListContainersResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.StreamContainerLogsRequest
+ */
+export type StreamContainerLogsRequest = Message<"fleetlet.aggregator.v1.StreamContainerLogsRequest"> & {
+  /**
+   * The host the container runs on (required).
+   *
+   * @generated from field: string host = 1;
+   */
+  host: string;
+
+  /**
+   * @generated from field: string runtime = 2;
+   */
+  runtime: string;
+
+  /**
+   * @generated from field: string external_id = 3;
+   */
+  externalId: string;
+
+  /**
+   * @generated from field: uint32 tail = 4;
+   */
+  tail: number;
+
+  /**
+   * @generated from field: bool timestamps = 5;
+   */
+  timestamps: boolean;
+
+  /**
+   * @generated from field: string container = 6;
+   */
+  container: string;
+
+  /**
+   * @generated from field: bool follow = 7;
+   */
+  follow: boolean;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.StreamContainerLogsRequest.
+ * Use `create(StreamContainerLogsRequestSchema)` to create a new message.
+ */
+export const StreamContainerLogsRequestSchema: GenMessage<StreamContainerLogsRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
+
+/**
+ * The agent's StreamContainerLogsResponse, relayed.
+ *
+ * @generated from message fleetlet.aggregator.v1.StreamContainerLogsResponse
+ */
+export type StreamContainerLogsResponse = Message<"fleetlet.aggregator.v1.StreamContainerLogsResponse"> & {
+  /**
+   * @generated from field: repeated fleetlet.agent.v1.LogLine lines = 1;
+   */
+  lines: LogLine[];
+
+  /**
+   * @generated from field: fleetlet.agent.v1.LogEndReason end_reason = 2;
+   */
+  endReason: LogEndReason;
+
+  /**
+   * @generated from field: string end_detail = 3;
+   */
+  endDetail: string;
+
+  /**
+   * @generated from field: repeated string errors = 4;
+   */
+  errors: string[];
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.StreamContainerLogsResponse.
+ * Use `create(StreamContainerLogsResponseSchema)` to create a new message.
+ */
+export const StreamContainerLogsResponseSchema: GenMessage<StreamContainerLogsResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
+
+/**
  * The aggregator's channel to a host, as grpc-js reports it.
  *
  * @generated from enum fleetlet.aggregator.v1.ConnectionState
@@ -818,6 +992,26 @@ export const FleetService: GenService<{
     methodKind: "unary";
     input: typeof ListStandbyStatusRequestSchema;
     output: typeof ListStandbyStatusResponseSchema;
+  },
+  /**
+   * Fan-out of RuntimeService.ListContainers.
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.ListContainers
+   */
+  listContainers: {
+    methodKind: "unary";
+    input: typeof ListContainersRequestSchema;
+    output: typeof ListContainersResponseSchema;
+  },
+  /**
+   * RuntimeService.StreamContainerLogs of one container, routed to its host.
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.StreamContainerLogs
+   */
+  streamContainerLogs: {
+    methodKind: "server_streaming";
+    input: typeof StreamContainerLogsRequestSchema;
+    output: typeof StreamContainerLogsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetlet_aggregator_v1_fleet, 0);

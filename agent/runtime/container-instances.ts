@@ -1,0 +1,131 @@
+import { clone, create, equals } from "@bufbuild/protobuf";
+import { InstanceKind, InstanceSchema, InstanceSource, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { ContainerState, type Container } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import type { Logger } from "../../lib/rpc/logger.js";
+import type { InstanceRegistry } from "../inventory/instance-registry.js";
+import type { ContainerRuntime } from "./container-runtime.js";
+
+/** Container state → instance lifecycle state. Paused is standby (the docker driver pauses). */
+export function instanceStateOf(state: ContainerState): InstanceState {
+  switch (state) {
+    case ContainerState.RUNNING:
+    case ContainerState.RESTARTING:
+      return InstanceState.RUNNING;
+    case ContainerState.PAUSED:
+      return InstanceState.STANDBY;
+    case ContainerState.CREATED:
+      return InstanceState.CREATED;
+    case ContainerState.DEAD:
+      return InstanceState.ERROR;
+    default:
+      return InstanceState.STOPPED;
+  }
+}
+
+/** The runtime-owned fields of a container's instance; everything else is kept from `previous`. */
+export function instanceOf(runtime: string, c: Container, previous: Instance | undefined): Instance {
+  const next = previous ? clone(InstanceSchema, previous) : create(InstanceSchema, { id: c.id });
+  next.name = c.name;
+  next.kind = InstanceKind.CONTAINER;
+  next.source = InstanceSource.RUNTIME;
+  next.state = instanceStateOf(c.state);
+  next.pid = c.pid;
+  next.ip = c.ip;
+  next.tapDevice = c.hostInterface;
+  next.networkEnabled = c.hostInterface !== "";
+  next.hypervisor = runtime;
+  next.runtimeRef = `${runtime}/${c.externalId}`;
+  next.labels = { ...c.labels };
+  return next;
+}
+
+/**
+ * Keeps every container of every runtime in the inventory as an instance (kind CONTAINER,
+ * source RUNTIME; runtime.md "Containers are also instances"), so Metrics, Standby and metering
+ * apply to them. Runs after each change of a runtime's container list, one pass at a time
+ * (changes during a pass cause one more pass). A runtime that is down keeps its instances as
+ * they were: "unreachable" is not "removed". User-set fields (standby policy) survive updates.
+ */
+export class ContainerInstanceSync {
+  private running: Promise<void> | undefined;
+  private again = false;
+  private readonly detach: (() => void)[] = [];
+  /** Passes completed (tests wait on it). */
+  passes = 0;
+
+  constructor(
+    private readonly registry: InstanceRegistry,
+    private readonly runtimes: ContainerRuntime[],
+    private readonly logger: Logger,
+  ) {
+    for (const r of runtimes) {
+      const onChange = () => this.schedule();
+      r.on("containers", onChange);
+      r.on("connected", onChange);
+      this.detach.push(() => {
+        r.off("containers", onChange);
+        r.off("connected", onChange);
+      });
+    }
+  }
+
+  /** Runs a pass now (or after the one in progress); resolves when the inventory matches. */
+  schedule(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      try {
+        do {
+          this.again = false;
+          await this.pass();
+          this.passes++;
+        } while (this.again);
+      } finally {
+        this.running = undefined;
+      }
+    })();
+    return this.running;
+  }
+
+  close(): void {
+    for (const d of this.detach) d();
+  }
+
+  private async pass(): Promise<void> {
+    for (const r of this.runtimes) {
+      let containers: Container[];
+      try {
+        containers = r.containers();
+      } catch {
+        continue; // down: leave its instances alone until it is back
+      }
+      const prefix = `${r.name}/`;
+      const seen = new Set<string>();
+      for (const c of containers) {
+        seen.add(c.id);
+        const previous = this.registry.get(c.id);
+        if (previous && previous.source !== InstanceSource.RUNTIME) {
+          this.logger.warn({ instance_id: c.id, runtime_ref: `${prefix}${c.externalId}` }, "a registered instance has this container's id; container not added to the inventory");
+          continue;
+        }
+        const next = instanceOf(r.name, c, previous);
+        if (previous && equals(InstanceSchema, previous, next)) continue;
+        try {
+          await this.registry.upsert(next);
+        } catch (e) {
+          this.logger.error({ err: (e as Error).message, instance_id: c.id }, "could not store a container instance");
+        }
+      }
+      for (const i of this.registry.list()) {
+        if (i.source !== InstanceSource.RUNTIME || !i.runtimeRef.startsWith(prefix) || seen.has(i.id)) continue;
+        try {
+          await this.registry.remove(i.id);
+        } catch (e) {
+          this.logger.error({ err: (e as Error).message, instance_id: i.id }, "could not remove a container instance");
+        }
+      }
+    }
+  }
+}

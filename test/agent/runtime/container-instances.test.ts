@@ -1,0 +1,94 @@
+import { afterEach, beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { clone, create } from "@bufbuild/protobuf";
+import { InstanceKind, InstanceSchema, InstanceSource, InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.js";
+import { ContainerState } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { ContainerInstanceSync } from "../../../agent/runtime/container-instances.js";
+import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
+import { createDockerDriver } from "../../../agent/standby/drivers/docker-driver.js";
+import { createLogger } from "../../../lib/rpc/logger.js";
+import { FakeRuntime } from "../../helpers/fake-runtime.js";
+import { tempDir } from "../../helpers/temp-dir.js";
+
+// Containers are instances (runtime.md): the sync from runtimes to the inventory, and the
+// docker standby driver acting through the runtime.
+
+let dir: ReturnType<typeof tempDir>;
+let registry: InstanceRegistry;
+let docker: FakeRuntime;
+let sync: ContainerInstanceSync;
+
+beforeEach(() => {
+  dir = tempDir("ctr-sync");
+  registry = InstanceRegistry.open(dir.path);
+  docker = new FakeRuntime("docker");
+  sync = new ContainerInstanceSync(registry, [docker], createLogger("test", "silent"));
+});
+
+afterEach(() => {
+  sync.close();
+  dir.remove();
+});
+
+describe("ContainerInstanceSync", () => {
+  it("adds, updates and removes container instances as the runtime's list changes", async () => {
+    docker.put({ externalId: "abc123", id: "docker-abc123", name: "web", state: ContainerState.RUNNING, pid: 4242, ip: "172.17.0.2", hostInterface: "veth1234", labels: { app: "web" } });
+    docker.put({ externalId: "def456", id: "docker-def456", name: "job", state: ContainerState.EXITED });
+    await sync.schedule();
+    const web = registry.get("docker-abc123")!;
+    assert.equal(web.kind, InstanceKind.CONTAINER);
+    assert.equal(web.source, InstanceSource.RUNTIME);
+    assert.equal(web.state, InstanceState.RUNNING);
+    assert.equal(web.runtimeRef, "docker/abc123");
+    assert.deepEqual([web.name, web.pid, web.ip, web.tapDevice, web.networkEnabled, web.labels.app], ["web", 4242, "172.17.0.2", "veth1234", true, "web"]);
+    assert.equal(registry.get("docker-def456")!.state, InstanceState.STOPPED);
+
+    docker.put({ externalId: "abc123", id: "docker-abc123", name: "web", state: ContainerState.PAUSED, pid: 4242 });
+    docker.drop("def456");
+    await sync.schedule();
+    assert.equal(registry.get("docker-abc123")!.state, InstanceState.STANDBY, "paused = standby");
+    assert.equal(registry.get("docker-def456"), undefined, "removed container = removed instance");
+
+    // Durable: a reopened registry has the same instances.
+    assert.equal(InstanceRegistry.open(dir.path).get("docker-abc123")?.runtimeRef, "docker/abc123");
+  });
+
+  it("a runtime that is down keeps its instances; a standby policy set by a user survives updates", async () => {
+    docker.put({ externalId: "k1", id: "docker-k1", state: ContainerState.RUNNING });
+    await sync.schedule();
+    const withPolicy = clone(InstanceSchema, registry.get("docker-k1")!);
+    withPolicy.standbyPolicy = create(StandbyPolicySchema, { enabled: true, idleTimeout: "5m", driver: "docker" });
+    await registry.upsert(withPolicy);
+    docker.goDown();
+    docker.known.clear();
+    await sync.schedule();
+    assert.ok(registry.get("docker-k1"), "unreachable is not removed");
+    docker.put({ externalId: "k1", id: "docker-k1", state: ContainerState.RUNNING, pid: 99 });
+    docker.comeBack();
+    await sync.schedule();
+    const k1 = registry.get("docker-k1")!;
+    assert.equal(k1.pid, 99);
+    assert.equal(k1.standbyPolicy?.idleTimeout, "5m");
+  });
+
+  it("never takes over a registered instance with the same id", async () => {
+    await registry.upsert(create(InstanceSchema, { id: "docker-x1", kind: InstanceKind.VM, source: InstanceSource.REGISTERED, name: "mine" }));
+    docker.put({ externalId: "x1", id: "docker-x1", state: ContainerState.RUNNING });
+    await sync.schedule();
+    assert.equal(registry.get("docker-x1")!.name, "mine");
+    assert.equal(registry.get("docker-x1")!.source, InstanceSource.REGISTERED);
+  });
+
+  it("the docker driver pauses and unpauses the instance's container through the runtime", async () => {
+    docker.put({ externalId: "p1", id: "docker-p1", state: ContainerState.RUNNING });
+    const driver = createDockerDriver(() => docker);
+    const target = { id: "docker-p1", pid: undefined, ip: "", kind: InstanceKind.CONTAINER, runtimeRef: "docker/p1" };
+    await driver.standby(target);
+    await driver.wake(target);
+    assert.deepEqual([docker.paused, docker.unpaused], [["p1"], ["p1"]]);
+    await assert.rejects(driver.standby({ ...target, runtimeRef: "kubernetes/ns/p" }), /is not a Docker container/);
+    await assert.rejects(createDockerDriver(() => undefined).standby(target), /not configured on this agent/);
+    await assert.rejects(driver.standby({ ...target, runtimeRef: "docker/missing" }), /docker driver: pause docker\/missing: container missing not found/);
+  });
+});
