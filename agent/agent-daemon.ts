@@ -18,6 +18,9 @@ import type { ExecDriverCommands } from "./standby/drivers/exec-driver.js";
 import { registerVmInstruments } from "./metrics/prometheus-export.js";
 import { SharedSampler } from "./metrics/shared-sampler.js";
 import { StatsCollector } from "./metrics/stats-collector.js";
+import { RuntimeService } from "../gen/fleetlet/agent/v1/runtime_pb.js";
+import { createRuntimeService } from "./runtime/runtime-service.js";
+import { setUpRuntimes, type RuntimeOptions } from "./runtime/runtime-setup.js";
 
 /** Sweeps younger than this serve a watch tick without reading /proc again. */
 const SAMPLER_SHARE_MS = 50;
@@ -37,6 +40,8 @@ export interface AgentOptions {
   standby?: boolean;
   standbyConcurrency?: number;
   standbyExec?: ExecDriverCommands;
+  /** Container runtimes (runtime.md); default "auto". */
+  runtime?: RuntimeOptions;
 }
 
 export interface RunningAgent {
@@ -65,7 +70,9 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
     registerVmInstruments(metrics, () => collector.recentSweep(options.statsMaxAgeMs ?? 0), options.metricsLabelBudget, logger);
     const validation = { tapPrefix: options.tapPrefix };
+    const runtimes = await setUpRuntimes(registry, options.runtime ?? { runtimes: "auto" }, logger);
     const standby = await setUpStandby(registry, {
+      dockerRuntime: runtimes.docker,
       stateDir: options.stateDir,
       logger,
       concurrency: options.standbyConcurrency ?? 16,
@@ -80,10 +87,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
         serviceRegistration(InventoryService, createInventoryService(registry, validation)),
         serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),
         serviceRegistration(StandbyService, createStandbyService(registry, standby.controller, DEFAULT_POLICY_LIMITS, standby.unsupportedReason)),
+        serviceRegistration(RuntimeService, createRuntimeService(runtimes.runtimes, runtimes.events)),
       ],
     });
     logger.info(
-      { address: server.address, state_dir: options.stateDir, metrics: metrics.url, instances: registry.size, incarnation: registry.incarnation },
+      { address: server.address, state_dir: options.stateDir, metrics: metrics.url, instances: registry.size, incarnation: registry.incarnation, runtimes: runtimes.runtimes.runtimes.map((r) => r.name) },
       "agent serving",
     );
     let closed: Promise<void> | undefined;
@@ -98,6 +106,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
           sampler.close();
           standby.close();
           await server.close();
+          await runtimes.close();
           collector.close();
           await metrics.shutdown();
           claim.release();

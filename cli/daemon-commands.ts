@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { Command } from "commander";
 import { startAgent } from "../agent/agent-daemon.js";
 import { validateTapPrefix } from "../agent/inventory/interface-name.js";
+import { parseRuntimeList, type RuntimeOptions } from "../agent/runtime/runtime-setup.js";
 import { startAggregator } from "../aggregator/aggregator-daemon.js";
 import { mergeHostConfigs, parseHostsFile, parseHostsFlag } from "../aggregator/hosts/host-list-parser.js";
 import type { ListenAddress } from "../lib/listen-address.js";
@@ -41,7 +42,7 @@ async function runUntilSignal(name: string, start: () => Promise<{ close(): Prom
 
 export function agentCommand(): Command {
   const cmd = new Command("agent")
-    .description("the per-host daemon: InventoryService and MetricsService on one gRPC port")
+    .description("the per-host daemon: inventory, metrics, standby and container runtimes on one gRPC port")
     .addOption(configurable("AGENT", "--listen <host:port>", "gRPC address").default(parse.address("127.0.0.1:7701"), "127.0.0.1:7701").argParser(parse.address))
     .addOption(configurable("AGENT", "--state-dir <dir>", "instance registry and other durable state").default(undefined, `${defaultStateBase()}/agent`))
     .addOption(configurable("AGENT", "--metrics-listen <host:port>", "Prometheus endpoint; 'off' disables it").default(parse.address("127.0.0.1:9464"), "127.0.0.1:9464").argParser(parse.optionalAddress))
@@ -52,6 +53,10 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--standby-concurrency <n>", "standby requests run at once").default(16).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--standby-exec <command>", "exec driver: standby command, run without a shell, split on spaces"))
     .addOption(configurable("AGENT", "--wake-exec <command>", "exec driver: wake command"))
+    .addOption(configurable("AGENT", "--runtime <list>", "container runtimes: auto (docker when its socket is there, kubernetes in a cluster), none, or docker,kubernetes").default("auto"))
+    .addOption(configurable("AGENT", "--docker-host <url>", "Docker Engine API: unix:///path (default DOCKER_HOST, else unix:///var/run/docker.sock)"))
+    .addOption(configurable("AGENT", "--kubeconfig <file>", "Kubernetes: kubeconfig to use (default: in-cluster, else KUBECONFIG / ~/.kube/config)"))
+    .addOption(configurable("AGENT", "--kube-node <name>", "Kubernetes: only pods on this node (default: all pods the credentials can list)"))
     .addOption(configurable("AGENT", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
     .action(async (_opts, command: Command) => {
@@ -67,12 +72,23 @@ export function agentCommand(): Command {
         standbyConcurrency: number;
         standbyExec?: string;
         wakeExec?: string;
+        runtime: string;
+        dockerHost?: string;
+        kubeconfig?: string;
+        kubeNode?: string;
         logLevel: string;
       }>();
       try {
         validateTapPrefix(o.tapPrefix);
       } catch (e) {
         command.error(`error: option '--tap-prefix': ${(e as Error).message}`, { exitCode: 2 });
+      }
+      let runtimes: RuntimeOptions["runtimes"] = "auto";
+      try {
+        runtimes = parseRuntimeList(o.runtime);
+        if (o.dockerHost !== undefined && !/^unix:\/\/\/.+/.test(o.dockerHost)) throw new Error(`--docker-host: expected unix:///path/to/docker.sock, got ${JSON.stringify(o.dockerHost)}`);
+      } catch (e) {
+        command.error(`error: option ${(e as Error).message}`, { exitCode: 2 });
       }
       checkLevel(command, o.logLevel);
       await runUntilSignal("agent", () =>
@@ -86,6 +102,7 @@ export function agentCommand(): Command {
           standby: o.standby === "on",
           standbyConcurrency: o.standbyConcurrency,
           standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },
+          runtime: { runtimes, dockerHost: o.dockerHost, kubeconfig: o.kubeconfig, kubeNode: o.kubeNode },
           logger: createLogger("fleetlet-agent", o.logLevel),
         }),
       );

@@ -4,6 +4,7 @@ import { ContainerState, type Container } from "../../gen/fleetlet/agent/v1/runt
 import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import type { ContainerRuntime } from "./container-runtime.js";
+import { hostInterfaceOf } from "./host-interface.js";
 
 /** Container state → instance lifecycle state. Paused is standby (the docker driver pauses). */
 export function instanceStateOf(state: ContainerState): InstanceState {
@@ -23,7 +24,7 @@ export function instanceStateOf(state: ContainerState): InstanceState {
 }
 
 /** The runtime-owned fields of a container's instance; everything else is kept from `previous`. */
-export function instanceOf(runtime: string, c: Container, previous: Instance | undefined): Instance {
+export function instanceOf(runtime: string, c: Container, previous: Instance | undefined, hostInterface = c.hostInterface): Instance {
   const next = previous ? clone(InstanceSchema, previous) : create(InstanceSchema, { id: c.id });
   next.name = c.name;
   next.kind = InstanceKind.CONTAINER;
@@ -31,8 +32,9 @@ export function instanceOf(runtime: string, c: Container, previous: Instance | u
   next.state = instanceStateOf(c.state);
   next.pid = c.pid;
   next.ip = c.ip;
-  next.tapDevice = c.hostInterface;
-  next.networkEnabled = c.hostInterface !== "";
+  next.tapDevice = hostInterface;
+  // Reachable on an address: what auto-standby needs; the interface only adds counters.
+  next.networkEnabled = hostInterface !== "" || c.ip !== "";
   next.hypervisor = runtime;
   next.runtimeRef = `${runtime}/${c.externalId}`;
   next.labels = { ...c.labels };
@@ -93,6 +95,20 @@ export class ContainerInstanceSync {
     for (const d of this.detach) d();
   }
 
+  /** The runtime's answer, else the veth peer of the container's eth0 (found ones cached per pid). */
+  private readonly interfaces = new Map<number, string>();
+  private hostInterface(c: Container): string {
+    if (c.hostInterface !== "" || c.pid === undefined || c.ip === "") return c.hostInterface;
+    let name = this.interfaces.get(c.pid);
+    if (name === undefined) {
+      name = hostInterfaceOf(c.pid);
+      if (this.interfaces.size > 4096) this.interfaces.clear();
+      // Not found may be "not yet" (a container just starting): ask again next pass.
+      if (name !== "") this.interfaces.set(c.pid, name);
+    }
+    return name;
+  }
+
   private async pass(): Promise<void> {
     for (const r of this.runtimes) {
       let containers: Container[];
@@ -110,7 +126,7 @@ export class ContainerInstanceSync {
           this.logger.warn({ instance_id: c.id, runtime_ref: `${prefix}${c.externalId}` }, "a registered instance has this container's id; container not added to the inventory");
           continue;
         }
-        const next = instanceOf(r.name, c, previous);
+        const next = instanceOf(r.name, c, previous, this.hostInterface(c));
         if (previous && equals(InstanceSchema, previous, next)) continue;
         try {
           await this.registry.upsert(next);

@@ -36,15 +36,22 @@ export class TestDockerd {
   private readonly dir: { path: string; remove(): void };
   private logFd = -1;
 
-  private constructor(dir: { path: string; remove(): void }) {
+  private constructor(
+    dir: { path: string; remove(): void },
+    private readonly netns?: string,
+  ) {
     this.dir = dir;
     this.socketPath = join(dir.path, "docker.sock");
     this.host = `unix://${this.socketPath}`;
   }
 
-  /** Starts an engine and imports the test image. */
-  static async start(): Promise<TestDockerd> {
-    const d = new TestDockerd(tempDir("dockerd"));
+  /**
+   * Starts an engine and imports the test image. With `netns`, the engine runs in that network
+   * namespace (entered with nsenter, so it keeps this mount namespace's /sys/fs/cgroup, which
+   * `ip netns exec` would hide): the networks it creates live there, not on this machine.
+   */
+  static async start(options: { netns?: string } = {}): Promise<TestDockerd> {
+    const d = new TestDockerd(tempDir("dockerd"), options.netns);
     try {
       await d.startEngine();
       d.importImage();
@@ -82,9 +89,11 @@ export class TestDockerd {
     const root = this.dir.path;
     for (const sub of ["data", "exec"]) mkdirSync(join(root, sub), { recursive: true });
     this.logFd = openSync(join(root, "dockerd.log"), "a");
+    const prefix = this.netns ? ["nsenter", `--net=/run/netns/${this.netns}`] : [];
     const child = spawn(
-      "dockerd",
+      prefix[0] ?? "dockerd",
       [
+        ...(prefix.length ? [prefix[1]!, "dockerd"] : []),
         "--data-root", join(root, "data"),
         "--exec-root", join(root, "exec"),
         "--pidfile", join(root, "dockerd.pid"),

@@ -1,0 +1,59 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+
+/**
+ * dockerode / socket failures → ConnectError with the code the ContainerRuntime contract
+ * promises: the engine unreachable → UNAVAILABLE, no such container → NOT_FOUND, a container in
+ * the wrong state for the call (409: not running, already paused) → FAILED_PRECONDITION, the
+ * caller's abort → its own reason (DEADLINE_EXCEEDED / CANCELLED from the RPC layer).
+ */
+
+/** Socket-level failures: the engine is not there (or went away mid-call). */
+const CONNECTION_CODES = new Set(["ECONNREFUSED", "ENOENT", "ECONNRESET", "EPIPE", "EACCES", "ETIMEDOUT", "EHOSTUNREACH", "ENOTFOUND", "ECONNABORTED"]);
+
+interface DockerodeError {
+  statusCode?: number;
+  code?: string;
+  message?: string;
+  name?: string;
+  json?: { message?: string } | null;
+}
+
+/** True when the error says the engine cannot be reached (as opposed to an answer we dislike). */
+export function isConnectionError(err: unknown): boolean {
+  if (err instanceof ConnectError) return err.code === Code.Unavailable;
+  const e = (err ?? {}) as DockerodeError;
+  if (e.code !== undefined && CONNECTION_CODES.has(e.code)) return true;
+  return typeof e.message === "string" && /socket hang up/.test(e.message);
+}
+
+/** The engine's own message ("No such container: x") rather than dockerode's wrapper text. */
+export function engineMessage(err: unknown): string {
+  const e = (err ?? {}) as DockerodeError;
+  const fromEngine = e.json && typeof e.json === "object" ? e.json.message : undefined;
+  return (fromEngine || e.message || String(err)).trim();
+}
+
+export function toConnectError(err: unknown, what: string, signal?: AbortSignal): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (signal?.aborted) {
+    const reason: unknown = signal.reason;
+    return reason instanceof ConnectError ? reason : new ConnectError(`${what}: cancelled`, Code.Canceled);
+  }
+  const e = (err ?? {}) as DockerodeError;
+  const message = `${what}: ${engineMessage(err)}`;
+  switch (e.statusCode) {
+    case 404:
+      return new ConnectError(message, Code.NotFound);
+    case 409:
+      return new ConnectError(message, Code.FailedPrecondition);
+    case 400:
+      return new ConnectError(message, Code.InvalidArgument);
+    case undefined:
+      break;
+    default:
+      return new ConnectError(message, Code.Internal);
+  }
+  if (isConnectionError(err)) return new ConnectError(`${what}: docker engine unreachable: ${engineMessage(err)}`, Code.Unavailable);
+  if (e.name === "AbortError") return new ConnectError(`${what}: cancelled`, Code.Canceled);
+  return new ConnectError(message, Code.Unknown);
+}

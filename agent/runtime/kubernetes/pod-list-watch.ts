@@ -1,0 +1,349 @@
+import type { IncomingMessage } from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
+import { KubeApiError, type KubeApiClient, type Query } from "./kube-api-client.js";
+import type { KubeLogger } from "./kube-logger.js";
+import { KubeObjectError, toList, toPod, type Pod } from "./kube-objects.js";
+import { podKey } from "./pod-to-container.js";
+import { parseWatchLine, WatchLineError, WatchLineReader, type WatchEvent } from "./watch-line-parser.js";
+
+export type PodChange =
+  | { type: "added"; pod: Pod }
+  | { type: "modified"; previous: Pod; pod: Pod }
+  /** `pod`: the last state the DELETED event carried; absent when a relist found it gone. */
+  | { type: "deleted"; previous: Pod; pod?: Pod };
+
+/** "initial": the first list (a snapshot, not news); "event": a watch event; "relist": a diff. */
+export type ChangeSource = "initial" | "event" | "relist";
+
+export interface PodListWatchHandler {
+  /** Called in order; the next batch waits for the returned promise. */
+  apply(changes: PodChange[], source: ChangeSource): Promise<void>;
+  connected(): void;
+  /** Once per outage (also when the first attempt fails). */
+  disconnected(err: Error): void;
+  /** Every failed attempt, so the last error stays current while down. */
+  failed(err: Error): void;
+}
+
+export interface PodListWatchOptions {
+  client: KubeApiClient;
+  handler: PodListWatchHandler;
+  logger: KubeLogger;
+  /** Only this namespace (else all). */
+  namespace?: string;
+  /** Only pods scheduled to this node. */
+  nodeName?: string;
+  /** Items per list page (the API server's continue tokens); default 500. */
+  pageSize?: number;
+  /** Asked of the server per watch; it ends the watch then and we re-watch. Default 300 s. */
+  watchTimeoutSeconds?: number;
+  /** Reconnect backoff: doubling from initialMs to maxMs (contract: 200 ms → 10 s). */
+  backoff?: { initialMs: number; maxMs: number };
+  requestTimeoutMs?: number;
+}
+
+type WatchOutcome = "ended" | "expired";
+
+// A watch that ends sooner than this after opening did not really work: back off before the next.
+const QUICK_END_MS = 1_000;
+
+/**
+ * Keeps the pods in scope in sync with the API server — the list+watch protocol:
+ * - list (in pages) and take the list's resourceVersion as the resume point, then watch from it
+ *   with allowWatchBookmarks=true, so nothing that changes after the list is missed ("bookmark
+ *   before list": the list is a consistent snapshot at that version);
+ * - track the resourceVersion of every event and BOOKMARK, and when a watch ends (server
+ *   timeout, lost connection, a line we cannot read) watch again from it: the server replays
+ *   what happened in between as real events;
+ * - when that version is too old (HTTP 410, or an ERROR event with code 410 "Expired"), list
+ *   again and diff the new list against the pods known: appeared → added, gone → deleted,
+ *   changed → modified, all marked as coming from the relist;
+ * - while the API server cannot be reached, retry with capped exponential backoff, reporting
+ *   connected/disconnected transitions.
+ * Changes are handed over in the order they happened, one batch at a time.
+ */
+export class PodListWatch {
+  private pods = new Map<string, Pod>();
+  private resourceVersion = "";
+  private needList = true;
+  private listedOnce = false;
+  private isConnected = false;
+  private reportedDown = false;
+  private closed = false;
+  private readonly stop = new AbortController();
+  private loop: Promise<void> | undefined;
+  /** What the watch loop did (tests and debugging). */
+  readonly counters = { lists: 0, watches: 0, expired: 0, bookmarks: 0 };
+
+  constructor(private readonly options: PodListWatchOptions) {}
+
+  /** Starts the loop; resolves once the first list attempt is over, successful or not. */
+  start(): Promise<void> {
+    if (this.loop) throw new Error("PodListWatch already started");
+    return new Promise<void>((firstAttempt) => {
+      this.loop = this.run(firstAttempt);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stop.abort();
+    await this.loop;
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  /** The version the next watch resumes from. */
+  get lastResourceVersion(): string {
+    return this.resourceVersion;
+  }
+
+  get(key: string): Pod | undefined {
+    return this.pods.get(key);
+  }
+
+  private get collectionPath(): string {
+    const ns = this.options.namespace;
+    return ns ? `/api/v1/namespaces/${encodeURIComponent(ns)}/pods` : "/api/v1/pods";
+  }
+
+  private get selector(): Query {
+    return this.options.nodeName ? { fieldSelector: `spec.nodeName=${this.options.nodeName}` } : {};
+  }
+
+  private async run(firstAttempt: () => void): Promise<void> {
+    const { initialMs, maxMs } = this.options.backoff ?? { initialMs: 200, maxMs: 10_000 };
+    let delay = initialMs;
+    let expiredInARow = 0;
+    while (!this.closed) {
+      try {
+        if (this.needList) {
+          await this.list();
+          firstAttempt();
+        }
+        const opened = Date.now();
+        const outcome = await this.watch();
+        if (outcome === "expired") {
+          this.counters.expired++;
+          this.needList = true;
+          // A server that expires even the version of a fresh list must not get a relist loop.
+          if (++expiredInARow > 1) {
+            await sleep(delay, undefined, { signal: this.stop.signal });
+            delay = Math.min(delay * 2, maxMs);
+          }
+          continue;
+        }
+        expiredInARow = 0;
+        if (Date.now() - opened < QUICK_END_MS) {
+          await sleep(delay, undefined, { signal: this.stop.signal });
+          delay = Math.min(delay * 2, maxMs);
+        } else {
+          delay = initialMs;
+        }
+      } catch (e) {
+        firstAttempt();
+        if (this.closed) break;
+        this.setDisconnected(e instanceof Error ? e : new Error(String(e)));
+        try {
+          await sleep(delay, undefined, { signal: this.stop.signal });
+        } catch {
+          break;
+        }
+        delay = Math.min(delay * 2, maxMs);
+      }
+    }
+    firstAttempt();
+  }
+
+  private setConnected(): void {
+    if (this.isConnected) return;
+    this.isConnected = true;
+    this.reportedDown = false;
+    this.options.handler.connected();
+  }
+
+  private setDisconnected(err: Error): void {
+    this.options.handler.failed(err);
+    // One transition per outage (also when the very first attempt fails), not one per retry.
+    if (!this.isConnected && this.reportedDown) return;
+    this.isConnected = false;
+    this.reportedDown = true;
+    this.options.handler.disconnected(err);
+  }
+
+  /** A bug in the consumer must not stop the watch: log it and go on. */
+  private async deliver(changes: PodChange[], source: ChangeSource): Promise<void> {
+    try {
+      await this.options.handler.apply(changes, source);
+    } catch (e) {
+      this.options.logger.error({ err: (e as Error).stack ?? String(e), source }, "applying pod changes failed");
+    }
+  }
+
+  /** Lists every page; a continue token that expired mid-way (410) restarts it unpaged. */
+  private async listAll(): Promise<{ items: unknown[]; resourceVersion: string }> {
+    const pageSize = this.options.pageSize ?? 500;
+    const items: unknown[] = [];
+    let token = "";
+    let resourceVersion = "";
+    do {
+      let page;
+      try {
+        page = toList(
+          await this.options.client.getJson({
+            path: this.collectionPath,
+            query: { ...this.selector, limit: pageSize, continue: token || undefined },
+            signal: this.stop.signal,
+            timeoutMs: this.options.requestTimeoutMs,
+          }),
+          "pod list",
+        );
+      } catch (e) {
+        if (token && e instanceof KubeApiError && e.httpStatus === 410) {
+          this.options.logger.info({}, "pod list continue token expired; listing again in one request");
+          const all = toList(await this.options.client.getJson({ path: this.collectionPath, query: this.selector, signal: this.stop.signal, timeoutMs: this.options.requestTimeoutMs }), "pod list");
+          return { items: all.items, resourceVersion: all.resourceVersion };
+        }
+        throw e;
+      }
+      // Every page is part of the first page's snapshot: its version is the list's.
+      if (!token) resourceVersion = page.resourceVersion;
+      items.push(...page.items);
+      token = page.continueToken;
+    } while (token);
+    return { items, resourceVersion };
+  }
+
+  private async list(): Promise<void> {
+    this.counters.lists++;
+    const { items, resourceVersion } = await this.listAll();
+    const next = new Map<string, Pod>();
+    for (const item of items) {
+      try {
+        const pod = toPod(item);
+        next.set(podKey(pod), pod);
+      } catch (e) {
+        if (!(e instanceof KubeObjectError)) throw e;
+        this.options.logger.warn({ err: e.message }, "skipping a malformed pod in the list");
+      }
+    }
+    const changes: PodChange[] = [];
+    for (const [key, previous] of this.pods) {
+      const now = next.get(key);
+      if (!now || now.metadata.uid !== previous.metadata.uid) changes.push({ type: "deleted", previous });
+    }
+    for (const [key, pod] of next) {
+      const previous = this.pods.get(key);
+      if (!previous || previous.metadata.uid !== pod.metadata.uid) changes.push({ type: "added", pod });
+      else if (previous.metadata.resourceVersion !== pod.metadata.resourceVersion) changes.push({ type: "modified", previous, pod });
+    }
+    const source: ChangeSource = this.listedOnce ? "relist" : "initial";
+    this.pods = next;
+    this.resourceVersion = resourceVersion;
+    this.needList = false;
+    this.listedOnce = true;
+    this.options.logger.debug({ pods: next.size, resourceVersion, changes: changes.length, source }, "listed pods");
+    await this.deliver(changes, source);
+    // Only now: whoever reacts to "connected" sees the listed pods.
+    this.setConnected();
+  }
+
+  private async watch(): Promise<WatchOutcome> {
+    this.counters.watches++;
+    const timeoutSeconds = this.options.watchTimeoutSeconds ?? 300;
+    // The server ends the watch after timeoutSeconds; a connection that silently died would
+    // never end, so we give up on it a little later ourselves.
+    const signal = AbortSignal.any([this.stop.signal, AbortSignal.timeout((timeoutSeconds + 30) * 1000)]);
+    let res: IncomingMessage;
+    try {
+      res = await this.options.client.open({
+        path: this.collectionPath,
+        query: { ...this.selector, watch: "true", resourceVersion: this.resourceVersion, allowWatchBookmarks: "true", timeoutSeconds },
+        signal,
+        timeoutMs: this.options.requestTimeoutMs,
+      });
+    } catch (e) {
+      if (e instanceof KubeApiError && e.httpStatus === 410) return "expired";
+      throw e;
+    }
+    this.setConnected();
+    const reader = new WatchLineReader();
+    try {
+      for await (const chunk of res as AsyncIterable<Buffer>) {
+        for (const line of reader.push(chunk)) {
+          const outcome = await this.handle(parseWatchLine(line));
+          if (outcome) return outcome;
+        }
+      }
+      const last = reader.end();
+      if (last !== undefined) {
+        const outcome = await this.handle(parseWatchLine(last));
+        if (outcome) return outcome;
+      }
+      return "ended";
+    } catch (e) {
+      if (this.closed) return "ended";
+      if (e instanceof WatchLineError) {
+        this.options.logger.warn({ err: e.message, resourceVersion: this.resourceVersion }, "unreadable pod watch event; watching again from the last version");
+      } else {
+        this.options.logger.debug({ err: (e as Error).message }, "pod watch connection ended");
+      }
+      return "ended";
+    } finally {
+      res.destroy();
+    }
+  }
+
+  /** Applies one watch event; returns an outcome when the watch must end. */
+  private async handle(event: WatchEvent): Promise<WatchOutcome | undefined> {
+    switch (event.type) {
+      case "BOOKMARK":
+        this.counters.bookmarks++;
+        this.resourceVersion = event.resourceVersion;
+        return undefined;
+      case "ERROR":
+        if (event.status.code === 410) {
+          this.options.logger.info({ resourceVersion: this.resourceVersion, message: event.status.message }, "pod watch version expired; listing again");
+          return "expired";
+        }
+        this.options.logger.warn({ code: event.status.code, reason: event.status.reason, message: event.status.message }, "pod watch ERROR event; watching again");
+        return "ended";
+      default:
+        break;
+    }
+    let pod: Pod;
+    try {
+      pod = toPod(event.object);
+    } catch (e) {
+      if (!(e instanceof KubeObjectError)) throw e;
+      this.options.logger.warn({ err: e.message, type: event.type }, "skipping a malformed pod in a watch event");
+      this.resourceVersion = event.resourceVersion;
+      return undefined;
+    }
+    const key = podKey(pod);
+    const previous = this.pods.get(key);
+    const changes: PodChange[] = [];
+    if (event.type === "DELETED") {
+      // A delete of an incarnation we do not hold (never seen, or already replaced) is not news.
+      if (previous && previous.metadata.uid === pod.metadata.uid) {
+        this.pods.delete(key);
+        changes.push({ type: "deleted", previous, pod });
+      }
+    } else {
+      if (previous && previous.metadata.uid !== pod.metadata.uid) {
+        // Same name, new pod (a StatefulSet replica recreated) and the delete went unseen.
+        changes.push({ type: "deleted", previous }, { type: "added", pod });
+      } else if (previous) {
+        changes.push({ type: "modified", previous, pod });
+      } else {
+        changes.push({ type: "added", pod });
+      }
+      this.pods.set(key, pod);
+    }
+    if (changes.length > 0) await this.deliver(changes, "event");
+    this.resourceVersion = event.resourceVersion;
+    return undefined;
+  }
+}
