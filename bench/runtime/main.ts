@@ -9,7 +9,8 @@
  * containers; the latency of each event is its arrival at the client minus the engine's own
  * timestamp of it (timeNano; same host clock).
  */
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
+import { promisify } from "node:util";
 import { join } from "node:path";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
@@ -41,7 +42,7 @@ runBench(async ({ smoke }) => {
     ids.push(dockerd.docker("run", "-d", "--network", "none", "--name", `bench-${i}`, TEST_IMAGE, ...cmd));
   }
   const dir = tempDir("runtime");
-  const agent = await startFleetletDaemon("agent", ["--listen", "127.0.0.1:0", "--state-dir", join(dir, "agent"), "--metrics-listen", "off", "--runtime", "docker", "--docker-host", dockerd.host, "--standby", "off", "--log-level", "warn"], join(dir, "agent.log"));
+  const agent = await startFleetletDaemon("agent", ["--listen", "127.0.0.1:0", "--state-dir", join(dir, "agent"), "--metrics-listen", "off", "--runtime", "docker", "--docker-host", dockerd.host, "--standby", "off"], join(dir, "agent.log"));
   onCleanup(async () => {
     await agent.stop();
   });
@@ -80,10 +81,13 @@ runBench(async ({ smoke }) => {
   const ac = new AbortController();
   const latencies: number[] = [];
   const stream = runtime.watchRuntimeEvents({ runtime: "docker" }, { signal: ac.signal });
-  let want = 0;
+  const want = eventPairs * 2;
+  let subscribed!: () => void;
+  const snapshotSeen = new Promise<void>((r) => (subscribed = r));
   const reading = (async () => {
     try {
       for await (const m of stream) {
+        if (m.type === WatchRuntimeEventsResponseType.SNAPSHOT) subscribed();
         if (m.type !== WatchRuntimeEventsResponseType.EVENT || !m.event?.timestamp) continue;
         if (m.event.action !== "pause" && m.event.action !== "unpause") continue;
         latencies.push(Date.now() - timestampMs(m.event.timestamp));
@@ -94,10 +98,12 @@ runBench(async ({ smoke }) => {
     }
   })();
   const target = ids[2]!;
-  want = eventPairs * 2;
+  await snapshotSeen;
+  // The CLI runs asynchronously so this process keeps reading the stream meanwhile.
+  const docker = (...args: string[]) => promisify(execFile)("docker", ["-H", dockerd.host, ...args]);
   for (let i = 0; i < eventPairs; i++) {
-    dockerd.docker("pause", target);
-    dockerd.docker("unpause", target);
+    await docker("pause", target);
+    await docker("unpause", target);
   }
   await Promise.race([reading, sleep(15_000)]);
   ac.abort();
