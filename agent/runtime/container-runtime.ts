@@ -44,8 +44,11 @@ export interface ContainerRuntime extends EventEmitter {
   containers(): Container[];
   /** One-shot stats (never a stream per container); CPU% from this runtime's previous sample. */
   stats(externalId: string, signal?: AbortSignal): Promise<ContainerStats>;
-  /** Last `tail` lines (0 = all), stdout/stderr interleaved in time order. */
-  fetchLogs(externalId: string, options: LogOptions, signal?: AbortSignal): Promise<{ lines: LogLine[]; tty: boolean }>;
+  /**
+   * Last `tail` lines (0 = all), stdout/stderr interleaved in time order; `errors` holds
+   * daemon-error frames or why the log could not be read to its end (lines are then partial).
+   */
+  fetchLogs(externalId: string, options: LogOptions, signal?: AbortSignal): Promise<{ lines: LogLine[]; tty: boolean; errors?: string[] }>;
   /**
    * Batches of lines as they come; ends (returns) with the reason. Aborting `signal` ends it
    * quietly (client cancelled). Daemon-error frames are yielded in `errors`, not as text.

@@ -5,6 +5,8 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { TEST_IMAGE, TestDockerd, dockerdSkipReason } from "../helpers/dockerd.js";
+import { mustRunInCi } from "../helpers/root.js";
 
 // A client that is not ours checks the wire: the buf CLI (from node_modules) with server
 // reflection, exactly as the README tells operators to call the daemons.
@@ -14,6 +16,10 @@ let agent: DaemonProcess;
 let aggregator: DaemonProcess;
 const agentState = tempDir("bufcurl-agent");
 const aggState = tempDir("bufcurl-agg");
+// The agent uses a private dockerd when one can run (always in CI), so RuntimeService is called too.
+const dockerSkip = mustRunInCi(dockerdSkipReason());
+let dockerd: TestDockerd | undefined;
+let containerId = "";
 
 function bufCurl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((res) => {
@@ -30,12 +36,19 @@ async function call(address: string, method: string, body: object): Promise<Reco
 }
 
 before(async () => {
-  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", agentState.path, "--metrics-listen", "off"]);
+  let runtime = ["--runtime", "none"];
+  if (!dockerSkip) {
+    dockerd = await TestDockerd.start();
+    containerId = dockerd.docker("run", "-d", "--network", "none", "--name", "bc1", TEST_IMAGE, "sh", "-c", "echo line-1; sleep 0.2; echo line-2 >&2; exec sleep 1000");
+    runtime = ["--runtime", "docker", "--docker-host", dockerd.host];
+  }
+  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", agentState.path, "--metrics-listen", "off", ...runtime]);
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", aggState.path, "--metrics-listen", "off", "--hosts", `local=${agent.address}`]);
 });
 
 after(async () => {
   await Promise.all([agent.stop(), aggregator.stop()]);
+  await dockerd?.stop();
   agentState.remove();
   aggState.remove();
 });
@@ -47,6 +60,7 @@ describe("buf curl against the agent", () => {
     assert.deepEqual(r.stdout.trim().split("\n").sort(), [
       "fleetlet.agent.v1.InventoryService",
       "fleetlet.agent.v1.MetricsService",
+      "fleetlet.agent.v1.RuntimeService",
       "fleetlet.agent.v1.StandbyService",
       "grpc.health.v1.Health",
       "grpc.reflection.v1.ServerReflection",
@@ -61,12 +75,13 @@ describe("buf curl against the agent", () => {
     const got = await call(agent.address, `${inv}/GetInstance`, { instanceId: "vm-1" });
     assert.equal((got.instance as { name: string }).name, "one");
     const list = await call(agent.address, `${inv}/ListInstances`, {});
-    assert.equal((list.instances as unknown[]).length, 1);
+    // (plus the dockerd's container, an instance of source RUNTIME, when the agent has one)
+    assert.deepEqual((list.instances as { id: string }[]).map((i) => i.id).filter((id) => !id.startsWith("docker-")), ["vm-1"]);
     assert.match(String(list.incarnation), /^[0-9a-f]{16}$/);
     const stats = await call(agent.address, `${met}/GetInstanceStats`, { instanceId: "vm-1" });
     assert.ok(Number((stats.stats as { cpuUsec: string }).cpuUsec) > 0);
     const all = await call(agent.address, `${met}/ListInstanceStats`, {});
-    assert.equal((all.stats as unknown[]).length, 1);
+    assert.ok((all.stats as { instanceId: string }[]).some((x) => x.instanceId === "vm-1"));
     // A server stream: buf curl prints one JSON document per message; take the first two.
     const watch = await bufCurl(["--timeout", "1.5s", "-d", '{"intervalMs":200}', `http://${agent.address}/${met}/WatchInstanceStats`]);
     assert.ok((watch.stdout.match(/"instanceId": "vm-1"/g) ?? []).length >= 2, watch.stdout + watch.stderr);
@@ -78,7 +93,7 @@ describe("buf curl against the agent", () => {
     const st = await call(agent.address, `${sb}/GetStandbyStatus`, { instanceId: "vm-1" });
     assert.match(String((st.status as { status: string }).status), /^STANDBY_STATE_/);
     const sts = await call(agent.address, `${sb}/ListStandbyStatus`, {});
-    assert.equal((sts.statuses as unknown[]).length, 1);
+    assert.ok((sts.statuses as { instanceId: string }[]).some((x) => x.instanceId === "vm-1"));
     await call(agent.address, `${sb}/ResetIdle`, { instanceId: "vm-1" });
     const held = await call(agent.address, `${sb}/HoldStandby`, { instanceId: "vm-1", duration: "60s" });
     assert.ok(held.holdUntil);
@@ -119,9 +134,42 @@ describe("buf curl against the aggregator", () => {
     const sbs = await call(aggregator.address, `${fleet}/ListStandbyStatus`, {});
     assert.ok((sbs.statuses as { host: string; status: { instanceId: string } }[]).some((s) => s.host === "local" && s.status.instanceId === "vm-2"));
     const inst = await call(aggregator.address, `${fleet}/ListInstances`, { hosts: ["local"] });
-    assert.equal((inst.instances as { host: string; id: string }[])[0]?.id, "vm-2");
+    assert.ok((inst.instances as { host: string; id: string }[]).some((i) => i.host === "local" && i.id === "vm-2"));
     await call(aggregator.address, `${fleet}/RemoveHost`, { name: "extra" });
     const after = await call(aggregator.address, `${fleet}/ListHosts`, {});
     assert.deepEqual((after.hosts as { name: string }[]).map((h) => h.name), ["local"]);
+  });
+});
+
+describe("buf curl against RuntimeService (a private dockerd)", { skip: dockerSkip }, () => {
+  const rt = "fleetlet.agent.v1.RuntimeService";
+  it("calls every method with JSON, agent and aggregator", async () => {
+    const info = await call(agent.address, `${rt}/GetRuntimeInfo`, {});
+    assert.deepEqual((info.runtimes as { name: string; connected: boolean }[]).map((r) => [r.name, r.connected]), [["docker", true]]);
+    const list = await call(agent.address, `${rt}/ListContainers`, { runningOnly: true });
+    const c = (list.containers as { externalId: string; name: string; state: string }[]).find((x) => x.externalId === containerId);
+    assert.deepEqual([c?.name, c?.state], ["bc1", "CONTAINER_STATE_RUNNING"]);
+    const stats = await call(agent.address, `${rt}/GetContainerStats`, { runtime: "docker", externalId: "bc1" });
+    assert.ok(Number((stats.stats as { memoryUsageBytes: string }).memoryUsageBytes) > 0, JSON.stringify(stats));
+    const all = await call(agent.address, `${rt}/ListContainerStats`, { perContainerTimeout: "5s" });
+    assert.ok((all.stats as { externalId: string }[]).some((s) => s.externalId === containerId));
+    const logs = await call(agent.address, `${rt}/FetchContainerLogs`, { runtime: "docker", externalId: "bc1" });
+    assert.deepEqual((logs.lines as { stream: string; text: string }[]).map((l) => [l.stream, l.text]), [["LOG_STREAM_STDOUT", "line-1"], ["LOG_STREAM_STDERR", "line-2"]]);
+    const streamed = await bufCurl(["-d", JSON.stringify({ runtime: "docker", externalId: "bc1", tail: 1 }), `http://${agent.address}/${rt}/StreamContainerLogs`]);
+    assert.match(streamed.stdout, /"text": "line-2"/);
+    assert.match(streamed.stdout, /"endReason": "LOG_END_REASON_END_OF_LOG"/);
+    const health = await call(agent.address, `${rt}/GetContainerHealth`, { runtime: "docker", externalId: containerId.slice(0, 12) });
+    assert.equal((health.health as { status: string }).status, "HEALTH_STATUS_NONE");
+    const watch = await bufCurl(["--timeout", "1.5s", "-d", '{"runtime":"docker"}', `http://${agent.address}/${rt}/WatchRuntimeEvents`]);
+    assert.match(watch.stdout, /"type": "WATCH_RUNTIME_EVENTS_RESPONSE_TYPE_SNAPSHOT"/);
+    assert.match(watch.stdout, /"cursor": "[0-9a-f]{16}\.\d+"/);
+    const bad = await bufCurl(["-d", '{"runtime":"podman","externalId":"x"}', `http://${agent.address}/${rt}/GetContainerHealth`]);
+    assert.match(bad.stdout + bad.stderr, /invalid_argument[\s\S]*runtime: must be one of docker, kubernetes/);
+
+    const fleet = "fleetlet.aggregator.v1.FleetService";
+    const fl = await call(aggregator.address, `${fleet}/ListContainers`, {});
+    assert.ok((fl.containers as { host: string; container: { name: string } }[]).some((x) => x.host === "local" && x.container.name === "bc1"));
+    const routed = await bufCurl(["-d", JSON.stringify({ host: "local", runtime: "docker", externalId: "bc1" }), `http://${aggregator.address}/${fleet}/StreamContainerLogs`]);
+    assert.match(routed.stdout, /"text": "line-1"/);
   });
 });

@@ -70,7 +70,7 @@ describe("containers through agent, inventory and aggregator", { skip }, () => {
     const stream = runtime.watchRuntimeEvents({ runtime: "docker" }, { signal: ac.signal })[Symbol.asyncIterator]();
     const snap = (await stream.next()).value!;
     assert.equal(snap.type, WatchRuntimeEventsResponseType.SNAPSHOT);
-    const id = dockerd.docker("run", "-d", "--network", "none", "--name", "web1", "--label", "tier=front", TEST_IMAGE, "sh", "-c", "echo hello-out; echo hello-err >&2; exec sleep 1000");
+    const id = dockerd.docker("run", "-d", "--network", "none", "--name", "web1", "--label", "tier=front", TEST_IMAGE, "sh", "-c", "echo hello-out; sleep 0.2; echo hello-err >&2; exec sleep 1000");
     let sawStart = false;
     while (!sawStart) {
       const m = (await stream.next()).value!;

@@ -34,7 +34,7 @@ export async function fetchDockerLogs(
   tty: boolean,
   options: LogOptions,
   signal?: AbortSignal,
-): Promise<{ lines: LogLine[]; tty: boolean }> {
+): Promise<{ lines: LogLine[]; tty: boolean; errors: string[] }> {
   const res = await openLogStream(docker, externalId, { tty, tail: options.tail, follow: false }, signal).catch((e: unknown) => {
     throw dockerLogsError(e, externalId);
   });
@@ -58,10 +58,9 @@ export async function fetchDockerLogs(
   lines.push(...last.lines, ...decoder.flush());
   errors.push(...last.errors);
   if (last.failure !== undefined) errors.push(last.failure);
-  // FetchContainerLogsResponse has no place for daemon errors, and a log that the engine could
-  // not read to the end is not "the last N lines": fail rather than answer with a partial log.
-  if (errors.length > 0) throw new ConnectError(`docker: error reading the log of ${externalId}: ${errors.join("; ")}`, Code.Internal);
-  return { lines, tty };
+  // Daemon-error frames and a stream cut short are answered with what was read and the errors
+  // (FetchContainerLogsResponse.errors says the lines may not be the last N), not a bare failure.
+  return { lines, tty, errors };
 }
 
 /**

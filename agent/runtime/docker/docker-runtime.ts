@@ -170,7 +170,7 @@ class DockerRuntime extends EventEmitter implements ContainerRuntime {
     return stats;
   }
 
-  async fetchLogs(externalId: string, options: LogOptions, signal?: AbortSignal): Promise<{ lines: LogLine[]; tty: boolean }> {
+  async fetchLogs(externalId: string, options: LogOptions, signal?: AbortSignal): Promise<{ lines: LogLine[]; tty: boolean; errors: string[] }> {
     const client = this.requireClient();
     const id = await this.resolve(client, externalId, signal);
     const tty = await this.ttyOf(client, id, signal);

@@ -114,18 +114,14 @@ describe("fetchDockerLogs on captured bytes", () => {
     assert.deepEqual(lines.map(plain), [[LogStream.TTY, "tty bytes\r", false, false, "-"]]);
   });
 
-  it("fails with the daemon's message on an error frame or a cut stream (no partial answer)", async () => {
+  it("an error frame or a cut stream: the lines read so far plus the errors; not frames at all: INTERNAL", async () => {
     const errFrame = Buffer.concat([Buffer.from("0300000000000005", "hex"), Buffer.from("boom\n")]);
-    await assert.rejects(fetchDockerLogs(fakeDocker([[interleaved.subarray(0, 45), errFrame]]).docker, "c1", false, { tail: 0, timestamps: true }), {
-      name: "ConnectError",
-      code: Code.Internal,
-      rawMessage: "docker: error reading the log of c1: boom",
-    });
-    await assert.rejects(fetchDockerLogs(fakeDocker([[interleaved.subarray(0, 58)]]).docker, "c1", false, { tail: 0, timestamps: true }), (e: unknown) => {
-      assert.ok(e instanceof ConnectError && e.code === Code.Internal);
-      assert.match(e.rawMessage, /log stream was cut: Docker log stream ended inside a frame: 5 of 40 payload bytes at byte 58/);
-      return true;
-    });
+    const withError = await fetchDockerLogs(fakeDocker([[interleaved.subarray(0, 45), errFrame]]).docker, "c1", false, { tail: 0, timestamps: true });
+    assert.deepEqual(withError.errors, ["boom"]);
+    assert.ok(withError.lines.length >= 1, "the line before the error frame is kept");
+    const cut = await fetchDockerLogs(fakeDocker([[interleaved.subarray(0, 58)]]).docker, "c1", false, { tail: 0, timestamps: true });
+    assert.equal(cut.errors.length, 1);
+    assert.match(cut.errors[0]!, /log stream was cut: Docker log stream ended inside a frame: 5 of 40 payload bytes at byte 58/);
     await assert.rejects(fetchDockerLogs(fakeDocker([[Buffer.from("plain text\n")]]).docker, "c1", false, { tail: 0, timestamps: true }), (e: unknown) => {
       assert.ok(e instanceof ConnectError && e.code === Code.Internal);
       assert.match(e.rawMessage, /not a valid log stream: not a Docker log frame header at byte 0: unknown stream id 112/);
