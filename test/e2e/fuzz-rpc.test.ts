@@ -5,6 +5,10 @@ import { toBinary, type DescService } from "@bufbuild/protobuf";
 import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { MetricsService } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 import { FleetService } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { RuntimeService } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { StandbyService } from "../../gen/fleetlet/agent/v1/standby_pb.js";
+import { TEST_IMAGE, TestDockerd, dockerdSkipReason } from "../helpers/dockerd.js";
+import { mustRunInCi } from "../helpers/root.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { prng, randomBytes, randomMessage } from "../helpers/random-message.js";
@@ -21,13 +25,24 @@ const dirs = [tempDir("fuzz-agent"), tempDir("fuzz-agg")];
 let agent: DaemonProcess;
 let aggregator: DaemonProcess;
 
+// RuntimeService is fuzzed against a real engine when one can run (always in CI): random
+// external ids, tails and cursors reach dockerd.
+let dockerd: TestDockerd | undefined;
+
 before(async () => {
-  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[0]!.path, "--metrics-listen", "off", "--log-level", "info"]);
+  let runtime = ["--runtime", "none"];
+  if (!mustRunInCi(dockerdSkipReason())) {
+    dockerd = await TestDockerd.start();
+    dockerd.docker("run", "-d", "--network", "none", "--name", "fz1", TEST_IMAGE, "sh", "-c", "echo fuzz; exec sleep 1000");
+    runtime = ["--runtime", "docker", "--docker-host", dockerd.host];
+  }
+  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[0]!.path, "--metrics-listen", "off", "--log-level", "info", ...runtime]);
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dirs[1]!.path, "--metrics-listen", "off", "--hosts", `self=${agent.address}`]);
 });
 
 after(async () => {
   await Promise.all([agent.stop(), aggregator.stop()]);
+  await dockerd?.stop();
   for (const d of dirs) d.remove();
 });
 
@@ -114,7 +129,7 @@ describe("bad input through the agent's port", () => {
 
 describe(`fuzzing every method (seed ${SEED})`, () => {
   it("the agent answers every random request with a deliberate status and stays up", async () => {
-    const seen = await fuzz(agent.address, [InventoryService, MetricsService], agent.pid);
+    const seen = await fuzz(agent.address, [InventoryService, MetricsService, StandbyService, RuntimeService], agent.pid);
     assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")), "some inputs were rejected as invalid");
     assert.equal(agent.child.exitCode, null);
   });
