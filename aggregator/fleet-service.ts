@@ -15,6 +15,7 @@ import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
 import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
+import { RUNTIME_NAMES } from "../lib/runtime-names.js";
 import { agentStatEntries, hostStatEntries } from "./stats-splice.js";
 import { wireResponse } from "../lib/rpc/service-adapter.js";
 import { hostTimeoutProblem, type HostConnection } from "./hosts/host-connection.js";
@@ -102,6 +103,10 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       return { statuses, hostResults: toHostResults(outcomes) };
     },
     async listContainers(req, context) {
+      // Checked here too: a typo would otherwise be every host's INVALID_ARGUMENT in an OK answer.
+      if (req.runtime !== "" && !(RUNTIME_NAMES as readonly string[]).includes(req.runtime)) {
+        throw invalidArgument("runtime", `must be one of ${RUNTIME_NAMES.join(", ")} (or empty: all), got ${JSON.stringify(req.runtime.slice(0, 40))}`);
+      }
       const selected = selectHosts(req.hosts);
       const outcomes = await fanOut(
         selected,

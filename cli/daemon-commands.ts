@@ -56,7 +56,7 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--runtime <list>", "container runtimes: auto (docker when its socket is there, kubernetes in a cluster), none, or docker,kubernetes").default("auto"))
     .addOption(configurable("AGENT", "--docker-host <url>", "Docker Engine API: unix:///path (default DOCKER_HOST, else unix:///var/run/docker.sock)"))
     .addOption(configurable("AGENT", "--kubeconfig <file>", "Kubernetes: kubeconfig to use (default: in-cluster, else KUBECONFIG / ~/.kube/config)"))
-    .addOption(configurable("AGENT", "--kube-node <name>", "Kubernetes: only pods on this node (default: all pods the credentials can list)"))
+    .addOption(configurable("AGENT", "--kube-node <name>", "Kubernetes: only pods on this node (default in a cluster: NODE_NAME, else the hostname; outside: all pods)"))
     .addOption(configurable("AGENT", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
     .action(async (_opts, command: Command) => {

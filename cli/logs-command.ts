@@ -1,6 +1,6 @@
 import { Command, Option } from "commander";
 import { createClient } from "@connectrpc/connect";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { LogEndReason, LogStream, RuntimeService, type LogLine } from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
@@ -54,12 +54,16 @@ export function logsCommand(): Command {
       const onSignal = () => abort.abort();
       process.once("SIGINT", onSignal);
       const request = { runtime: opts.runtime, externalId, tail: opts.tail, timestamps: opts.timestamps, container: opts.container, follow: opts.follow };
+      // `fleetlet logs -f x | head`: the reader went away; stop quietly, like docker logs.
+      process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+        if (e.code === "EPIPE") abort.abort();
+      });
       try {
         const stream = opts.agent
           ? createClient(RuntimeService, transport).streamContainerLogs(request, { signal: abort.signal })
           : createClient(FleetService, transport).streamContainerLogs({ host, ...request }, { signal: abort.signal });
         for await (const m of stream) {
-          for (const line of m.lines) write(line, opts.timestamps);
+          for (const line of m.lines) await write(line, opts.timestamps);
           for (const e of m.errors) process.stderr.write(`fleetlet logs: runtime: ${e}\n`);
           if (m.endReason !== LogEndReason.UNSPECIFIED && m.endReason !== LogEndReason.END_OF_LOG) {
             const why = (LogEndReason[m.endReason] ?? "").toLowerCase().replace(/_/g, " ");
@@ -79,14 +83,24 @@ export function logsCommand(): Command {
     });
 }
 
-/** Pieces of one long line (continued) are written without a newline between them. */
-let midLine = false;
-function write(line: LogLine, timestamps: boolean): void {
+/** Per stream: inside a long line whose pieces (continued) are written without newlines. */
+const midLine = new Map<LogStream, boolean>();
+
+async function write(line: LogLine, timestamps: boolean): Promise<void> {
   const out = line.stream === LogStream.STDERR ? process.stderr : process.stdout;
-  const prefix = timestamps && !midLine && line.timestamp ? `${timestampDate(line.timestamp).toISOString()} ` : "";
+  const prefix = timestamps && !midLine.get(line.stream) && line.timestamp ? `${formatTimestamp(line.timestamp)} ` : "";
   const body = line.raw.length > 0 ? Buffer.from(line.raw) : line.text;
-  out.write(prefix);
-  out.write(body);
-  if (!line.continued && !line.unterminated) out.write("\n");
-  midLine = line.continued;
+  const ok = out.write(Buffer.concat([Buffer.from(prefix), Buffer.from(body), Buffer.from(!line.continued && !line.unterminated ? "\n" : "")]));
+  midLine.set(line.stream, line.continued);
+  // A slow terminal or pipe: wait instead of buffering the whole stream in memory.
+  if (!ok && !out.destroyed) await new Promise<void>((resolve) => {
+    out.once("drain", resolve);
+    out.once("error", () => resolve());
+  });
+}
+
+/** RFC 3339 with the engine's nanoseconds (Date would cut them to milliseconds). */
+function formatTimestamp(t: Timestamp): string {
+  const iso = new Date(Number(t.seconds) * 1000).toISOString().slice(0, 19);
+  return `${iso}.${String(t.nanos).padStart(9, "0")}Z`;
 }

@@ -110,6 +110,10 @@ export class ContainerInstanceSync {
   }
 
   private async pass(): Promise<void> {
+    // Read and decide in one synchronous step, then issue every write at once: nothing (e.g.
+    // the standby controller's setState) can change an instance between our read and our
+    // write of it, and the writes share one group commit instead of one file rewrite each.
+    const writes: Promise<unknown>[] = [];
     for (const r of this.runtimes) {
       let containers: Container[];
       try {
@@ -128,20 +132,13 @@ export class ContainerInstanceSync {
         }
         const next = instanceOf(r.name, c, previous, this.hostInterface(c));
         if (previous && equals(InstanceSchema, previous, next)) continue;
-        try {
-          await this.registry.upsert(next);
-        } catch (e) {
-          this.logger.error({ err: (e as Error).message, instance_id: c.id }, "could not store a container instance");
-        }
+        writes.push(this.registry.upsert(next).catch((e: Error) => this.logger.error({ err: e.message, instance_id: c.id }, "could not store a container instance")));
       }
       for (const i of this.registry.list()) {
         if (i.source !== InstanceSource.RUNTIME || !i.runtimeRef.startsWith(prefix) || seen.has(i.id)) continue;
-        try {
-          await this.registry.remove(i.id);
-        } catch (e) {
-          this.logger.error({ err: (e as Error).message, instance_id: i.id }, "could not remove a container instance");
-        }
+        writes.push(this.registry.remove(i.id).catch((e: Error) => this.logger.error({ err: e.message, instance_id: i.id }, "could not remove a container instance")));
       }
     }
+    await Promise.all(writes);
   }
 }

@@ -60,6 +60,12 @@ export function createRuntimeService(runtimes: RuntimeSet, events: RuntimeEventL
 
     async *watchRuntimeEvents(req, context) {
       const selected = runtimes.select(req.runtime);
+      // A single named runtime that is down: an error, not an empty snapshot that reads as
+      // "no containers" (ListContainers does the same).
+      if (req.runtime !== "") {
+        const { unavailable } = snapshot(selected);
+        if (unavailable.length > 0) throw new ConnectError(unavailable[0]!, Code.Unavailable);
+      }
       const names = new Set(selected.map((r) => r.name));
       yield* watch(events, names, req.cursor, () => snapshot(selected), selected, context);
     },
@@ -172,10 +178,15 @@ async function* watch(
 
   const snapshotMessage = (): WatchRuntimeEventsResponse => {
     const { containers, unavailable } = takeSnapshot();
+    // Everything queued so far happened before this snapshot (it is in it): only later events
+    // may follow, or clients would see them twice with cursors going backwards.
+    queue.length = 0;
+    overflowed = false;
     missing = new Set(unavailable.map((u) => u.slice(0, u.indexOf(":"))));
-    return create(WatchRuntimeEventsResponseSchema, { type: WatchRuntimeEventsResponseType.SNAPSHOT, containers, cursor: log.cursor(log.lastSeq) });
+    return create(WatchRuntimeEventsResponseSchema, { type: WatchRuntimeEventsResponseType.SNAPSHOT, containers, unavailable, cursor: log.cursor(log.lastSeq) });
   };
-  const resync = (reason: string) => create(WatchRuntimeEventsResponseSchema, { type: WatchRuntimeEventsResponseType.RESYNC, resyncReason: reason, cursor: log.cursor(log.lastSeq) });
+  // No cursor: resuming from one would skip the SNAPSHOT a client that saw RESYNC needs.
+  const resync = (reason: string) => create(WatchRuntimeEventsResponseSchema, { type: WatchRuntimeEventsResponseType.RESYNC, resyncReason: reason });
   const eventMessage = (e: LoggedEvent) => create(WatchRuntimeEventsResponseSchema, { type: WatchRuntimeEventsResponseType.EVENT, event: e.event, cursor: log.cursor(e.seq) });
 
   try {

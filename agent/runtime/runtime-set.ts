@@ -2,8 +2,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
 import type { ContainerRuntime } from "./container-runtime.js";
 
-export const RUNTIME_NAMES = ["docker", "kubernetes"] as const;
-export type RuntimeName = (typeof RUNTIME_NAMES)[number];
+import { RUNTIME_NAMES } from "../../lib/runtime-names.js";
+
+export { RUNTIME_NAMES, type RuntimeName } from "../../lib/runtime-names.js";
 
 const MAX_EXTERNAL_ID = 512;
 

@@ -1,4 +1,5 @@
 import { existsSync } from "node:fs";
+import { hostname } from "node:os";
 import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import { ContainerInstanceSync } from "./container-instances.js";
@@ -50,17 +51,31 @@ export function parseRuntimeList(text: string): RuntimeOptions["runtimes"] {
 export async function setUpRuntimes(registry: InstanceRegistry, options: RuntimeOptions, logger: Logger): Promise<RuntimeSetup> {
   const wanted = resolve(options);
   const runtimes: ContainerRuntime[] = [];
-  if (wanted.includes("docker")) runtimes.push(createDockerRuntime({ host: options.dockerHost, logger: logger.child({ runtime: "docker" }) }));
+  if (wanted.includes("docker")) {
+    try {
+      runtimes.push(createDockerRuntime({ host: options.dockerHost, logger: logger.child({ runtime: "docker" }) }));
+    } catch (e) {
+      // An endpoint we cannot use (e.g. DOCKER_HOST=ssh://...): asked for explicitly, the agent
+      // does not start (the CLI reports it); found by "auto", the agent runs without Docker.
+      if (options.runtimes !== "auto") throw new Error(`docker runtime: ${(e as Error).message}`);
+      logger.warn({ err: (e as Error).message }, "docker runtime left out: its endpoint is not usable");
+    }
+  }
   if (wanted.includes("kubernetes")) {
+    const inCluster = !options.kubeconfig && process.env.KUBERNETES_SERVICE_HOST !== undefined;
     runtimes.push(
       createKubernetesRuntime({
         kubeconfig: options.kubeconfig,
-        inCluster: !options.kubeconfig && process.env.KUBERNETES_SERVICE_HOST !== undefined,
-        nodeName: options.kubeNode,
+        inCluster,
+        // An agent runs per host: in a cluster it owns the pods of its node only (NODE_NAME
+        // from the downward API, else the hostname), or every agent would report every pod.
+        nodeName: options.kubeNode ?? (inCluster ? (process.env.NODE_NAME ?? hostname()) : undefined),
         logger: logger.child({ runtime: "kubernetes" }),
       }),
     );
   }
+  // One 'connected' listener per open WatchRuntimeEvents stream: many is normal.
+  for (const r of runtimes) r.setMaxListeners(0);
   const events = new RuntimeEventLog(registry.incarnation);
   for (const r of runtimes) {
     r.on("event", (e) => events.append(e));

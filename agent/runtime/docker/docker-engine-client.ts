@@ -1,3 +1,4 @@
+import { linkedSignal } from "../../../lib/linked-signal.js";
 import Dockerode from "dockerode";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type {
@@ -188,13 +189,15 @@ function short(id: string): string {
  * keeps its reason; our timeout means the engine is not answering (UNAVAILABLE).
  */
 async function call<T>(what: string, signal: AbortSignal | undefined, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const timeout = AbortSignal.timeout(DOCKER_CALL_TIMEOUT_MS);
-  const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
+  // Not AbortSignal.any: the caller's signal is often the session's, long-lived (linked-signal.ts).
+  const linked = linkedSignal([signal], DOCKER_CALL_TIMEOUT_MS);
   try {
-    return await fn(combined);
+    return await fn(linked.signal);
   } catch (e) {
     if (signal?.aborted) throw toConnectError(e, what, signal);
-    if (timeout.aborted) throw new ConnectError(`${what}: docker engine did not answer within ${DOCKER_CALL_TIMEOUT_MS / 1000} s`, Code.Unavailable);
+    if (linked.timedOut()) throw new ConnectError(`${what}: docker engine did not answer within ${DOCKER_CALL_TIMEOUT_MS / 1000} s`, Code.Unavailable);
     throw toConnectError(e, what);
+  } finally {
+    linked.dispose();
   }
 }

@@ -1,3 +1,4 @@
+import { LogTailBuffer } from "../log-tail-buffer.js";
 import type { IncomingMessage } from "node:http";
 import { addAbortSignal } from "node:stream";
 import type Dockerode from "dockerode";
@@ -39,28 +40,42 @@ export async function fetchDockerLogs(
     throw dockerLogsError(e, externalId);
   });
   const decoder = new DockerLogDecoder(tty, options.timestamps);
-  const lines: LogLine[] = [];
+  // Bounded: tail 0 on a log of gigabytes keeps only the newest MAX_FETCH_LOG_BYTES.
+  const kept = new LogTailBuffer();
   const errors: string[] = [];
+  let broken: unknown;
   try {
     for await (const chunk of res as AsyncIterable<Buffer>) {
       const out = decoder.push(chunk);
-      lines.push(...out.lines);
+      kept.push(out.lines);
       errors.push(...out.errors);
     }
   } catch (e) {
-    throw e instanceof DockerLogFrameError
-      ? new ConnectError(`docker: the log of ${externalId} is not a valid log stream: ${e.message}`, Code.Internal, undefined, undefined, e)
-      : dockerLogsError(e, externalId);
+    broken = e;
   } finally {
     res.destroy();
   }
+  if (broken !== undefined) {
+    if (signal?.aborted) throw dockerLogsError(broken, externalId);
+    // Nothing read yet: the call failed. Otherwise answer what was read, and why it stops there.
+    const error =
+      broken instanceof DockerLogFrameError
+        ? new ConnectError(`docker: the log of ${externalId} is not a valid log stream: ${broken.message}`, Code.Internal, undefined, undefined, broken)
+        : dockerLogsError(broken, externalId);
+    const partial = kept.lines();
+    if (partial.length === 0) throw error;
+    partial.push(...decoder.flush());
+    return { lines: partial, tty, errors: [...errors, `the log could not be read to its end: ${error.rawMessage}`, ...[kept.note()].filter((n): n is string => n !== undefined)] };
+  }
   const last = decoder.endResponse();
-  lines.push(...last.lines, ...decoder.flush());
+  kept.push([...last.lines, ...decoder.flush()]);
   errors.push(...last.errors);
   if (last.failure !== undefined) errors.push(last.failure);
+  const note = kept.note();
+  if (note) errors.push(note);
   // Daemon-error frames and a stream cut short are answered with what was read and the errors
   // (FetchContainerLogsResponse.errors says the lines may not be the last N), not a bare failure.
-  return { lines, tty, errors };
+  return { lines: kept.lines(), tty, errors };
 }
 
 /**

@@ -61,6 +61,8 @@ export function createDockerRuntime(options: DockerRuntimeOptions = {}): Contain
 
 const BACKOFF_INITIAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
+/** Longest a connection may take from connect to its first complete list (then: reconnect). */
+const SYNC_DEADLINE_MS = 60_000;
 /** A stopped (SIGSTOP) or wedged dockerd keeps the event stream open and silent; ping it. */
 const PING_INTERVAL_MS = 15_000;
 /** Inspects in flight while listing (a host with hundreds of containers). */
@@ -316,6 +318,17 @@ class DockerRuntime extends EventEmitter implements ContainerRuntime {
   /** One connection: sync, then follow live events until it breaks (throws) or close(). */
   private async session(session: AbortController, synced: () => void): Promise<void> {
     const signal = session.signal;
+    // The replays (events with `until`) have no per-call timeout: an engine that answers /info
+    // and then stalls must not hold the first attempt (and the agent's start) for ever.
+    const syncDeadline = setTimeout(() => session.abort(new Error(`docker engine: no complete sync within ${SYNC_DEADLINE_MS / 1000} s`)), SYNC_DEADLINE_MS);
+    try {
+      await this.connectAndFollow(session, signal, synced, syncDeadline);
+    } finally {
+      clearTimeout(syncDeadline);
+    }
+  }
+
+  private async connectAndFollow(session: AbortController, signal: AbortSignal, synced: () => void, syncDeadline: NodeJS.Timeout): Promise<void> {
     const client = await DockerEngineClient.connect(this.endpoint, signal);
 
     // Bookmark before list: events after b1 are not lost whatever the list shows.
@@ -370,6 +383,7 @@ class DockerRuntime extends EventEmitter implements ContainerRuntime {
     for (const e of events) this.safeEmit("event", e);
     for (const e of synthetic) this.safeEmit("event", e);
     this.safeEmit("containers");
+    clearTimeout(syncDeadline);
     synced();
 
     // Live: from b2 (inclusive; what duringList delivered is remembered and dropped).

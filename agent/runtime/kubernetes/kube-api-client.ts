@@ -1,3 +1,4 @@
+import { linkedSignal } from "../../../lib/linked-signal.js";
 import http from "node:http";
 import https from "node:https";
 import type { KubeConfig } from "@kubernetes/client-node";
@@ -97,13 +98,17 @@ export class KubeApiClient {
 
   async getText(req: KubeRequest, maxBytes = MAX_JSON_BODY): Promise<string> {
     const timeoutMs = req.timeoutMs ?? this.defaultTimeoutMs;
-    const timeout = AbortSignal.timeout(timeoutMs);
-    const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
-    const res = await this.open({ ...req, signal, timeoutMs });
+    const link = linkedSignal([req.signal], timeoutMs);
+    const signal = link.signal;
     try {
-      return await readBody(res, maxBytes, req.path);
-    } catch (e) {
-      throw signal.aborted ? abortReason(signal, req.path, timeoutMs) : e;
+      const res = await this.open({ ...req, signal, timeoutMs });
+      try {
+        return await readBody(res, maxBytes, req.path);
+      } catch (e) {
+        throw signal.aborted ? abortReason(signal, req.path, timeoutMs) : e;
+      }
+    } finally {
+      link.dispose();
     }
   }
 

@@ -4,8 +4,10 @@ import { KubeApiError, KubeTransportError } from "./kube-api-client.js";
 /**
  * An error of a call to the API server as the ConnectError the ContainerRuntime contract asks
  * for, keeping the Status message (which names the object, the user and the missing permission):
- * 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED, 404 → NOT_FOUND, 400/422 → INVALID_ARGUMENT
- * (a container name the pod does not have), 429 → RESOURCE_EXHAUSTED, other statuses and
+ * 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED, 404 → NOT_FOUND, 400/422 → FAILED_PRECONDITION
+ * (the arguments are checked before a request — e.g. the container name against the pod — so
+ * what the server still refuses is the object's state: "container ... is waiting to start"),
+ * 429 → RESOURCE_EXHAUSTED, other statuses and
  * network failures → UNAVAILABLE, an abort by the caller → CANCELED.
  */
 export function toConnectError(err: unknown, what: string): ConnectError {
@@ -21,7 +23,7 @@ export function toConnectError(err: unknown, what: string): ConnectError {
         return new ConnectError(text, Code.NotFound, undefined, undefined, err);
       case 400:
       case 422:
-        return new ConnectError(text, Code.InvalidArgument, undefined, undefined, err);
+        return new ConnectError(text, Code.FailedPrecondition, undefined, undefined, err);
       case 429:
         return new ConnectError(text, Code.ResourceExhausted, undefined, undefined, err);
       default:

@@ -1,3 +1,5 @@
+import { LogTailBuffer } from "../log-tail-buffer.js";
+import { linkedSignal } from "../../../lib/linked-signal.js";
 import { EventEmitter } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import { timestampNow, type Timestamp } from "@bufbuild/protobuf/wkt";
@@ -164,23 +166,29 @@ export class KubernetesRuntime extends EventEmitter implements ContainerRuntime 
     return this.byKey.get(podKey(pod))?.health ?? podHealth(pod);
   }
 
-  async fetchLogs(externalId: string, options: LogOptions, signal?: AbortSignal): Promise<{ lines: LogLine[]; tty: boolean }> {
+  async fetchLogs(externalId: string, options: LogOptions, signal?: AbortSignal): Promise<{ lines: LogLine[]; tty: boolean; errors: string[] }> {
     this.requireConnected();
     const pod = this.requirePod(externalId);
     const reader = new PodLogReader(options.timestamps);
-    const lines: LogLine[] = [];
-    try {
-      const res = await this.client.open({ ...this.logRequest(pod, options, false), signal });
-      try {
-        for await (const chunk of res as AsyncIterable<Buffer>) lines.push(...reader.push(chunk));
-      } finally {
-        res.destroy();
-      }
-    } catch (e) {
+    // Bounded: tail 0 on a long log keeps only the newest MAX_FETCH_LOG_BYTES.
+    const kept = new LogTailBuffer();
+    const res = await this.client.open({ ...this.logRequest(pod, options, false), signal }).catch((e: unknown) => {
       throw toConnectError(e, `logs of pod ${externalId}`);
+    });
+    const errors: string[] = [];
+    try {
+      for await (const chunk of res as AsyncIterable<Buffer>) kept.push(reader.push(chunk));
+    } catch (e) {
+      // Once lines were read, a stream that breaks off answers them and says so.
+      if (signal?.aborted || kept.lines().length === 0) throw toConnectError(e, `logs of pod ${externalId}`);
+      errors.push(`the log could not be read to its end: ${(e as Error).message}`);
+    } finally {
+      res.destroy();
     }
-    lines.push(...reader.end());
-    return { lines, tty: false };
+    kept.push(reader.end());
+    const note = kept.note();
+    if (note) errors.push(note);
+    return { lines: kept.lines(), tty: false, errors };
   }
 
   async *streamLogs(externalId: string, options: LogOptions & { follow: boolean }, signal: AbortSignal): AsyncIterable<LogBatch> {
@@ -189,7 +197,8 @@ export class KubernetesRuntime extends EventEmitter implements ContainerRuntime 
     const request = this.logRequest(pod, options, options.follow);
     const closing = new AbortController();
     this.logStreams.add(closing);
-    const linked = AbortSignal.any([signal, closing.signal]);
+    const link = linkedSignal([signal, closing.signal]);
+    const linked = link.signal;
     const reader = new PodLogReader(options.timestamps);
     const opened = Date.now();
     try {
@@ -220,6 +229,7 @@ export class KubernetesRuntime extends EventEmitter implements ContainerRuntime 
       else end = await this.followEnd(pod, request.query.container ?? "", opened);
       yield { lines: rest, errors: [], end };
     } finally {
+      link.dispose();
       this.logStreams.delete(closing);
     }
   }
@@ -261,6 +271,9 @@ export class KubernetesRuntime extends EventEmitter implements ContainerRuntime 
 
   private logRequest(pod: Pod, options: LogOptions, follow: boolean): { path: string; query: Query & { container: string | undefined } } {
     // Without a container the API server refuses a pod of several: pick the one kubectl would.
+    if (options.container && pod.spec.containers.length > 0 && !pod.spec.containers.some((c) => c.name === options.container)) {
+      throw invalidArgument("container", `pod ${podKey(pod)} has no container ${JSON.stringify(truncate(options.container))} (it has ${pod.spec.containers.map((c) => c.name).join(", ")})`);
+    }
     const container = options.container || defaultContainerOf(pod);
     return {
       path: `/api/v1/namespaces/${encodeURIComponent(pod.metadata.namespace)}/pods/${encodeURIComponent(pod.metadata.name)}/log`,

@@ -1,3 +1,4 @@
+import { linkedSignal } from "../../../lib/linked-signal.js";
 import type { IncomingMessage } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import { KubeApiError, type KubeApiClient, type Query } from "./kube-api-client.js";
@@ -255,7 +256,8 @@ export class PodListWatch {
     const timeoutSeconds = this.options.watchTimeoutSeconds ?? 300;
     // The server ends the watch after timeoutSeconds; a connection that silently died would
     // never end, so we give up on it a little later ourselves.
-    const signal = AbortSignal.any([this.stop.signal, AbortSignal.timeout((timeoutSeconds + 30) * 1000)]);
+    const link = linkedSignal([this.stop.signal], (timeoutSeconds + 30) * 1000);
+    const signal = link.signal;
     let res: IncomingMessage;
     try {
       res = await this.options.client.open({
@@ -265,6 +267,7 @@ export class PodListWatch {
         timeoutMs: this.options.requestTimeoutMs,
       });
     } catch (e) {
+      link.dispose();
       if (e instanceof KubeApiError && e.httpStatus === 410) return "expired";
       throw e;
     }
@@ -293,6 +296,7 @@ export class PodListWatch {
       return "ended";
     } finally {
       res.destroy();
+      link.dispose();
     }
   }
 

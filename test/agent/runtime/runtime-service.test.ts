@@ -153,6 +153,7 @@ describe("RuntimeService", () => {
       const r = reader(client.watchRuntimeEvents({ cursor }, { signal: ac.signal }));
       const first = await r.next();
       assert.equal(first.type, T.RESYNC, cursor);
+      assert.equal(first.cursor, "", "a RESYNC carries no cursor to resume from");
       assert.match(first.resyncReason, cursor.startsWith("other") ? /another agent incarnation/ : /older than the 64 events kept/);
       const snap = await r.next();
       assert.equal(snap.type, T.SNAPSHOT);
@@ -179,6 +180,11 @@ describe("RuntimeService", () => {
     const snap = await r.next();
     assert.equal(snap.type, T.SNAPSHOT);
     assert.ok(snap.containers.some((c) => c.externalId === "busy"));
+    // Nothing the snapshot already holds comes again: the next event is the next new one.
+    docker.put({ externalId: "later" }, "create");
+    const next = await r.next();
+    assert.deepEqual([next.type, next.event?.externalId], [T.EVENT, "later"]);
+    assert.ok(Number(next.cursor.split(".")[1]) > Number(snap.cursor.split(".")[1]), "cursors only go forward");
     ac.abort();
   });
 
@@ -189,6 +195,9 @@ describe("RuntimeService", () => {
     const r = reader(client.watchRuntimeEvents({}, { signal: ac.signal }));
     const snap = await r.next();
     assert.ok(!snap.containers.some((c) => c.runtime === "kubernetes"));
+    assert.deepEqual(snap.unavailable, ["kubernetes: kubernetes is down"], "the snapshot says what it lacks");
+    // Asked for that runtime alone: UNAVAILABLE, not an empty snapshot that reads as "none".
+    await rejectsWith(client.watchRuntimeEvents({ runtime: "kubernetes" })[Symbol.asyncIterator]().next(), Code.Unavailable, /kubernetes is down/);
     kube.comeBack();
     const resync = await r.next();
     assert.equal(resync.type, T.RESYNC);

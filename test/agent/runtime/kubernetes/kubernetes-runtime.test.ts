@@ -349,7 +349,7 @@ describe("Kubernetes runtime against the API double", () => {
     assert.equal(h.runtime.containers().length, 8);
   });
 
-  it("404/403/400 Status bodies become NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT with the server's message", async () => {
+  it("404/403 Status bodies become NOT_FOUND, PERMISSION_DENIED with the server's message; an unknown container is INVALID_ARGUMENT naming the field", async () => {
     const h = await harness();
     await waitFor(() => h.double.openWatches === 1, "the watch");
     // Deleted on the server, the watch event not yet delivered: the API server's 404.
@@ -368,7 +368,7 @@ describe("Kubernetes runtime against the API double", () => {
       /cannot get resource "pods\/log" in API group "" in the namespace "shop"/,
     );
     const h2 = await harness();
-    await rejectsWith(h2.runtime.fetchLogs("shop/web-7d4b9c8f6-x2x9k", { tail: 1, timestamps: false, container: "sidecar" }), Code.InvalidArgument, /container sidecar is not valid for pod web-7d4b9c8f6-x2x9k/);
+    await rejectsWith(h2.runtime.fetchLogs("shop/web-7d4b9c8f6-x2x9k", { tail: 1, timestamps: false, container: "sidecar" }), Code.InvalidArgument, /^\[invalid_argument\] container: pod shop\/web-7d4b9c8f6-x2x9k has no container "sidecar" \(it has /);
     for (const bad of ["db-0", "shop/", "/db-0", "Shop/db-0", "shop/db_0", "shop/db-0/x"]) {
       await rejectsWith(h2.runtime.stats(bad), Code.InvalidArgument, /^\[invalid_argument\] external_id: /);
     }
