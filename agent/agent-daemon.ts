@@ -7,6 +7,7 @@ import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
 import { InstanceRegistry } from "./inventory/instance-registry.js";
+import { watchProcessLiveness } from "./inventory/process-liveness.js";
 import { createInventoryService } from "./inventory/inventory-service.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "./kernel/instance-probe.js";
 import { createMetricsService } from "./metrics/metrics-service.js";
@@ -62,8 +63,8 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   try {
     const registry = InstanceRegistry.open(options.stateDir, roots);
     const collector = new StatsCollector(registry, { roots });
-    collector.onProcessGone = (instance) =>
-      logger.warn({ instance_id: instance.id, pid: instance.pid }, "process of a RUNNING instance is gone");
+    // A RUNNING instance whose process is gone becomes STOPPED (metering's stop-crash).
+    const stopLiveness = watchProcessLiveness(registry, logger, roots.proc);
     // Watch ticks and scrapes share recent sweeps too: many streams opening at once, or a
     // scrape next to a watch, cost one pass over /proc, not one each.
     const sampler = new SharedSampler((ids) => collector.recentSweep(SAMPLER_SHARE_MS, ids));
@@ -103,6 +104,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       sampler,
       close() {
         closed ??= (async () => {
+          stopLiveness();
           sampler.close();
           standby.close();
           await server.close();

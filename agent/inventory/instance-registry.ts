@@ -7,6 +7,28 @@ import { InstanceSchema, type Instance, type InstanceState } from "../../gen/fle
 import { writeFileAtomic } from "../../lib/atomic-file.js";
 import { parseProcStat } from "../kernel/proc-stat-parser.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
+import { lifecycleEntries, type LifecycleEntry, type LifecycleStep, type MeterState, type StepCause } from "../metering/lifecycle-entries.js";
+
+/**
+ * Where lifecycle entries go (the metering ledger; structural so this file does not depend on
+ * its implementation): `lastSeq` is the highest durable seq, `append` resolves once durable.
+ */
+export interface LifecycleLedger {
+  readonly lastSeq: number;
+  append(entries: LifecycleEntry[]): Promise<unknown>;
+}
+
+/** Options of a change: why it happens (metering.md distinguishes them), clone source. */
+export interface ChangeOptions {
+  cause?: StepCause;
+  sourceSnapshotId?: string;
+}
+
+/** Entries written to the registry file before the ledger has them (see `write`). */
+interface PendingMetering {
+  afterSeq: number;
+  entries: LifecycleEntry[];
+}
 
 export type RegistryChange =
   | { type: "upsert"; instance: Instance; previous: Instance | undefined }
@@ -26,7 +48,15 @@ export class InstanceRegistry {
   private sorted: Instance[] | undefined;
   private readonly listeners = new Set<(change: RegistryChange) => void>();
   /** Changes not yet handed to a write, with how to undo each and who waits for them. */
-  private batch: { undo: (() => void)[]; waiters: { resolve: () => void; reject: (e: unknown) => void }[] } | undefined;
+  private batch: { undo: (() => void)[]; waiters: { resolve: () => void; reject: (e: unknown) => void }[]; entries: LifecycleEntry[] } | undefined;
+  /** Open intervals per instance (metering.md invariants), persisted with the instances. */
+  private readonly meter = new Map<string, MeterState>();
+  private ledger: LifecycleLedger | undefined;
+  /** Entries durable in the registry file, not yet in the ledger (after a crash or a failed append). */
+  private pending: PendingMetering | undefined;
+  /** Instances loaded from a file written before metering existed: their intervals open on attach. */
+  private unmetered: string[] = [];
+  private retryTimer: NodeJS.Timeout | undefined;
   private writing = false;
   private writeScheduled = false;
   /** Completed writes of the registry file (group commit makes this far fewer than changes). */
@@ -51,7 +81,7 @@ export class InstanceRegistry {
       if (name.startsWith(`.${FILE}.tmp-`)) unlinkSync(join(stateDir, name));
     }
     if (existsSync(registry.path)) {
-      let doc: { format?: number; resourceVersion?: string; instances?: JsonValue[] };
+      let doc: { format?: number; resourceVersion?: string; instances?: JsonValue[]; meter?: Record<string, [number, number, number]>; pendingMetering?: { afterSeq: number; entries: SerializedEntry[] } };
       try {
         doc = JSON.parse(readFileSync(registry.path, "utf8")) as typeof doc;
       } catch (e) {
@@ -69,8 +99,54 @@ export class InstanceRegistry {
       }
       registry.resourceVersion = BigInt(doc.resourceVersion ?? "0");
       registry.durableVersion = registry.resourceVersion;
+      if (doc.meter) {
+        for (const [id, [c, st, r]] of Object.entries(doc.meter)) registry.meter.set(id, { computeOpen: c === 1, storageOpen: st === 1, everRan: r === 1 });
+      } else {
+        registry.unmetered = [...registry.instances.keys()];
+      }
+      if (doc.pendingMetering) registry.pending = { afterSeq: doc.pendingMetering.afterSeq, entries: doc.pendingMetering.entries.map(deserializeEntry) };
     }
     return registry;
+  }
+
+  /**
+   * Connects the metering ledger and makes it agree with the registry (metering.md: after kill
+   * -9 at any point, state and ledger agree). The registry file is the commit point: a change's
+   * entries are written into it (`pendingMetering`, with the ledger's last seq before them)
+   * together with the change, then appended to the ledger. After a crash between the two, the
+   * entries are appended now; if the ledger already has them, nothing is. Anything else means
+   * the two files are not each other's: a loud stop. Instances from before metering get their
+   * registration entries.
+   */
+  async attachLedger(ledger: LifecycleLedger): Promise<void> {
+    this.ledger = ledger;
+    const pending = this.pending;
+    if (pending) {
+      const n = pending.entries.length;
+      if (ledger.lastSeq === pending.afterSeq) await ledger.append(pending.entries);
+      else if (ledger.lastSeq !== pending.afterSeq + n) {
+        throw new Error(`${this.path}: its last change's ${n} metering entries follow seq ${pending.afterSeq}, but the ledger ends at ${ledger.lastSeq}: registry and ledger do not belong together; refusing to start`);
+      }
+      this.pending = undefined;
+    }
+    if (this.unmetered.length > 0) {
+      const ids = this.unmetered;
+      this.unmetered = [];
+      const at = nowNs();
+      const entries: LifecycleEntry[] = [];
+      for (const id of ids) {
+        const inst = this.instances.get(id);
+        if (!inst || this.meter.has(id)) continue;
+        const r = lifecycleEntries({ type: "upsert", previous: undefined, meter: undefined, next: inst, cause: "request" }, at);
+        entries.push(...r.entries);
+        if (r.meter) this.meter.set(id, r.meter);
+      }
+      if (entries.length > 0) {
+        this.batch ??= { undo: [], waiters: [], entries: [] };
+        this.batch.entries.push(...entries);
+        await this.commit();
+      }
+    }
   }
 
   get(id: string): Instance | undefined {
@@ -88,8 +164,11 @@ export class InstanceRegistry {
     return this.instances.size;
   }
 
-  /** Stores a validated instance; resolves once it is durable. Returns what was stored. */
-  async upsert(input: Instance): Promise<Instance> {
+  /**
+   * Stores a validated instance; resolves once it is durable, its metering entries included.
+   * Returns what was stored.
+   */
+  async upsert(input: Instance, options: ChangeOptions = {}): Promise<Instance> {
     const previous = this.instances.get(input.id);
     const next = clone(InstanceSchema, input);
     next.pidStartTime = this.startTimeFor(next, previous);
@@ -100,7 +179,11 @@ export class InstanceRegistry {
       return this.instances.get(input.id) ?? previous;
     }
     this.set(next.id, next, previous);
-    await this.commit(() => this.set(next.id, previous, next));
+    const undoMeter = this.meterStep({ type: "upsert", previous, meter: this.meter.get(next.id), next, cause: options.cause ?? "request", sourceSnapshotId: options.sourceSnapshotId }, next.id);
+    await this.commit(() => {
+      undoMeter();
+      this.set(next.id, previous, next);
+    });
     return next;
   }
 
@@ -109,7 +192,11 @@ export class InstanceRegistry {
     const previous = this.instances.get(id);
     if (!previous) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
     this.set(id, undefined, previous);
-    await this.commit(() => this.set(id, previous, undefined));
+    const undoMeter = this.meterStep({ type: "remove", previous, meter: this.meter.get(id) }, id);
+    await this.commit(() => {
+      undoMeter();
+      this.set(id, previous, undefined);
+    });
     return previous;
   }
 
@@ -117,13 +204,32 @@ export class InstanceRegistry {
    * Changes an instance's lifecycle state: the one place state changes (standby, wake, and the
    * lifecycle transitions metering records). NOT_FOUND for an unknown id; durable on return.
    */
-  async setState(id: string, state: InstanceState): Promise<Instance> {
+  async setState(id: string, state: InstanceState, cause: StepCause = "request"): Promise<Instance> {
     const current = this.instances.get(id);
     if (!current) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
     if (current.state === state) return current;
     const next = clone(InstanceSchema, current);
     next.state = state;
-    return this.upsert(next);
+    return this.upsert(next, { cause });
+  }
+
+  /**
+   * The metering side of one change, made in the same synchronous step: the entries join the
+   * current batch (written with it), the instance's open intervals move on. Returns the undo.
+   */
+  private meterStep(step: LifecycleStep, id: string): () => void {
+    const before = this.meter.get(id);
+    const result = lifecycleEntries(step, nowNs());
+    if (result.meter) this.meter.set(id, result.meter);
+    else this.meter.delete(id);
+    if (result.entries.length > 0) {
+      this.batch ??= { undo: [], waiters: [], entries: [] };
+      this.batch.entries.push(...result.entries);
+    }
+    return () => {
+      if (before) this.meter.set(id, before);
+      else this.meter.delete(id);
+    };
   }
 
   /**
@@ -146,6 +252,11 @@ export class InstanceRegistry {
     else this.instances.delete(id);
     this.resourceVersion++;
     this.emit(value ? { type: "upsert", instance: value, previous } : { type: "delete", instance: previous! });
+  }
+
+  /** Stops retrying a failed ledger append (the agent is stopping; a restart completes it). */
+  close(): void {
+    clearTimeout(this.retryTimer);
   }
 
   subscribe(listener: (change: RegistryChange) => void): () => void {
@@ -181,7 +292,7 @@ export class InstanceRegistry {
    * from memory.
    */
   private commit(undo?: () => void): Promise<void> {
-    this.batch ??= { undo: [], waiters: [] };
+    this.batch ??= { undo: [], waiters: [], entries: [] };
     if (undo) this.batch.undo.push(undo);
     const batch = this.batch;
     return new Promise((resolve, reject) => {
@@ -202,27 +313,72 @@ export class InstanceRegistry {
     if (!batch) return;
     this.batch = undefined;
     const version = this.resourceVersion;
+    // Entries a failed append left behind come first: they are older and already committed.
+    const entries = this.ledger ? [...(this.pending?.entries ?? []), ...batch.entries] : [];
+    const pending: PendingMetering | undefined = entries.length > 0 ? { afterSeq: this.pending?.afterSeq ?? this.ledger!.lastSeq, entries } : undefined;
     const doc = {
       format: FORMAT,
       resourceVersion: version.toString(),
       instances: this.list().map((i) => toJson(InstanceSchema, i)),
+      meter: Object.fromEntries([...this.meter].map(([id, m]) => [id, [m.computeOpen ? 1 : 0, m.storageOpen ? 1 : 0, m.everRan ? 1 : 0]])),
+      ...(pending ? { pendingMetering: { afterSeq: pending.afterSeq, entries: pending.entries.map(serializeEntry) } } : {}),
     };
     this.writing = true;
     try {
-      await writeFileAtomic(this.path, `${JSON.stringify(doc)}\n`);
+      try {
+        await writeFileAtomic(this.path, `${JSON.stringify(doc)}\n`);
+      } catch (e) {
+        const queued = this.batch as typeof batch | undefined;
+        this.batch = undefined;
+        for (const undo of [...(queued?.undo ?? [])].reverse()) undo();
+        for (const undo of [...batch.undo].reverse()) undo();
+        const error = new ConnectError(`could not persist the registry: ${(e as Error).message}`, Code.Unavailable);
+        for (const w of [...batch.waiters, ...(queued?.waiters ?? [])]) w.reject(error);
+        return;
+      }
       this.durableVersion = version;
       this.writes++;
+      // Committed: the state and its entries are on disk. Now the ledger (one append, one
+      // fdatasync for the whole batch); callers are acknowledged once both are durable.
+      if (pending) {
+        this.pending = pending;
+        try {
+          await this.ledger!.append(pending.entries);
+          this.pending = undefined;
+        } catch (e) {
+          // The change stays (it is committed); its entries are retried with the next write
+          // and on restart. The callers hear that it is not fully durable yet.
+          const error = new ConnectError(`could not append to the metering ledger: ${(e as Error).message}`, Code.Unavailable);
+          for (const w of batch.waiters) w.reject(error);
+          // Retried a second later (not at once: a full disk would make it spin).
+          this.retryTimer = setTimeout(() => {
+            this.batch ??= { undo: [], waiters: [], entries: [] };
+            this.scheduleWrite();
+          }, 1000);
+          this.retryTimer.unref();
+          return;
+        }
+      }
       for (const w of batch.waiters) w.resolve();
-    } catch (e) {
-      const queued = this.batch as typeof batch | undefined;
-      this.batch = undefined;
-      for (const undo of [...(queued?.undo ?? [])].reverse()) undo();
-      for (const undo of [...batch.undo].reverse()) undo();
-      const error = new ConnectError(`could not persist the registry: ${(e as Error).message}`, Code.Unavailable);
-      for (const w of [...batch.waiters, ...(queued?.waiters ?? [])]) w.reject(error);
     } finally {
       this.writing = false;
       if (this.batch) this.scheduleWrite();
     }
   }
+}
+
+/** The registry file keeps pending entries as JSON (emittedAtNs as a string). */
+type SerializedEntry = Omit<LifecycleEntry, "emittedAtNs"> & { emittedAtNs: string };
+
+function serializeEntry(e: LifecycleEntry): SerializedEntry {
+  return { ...e, emittedAtNs: e.emittedAtNs.toString() };
+}
+
+function deserializeEntry(e: SerializedEntry): LifecycleEntry {
+  return { ...e, emittedAtNs: BigInt(e.emittedAtNs) };
+}
+
+/** Wall-clock now in ns (entries are UTC times, not a monotonic clock). */
+function nowNs(): bigint {
+  return BigInt(Date.now()) * 1_000_000n;
 }

@@ -4,6 +4,7 @@ import { ContainerState, type Container } from "../../gen/fleetlet/agent/v1/runt
 import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import type { ContainerRuntime } from "./container-runtime.js";
+import type { StepCause } from "../metering/lifecycle-entries.js";
 import { hostInterfaceOf } from "./host-interface.js";
 
 /** Container state → instance lifecycle state. Paused is standby (the docker driver pauses). */
@@ -132,7 +133,7 @@ export class ContainerInstanceSync {
         }
         const next = instanceOf(r.name, c, previous, this.hostInterface(c));
         if (previous && equals(InstanceSchema, previous, next)) continue;
-        writes.push(this.registry.upsert(next).catch((e: Error) => this.logger.error({ err: e.message, instance_id: c.id }, "could not store a container instance")));
+        writes.push(this.registry.upsert(next, { cause: causeOf(previous, c) }).catch((e: Error) => this.logger.error({ err: e.message, instance_id: c.id }, "could not store a container instance")));
       }
       for (const i of this.registry.list()) {
         if (i.source !== InstanceSource.RUNTIME || !i.runtimeRef.startsWith(prefix) || seen.has(i.id)) continue;
@@ -141,4 +142,17 @@ export class ContainerInstanceSync {
     }
     await Promise.all(writes);
   }
+}
+
+/**
+ * Why a container's instance changes state, for metering: an exit with code 0 is taken as
+ * asked for (stop-user), any other exit or an OOM kill as a crash; pause/unpause as standby and
+ * wake (the docker driver's, or anyone's: the compute really stopped).
+ */
+export function causeOf(previous: Instance | undefined, c: Container): StepCause {
+  const next = instanceStateOf(c.state);
+  if (next === InstanceState.STANDBY) return "standby";
+  if (previous?.state === InstanceState.STANDBY && next === InstanceState.RUNNING) return "wake";
+  if (next === InstanceState.STOPPED || next === InstanceState.ERROR) return c.exitCode === 0 && !c.oomKilled ? "request" : "crash";
+  return "request";
 }

@@ -95,7 +95,8 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
       await driverFor(inst).wake(target(inst));
     },
     setState: async (id, state: InstanceState) => {
-      await registry.setState(id, state);
+      // Metering tells these apart: compute stops with "standby", starts with "hibernate-wake".
+      await registry.setState(id, state, state === InstanceState.STANDBY ? "standby" : "wake");
     },
     concurrency: options.concurrency,
     onError: (operation, id, e) => options.logger.warn({ operation, instance_id: id, err: (e as Error).message }, "standby"),

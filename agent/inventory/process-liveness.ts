@@ -1,0 +1,55 @@
+import { readFileSync } from "node:fs";
+import { InstanceKind, InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import type { Logger } from "../../lib/rpc/logger.js";
+import { parseProcStat } from "../kernel/proc-stat-parser.js";
+import type { InstanceRegistry } from "./instance-registry.js";
+
+export const LIVENESS_INTERVAL_MS = 2000;
+
+/**
+ * metering.md "RUNNING, process found gone (pid exited or reused)": every couple of seconds,
+ * each RUNNING instance with a pid is checked against /proc — gone, or the pid now belongs to a
+ * process with another start time — and moved to STOPPED with cause "crash" (a `stop-crash`
+ * entry). Containers are left to their runtime (it reports their exit with its code). One
+ * stat read per instance; nothing when nothing runs.
+ */
+export function watchProcessLiveness(registry: InstanceRegistry, logger: Logger, procRoot = "/proc", intervalMs = LIVENESS_INTERVAL_MS): () => void {
+  let running = false;
+  const check = async () => {
+    if (running) return;
+    running = true;
+    try {
+      for (const i of registry.list()) {
+        if (i.state !== InstanceState.RUNNING || i.pid === undefined || i.kind === InstanceKind.CONTAINER) continue;
+        if (isAlive(procRoot, i.pid, i.pidStartTime)) continue;
+        logger.warn({ instance_id: i.id, pid: i.pid }, "process of a RUNNING instance is gone: STOPPED (stop-crash)");
+        try {
+          await registry.setState(i.id, InstanceState.STOPPED, "crash");
+        } catch (e) {
+          logger.error({ instance_id: i.id, err: (e as Error).message }, "could not record the crash");
+        }
+      }
+    } finally {
+      running = false;
+    }
+  };
+  const timer = setInterval(() => void check(), intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/** The pid exists and, when its start time is known, is still the same process. */
+export function isAlive(procRoot: string, pid: number, startTime: bigint | undefined): boolean {
+  let text: string;
+  try {
+    text = readFileSync(`${procRoot}/${pid}/stat`, "latin1");
+  } catch {
+    return false;
+  }
+  if (startTime === undefined) return true;
+  try {
+    return parseProcStat(text).startTimeTicks === startTime;
+  } catch {
+    return true; // unreadable content is not proof of death
+  }
+}

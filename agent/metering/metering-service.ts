@@ -1,0 +1,115 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { MeteringEntrySchema, MeteringService, type MeteringEntry } from "../../gen/fleetlet/agent/v1/metering_pb.js";
+import { invalidArgument } from "../../lib/rpc/field-error.js";
+import type { LifecycleEntry } from "./lifecycle-entries.js";
+
+const DEFAULT_LIMIT = 1000;
+const MAX_LIMIT = 10_000;
+/** Entries per WatchMeteringEntries message. */
+const WATCH_PAGE = 1000;
+
+/** A durable ledger entry as the service reads it (the ledger's LedgerEntry). */
+export type LedgerEntryView = LifecycleEntry & { seq: number; line: string };
+
+/** What the service needs of the ledger (agent/metering/ledger.ts). */
+export interface LedgerReader {
+  readonly ledgerId: string;
+  readonly lastSeq: number;
+  readonly firstRetainedSeq: number;
+  read(fromSeq: number, limit: number): LedgerEntryView[];
+  subscribe(listener: (entries: LedgerEntryView[]) => void): () => void;
+  acknowledge(seq: number): void;
+}
+
+/**
+ * MeteringService (metering.md): reads of the ledger by seq, a watch that sends the backlog then
+ * live entries as they become durable, and the consumer's acknowledgement (retention). A watch
+ * always reads from the ledger, never from a per-stream queue: a slow client only falls behind,
+ * it cannot make the agent buffer without bound or lose entries.
+ */
+export function createMeteringService(ledger: LedgerReader): ServiceImpl<typeof MeteringService> {
+  /** The first seq to send, or OUT_OF_RANGE naming what the client should resume from. */
+  const start = (fromSeq: bigint, ledgerId: string): number => {
+    if (ledgerId !== "" && ledgerId !== ledger.ledgerId) {
+      throw outOfRange(`ledger_id ${JSON.stringify(ledgerId.slice(0, 40))} is not this agent's ledger`);
+    }
+    if (fromSeq > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument("from_seq", "is too large");
+    const from = Math.max(1, Number(fromSeq));
+    if (from < ledger.firstRetainedSeq && ledger.lastSeq >= 1 && fromSeq > 0n) {
+      throw outOfRange(`from_seq ${from} is no longer retained`);
+    }
+    if (from > ledger.lastSeq + 1) throw outOfRange(`from_seq ${from} is beyond the last entry ${ledger.lastSeq}`);
+    return Math.max(from, ledger.firstRetainedSeq);
+  };
+  const outOfRange = (what: string) =>
+    new ConnectError(`${what}; current ledger_id=${ledger.ledgerId} first_retained_seq=${ledger.firstRetainedSeq} last_seq=${ledger.lastSeq}`, Code.OutOfRange);
+
+  return {
+    readMeteringEntries(req) {
+      const limit = req.limit === 0 ? DEFAULT_LIMIT : req.limit;
+      if (limit > MAX_LIMIT) throw invalidArgument("limit", `must be at most ${MAX_LIMIT}, got ${limit}`);
+      const from = start(req.fromSeq, req.ledgerId);
+      const entries = ledger.read(from, limit).map(toMessage);
+      const last = entries.at(-1);
+      return {
+        entries,
+        nextSeq: last ? last.seq + 1n : BigInt(from),
+        ledgerId: ledger.ledgerId,
+        firstRetainedSeq: BigInt(ledger.firstRetainedSeq),
+        lastSeq: BigInt(ledger.lastSeq),
+      };
+    },
+
+    async *watchMeteringEntries(req, context) {
+      let next = start(req.fromSeq, req.ledgerId);
+      let wake: (() => void) | undefined;
+      const notify = () => {
+        wake?.();
+        wake = undefined;
+      };
+      const unsubscribe = ledger.subscribe(notify);
+      context.signal.addEventListener("abort", notify);
+      try {
+        while (!context.signal.aborted) {
+          if (next <= ledger.lastSeq) {
+            const page = ledger.read(next, WATCH_PAGE);
+            if (page.length === 0 || page[0]!.seq !== next) {
+              // Retention moved past where this stream stood (it was too slow for too long).
+              throw outOfRange(`seq ${next} is no longer retained`);
+            }
+            next = page.at(-1)!.seq + 1;
+            yield { entries: page.map(toMessage), ledgerId: ledger.ledgerId, lastSeq: BigInt(ledger.lastSeq) };
+            continue;
+          }
+          await new Promise<void>((resolve) => (wake = resolve));
+        }
+      } finally {
+        unsubscribe();
+        context.signal.removeEventListener("abort", notify);
+      }
+    },
+
+    acknowledgeMeteringEntries(req) {
+      if (req.ledgerId !== ledger.ledgerId) throw outOfRange(`ledger_id ${JSON.stringify(req.ledgerId.slice(0, 40))} is not this agent's ledger`);
+      if (req.seq > BigInt(ledger.lastSeq)) throw invalidArgument("seq", `${req.seq} is beyond the last entry ${ledger.lastSeq}`);
+      ledger.acknowledge(Number(req.seq));
+      return { acknowledgedSeq: req.seq };
+    },
+  };
+}
+
+function toMessage(e: LedgerEntryView): MeteringEntry {
+  return create(MeteringEntrySchema, {
+    seq: BigInt(e.seq),
+    kind: e.kind,
+    vmId: e.vmId ?? "",
+    snapshotId: e.snapshotId ?? "",
+    sourceSnapshotId: e.sourceSnapshotId ?? "",
+    reason: e.reason ?? "",
+    hypervisor: e.hypervisor ?? "",
+    shape: { cpu: BigInt(e.shape.cpu ?? 0), memBytes: BigInt(e.shape.memBytes ?? 0), storageBytes: BigInt(e.shape.storageBytes ?? 0) },
+    emittedAt: { seconds: e.emittedAtNs / 1_000_000_000n, nanos: Number(e.emittedAtNs % 1_000_000_000n) },
+    line: e.line,
+  });
+}

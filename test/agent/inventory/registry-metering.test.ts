@@ -1,0 +1,110 @@
+import { afterEach, beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { InstanceSchema, InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceRegistry, type LifecycleLedger } from "../../../agent/inventory/instance-registry.js";
+import type { LifecycleEntry } from "../../../agent/metering/lifecycle-entries.js";
+import { tempDir } from "../../helpers/temp-dir.js";
+
+// The registry is the one place state changes, and it writes the metering entries of each
+// change atomically with it: the registry file is the commit point, the ledger follows.
+
+/** An in-memory ledger that can be told to fail. */
+class MemoryLedger implements LifecycleLedger {
+  entries: LifecycleEntry[] = [];
+  appends = 0;
+  failNext = false;
+  get lastSeq(): number {
+    return this.entries.length;
+  }
+  async append(entries: LifecycleEntry[]): Promise<unknown> {
+    await new Promise((r) => setImmediate(r));
+    if (this.failNext) {
+      this.failNext = false;
+      throw new Error("disk full");
+    }
+    this.appends++;
+    this.entries.push(...entries);
+    return entries;
+  }
+}
+
+const kr = (l: MemoryLedger) => l.entries.map((e) => `${e.kind} ${e.reason ?? "-"} ${e.vmId}`);
+let dir: ReturnType<typeof tempDir>;
+
+beforeEach(() => (dir = tempDir("reg-meter")));
+afterEach(() => dir.remove());
+
+describe("registry + metering", () => {
+  it("writes each change's entries with it; concurrent changes share one ledger append", async () => {
+    const ledger = new MemoryLedger();
+    const r = InstanceRegistry.open(dir.path);
+    await r.attachLedger(ledger);
+    await Promise.all(Array.from({ length: 50 }, (_, i) => r.upsert(create(InstanceSchema, { id: `vm${i}`, state: InstanceState.RUNNING, allocatedVcpus: 2 }))));
+    assert.equal(ledger.entries.length, 100, "storage start + compute start each");
+    assert.ok(ledger.appends < 50, `${ledger.appends} appends for 50 registrations (group commit)`);
+    await r.setState("vm3", InstanceState.STANDBY, "standby");
+    await r.setState("vm3", InstanceState.RUNNING, "wake");
+    await r.setState("vm4", InstanceState.STOPPED, "crash");
+    await r.setState("vm4", InstanceState.STOPPED, "request"); // no-op
+    await r.remove("vm5");
+    assert.deepEqual(kr(ledger).slice(100), [
+      "vm.compute.stop standby vm3",
+      "vm.compute.start hibernate-wake vm3",
+      "vm.compute.stop stop-crash vm4",
+      "vm.compute.stop stop-user vm5",
+      "vm.storage.stop vm-rm vm5",
+    ]);
+    // Open intervals survive a restart: vm4 starting again is a restart, not a boot.
+    const again = InstanceRegistry.open(dir.path);
+    await again.attachLedger(ledger);
+    await again.setState("vm4", InstanceState.RUNNING);
+    assert.equal(kr(ledger).at(-1), "vm.compute.start restart vm4");
+  });
+
+  it("after a crash between the registry write and the ledger append, the entries are appended on restart, once", async () => {
+    const ledger = new MemoryLedger();
+    const r = InstanceRegistry.open(dir.path);
+    await r.attachLedger(ledger);
+    await r.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
+    // Simulate the crash: the registry file has the next change and its pending entries, the
+    // ledger does not (a failed append leaves exactly that on disk).
+    ledger.failNext = true;
+    await assert.rejects(r.setState("a", InstanceState.STOPPED), /could not append to the metering ledger: disk full/);
+    r.close(); // the "crashed" agent: no retry of its own
+    const doc = JSON.parse(readFileSync(join(dir.path, "instances.json"), "utf8")) as { pendingMetering?: { afterSeq: number; entries: unknown[] } };
+    assert.deepEqual([doc.pendingMetering?.afterSeq, doc.pendingMetering?.entries.length], [2, 1]);
+    const restarted = InstanceRegistry.open(dir.path);
+    assert.equal(restarted.get("a")?.state, InstanceState.STOPPED, "the change is committed");
+    await restarted.attachLedger(ledger);
+    assert.deepEqual(kr(ledger), ["vm.storage.start boot a", "vm.compute.start boot a", "vm.compute.stop stop-user a"]);
+    // Opening again over a ledger that already has them appends nothing more.
+    const third = InstanceRegistry.open(dir.path);
+    await third.attachLedger(ledger);
+    assert.equal(ledger.entries.length, 3);
+  });
+
+  it("a ledger that does not match the registry stops the agent", async () => {
+    const ledger = new MemoryLedger();
+    const r = InstanceRegistry.open(dir.path);
+    await r.attachLedger(ledger);
+    await r.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
+    ledger.failNext = true;
+    await assert.rejects(r.setState("a", InstanceState.STOPPED));
+    r.close();
+    const other = new MemoryLedger(); // e.g. the metering directory of another agent
+    await assert.rejects(InstanceRegistry.open(dir.path).attachLedger(other), /registry and ledger do not belong together/);
+  });
+
+  it("instances from before metering get their registration entries when the ledger is attached", async () => {
+    const file = join(dir.path, "instances.json");
+    writeFileSync(file, JSON.stringify({ format: 1, resourceVersion: "2", instances: [{ id: "old1", state: "INSTANCE_STATE_RUNNING" }, { id: "old2", state: "INSTANCE_STATE_CREATED" }] }));
+    const ledger = new MemoryLedger();
+    await InstanceRegistry.open(dir.path).attachLedger(ledger);
+    assert.deepEqual(kr(ledger), ["vm.storage.start boot old1", "vm.compute.start boot old1", "vm.storage.start boot old2"]);
+    await InstanceRegistry.open(dir.path).attachLedger(ledger);
+    assert.equal(ledger.entries.length, 3, "only once");
+  });
+});
