@@ -3,11 +3,11 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { clone, equals, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InstanceSchema, type Instance, type InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, SnapshotSchema, type Instance, type InstanceState, type Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { writeFileAtomic } from "../../lib/atomic-file.js";
 import { parseProcStat } from "../kernel/proc-stat-parser.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
-import { lifecycleEntries, type LifecycleEntry, type LifecycleStep, type MeterState, type StepCause } from "../metering/lifecycle-entries.js";
+import { lifecycleEntries, snapshotRegisteredEntry, snapshotRemovedEntry, type LifecycleEntry, type LifecycleStep, type MeterState, type StepCause } from "../metering/lifecycle-entries.js";
 
 /**
  * Where lifecycle entries go (the metering ledger; structural so this file does not depend on
@@ -51,6 +51,8 @@ export class InstanceRegistry {
   private batch: { undo: (() => void)[]; waiters: { resolve: () => void; reject: (e: unknown) => void }[]; entries: LifecycleEntry[] } | undefined;
   /** Open intervals per instance (metering.md invariants), persisted with the instances. */
   private readonly meter = new Map<string, MeterState>();
+  /** Registered snapshots (metered storage), persisted with the instances. */
+  private readonly snapshots = new Map<string, Snapshot>();
   private ledger: LifecycleLedger | undefined;
   /** Entries durable in the registry file, not yet in the ledger (after a crash or a failed append). */
   private pending: PendingMetering | undefined;
@@ -81,7 +83,7 @@ export class InstanceRegistry {
       if (name.startsWith(`.${FILE}.tmp-`)) unlinkSync(join(stateDir, name));
     }
     if (existsSync(registry.path)) {
-      let doc: { format?: number; resourceVersion?: string; instances?: JsonValue[]; meter?: Record<string, [number, number, number]>; pendingMetering?: { afterSeq: number; entries: SerializedEntry[] } };
+      let doc: { format?: number; resourceVersion?: string; instances?: JsonValue[]; snapshots?: JsonValue[]; meter?: Record<string, [number, number, number]>; pendingMetering?: { afterSeq: number; entries: SerializedEntry[] } };
       try {
         doc = JSON.parse(readFileSync(registry.path, "utf8")) as typeof doc;
       } catch (e) {
@@ -103,6 +105,10 @@ export class InstanceRegistry {
         for (const [id, [c, st, r]] of Object.entries(doc.meter)) registry.meter.set(id, { computeOpen: c === 1, storageOpen: st === 1, everRan: r === 1 });
       } else {
         registry.unmetered = [...registry.instances.keys()];
+      }
+      for (const json of doc.snapshots ?? []) {
+        const snap = fromJson(SnapshotSchema, json);
+        registry.snapshots.set(snap.id, snap);
       }
       if (doc.pendingMetering) registry.pending = { afterSeq: doc.pendingMetering.afterSeq, entries: doc.pendingMetering.entries.map(deserializeEntry) };
     }
@@ -214,6 +220,57 @@ export class InstanceRegistry {
   }
 
   /**
+   * Restore from a snapshot (metering.md: the old intervals close, new ones open, all carrying
+   * the snapshot). `next` has the shape after the restore; its state is the instance's.
+   */
+  async restore(id: string, next: Instance, snapshotId: string): Promise<Instance> {
+    const previous = this.instances.get(id);
+    if (!previous) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
+    const stored = clone(InstanceSchema, next);
+    stored.pidStartTime = this.startTimeFor(stored, previous);
+    this.set(id, stored, previous);
+    const undoMeter = this.meterStep({ type: "restore", previous, meter: this.meter.get(id), next: stored, sourceSnapshotId: snapshotId }, id);
+    await this.commit(() => {
+      undoMeter();
+      this.set(id, previous, stored);
+    });
+    return stored;
+  }
+
+  snapshotList(): Snapshot[] {
+    return [...this.snapshots.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** Registers a snapshot (snap.storage.start); re-registering the same one is a no-op. */
+  async registerSnapshot(snapshot: Snapshot): Promise<Snapshot> {
+    const previous = this.snapshots.get(snapshot.id);
+    if (previous) {
+      if (!equals(SnapshotSchema, previous, snapshot)) throw new ConnectError(`snapshot ${JSON.stringify(snapshot.id)} is already registered with other values`, Code.AlreadyExists);
+      await this.commit();
+      return previous;
+    }
+    this.snapshots.set(snapshot.id, snapshot);
+    this.pushEntries([snapshotRegisteredEntry(snapshot.id, snapshot.hypervisor, Number(snapshot.storageBytes), nowNs())]);
+    await this.commit(() => this.snapshots.delete(snapshot.id));
+    return snapshot;
+  }
+
+  /** Removes a snapshot (snap.storage.stop snap-rm) — once: NOT_FOUND afterwards, no entry. */
+  async removeSnapshot(id: string): Promise<Snapshot> {
+    const previous = this.snapshots.get(id);
+    if (!previous) throw new ConnectError(`snapshot ${JSON.stringify(id)} not found`, Code.NotFound);
+    this.snapshots.delete(id);
+    this.pushEntries([snapshotRemovedEntry(id, previous.hypervisor, Number(previous.storageBytes), nowNs())]);
+    await this.commit(() => this.snapshots.set(id, previous));
+    return previous;
+  }
+
+  private pushEntries(entries: LifecycleEntry[]): void {
+    this.batch ??= { undo: [], waiters: [], entries: [] };
+    this.batch.entries.push(...entries);
+  }
+
+  /**
    * The metering side of one change, made in the same synchronous step: the entries join the
    * current batch (written with it), the instance's open intervals move on. Returns the undo.
    */
@@ -222,10 +279,7 @@ export class InstanceRegistry {
     const result = lifecycleEntries(step, nowNs());
     if (result.meter) this.meter.set(id, result.meter);
     else this.meter.delete(id);
-    if (result.entries.length > 0) {
-      this.batch ??= { undo: [], waiters: [], entries: [] };
-      this.batch.entries.push(...result.entries);
-    }
+    if (result.entries.length > 0) this.pushEntries(result.entries);
     return () => {
       if (before) this.meter.set(id, before);
       else this.meter.delete(id);
@@ -320,6 +374,7 @@ export class InstanceRegistry {
       format: FORMAT,
       resourceVersion: version.toString(),
       instances: this.list().map((i) => toJson(InstanceSchema, i)),
+      snapshots: [...this.snapshots.values()].map((x) => toJson(SnapshotSchema, x)),
       meter: Object.fromEntries([...this.meter].map(([id, m]) => [id, [m.computeOpen ? 1 : 0, m.storageOpen ? 1 : 0, m.everRan ? 1 : 0]])),
       ...(pending ? { pendingMetering: { afterSeq: pending.afterSeq, entries: pending.entries.map(serializeEntry) } } : {}),
     };

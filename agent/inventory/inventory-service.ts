@@ -1,7 +1,8 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { requireId } from "../../lib/rpc/field-error.js";
+import { clone } from "@bufbuild/protobuf";
+import { InstanceSchema, InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "./instance-registry.js";
 import { validateInstance, type ValidationOptions } from "./instance-validation.js";
 
@@ -18,8 +19,42 @@ export function createInventoryService(
   };
   return {
     async registerInstance(req) {
-      const instance = await registry.upsert(validateInstance(req.instance, options));
+      if (req.sourceSnapshotId !== "") requireId("source_snapshot_id", req.sourceSnapshotId);
+      const instance = await registry.upsert(validateInstance(req.instance, options), { sourceSnapshotId: req.sourceSnapshotId || undefined });
       return { instance };
+    },
+    async setInstanceState(req) {
+      find(req.instanceId);
+      if (req.state === InstanceState.UNSPECIFIED || !(req.state in InstanceState)) throw invalidArgument("state", `must be one of CREATED, RUNNING, STANDBY, STOPPED, ERROR, got ${req.state}`);
+      return { instance: await registry.setState(req.instanceId, req.state) };
+    },
+    async restoreInstance(req) {
+      const current = find(req.instanceId);
+      requireId("snapshot_id", req.snapshotId);
+      if (req.allocatedVcpus < 0) throw invalidArgument("allocated_vcpus", "must be >= 0");
+      if (req.allocatedMemoryBytes < 0n) throw invalidArgument("allocated_memory_bytes", "must be >= 0");
+      if (req.allocatedStorageBytes < 0n) throw invalidArgument("allocated_storage_bytes", "must be >= 0");
+      const next = clone(InstanceSchema, current);
+      if (req.allocatedVcpus > 0) next.allocatedVcpus = req.allocatedVcpus;
+      if (req.allocatedMemoryBytes > 0n) next.allocatedMemoryBytes = req.allocatedMemoryBytes;
+      if (req.allocatedStorageBytes > 0n) next.allocatedStorageBytes = req.allocatedStorageBytes;
+      return { instance: await registry.restore(req.instanceId, next, req.snapshotId) };
+    },
+    async registerSnapshot(req) {
+      const s = req.snapshot;
+      if (!s) throw invalidArgument("snapshot", "is required");
+      requireId("snapshot.id", s.id);
+      if (s.instanceId !== "") requireId("snapshot.instance_id", s.instanceId);
+      if (s.storageBytes < 0n) throw invalidArgument("snapshot.storage_bytes", "must be >= 0");
+      if (s.hypervisor.length > 64) throw invalidArgument("snapshot.hypervisor", "must be at most 64 characters");
+      return { snapshot: await registry.registerSnapshot(s) };
+    },
+    async removeSnapshot(req) {
+      requireId("snapshot_id", req.snapshotId);
+      return { snapshot: await registry.removeSnapshot(req.snapshotId) };
+    },
+    listSnapshots() {
+      return { snapshots: registry.snapshotList() };
     },
     async deregisterInstance(req) {
       requireId("instance_id", req.instanceId);

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { InstanceSchema, InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, InstanceState, SnapshotSchema } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { InstanceRegistry, type LifecycleLedger } from "../../../agent/inventory/instance-registry.js";
 import type { LifecycleEntry } from "../../../agent/metering/lifecycle-entries.js";
 import { tempDir } from "../../helpers/temp-dir.js";
@@ -106,5 +106,30 @@ describe("registry + metering", () => {
     assert.deepEqual(kr(ledger), ["vm.storage.start boot old1", "vm.compute.start boot old1", "vm.storage.start boot old2"]);
     await InstanceRegistry.open(dir.path).attachLedger(ledger);
     assert.equal(ledger.entries.length, 3, "only once");
+  });
+
+  it("snapshots: start once, stop once (a second removal is NOT_FOUND and writes nothing); restore and clone carry the snapshot", async () => {
+    const ledger = new MemoryLedger();
+    const r = InstanceRegistry.open(dir.path);
+    await r.attachLedger(ledger);
+    const snap = create(SnapshotSchema, { id: "s1", instanceId: "a", hypervisor: "firecracker", storageBytes: 5000n });
+    await r.registerSnapshot(snap);
+    await r.registerSnapshot(snap); // same again: no second start
+    await r.removeSnapshot("s1");
+    await assert.rejects(r.removeSnapshot("s1"), /snapshot "s1" not found/);
+    assert.deepEqual(ledger.entries.map((e) => [e.kind, e.snapshotId, e.reason ?? "-", e.shape.storageBytes]), [
+      ["snap.storage.start", "s1", "-", 5000],
+      ["snap.storage.stop", "s1", "snap-rm", 5000],
+    ]);
+    await r.upsert(create(InstanceSchema, { id: "c1", state: InstanceState.RUNNING, allocatedVcpus: 2 }), { sourceSnapshotId: "s1" });
+    await r.restore("c1", create(InstanceSchema, { id: "c1", state: InstanceState.RUNNING, allocatedVcpus: 4 }), "s2");
+    assert.deepEqual(
+      ledger.entries.slice(2).map((e) => `${e.kind} ${e.reason} ${e.sourceSnapshotId} ${e.shape.cpu}`),
+      ["vm.storage.start clone s1 2", "vm.compute.start clone s1 2", "vm.compute.stop restore s2 2", "vm.storage.stop restore s2 2", "vm.storage.start restore s2 4", "vm.compute.start restore s2 4"],
+    );
+    // Snapshots are durable with the registry.
+    assert.deepEqual(InstanceRegistry.open(dir.path).snapshotList(), []);
+    await r.registerSnapshot(create(SnapshotSchema, { id: "s3", storageBytes: 1n }));
+    assert.deepEqual(InstanceRegistry.open(dir.path).snapshotList().map((x) => x.id), ["s3"]);
   });
 });

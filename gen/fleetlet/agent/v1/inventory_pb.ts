@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetlet/agent/v1/inventory.proto.
  */
 export const file_fleetlet_agent_v1_inventory: GenFile = /*@__PURE__*/
-  fileDesc("CiFmbGVldGxldC9hZ2VudC92MS9pbnZlbnRvcnkucHJvdG8SEWZsZWV0bGV0LmFnZW50LnYxIvcECghJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EjcKBmxhYmVscxgPIAMoCzInLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlLkxhYmVsc0VudHJ5EjEKBnNvdXJjZRgQIAEoDjIhLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU291cmNlEhMKC3J1bnRpbWVfcmVmGBEgASgJEhsKDnBpZF9zdGFydF90aW1lGBIgASgESAGIAQEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZUoECGQQZSJIChdSZWdpc3Rlckluc3RhbmNlUmVxdWVzdBItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlIkkKGFJlZ2lzdGVySW5zdGFuY2VSZXNwb25zZRItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlIjAKGURlcmVnaXN0ZXJJbnN0YW5jZVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkiSwoaRGVyZWdpc3Rlckluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSIpChJHZXRJbnN0YW5jZVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkiRAoTR2V0SW5zdGFuY2VSZXNwb25zZRItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlIhYKFExpc3RJbnN0YW5jZXNSZXF1ZXN0InYKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRIuCglpbnN0YW5jZXMYASADKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZRIYChByZXNvdXJjZV92ZXJzaW9uGAIgASgEEhMKC2luY2FybmF0aW9uGAMgASgJKnsKDEluc3RhbmNlS2luZBIdChlJTlNUQU5DRV9LSU5EX1VOU1BFQ0lGSUVEEAASFAoQSU5TVEFOQ0VfS0lORF9WTRABEhsKF0lOU1RBTkNFX0tJTkRfQ09OVEFJTkVSEAISGQoVSU5TVEFOQ0VfS0lORF9QUk9DRVNTEAMquQEKDUluc3RhbmNlU3RhdGUSHgoaSU5TVEFOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIaChZJTlNUQU5DRV9TVEFURV9DUkVBVEVEEAESGgoWSU5TVEFOQ0VfU1RBVEVfUlVOTklORxACEhoKFklOU1RBTkNFX1NUQVRFX1NUQU5EQlkQAxIaChZJTlNUQU5DRV9TVEFURV9TVE9QUEVEEAQSGAoUSU5TVEFOQ0VfU1RBVEVfRVJST1IQBSqOAQoOSW5zdGFuY2VTb3VyY2USHwobSU5TVEFOQ0VfU09VUkNFX1VOU1BFQ0lGSUVEEAASHgoaSU5TVEFOQ0VfU09VUkNFX1JFR0lTVEVSRUQQARIeChpJTlNUQU5DRV9TT1VSQ0VfRElTQ09WRVJFRBACEhsKF0lOU1RBTkNFX1NPVVJDRV9SVU5USU1FEAMytAMKEEludmVudG9yeVNlcnZpY2USawoQUmVnaXN0ZXJJbnN0YW5jZRIqLmZsZWV0bGV0LmFnZW50LnYxLlJlZ2lzdGVySW5zdGFuY2VSZXF1ZXN0GisuZmxlZXRsZXQuYWdlbnQudjEuUmVnaXN0ZXJJbnN0YW5jZVJlc3BvbnNlEnEKEkRlcmVnaXN0ZXJJbnN0YW5jZRIsLmZsZWV0bGV0LmFnZW50LnYxLkRlcmVnaXN0ZXJJbnN0YW5jZVJlcXVlc3QaLS5mbGVldGxldC5hZ2VudC52MS5EZXJlZ2lzdGVySW5zdGFuY2VSZXNwb25zZRJcCgtHZXRJbnN0YW5jZRIlLmZsZWV0bGV0LmFnZW50LnYxLkdldEluc3RhbmNlUmVxdWVzdBomLmZsZWV0bGV0LmFnZW50LnYxLkdldEluc3RhbmNlUmVzcG9uc2USYgoNTGlzdEluc3RhbmNlcxInLmZsZWV0bGV0LmFnZW50LnYxLkxpc3RJbnN0YW5jZXNSZXF1ZXN0GiguZmxlZXRsZXQuYWdlbnQudjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlYgZwcm90bzM", [file_fleetlet_agent_v1_standby]);
+  fileDesc("CiFmbGVldGxldC9hZ2VudC92MS9pbnZlbnRvcnkucHJvdG8SEWZsZWV0bGV0LmFnZW50LnYxIvcECghJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EjcKBmxhYmVscxgPIAMoCzInLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlLkxhYmVsc0VudHJ5EjEKBnNvdXJjZRgQIAEoDjIhLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU291cmNlEhMKC3J1bnRpbWVfcmVmGBEgASgJEhsKDnBpZF9zdGFydF90aW1lGBIgASgESAGIAQEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZUoECGQQZSJkChdSZWdpc3Rlckluc3RhbmNlUmVxdWVzdBItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlEhoKEnNvdXJjZV9zbmFwc2hvdF9pZBgCIAEoCSJJChhSZWdpc3Rlckluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSIwChlEZXJlZ2lzdGVySW5zdGFuY2VSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJIksKGkRlcmVnaXN0ZXJJbnN0YW5jZVJlc3BvbnNlEi0KCGluc3RhbmNlGAEgASgLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2UiKQoSR2V0SW5zdGFuY2VSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJIkQKE0dldEluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSIWChRMaXN0SW5zdGFuY2VzUmVxdWVzdCJ2ChVMaXN0SW5zdGFuY2VzUmVzcG9uc2USLgoJaW5zdGFuY2VzGAEgAygLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2USGAoQcmVzb3VyY2VfdmVyc2lvbhgCIAEoBBITCgtpbmNhcm5hdGlvbhgDIAEoCSJfChdTZXRJbnN0YW5jZVN0YXRlUmVxdWVzdBITCgtpbnN0YW5jZV9pZBgBIAEoCRIvCgVzdGF0ZRgCIAEoDjIgLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU3RhdGUiSQoYU2V0SW5zdGFuY2VTdGF0ZVJlc3BvbnNlEi0KCGluc3RhbmNlGAEgASgLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2UinAEKFlJlc3RvcmVJbnN0YW5jZVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAkSFwoPYWxsb2NhdGVkX3ZjcHVzGAMgASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYBCABKAMSHwoXYWxsb2NhdGVkX3N0b3JhZ2VfYnl0ZXMYBSABKAMiSAoXUmVzdG9yZUluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSJWCghTbmFwc2hvdBIKCgJpZBgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRISCgpoeXBlcnZpc29yGAMgASgJEhUKDXN0b3JhZ2VfYnl0ZXMYBCABKAMiSAoXUmVnaXN0ZXJTbmFwc2hvdFJlcXVlc3QSLQoIc25hcHNob3QYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5TbmFwc2hvdCJJChhSZWdpc3RlclNuYXBzaG90UmVzcG9uc2USLQoIc25hcHNob3QYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5TbmFwc2hvdCIsChVSZW1vdmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkiRwoWUmVtb3ZlU25hcHNob3RSZXNwb25zZRItCghzbmFwc2hvdBgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLlNuYXBzaG90IhYKFExpc3RTbmFwc2hvdHNSZXF1ZXN0IkcKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIuCglzbmFwc2hvdHMYASADKAsyGy5mbGVldGxldC5hZ2VudC52MS5TbmFwc2hvdCp7CgxJbnN0YW5jZUtpbmQSHQoZSU5TVEFOQ0VfS0lORF9VTlNQRUNJRklFRBAAEhQKEElOU1RBTkNFX0tJTkRfVk0QARIbChdJTlNUQU5DRV9LSU5EX0NPTlRBSU5FUhACEhkKFUlOU1RBTkNFX0tJTkRfUFJPQ0VTUxADKrkBCg1JbnN0YW5jZVN0YXRlEh4KGklOU1RBTkNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWSU5TVEFOQ0VfU1RBVEVfQ1JFQVRFRBABEhoKFklOU1RBTkNFX1NUQVRFX1JVTk5JTkcQAhIaChZJTlNUQU5DRV9TVEFURV9TVEFOREJZEAMSGgoWSU5TVEFOQ0VfU1RBVEVfU1RPUFBFRBAEEhgKFElOU1RBTkNFX1NUQVRFX0VSUk9SEAUqjgEKDkluc3RhbmNlU291cmNlEh8KG0lOU1RBTkNFX1NPVVJDRV9VTlNQRUNJRklFRBAAEh4KGklOU1RBTkNFX1NPVVJDRV9SRUdJU1RFUkVEEAESHgoaSU5TVEFOQ0VfU09VUkNFX0RJU0NPVkVSRUQQAhIbChdJTlNUQU5DRV9TT1VSQ0VfUlVOVElNRRADMsMHChBJbnZlbnRvcnlTZXJ2aWNlEmsKEFJlZ2lzdGVySW5zdGFuY2USKi5mbGVldGxldC5hZ2VudC52MS5SZWdpc3Rlckluc3RhbmNlUmVxdWVzdBorLmZsZWV0bGV0LmFnZW50LnYxLlJlZ2lzdGVySW5zdGFuY2VSZXNwb25zZRJxChJEZXJlZ2lzdGVySW5zdGFuY2USLC5mbGVldGxldC5hZ2VudC52MS5EZXJlZ2lzdGVySW5zdGFuY2VSZXF1ZXN0Gi0uZmxlZXRsZXQuYWdlbnQudjEuRGVyZWdpc3Rlckluc3RhbmNlUmVzcG9uc2USXAoLR2V0SW5zdGFuY2USJS5mbGVldGxldC5hZ2VudC52MS5HZXRJbnN0YW5jZVJlcXVlc3QaJi5mbGVldGxldC5hZ2VudC52MS5HZXRJbnN0YW5jZVJlc3BvbnNlEmIKDUxpc3RJbnN0YW5jZXMSJy5mbGVldGxldC5hZ2VudC52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdBooLmZsZWV0bGV0LmFnZW50LnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJrChBTZXRJbnN0YW5jZVN0YXRlEiouZmxlZXRsZXQuYWdlbnQudjEuU2V0SW5zdGFuY2VTdGF0ZVJlcXVlc3QaKy5mbGVldGxldC5hZ2VudC52MS5TZXRJbnN0YW5jZVN0YXRlUmVzcG9uc2USaAoPUmVzdG9yZUluc3RhbmNlEikuZmxlZXRsZXQuYWdlbnQudjEuUmVzdG9yZUluc3RhbmNlUmVxdWVzdBoqLmZsZWV0bGV0LmFnZW50LnYxLlJlc3RvcmVJbnN0YW5jZVJlc3BvbnNlEmsKEFJlZ2lzdGVyU25hcHNob3QSKi5mbGVldGxldC5hZ2VudC52MS5SZWdpc3RlclNuYXBzaG90UmVxdWVzdBorLmZsZWV0bGV0LmFnZW50LnYxLlJlZ2lzdGVyU25hcHNob3RSZXNwb25zZRJlCg5SZW1vdmVTbmFwc2hvdBIoLmZsZWV0bGV0LmFnZW50LnYxLlJlbW92ZVNuYXBzaG90UmVxdWVzdBopLmZsZWV0bGV0LmFnZW50LnYxLlJlbW92ZVNuYXBzaG90UmVzcG9uc2USYgoNTGlzdFNuYXBzaG90cxInLmZsZWV0bGV0LmFnZW50LnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiguZmxlZXRsZXQuYWdlbnQudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlYgZwcm90bzM", [file_fleetlet_agent_v1_standby]);
 
 /**
  * @generated from message fleetlet.agent.v1.Instance
@@ -140,6 +140,13 @@ export type RegisterInstanceRequest = Message<"fleetlet.agent.v1.RegisterInstanc
    * @generated from field: fleetlet.agent.v1.Instance instance = 1;
    */
   instance?: Instance | undefined;
+
+  /**
+   * A clone: the instance is made from this snapshot (its entries carry it, reason "clone").
+   *
+   * @generated from field: string source_snapshot_id = 2;
+   */
+  sourceSnapshotId: string;
 };
 
 /**
@@ -279,6 +286,235 @@ export type ListInstancesResponse = Message<"fleetlet.agent.v1.ListInstancesResp
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
   messageDesc(file_fleetlet_agent_v1_inventory, 8);
+
+/**
+ * @generated from message fleetlet.agent.v1.SetInstanceStateRequest
+ */
+export type SetInstanceStateRequest = Message<"fleetlet.agent.v1.SetInstanceStateRequest"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * @generated from field: fleetlet.agent.v1.InstanceState state = 2;
+   */
+  state: InstanceState;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.SetInstanceStateRequest.
+ * Use `create(SetInstanceStateRequestSchema)` to create a new message.
+ */
+export const SetInstanceStateRequestSchema: GenMessage<SetInstanceStateRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 9);
+
+/**
+ * @generated from message fleetlet.agent.v1.SetInstanceStateResponse
+ */
+export type SetInstanceStateResponse = Message<"fleetlet.agent.v1.SetInstanceStateResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.Instance instance = 1;
+   */
+  instance?: Instance | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.SetInstanceStateResponse.
+ * Use `create(SetInstanceStateResponseSchema)` to create a new message.
+ */
+export const SetInstanceStateResponseSchema: GenMessage<SetInstanceStateResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 10);
+
+/**
+ * @generated from message fleetlet.agent.v1.RestoreInstanceRequest
+ */
+export type RestoreInstanceRequest = Message<"fleetlet.agent.v1.RestoreInstanceRequest"> & {
+  /**
+   * @generated from field: string instance_id = 1;
+   */
+  instanceId: string;
+
+  /**
+   * @generated from field: string snapshot_id = 2;
+   */
+  snapshotId: string;
+
+  /**
+   * The shape after the restore; 0 keeps the current value.
+   *
+   * @generated from field: int32 allocated_vcpus = 3;
+   */
+  allocatedVcpus: number;
+
+  /**
+   * @generated from field: int64 allocated_memory_bytes = 4;
+   */
+  allocatedMemoryBytes: bigint;
+
+  /**
+   * @generated from field: int64 allocated_storage_bytes = 5;
+   */
+  allocatedStorageBytes: bigint;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.RestoreInstanceRequest.
+ * Use `create(RestoreInstanceRequestSchema)` to create a new message.
+ */
+export const RestoreInstanceRequestSchema: GenMessage<RestoreInstanceRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 11);
+
+/**
+ * @generated from message fleetlet.agent.v1.RestoreInstanceResponse
+ */
+export type RestoreInstanceResponse = Message<"fleetlet.agent.v1.RestoreInstanceResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.Instance instance = 1;
+   */
+  instance?: Instance | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.RestoreInstanceResponse.
+ * Use `create(RestoreInstanceResponseSchema)` to create a new message.
+ */
+export const RestoreInstanceResponseSchema: GenMessage<RestoreInstanceResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 12);
+
+/**
+ * @generated from message fleetlet.agent.v1.Snapshot
+ */
+export type Snapshot = Message<"fleetlet.agent.v1.Snapshot"> & {
+  /**
+   * ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The instance it was taken of (may since be gone).
+   *
+   * @generated from field: string instance_id = 2;
+   */
+  instanceId: string;
+
+  /**
+   * @generated from field: string hypervisor = 3;
+   */
+  hypervisor: string;
+
+  /**
+   * @generated from field: int64 storage_bytes = 4;
+   */
+  storageBytes: bigint;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.Snapshot.
+ * Use `create(SnapshotSchema)` to create a new message.
+ */
+export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 13);
+
+/**
+ * @generated from message fleetlet.agent.v1.RegisterSnapshotRequest
+ */
+export type RegisterSnapshotRequest = Message<"fleetlet.agent.v1.RegisterSnapshotRequest"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.Snapshot snapshot = 1;
+   */
+  snapshot?: Snapshot | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.RegisterSnapshotRequest.
+ * Use `create(RegisterSnapshotRequestSchema)` to create a new message.
+ */
+export const RegisterSnapshotRequestSchema: GenMessage<RegisterSnapshotRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 14);
+
+/**
+ * @generated from message fleetlet.agent.v1.RegisterSnapshotResponse
+ */
+export type RegisterSnapshotResponse = Message<"fleetlet.agent.v1.RegisterSnapshotResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.Snapshot snapshot = 1;
+   */
+  snapshot?: Snapshot | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.RegisterSnapshotResponse.
+ * Use `create(RegisterSnapshotResponseSchema)` to create a new message.
+ */
+export const RegisterSnapshotResponseSchema: GenMessage<RegisterSnapshotResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 15);
+
+/**
+ * @generated from message fleetlet.agent.v1.RemoveSnapshotRequest
+ */
+export type RemoveSnapshotRequest = Message<"fleetlet.agent.v1.RemoveSnapshotRequest"> & {
+  /**
+   * @generated from field: string snapshot_id = 1;
+   */
+  snapshotId: string;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.RemoveSnapshotRequest.
+ * Use `create(RemoveSnapshotRequestSchema)` to create a new message.
+ */
+export const RemoveSnapshotRequestSchema: GenMessage<RemoveSnapshotRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 16);
+
+/**
+ * @generated from message fleetlet.agent.v1.RemoveSnapshotResponse
+ */
+export type RemoveSnapshotResponse = Message<"fleetlet.agent.v1.RemoveSnapshotResponse"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.Snapshot snapshot = 1;
+   */
+  snapshot?: Snapshot | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.RemoveSnapshotResponse.
+ * Use `create(RemoveSnapshotResponseSchema)` to create a new message.
+ */
+export const RemoveSnapshotResponseSchema: GenMessage<RemoveSnapshotResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 17);
+
+/**
+ * @generated from message fleetlet.agent.v1.ListSnapshotsRequest
+ */
+export type ListSnapshotsRequest = Message<"fleetlet.agent.v1.ListSnapshotsRequest"> & {
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.ListSnapshotsRequest.
+ * Use `create(ListSnapshotsRequestSchema)` to create a new message.
+ */
+export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 18);
+
+/**
+ * @generated from message fleetlet.agent.v1.ListSnapshotsResponse
+ */
+export type ListSnapshotsResponse = Message<"fleetlet.agent.v1.ListSnapshotsResponse"> & {
+  /**
+   * @generated from field: repeated fleetlet.agent.v1.Snapshot snapshots = 1;
+   */
+  snapshots: Snapshot[];
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.ListSnapshotsResponse.
+ * Use `create(ListSnapshotsResponseSchema)` to create a new message.
+ */
+export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 19);
 
 /**
  * @generated from enum fleetlet.agent.v1.InstanceKind
@@ -428,6 +664,54 @@ export const InventoryService: GenService<{
     methodKind: "unary";
     input: typeof ListInstancesRequestSchema;
     output: typeof ListInstancesResponseSchema;
+  },
+  /**
+   * A lifecycle transition (metering.md): RUNNING, STOPPED, ERROR, ... on request.
+   *
+   * @generated from rpc fleetlet.agent.v1.InventoryService.SetInstanceState
+   */
+  setInstanceState: {
+    methodKind: "unary";
+    input: typeof SetInstanceStateRequestSchema;
+    output: typeof SetInstanceStateResponseSchema;
+  },
+  /**
+   * The instance's disk and memory replaced by a snapshot's (a new shape may come with it).
+   *
+   * @generated from rpc fleetlet.agent.v1.InventoryService.RestoreInstance
+   */
+  restoreInstance: {
+    methodKind: "unary";
+    input: typeof RestoreInstanceRequestSchema;
+    output: typeof RestoreInstanceResponseSchema;
+  },
+  /**
+   * Snapshots are metered storage too (snap.storage.start / stop).
+   *
+   * @generated from rpc fleetlet.agent.v1.InventoryService.RegisterSnapshot
+   */
+  registerSnapshot: {
+    methodKind: "unary";
+    input: typeof RegisterSnapshotRequestSchema;
+    output: typeof RegisterSnapshotResponseSchema;
+  },
+  /**
+   * NOT_FOUND for a snapshot that is not (or no longer) registered: a second removal writes nothing.
+   *
+   * @generated from rpc fleetlet.agent.v1.InventoryService.RemoveSnapshot
+   */
+  removeSnapshot: {
+    methodKind: "unary";
+    input: typeof RemoveSnapshotRequestSchema;
+    output: typeof RemoveSnapshotResponseSchema;
+  },
+  /**
+   * @generated from rpc fleetlet.agent.v1.InventoryService.ListSnapshots
+   */
+  listSnapshots: {
+    methodKind: "unary";
+    input: typeof ListSnapshotsRequestSchema;
+    output: typeof ListSnapshotsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetlet_agent_v1_inventory, 0);
