@@ -8,6 +8,10 @@ import { startDaemonMetrics } from "../lib/otel-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
 import { InstanceRegistry } from "./inventory/instance-registry.js";
 import { watchProcessLiveness } from "./inventory/process-liveness.js";
+import { join } from "node:path";
+import { MeteringService } from "../gen/fleetlet/agent/v1/metering_pb.js";
+import { MeteringLedger } from "./metering/ledger.js";
+import { createMeteringService } from "./metering/metering-service.js";
 import { createInventoryService } from "./inventory/inventory-service.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "./kernel/instance-probe.js";
 import { createMetricsService } from "./metrics/metrics-service.js";
@@ -62,6 +66,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const claim = claimStateDir(options.stateDir, "agent");
   try {
     const registry = InstanceRegistry.open(options.stateDir, roots);
+    // The metering ledger, made to agree with the registry before anything can change state
+    // (a corrupt ledger or one that is not this registry's stops the agent: never skip data).
+    const ledger = MeteringLedger.open(join(options.stateDir, "metering"));
+    if (ledger.tornLinesRepaired > 0) logger.warn({ torn_lines: ledger.tornLinesRepaired }, "metering ledger: a torn last line (a crash mid-write, never acknowledged) was cut off");
+    await registry.attachLedger(ledger);
     const collector = new StatsCollector(registry, { roots });
     // A RUNNING instance whose process is gone becomes STOPPED (metering's stop-crash).
     const stopLiveness = watchProcessLiveness(registry, logger, roots.proc);
@@ -89,10 +98,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
         serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),
         serviceRegistration(StandbyService, createStandbyService(registry, standby.controller, DEFAULT_POLICY_LIMITS, standby.unsupportedReason)),
         serviceRegistration(RuntimeService, createRuntimeService(runtimes.runtimes, runtimes.events)),
+        serviceRegistration(MeteringService, createMeteringService(ledger)),
       ],
     });
     logger.info(
-      { address: server.address, state_dir: options.stateDir, metrics: metrics.url, instances: registry.size, incarnation: registry.incarnation, runtimes: runtimes.runtimes.runtimes.map((r) => r.name) },
+      { address: server.address, state_dir: options.stateDir, ledger_id: ledger.ledgerId, ledger_last_seq: ledger.lastSeq, metrics: metrics.url, instances: registry.size, incarnation: registry.incarnation, runtimes: runtimes.runtimes.runtimes.map((r) => r.name) },
       "agent serving",
     );
     let closed: Promise<void> | undefined;
@@ -109,6 +119,8 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
           standby.close();
           await server.close();
           await runtimes.close();
+          registry.close();
+          await ledger.close();
           collector.close();
           await metrics.shutdown();
           claim.release();

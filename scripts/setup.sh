@@ -13,6 +13,11 @@ missing=()
 # gcc builds the agent's conntrack reader (agent/kernel/native/conntrack-reader.c); without it
 # the agent runs and answers standby calls with UNSUPPORTED.
 command -v gcc >/dev/null || missing+=(gcc)
+# better-sqlite3 (the aggregator's metering store) is compiled at npm install by node-gyp
+# against /usr/include/node: it needs make, g++ and python3 (no prebuilt download here).
+command -v make >/dev/null || missing+=(make)
+command -v g++ >/dev/null || missing+=(g++)
+command -v python3 >/dev/null || missing+=(python3)
 if $want_test; then
   # Real kernel tests: ip (netns, veth), iptables (makes the kernel track flows in a test
   # namespace), conntrack (deletes a flow in a test), ps. kubectl comes with machines of

@@ -59,6 +59,7 @@ describe("buf curl against the agent", () => {
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split("\n").sort(), [
       "fleetlet.agent.v1.InventoryService",
+      "fleetlet.agent.v1.MeteringService",
       "fleetlet.agent.v1.MetricsService",
       "fleetlet.agent.v1.RuntimeService",
       "fleetlet.agent.v1.StandbyService",

@@ -6,6 +6,7 @@ import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { MetricsService } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 import { FleetService } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { RuntimeService } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { MeteringService } from "../../gen/fleetlet/agent/v1/metering_pb.js";
 import { StandbyService } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { TEST_IMAGE, TestDockerd, dockerdSkipReason } from "../helpers/dockerd.js";
 import { mustRunInCi } from "../helpers/root.js";
@@ -129,7 +130,7 @@ describe("bad input through the agent's port", () => {
 
 describe(`fuzzing every method (seed ${SEED})`, () => {
   it("the agent answers every random request with a deliberate status and stays up", async () => {
-    const seen = await fuzz(agent.address, [InventoryService, MetricsService, StandbyService, RuntimeService], agent.pid);
+    const seen = await fuzz(agent.address, [InventoryService, MetricsService, StandbyService, RuntimeService, MeteringService], agent.pid);
     assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")), "some inputs were rejected as invalid");
     assert.equal(agent.child.exitCode, null);
   });

@@ -1,0 +1,296 @@
+import { join } from "node:path";
+import type Database from "better-sqlite3";
+import { ledgerLineFields, type LedgerLineFields } from "./ledger-line-fields.js";
+import { isCorruption, namedStoreError, openMeteringDatabase } from "./store-database.js";
+
+/** The store's file in the aggregator's state dir (plus SQLite's -wal and -shm next to it). */
+export const METERING_STORE_FILE = "metering.sqlite";
+
+/** One entry of the merged fleet feed. */
+export interface StoredEntry {
+  /** Gapless from 1 across all hosts, in merge order. */
+  fleetSeq: number;
+  host: string;
+  ledgerId: string;
+  seq: number;
+  /** The agent's ledger line, byte for byte. */
+  line: string;
+  kind: string;
+  vmId: string;
+  snapshotId: string;
+  /** As in the line. */
+  emittedAt: string;
+  mergedAtMs: number;
+}
+
+/** Where a host's follower resumes. */
+export interface HostCursor {
+  host: string;
+  ledgerId: string;
+  /** Last merged seq of ledgerId; 0 = none yet. */
+  seq: number;
+  /** How many times this host's ledger_id changed (a replaced ledger: reported, never mixed). */
+  ledgerChanges: number;
+  updatedAtMs: number;
+}
+
+/** One recorded ledger replacement of a host. */
+export interface LedgerChange {
+  host: string;
+  fromLedgerId: string;
+  /** How far the replaced ledger had been merged. */
+  fromSeq: number;
+  toLedgerId: string;
+  changedAtMs: number;
+}
+
+export interface MeteringBatchEntry {
+  seq: number;
+  line: string;
+}
+
+/** Entries are missing between the cursor and the batch (or inside it): nothing was written. */
+export class MeteringGapError extends Error {
+  override readonly name = "MeteringGapError";
+}
+
+/**
+ * The batch contradicts the store: a key already merged with another line, or a ledger the
+ * host had already replaced. Nothing was written; retrying will not help.
+ */
+export class MeteringConflictError extends Error {
+  override readonly name = "MeteringConflictError";
+}
+
+/** A malformed entry (its line, its seq, an empty host or ledger id): nothing was written. */
+export class MeteringEntryError extends Error {
+  override readonly name = "MeteringEntryError";
+}
+
+type MergeListener = (rows: StoredEntry[]) => void;
+
+const ENTRY_COLUMNS =
+  "fleet_seq AS fleetSeq, host, ledger_id AS ledgerId, seq, line, kind, vm_id AS vmId, snapshot_id AS snapshotId, emitted_at AS emittedAt, merged_at_ms AS mergedAtMs";
+const CURSOR_COLUMNS = "host, ledger_id AS ledgerId, seq, ledger_changes AS ledgerChanges, updated_at_ms AS updatedAtMs";
+
+type InsertParams = [number, string, string, number, string, string, string, string, string, number];
+
+/** Every statement the store runs, prepared once. */
+function prepareStatements(db: Database.Database) {
+  return {
+    cursor: db.prepare<[string], HostCursor>(`SELECT ${CURSOR_COLUMNS} FROM host_cursors WHERE host = ?`),
+    insertCursor: db.prepare<[string, string, number, number]>(
+      "INSERT INTO host_cursors (host, ledger_id, seq, ledger_changes, updated_at_ms) VALUES (?, ?, ?, 0, ?)",
+    ),
+    updateCursor: db.prepare<[string, number, number, number, string]>(
+      "UPDATE host_cursors SET ledger_id = ?, seq = ?, ledger_changes = ?, updated_at_ms = ? WHERE host = ?",
+    ),
+    insertChange: db.prepare<[string, string, number, string, number]>(
+      "INSERT INTO host_ledger_changes (host, from_ledger_id, from_seq, to_ledger_id, changed_at_ms) VALUES (?, ?, ?, ?, ?)",
+    ),
+    changes: db.prepare<[string], LedgerChange>(
+      "SELECT host, from_ledger_id AS fromLedgerId, from_seq AS fromSeq, to_ledger_id AS toLedgerId, changed_at_ms AS changedAtMs FROM host_ledger_changes WHERE host = ? ORDER BY rowid",
+    ),
+    wasReplaced: db.prepare<[string, string, string, string], { found: number }>(
+      `SELECT EXISTS (SELECT 1 FROM host_ledger_changes WHERE host = ? AND from_ledger_id = ?)
+           OR EXISTS (SELECT 1 FROM metering_entries WHERE host = ? AND ledger_id = ?) AS found`,
+    ),
+    maxFleetSeq: db.prepare<[], { last: number }>("SELECT coalesce(max(fleet_seq), 0) AS last FROM metering_entries"),
+    // The conflict target is the (host, ledger_id, seq) key: a redelivered entry is skipped
+    // (changes = 0) and then compared with what is stored.
+    insertEntry: db.prepare<InsertParams>(
+      `INSERT INTO metering_entries (fleet_seq, host, ledger_id, seq, line, kind, vm_id, snapshot_id, emitted_at, merged_at_ms)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host, ledger_id, seq) DO NOTHING`,
+    ),
+    storedLine: db.prepare<[string, string, number], { line: string }>("SELECT line FROM metering_entries WHERE host = ? AND ledger_id = ? AND seq = ?"),
+    read: db.prepare<[number, number], StoredEntry>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE fleet_seq >= ? ORDER BY fleet_seq LIMIT ?`),
+    ofLedger: db.prepare<[string, string], StoredEntry>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE host = ? AND ledger_id = ? ORDER BY seq`),
+    ofHost: db.prepare<[string], StoredEntry>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE host = ? ORDER BY fleet_seq`),
+  };
+}
+type Statements = ReturnType<typeof prepareStatements>;
+
+/**
+ * The aggregator's metering store (metering.md, "The fleet feed"): the agents' ledger entries,
+ * merged exactly once per (host, ledger_id, seq) in the same transaction that advances the
+ * host's cursor, each given a gapless fleet_seq. One SQLite file; one writer (the aggregator
+ * that claimed the state dir). All calls are synchronous: a merge is one short transaction
+ * whose commit is fsync'd before it returns.
+ */
+export class MeteringStore {
+  private readonly listeners = new Set<MergeListener>();
+  private readonly stmt: Statements;
+  private readonly mergeTransaction: Database.Transaction<
+    (host: string, ledgerId: string, entries: readonly MeteringBatchEntry[], fields: readonly LedgerLineFields[], now: number) => StoredEntry[]
+  >;
+
+  private constructor(
+    private readonly db: Database.Database,
+    readonly file: string,
+  ) {
+    this.stmt = prepareStatements(db);
+    this.mergeTransaction = db.transaction(
+      (host: string, ledgerId: string, entries: readonly MeteringBatchEntry[], fields: readonly LedgerLineFields[], now: number): StoredEntry[] =>
+        this.mergeInTransaction(host, ledgerId, entries, fields, now),
+    );
+  }
+
+  /** Opens `<stateDir>/metering.sqlite`, creating or migrating it. */
+  static open(stateDir: string): MeteringStore {
+    const file = join(stateDir, METERING_STORE_FILE);
+    return new MeteringStore(openMeteringDatabase(file), file);
+  }
+
+  cursor(host: string): HostCursor | undefined {
+    return this.guard(() => this.stmt.cursor.get(host));
+  }
+
+  /** The host's ledger replacements, oldest first. */
+  ledgerChanges(host: string): LedgerChange[] {
+    return this.guard(() => this.stmt.changes.all(host));
+  }
+
+  /**
+   * Merges one follower batch: entries of `ledgerId` for `host`, in seq order, contiguous,
+   * starting at most at cursor.seq + 1 (a start at or below the cursor is a redelivery: those
+   * entries are skipped). In one transaction: the new entries get fleet_seq max + 1, + 1 each,
+   * and the host's cursor moves to the batch's last seq (never backwards). A ledgerId other than
+   * the cursor's is a replaced ledger: the change is recorded and the new ledger must start at
+   * seq 1; an empty batch records just the change (cursor seq 0).
+   * Throws MeteringGapError (entries missing), MeteringConflictError (a stored entry with
+   * another line, a return to a replaced ledger) or MeteringEntryError (malformed input), all
+   * with nothing written. Returns the rows newly inserted, then tells the subscribers.
+   */
+  merge(host: string, ledgerId: string, entries: readonly MeteringBatchEntry[]): StoredEntry[] {
+    if (typeof host !== "string" || host === "") throw new MeteringEntryError("merge: host is empty");
+    if (typeof ledgerId !== "string" || ledgerId === "") throw new MeteringEntryError(`merge: ledger id of host ${host} is empty`);
+    const fields = entries.map((e, i) => {
+      const where = `host ${host} ledger ${ledgerId} seq ${e.seq}`;
+      if (!Number.isSafeInteger(e.seq) || e.seq < 1) throw new MeteringEntryError(`${where}: seq must be a positive integer`);
+      if (i > 0 && e.seq !== entries[i - 1]!.seq + 1) {
+        throw new MeteringGapError(`host ${host} ledger ${ledgerId}: batch not contiguous (seq ${entries[i - 1]!.seq} then ${e.seq}); nothing merged`);
+      }
+      try {
+        return ledgerLineFields(e.line, e.seq);
+      } catch (err) {
+        throw new MeteringEntryError(`${where}: ${(err as Error).message}`);
+      }
+    });
+    const rows = this.guard(() => this.mergeTransaction.immediate(host, ledgerId, entries, fields, Date.now()));
+    if (rows.length > 0) this.notify(rows);
+    return rows;
+  }
+
+  /** Up to `limit` entries from fleet_seq `fromFleetSeq` (inclusive; 0 or 1 = from the start). */
+  read(fromFleetSeq: number, limit: number): StoredEntry[] {
+    if (!Number.isSafeInteger(fromFleetSeq) || fromFleetSeq < 0) throw new RangeError(`read: fromFleetSeq must be a non-negative integer, got ${fromFleetSeq}`);
+    if (!Number.isSafeInteger(limit) || limit < 0) throw new RangeError(`read: limit must be a non-negative integer, got ${limit}`);
+    if (limit === 0) return [];
+    return this.guard(() => this.stmt.read.all(fromFleetSeq, limit));
+  }
+
+  /** The highest fleet_seq merged; 0 when the store is empty. */
+  lastFleetSeq(): number {
+    return this.guard(() => this.stmt.maxFleetSeq.get()!.last);
+  }
+
+  /**
+   * A host's entries for the checker: of one ledger in seq order, or (no ledgerId) of all its
+   * ledgers in merge order — each ledger in seq order, ledgers in the order they were followed.
+   */
+  entriesOf(host: string, ledgerId?: string): StoredEntry[] {
+    return this.guard(() => (ledgerId === undefined ? this.stmt.ofHost.all(host) : this.stmt.ofLedger.all(host, ledgerId)));
+  }
+
+  /**
+   * `listener` is called after each committed merge that inserted rows, with those rows (in
+   * fleet_seq order), before merge() returns. It must not throw: if one does, the others still
+   * run and the error is rethrown asynchronously (uncaught) — the merge has committed either way.
+   * Returns the unsubscribe function.
+   */
+  subscribe(listener: MergeListener): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /** Closes the file (idempotent); later calls throw. */
+  close(): void {
+    this.listeners.clear();
+    if (this.db.open) this.db.close();
+  }
+
+  private mergeInTransaction(
+    host: string,
+    ledgerId: string,
+    entries: readonly MeteringBatchEntry[],
+    fields: readonly LedgerLineFields[],
+    now: number,
+  ): StoredEntry[] {
+    const cursor = this.stmt.cursor.get(host);
+    const replaced = cursor !== undefined && cursor.ledgerId !== ledgerId;
+    const expectedFirst = cursor !== undefined && !replaced ? cursor.seq + 1 : 1;
+    if (replaced && this.stmt.wasReplaced.get(host, ledgerId, host, ledgerId)!.found) {
+      throw new MeteringConflictError(
+        `host ${host}: ledger ${ledgerId} was already replaced (current ${cursor.ledgerId}); refusing to go back to it; nothing merged`,
+      );
+    }
+    if (entries.length > 0 && entries[0]!.seq > expectedFirst) {
+      const what = cursor === undefined ? "a new host's ledger" : replaced ? `replacing ledger ${cursor.ledgerId}, the new ledger` : `cursor at ${cursor.seq}, the batch`;
+      throw new MeteringGapError(
+        `host ${host} ledger ${ledgerId}: ${what} must start at seq ${expectedFirst}, got ${entries[0]!.seq} (seqs ${expectedFirst}..${entries[0]!.seq - 1} missing); nothing merged`,
+      );
+    }
+    const lastSeq = entries.length > 0 ? entries[entries.length - 1]!.seq : 0;
+
+    // The parent row first (foreign key), already at its final seq: it commits with the entries.
+    if (cursor === undefined) this.stmt.insertCursor.run(host, ledgerId, lastSeq, now);
+    else if (replaced) this.stmt.insertChange.run(host, cursor.ledgerId, cursor.seq, ledgerId, now);
+
+    const rows: StoredEntry[] = [];
+    let next = this.stmt.maxFleetSeq.get()!.last + 1;
+    for (let i = 0; i < entries.length; i++) {
+      const { seq, line } = entries[i]!;
+      const f = fields[i]!;
+      if (this.stmt.insertEntry.run(next, host, ledgerId, seq, line, f.kind, f.vmId, f.snapshotId, f.emittedAt, now).changes === 1) {
+        rows.push({ fleetSeq: next, host, ledgerId, seq, line, kind: f.kind, vmId: f.vmId, snapshotId: f.snapshotId, emittedAt: f.emittedAt, mergedAtMs: now });
+        next++;
+        continue;
+      }
+      const stored = this.stmt.storedLine.get(host, ledgerId, seq)!.line;
+      if (stored !== line) {
+        throw new MeteringConflictError(
+          `host ${host} ledger ${ledgerId} seq ${seq}: already merged with another line (stored ${stored}, redelivered ${line}); nothing merged`,
+        );
+      }
+    }
+
+    if (cursor !== undefined) {
+      if (replaced) this.stmt.updateCursor.run(ledgerId, lastSeq, cursor.ledgerChanges + 1, now, host);
+      else if (lastSeq > cursor.seq) this.stmt.updateCursor.run(ledgerId, lastSeq, cursor.ledgerChanges, now, host);
+    }
+    return rows;
+  }
+
+  private notify(rows: StoredEntry[]): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(rows);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  /** Runs a database call; corruption found on the way is reported naming the file. */
+  private guard<T>(call: () => T): T {
+    try {
+      return call();
+    } catch (e) {
+      throw isCorruption(e) ? namedStoreError(this.file, e) : e;
+    }
+  }
+}

@@ -1,0 +1,56 @@
+import Database from "better-sqlite3";
+import { migrate } from "./store-migrations.js";
+
+/**
+ * Opens (creating if needed) the metering store's SQLite file with the settings its
+ * guarantees rest on, and brings its schema up to date:
+ * - WAL: readers (feed watchers, exports) never block the follower's merges, and a commit is
+ *   one append to the WAL rather than a rewrite of pages;
+ * - synchronous=FULL: the WAL is fsync'd at every commit, so a merge that returned survives a
+ *   power loss — entries are money, and the agent may drop what the aggregator acknowledged;
+ * - foreign_keys=ON: every entry belongs to a host cursor.
+ * Any failure is an error naming the file; a file that is not a SQLite database or is corrupt
+ * says so and is left untouched.
+ */
+export function openMeteringDatabase(file: string): Database.Database {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(file);
+    const mode = db.pragma("journal_mode = WAL", { simple: true });
+    if (mode !== "wal") throw new Error(`journal_mode is ${String(mode)}, WAL could not be enabled (filesystem without shared memory?)`);
+    db.pragma("synchronous = FULL");
+    db.pragma("foreign_keys = ON");
+    // A reader in another process (a checker, an export) may briefly hold a lock the writer
+    // needs (WAL reset, checkpoint): wait rather than fail the merge.
+    db.pragma("busy_timeout = 5000");
+    migrate(db, file);
+    return db;
+  } catch (e) {
+    db?.close();
+    throw namedStoreError(file, e);
+  }
+}
+
+/** SQLite's result codes for a file that is not a database, or whose pages do not add up. */
+export function isCorruption(e: unknown): boolean {
+  const code = e instanceof Error ? (e as Error & { code?: unknown }).code : undefined;
+  return typeof code === "string" && (code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT"));
+}
+
+/**
+ * The error to show for a failure on `file`: corruption is called so (the operator has to move
+ * the file away or restore it: we never start over money), anything else gets the file name
+ * prefixed unless it already names it.
+ */
+export function namedStoreError(file: string, e: unknown): Error {
+  const err = e instanceof Error ? e : new Error(String(e));
+  if (isCorruption(err)) {
+    return new Error(
+      `${file}: not a SQLite database or corrupt (${(err as Error & { code: string }).code}: ${err.message}); ` +
+        "refusing to use it — move it away or restore a backup",
+      { cause: err },
+    );
+  }
+  if (err.message.includes(file)) return err;
+  return new Error(`${file}: ${err.message}`, { cause: err });
+}
