@@ -7,6 +7,8 @@ import { startDaemonMetrics } from "../lib/otel-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
 import { createFleetService } from "./fleet-service.js";
 import { HostRegistry } from "./hosts/host-registry.js";
+import { MeteringFollower } from "./metering/metering-follower.js";
+import { MeteringStore } from "./metering/metering-store.js";
 import type { HostConfig, ReconnectBackoff } from "./hosts/host-connection.js";
 
 export interface AggregatorOptions {
@@ -34,7 +36,19 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
   const hosts = new HostRegistry(options.stateDir, options.backoff);
   try {
     hosts.load(options.hosts);
+    // The fleet's metering feed: every host's ledger merged exactly once (metering.md).
+    const store = MeteringStore.open(options.stateDir);
+    const follower = new MeteringFollower(store, hosts, logger);
     const metrics = await startDaemonMetrics("fleetlet-aggregator", options.metricsListen);
+    const merged = metrics.meter.createObservableCounter("fleetlet_aggregator_metering_merged", { unit: "{entry}", description: "Metering entries merged into the fleet feed" });
+    merged.addCallback((result) => result.observe(follower.merged));
+    const lag = metrics.meter.createObservableGauge("fleetlet_aggregator_metering_lag_entries", { unit: "{entry}", description: "Entries of a host's ledger not merged yet" });
+    lag.addCallback((result) => {
+      for (const h of hosts.list()) {
+        const s = follower.status(h.config.name);
+        if (s) result.observe(Number(s.lagEntries), { host: h.config.name });
+      }
+    });
     const hostGauge = metrics.meter.createObservableGauge("fleetlet_aggregator_hosts", { unit: "{host}", description: "Hosts by connection state" });
     hostGauge.addCallback((result) => {
       const counts = new Map<number, number>();
@@ -50,6 +64,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
           createFleetService(hosts, {
             defaultPerHostTimeoutMs: options.defaultPerHostTimeoutMs,
             fanOutConcurrency: options.fanOutConcurrency,
+            metering: { store, follower },
           }),
         ),
       ],
@@ -63,6 +78,8 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
       close() {
         closed ??= (async () => {
           await server.close();
+          await follower.close();
+          store.close();
           hosts.close();
           await metrics.shutdown();
           claim.release();

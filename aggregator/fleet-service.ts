@@ -3,7 +3,9 @@ import { durationMs, timestampFromMs, type Duration } from "@bufbuild/protobuf/w
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
   FleetInstanceSchema,
+  FleetMeteringEntrySchema,
   FleetService,
+  type FleetMeteringEntry,
   ListInstanceStatsResponseSchema,
   HostOrigin,
   HostSyncState,
@@ -16,6 +18,8 @@ import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
 import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
 import { RUNTIME_NAMES } from "../lib/runtime-names.js";
+import type { MeteringFollower } from "./metering/metering-follower.js";
+import type { MeteringStore, StoredEntry } from "./metering/metering-store.js";
 import { agentStatEntries, hostStatEntries } from "./stats-splice.js";
 import { wireResponse } from "../lib/rpc/service-adapter.js";
 import { hostTimeoutProblem, type HostConnection } from "./hosts/host-connection.js";
@@ -24,6 +28,8 @@ import type { HostRegistry } from "./hosts/host-registry.js";
 export interface FleetOptions {
   defaultPerHostTimeoutMs: number;
   fanOutConcurrency: number;
+  /** The merged metering feed (metering.md); absent in tests that do not need it. */
+  metering?: { store: MeteringStore; follower: MeteringFollower };
 }
 
 const listStatsMethod = MetricsService.method.listInstanceStats;
@@ -33,6 +39,10 @@ const EMPTY = Buffer.alloc(0);
 
 /** FleetService: the hosts registry and the fan-outs over it. */
 export function createFleetService(hosts: HostRegistry, options: FleetOptions): ServiceImpl<typeof FleetService> {
+  const requireMetering = () => {
+    if (!options.metering) throw new ConnectError("metering is not enabled on this aggregator", Code.FailedPrecondition);
+    return options.metering.store;
+  };
   const selectHosts = (names: string[]): HostConnection[] => {
     if (names.length === 0) return hosts.list();
     const seen = new Set<string>();
@@ -52,7 +62,13 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
 
   return {
     listHosts() {
-      return { hosts: hosts.list().map(toHost) };
+      return {
+        hosts: hosts.list().map((c) => {
+          const h = toHost(c);
+          h.metering = options.metering?.follower.status(c.config.name);
+          return h;
+        }),
+      };
     },
     addHost(req) {
       requireId("name", req.name);
@@ -133,6 +149,40 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
         yield { lines: m.lines, endReason: m.endReason, endDetail: m.endDetail, errors: m.errors };
       }
     },
+    readMeteringEntries(req) {
+      const store = requireMetering();
+      const limit = req.limit === 0 ? 1000 : req.limit;
+      if (limit > 10_000) throw invalidArgument("limit", `must be at most 10000, got ${limit}`);
+      const from = Math.max(1, Number(req.fromFleetSeq > BigInt(Number.MAX_SAFE_INTEGER) ? BigInt(Number.MAX_SAFE_INTEGER) : req.fromFleetSeq));
+      const entries = store.read(from, limit).map(toFleetEntry);
+      return { entries, nextFleetSeq: entries.length ? entries.at(-1)!.fleetSeq + 1n : BigInt(from), lastFleetSeq: BigInt(store.lastFleetSeq()) };
+    },
+    async *watchMeteringEntries(req, context) {
+      const store = requireMetering();
+      let next = Math.max(1, Number(req.fromFleetSeq > BigInt(Number.MAX_SAFE_INTEGER) ? BigInt(Number.MAX_SAFE_INTEGER) : req.fromFleetSeq));
+      let wake: (() => void) | undefined;
+      const notify = () => {
+        wake?.();
+        wake = undefined;
+      };
+      // Read from the store, never queue per stream: a slow client only falls behind.
+      const unsubscribe = store.subscribe(notify);
+      context.signal.addEventListener("abort", notify);
+      try {
+        while (!context.signal.aborted) {
+          const page = store.read(next, 1000);
+          if (page.length > 0) {
+            next = page.at(-1)!.fleetSeq + 1;
+            yield { entries: page.map(toFleetEntry), lastFleetSeq: BigInt(store.lastFleetSeq()) };
+            continue;
+          }
+          await new Promise<void>((resolve) => (wake = resolve));
+        }
+      } finally {
+        unsubscribe();
+        context.signal.removeEventListener("abort", notify);
+      }
+    },
     async listInstances(req, context) {
       const selected = selectHosts(req.hosts);
       const outcomes = await fanOut(
@@ -209,4 +259,17 @@ function msToDuration(ms: number): Duration {
     seconds: BigInt(Math.floor(ms / 1000)),
     nanos: (ms % 1000) * 1_000_000,
   };
+}
+
+function toFleetEntry(e: StoredEntry): FleetMeteringEntry {
+  return create(FleetMeteringEntrySchema, {
+    fleetSeq: BigInt(e.fleetSeq),
+    host: e.host,
+    ledgerId: e.ledgerId,
+    seq: BigInt(e.seq),
+    line: e.line,
+    kind: e.kind,
+    vmId: e.vmId,
+    snapshotId: e.snapshotId,
+  });
 }

@@ -16,6 +16,7 @@ import { lifecycleEntries, snapshotRegisteredEntry, snapshotRemovedEntry, type L
 export interface LifecycleLedger {
   readonly lastSeq: number;
   append(entries: LifecycleEntry[]): Promise<unknown>;
+  read(fromSeq: number, limit: number): readonly LifecycleEntry[];
 }
 
 /** Options of a change: why it happens (metering.md distinguishes them), clone source. */
@@ -129,10 +130,20 @@ export class InstanceRegistry {
     const pending = this.pending;
     if (pending) {
       const n = pending.entries.length;
-      if (ledger.lastSeq === pending.afterSeq) await ledger.append(pending.entries);
-      else if (ledger.lastSeq !== pending.afterSeq + n) {
+      const have = ledger.lastSeq - pending.afterSeq;
+      if (have < 0 || have > n) {
         throw new Error(`${this.path}: its last change's ${n} metering entries follow seq ${pending.afterSeq}, but the ledger ends at ${ledger.lastSeq}: registry and ledger do not belong together; refusing to start`);
       }
+      // A crash mid-append may have left the first `have` entries: they must be ours, the rest
+      // is appended now.
+      const written = have > 0 ? ledger.read(pending.afterSeq + 1, have) : [];
+      written.forEach((w, i) => {
+        const p = pending.entries[i]!;
+        if (w.kind !== p.kind || (w.vmId ?? "") !== (p.vmId ?? "") || (w.snapshotId ?? "") !== (p.snapshotId ?? "") || w.emittedAtNs !== p.emittedAtNs) {
+          throw new Error(`${this.path}: ledger entry ${pending.afterSeq + 1 + i} is not the change recorded here; registry and ledger do not belong together; refusing to start`);
+        }
+      });
+      if (have < n) await ledger.append(pending.entries.slice(have));
       this.pending = undefined;
     }
     if (this.unmetered.length > 0) {

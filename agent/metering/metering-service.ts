@@ -93,7 +93,11 @@ export function createMeteringService(ledger: LedgerReader): ServiceImpl<typeof 
     acknowledgeMeteringEntries(req) {
       if (req.ledgerId !== ledger.ledgerId) throw outOfRange(`ledger_id ${JSON.stringify(req.ledgerId.slice(0, 40))} is not this agent's ledger`);
       if (req.seq > BigInt(ledger.lastSeq)) throw invalidArgument("seq", `${req.seq} is beyond the last entry ${ledger.lastSeq}`);
-      ledger.acknowledge(Number(req.seq));
+      try {
+        ledger.acknowledge(Number(req.seq));
+      } catch (e) {
+        throw new ConnectError(`metering: ${(e as Error).message}`, Code.Unavailable); // closing
+      }
       return { acknowledgedSeq: req.seq };
     },
   };

@@ -3,6 +3,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { StandbyService } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { RuntimeService } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { MeteringService } from "../../gen/fleetlet/agent/v1/metering_pb.js";
 import { ConnectionState, HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 
@@ -52,6 +53,7 @@ export class HostConnection {
   readonly inventory: Client<typeof InventoryService>;
   readonly standby: Client<typeof StandbyService>;
   readonly runtime: Client<typeof RuntimeService>;
+  readonly metering: Client<typeof MeteringService>;
   lastSeenMs: number | undefined;
   lastError = "";
   incarnation = "";
@@ -75,6 +77,7 @@ export class HostConnection {
     this.inventory = createClient(InventoryService, this.transport);
     this.standby = createClient(StandbyService, this.transport);
     this.runtime = createClient(RuntimeService, this.transport);
+    this.metering = createClient(MeteringService, this.transport);
     this.watchState(this.channel.getConnectivityState(true));
   }
 

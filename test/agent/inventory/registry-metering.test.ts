@@ -19,6 +19,9 @@ class MemoryLedger implements LifecycleLedger {
   get lastSeq(): number {
     return this.entries.length;
   }
+  read(fromSeq: number, limit: number): LifecycleEntry[] {
+    return this.entries.slice(fromSeq - 1, fromSeq - 1 + limit);
+  }
   async append(entries: LifecycleEntry[]): Promise<unknown> {
     await new Promise((r) => setImmediate(r));
     if (this.failNext) {
@@ -84,6 +87,21 @@ describe("registry + metering", () => {
     const third = InstanceRegistry.open(dir.path);
     await third.attachLedger(ledger);
     assert.equal(ledger.entries.length, 3);
+  });
+
+  it("a crash mid-append that left part of a batch: the rest is appended on restart", async () => {
+    const ledger = new MemoryLedger();
+    const r = InstanceRegistry.open(dir.path);
+    await r.attachLedger(ledger);
+    ledger.failNext = true;
+    await assert.rejects(r.upsert(create(InstanceSchema, { id: "p", state: InstanceState.RUNNING })));
+    r.close();
+    // The first of the batch's two entries reached the disk before the crash.
+    const doc = JSON.parse(readFileSync(join(dir.path, "instances.json"), "utf8")) as { pendingMetering: { entries: { emittedAtNs: string }[] } };
+    assert.equal(doc.pendingMetering.entries.length, 2);
+    ledger.entries.push({ kind: "vm.storage.start", vmId: "p", reason: "boot", shape: {}, emittedAtNs: BigInt(doc.pendingMetering.entries[0]!.emittedAtNs) });
+    await InstanceRegistry.open(dir.path).attachLedger(ledger);
+    assert.deepEqual(kr(ledger), ["vm.storage.start boot p", "vm.compute.start boot p"]);
   });
 
   it("a ledger that does not match the registry stops the agent", async () => {

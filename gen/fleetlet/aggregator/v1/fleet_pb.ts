@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetlet/aggregator/v1/fleet.proto.
  */
 export const file_fleetlet_aggregator_v1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIuoCCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4iTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKOBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEgwKBGhvc3QYZCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZSKsAQoISG9zdFN5bmMSDAoEaG9zdBgBIAEoCRI0CgVzdGF0ZRgCIAEoDjIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmNTdGF0ZRItCglsYXN0X3NlZW4YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHJlc291cmNlX3ZlcnNpb24YBCABKAQSEwoLaW5jYXJuYXRpb24YBSABKAkiWgoUTGlzdEluc3RhbmNlc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK8AQoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjgKCWluc3RhbmNlcxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIvCgVob3N0cxgCIAMoCzIgLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmMSOAoMaG9zdF9yZXN1bHRzGAMgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0Il4KGExpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKEUhvc3RTdGFuZGJ5U3RhdHVzEgwKBGhvc3QYASABKAkSMAoGc3RhdHVzGAIgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVN0YXR1cyKSAQoZTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRI7CghzdGF0dXNlcxgBIAMoCzIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN0YW5kYnlTdGF0dXMSOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0IoIBChVMaXN0Q29udGFpbmVyc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdydW50aW1lGAMgASgJEhQKDHJ1bm5pbmdfb25seRgEIAEoCCJOCg1Ib3N0Q29udGFpbmVyEgwKBGhvc3QYASABKAkSLwoJY29udGFpbmVyGAIgASgLMhwuZmxlZXRsZXQuYWdlbnQudjEuQ29udGFpbmVyIqIBChZMaXN0Q29udGFpbmVyc1Jlc3BvbnNlEjkKCmNvbnRhaW5lcnMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RDb250YWluZXISOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0EhMKC3VuYXZhaWxhYmxlGAMgAygJIpUBChpTdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBIMCgRob3N0GAEgASgJEg8KB3J1bnRpbWUYAiABKAkSEwoLZXh0ZXJuYWxfaWQYAyABKAkSDAoEdGFpbBgEIAEoDRISCgp0aW1lc3RhbXBzGAUgASgIEhEKCWNvbnRhaW5lchgGIAEoCRIOCgZmb2xsb3cYByABKAgioQEKG1N0cmVhbUNvbnRhaW5lckxvZ3NSZXNwb25zZRIpCgVsaW5lcxgBIAMoCzIaLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0xpbmUSMwoKZW5kX3JlYXNvbhgCIAEoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0VuZFJlYXNvbhISCgplbmRfZGV0YWlsGAMgASgJEg4KBmVycm9ycxgEIAMoCSrSAQoPQ29ubmVjdGlvblN0YXRlEiAKHENPTk5FQ1RJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVDT05ORUNUSU9OX1NUQVRFX0lETEUQARIfChtDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RJTkcQAhIaChZDT05ORUNUSU9OX1NUQVRFX1JFQURZEAMSJgoiQ09OTkVDVElPTl9TVEFURV9UUkFOU0lFTlRfRkFJTFVSRRAEEh0KGUNPTk5FQ1RJT05fU1RBVEVfU0hVVERPV04QBSpqCgpIb3N0T3JpZ2luEhsKF0hPU1RfT1JJR0lOX1VOU1BFQ0lGSUVEEAASFAoQSE9TVF9PUklHSU5fRkxBRxABEhQKEEhPU1RfT1JJR0lOX0ZJTEUQAhITCg9IT1NUX09SSUdJTl9BUEkQAyqiAQoNSG9zdFN5bmNTdGF0ZRIfChtIT1NUX1NZTkNfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdIT1NUX1NZTkNfU1RBVEVfTE9BRElORxABEhoKFkhPU1RfU1lOQ19TVEFURV9TWU5DRUQQAhIZChVIT1NUX1NZTkNfU1RBVEVfU1RBTEUQAxIcChhIT1NUX1NZTkNfU1RBVEVfREVHUkFERUQQBDKHBwoMRmxlZXRTZXJ2aWNlEmAKCUxpc3RIb3N0cxIoLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVxdWVzdBopLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVzcG9uc2USWgoHQWRkSG9zdBImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlcXVlc3QaJy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFkZEhvc3RSZXNwb25zZRJjCgpSZW1vdmVIb3N0EikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVxdWVzdBoqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVtb3ZlSG9zdFJlc3BvbnNlEngKEUxpc3RJbnN0YW5jZVN0YXRzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USbAoNTGlzdEluc3RhbmNlcxIsLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJ4ChFMaXN0U3RhbmRieVN0YXR1cxIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEm8KDkxpc3RDb250YWluZXJzEi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1JlcXVlc3QaLi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RDb250YWluZXJzUmVzcG9uc2USgAEKE1N0cmVhbUNvbnRhaW5lckxvZ3MSMi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlN0cmVhbUNvbnRhaW5lckxvZ3NSZXF1ZXN0GjMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVzcG9uc2UwAWIGcHJvdG8z", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIqIDCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4SNgoIbWV0ZXJpbmcYCiABKAsyJC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RNZXRlcmluZyKjAQoMSG9zdE1ldGVyaW5nEhEKCWxlZGdlcl9pZBgBIAEoCRISCgptZXJnZWRfc2VxGAIgASgEEhYKDmFnZW50X2xhc3Rfc2VxGAMgASgEEhMKC2xhZ19lbnRyaWVzGAQgASgEEhMKC2xhZ19zZWNvbmRzGAUgASgBEhYKDmxlZGdlcl9jaGFuZ2VzGAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkiTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKOBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEgwKBGhvc3QYZCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZSKsAQoISG9zdFN5bmMSDAoEaG9zdBgBIAEoCRI0CgVzdGF0ZRgCIAEoDjIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmNTdGF0ZRItCglsYXN0X3NlZW4YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHJlc291cmNlX3ZlcnNpb24YBCABKAQSEwoLaW5jYXJuYXRpb24YBSABKAkiWgoUTGlzdEluc3RhbmNlc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK8AQoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjgKCWluc3RhbmNlcxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIvCgVob3N0cxgCIAMoCzIgLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmMSOAoMaG9zdF9yZXN1bHRzGAMgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0Il4KGExpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKEUhvc3RTdGFuZGJ5U3RhdHVzEgwKBGhvc3QYASABKAkSMAoGc3RhdHVzGAIgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVN0YXR1cyKSAQoZTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRI7CghzdGF0dXNlcxgBIAMoCzIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN0YW5kYnlTdGF0dXMSOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0IoIBChVMaXN0Q29udGFpbmVyc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdydW50aW1lGAMgASgJEhQKDHJ1bm5pbmdfb25seRgEIAEoCCJOCg1Ib3N0Q29udGFpbmVyEgwKBGhvc3QYASABKAkSLwoJY29udGFpbmVyGAIgASgLMhwuZmxlZXRsZXQuYWdlbnQudjEuQ29udGFpbmVyIqIBChZMaXN0Q29udGFpbmVyc1Jlc3BvbnNlEjkKCmNvbnRhaW5lcnMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RDb250YWluZXISOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0EhMKC3VuYXZhaWxhYmxlGAMgAygJIpUBChpTdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBIMCgRob3N0GAEgASgJEg8KB3J1bnRpbWUYAiABKAkSEwoLZXh0ZXJuYWxfaWQYAyABKAkSDAoEdGFpbBgEIAEoDRISCgp0aW1lc3RhbXBzGAUgASgIEhEKCWNvbnRhaW5lchgGIAEoCRIOCgZmb2xsb3cYByABKAgioQEKG1N0cmVhbUNvbnRhaW5lckxvZ3NSZXNwb25zZRIpCgVsaW5lcxgBIAMoCzIaLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0xpbmUSMwoKZW5kX3JlYXNvbhgCIAEoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0VuZFJlYXNvbhISCgplbmRfZGV0YWlsGAMgASgJEg4KBmVycm9ycxgEIAMoCSKVAQoSRmxlZXRNZXRlcmluZ0VudHJ5EhEKCWZsZWV0X3NlcRgBIAEoBBIMCgRob3N0GAIgASgJEhEKCWxlZGdlcl9pZBgDIAEoCRILCgNzZXEYBCABKAQSDAoEbGluZRgFIAEoCRIMCgRraW5kGAYgASgJEg0KBXZtX2lkGAcgASgJEhMKC3NuYXBzaG90X2lkGAggASgJIkMKGlJlYWRNZXRlcmluZ0VudHJpZXNSZXF1ZXN0EhYKDmZyb21fZmxlZXRfc2VxGAEgASgEEg0KBWxpbWl0GAIgASgNIooBChtSZWFkTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USOwoHZW50cmllcxgBIAMoCzIqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRNZXRlcmluZ0VudHJ5EhYKDm5leHRfZmxlZXRfc2VxGAIgASgEEhYKDmxhc3RfZmxlZXRfc2VxGAMgASgEIjUKG1dhdGNoTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBIWCg5mcm9tX2ZsZWV0X3NlcRgBIAEoBCJzChxXYXRjaE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEjsKB2VudHJpZXMYASADKAsyKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0TWV0ZXJpbmdFbnRyeRIWCg5sYXN0X2ZsZWV0X3NlcRgCIAEoBCrSAQoPQ29ubmVjdGlvblN0YXRlEiAKHENPTk5FQ1RJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVDT05ORUNUSU9OX1NUQVRFX0lETEUQARIfChtDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RJTkcQAhIaChZDT05ORUNUSU9OX1NUQVRFX1JFQURZEAMSJgoiQ09OTkVDVElPTl9TVEFURV9UUkFOU0lFTlRfRkFJTFVSRRAEEh0KGUNPTk5FQ1RJT05fU1RBVEVfU0hVVERPV04QBSpqCgpIb3N0T3JpZ2luEhsKF0hPU1RfT1JJR0lOX1VOU1BFQ0lGSUVEEAASFAoQSE9TVF9PUklHSU5fRkxBRxABEhQKEEhPU1RfT1JJR0lOX0ZJTEUQAhITCg9IT1NUX09SSUdJTl9BUEkQAyqiAQoNSG9zdFN5bmNTdGF0ZRIfChtIT1NUX1NZTkNfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdIT1NUX1NZTkNfU1RBVEVfTE9BRElORxABEhoKFkhPU1RfU1lOQ19TVEFURV9TWU5DRUQQAhIZChVIT1NUX1NZTkNfU1RBVEVfU1RBTEUQAxIcChhIT1NUX1NZTkNfU1RBVEVfREVHUkFERUQQBDKNCQoMRmxlZXRTZXJ2aWNlEmAKCUxpc3RIb3N0cxIoLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVxdWVzdBopLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVzcG9uc2USWgoHQWRkSG9zdBImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlcXVlc3QaJy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFkZEhvc3RSZXNwb25zZRJjCgpSZW1vdmVIb3N0EikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVxdWVzdBoqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVtb3ZlSG9zdFJlc3BvbnNlEngKEUxpc3RJbnN0YW5jZVN0YXRzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USbAoNTGlzdEluc3RhbmNlcxIsLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJ4ChFMaXN0U3RhbmRieVN0YXR1cxIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEm8KDkxpc3RDb250YWluZXJzEi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1JlcXVlc3QaLi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RDb250YWluZXJzUmVzcG9uc2USgAEKE1N0cmVhbUNvbnRhaW5lckxvZ3MSMi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlN0cmVhbUNvbnRhaW5lckxvZ3NSZXF1ZXN0GjMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVzcG9uc2UwARJ+ChNSZWFkTWV0ZXJpbmdFbnRyaWVzEjIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZWFkTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBozLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVhZE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEoMBChRXYXRjaE1ldGVyaW5nRW50cmllcxIzLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXF1ZXN0GjQuZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message fleetlet.aggregator.v1.Host
@@ -80,6 +80,11 @@ export type Host = Message<"fleetlet.aggregator.v1.Host"> & {
    * @generated from field: fleetlet.aggregator.v1.HostOrigin origin = 9;
    */
   origin: HostOrigin;
+
+  /**
+   * @generated from field: fleetlet.aggregator.v1.HostMetering metering = 10;
+   */
+  metering?: HostMetering | undefined;
 };
 
 /**
@@ -88,6 +93,67 @@ export type Host = Message<"fleetlet.aggregator.v1.Host"> & {
  */
 export const HostSchema: GenMessage<Host> = /*@__PURE__*/
   messageDesc(file_fleetlet_aggregator_v1_fleet, 0);
+
+/**
+ * How far the aggregator has merged a host's metering ledger.
+ *
+ * @generated from message fleetlet.aggregator.v1.HostMetering
+ */
+export type HostMetering = Message<"fleetlet.aggregator.v1.HostMetering"> & {
+  /**
+   * @generated from field: string ledger_id = 1;
+   */
+  ledgerId: string;
+
+  /**
+   * Last seq of ledger_id merged into the fleet feed.
+   *
+   * @generated from field: uint64 merged_seq = 2;
+   */
+  mergedSeq: bigint;
+
+  /**
+   * The agent's last durable seq, as of its last message.
+   *
+   * @generated from field: uint64 agent_last_seq = 3;
+   */
+  agentLastSeq: bigint;
+
+  /**
+   * agent_last_seq - merged_seq.
+   *
+   * @generated from field: uint64 lag_entries = 4;
+   */
+  lagEntries: bigint;
+
+  /**
+   * Age of the oldest entry not merged yet (0 when caught up).
+   *
+   * @generated from field: double lag_seconds = 5;
+   */
+  lagSeconds: number;
+
+  /**
+   * Times this host's ledger was replaced (a new ledger_id), followed from seq 1 each time.
+   *
+   * @generated from field: uint32 ledger_changes = 6;
+   */
+  ledgerChanges: number;
+
+  /**
+   * Why following stopped or failed last, "CODE: message".
+   *
+   * @generated from field: string last_error = 7;
+   */
+  lastError: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.HostMetering.
+ * Use `create(HostMeteringSchema)` to create a new message.
+ */
+export const HostMeteringSchema: GenMessage<HostMetering> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 1);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostResult
@@ -121,7 +187,7 @@ export type HostResult = Message<"fleetlet.aggregator.v1.HostResult"> & {
  * Use `create(HostResultSchema)` to create a new message.
  */
 export const HostResultSchema: GenMessage<HostResult> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 1);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 2);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListHostsRequest
@@ -134,7 +200,7 @@ export type ListHostsRequest = Message<"fleetlet.aggregator.v1.ListHostsRequest"
  * Use `create(ListHostsRequestSchema)` to create a new message.
  */
 export const ListHostsRequestSchema: GenMessage<ListHostsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 2);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 3);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListHostsResponse
@@ -153,7 +219,7 @@ export type ListHostsResponse = Message<"fleetlet.aggregator.v1.ListHostsRespons
  * Use `create(ListHostsResponseSchema)` to create a new message.
  */
 export const ListHostsResponseSchema: GenMessage<ListHostsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 3);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 4);
 
 /**
  * @generated from message fleetlet.aggregator.v1.AddHostRequest
@@ -180,7 +246,7 @@ export type AddHostRequest = Message<"fleetlet.aggregator.v1.AddHostRequest"> & 
  * Use `create(AddHostRequestSchema)` to create a new message.
  */
 export const AddHostRequestSchema: GenMessage<AddHostRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 4);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 5);
 
 /**
  * @generated from message fleetlet.aggregator.v1.AddHostResponse
@@ -197,7 +263,7 @@ export type AddHostResponse = Message<"fleetlet.aggregator.v1.AddHostResponse"> 
  * Use `create(AddHostResponseSchema)` to create a new message.
  */
 export const AddHostResponseSchema: GenMessage<AddHostResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 5);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 6);
 
 /**
  * @generated from message fleetlet.aggregator.v1.RemoveHostRequest
@@ -214,7 +280,7 @@ export type RemoveHostRequest = Message<"fleetlet.aggregator.v1.RemoveHostReques
  * Use `create(RemoveHostRequestSchema)` to create a new message.
  */
 export const RemoveHostRequestSchema: GenMessage<RemoveHostRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 6);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 7);
 
 /**
  * @generated from message fleetlet.aggregator.v1.RemoveHostResponse
@@ -227,7 +293,7 @@ export type RemoveHostResponse = Message<"fleetlet.aggregator.v1.RemoveHostRespo
  * Use `create(RemoveHostResponseSchema)` to create a new message.
  */
 export const RemoveHostResponseSchema: GenMessage<RemoveHostResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 7);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 8);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstanceStatsRequest
@@ -253,7 +319,7 @@ export type ListInstanceStatsRequest = Message<"fleetlet.aggregator.v1.ListInsta
  * Use `create(ListInstanceStatsRequestSchema)` to create a new message.
  */
 export const ListInstanceStatsRequestSchema: GenMessage<ListInstanceStatsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 8);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 9);
 
 /**
  * The agent's InstanceStats fields (same names and numbers) plus the host.
@@ -344,7 +410,7 @@ export type HostInstanceStats = Message<"fleetlet.aggregator.v1.HostInstanceStat
  * Use `create(HostInstanceStatsSchema)` to create a new message.
  */
 export const HostInstanceStatsSchema: GenMessage<HostInstanceStats> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 9);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 10);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstanceStatsResponse
@@ -370,7 +436,7 @@ export type ListInstanceStatsResponse = Message<"fleetlet.aggregator.v1.ListInst
  * Use `create(ListInstanceStatsResponseSchema)` to create a new message.
  */
 export const ListInstanceStatsResponseSchema: GenMessage<ListInstanceStatsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 10);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 11);
 
 /**
  * The agent's Instance fields (same names and numbers) plus the host.
@@ -479,7 +545,7 @@ export type FleetInstance = Message<"fleetlet.aggregator.v1.FleetInstance"> & {
  * Use `create(FleetInstanceSchema)` to create a new message.
  */
 export const FleetInstanceSchema: GenMessage<FleetInstance> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 11);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 12);
 
 /**
  * Where a host's part of the answer stands. Until the watched merged view (inventory.md) lands,
@@ -519,7 +585,7 @@ export type HostSync = Message<"fleetlet.aggregator.v1.HostSync"> & {
  * Use `create(HostSyncSchema)` to create a new message.
  */
 export const HostSyncSchema: GenMessage<HostSync> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 12);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 13);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstancesRequest
@@ -543,7 +609,7 @@ export type ListInstancesRequest = Message<"fleetlet.aggregator.v1.ListInstances
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 13);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 14);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstancesResponse
@@ -572,7 +638,7 @@ export type ListInstancesResponse = Message<"fleetlet.aggregator.v1.ListInstance
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 14);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 15);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusRequest
@@ -596,7 +662,7 @@ export type ListStandbyStatusRequest = Message<"fleetlet.aggregator.v1.ListStand
  * Use `create(ListStandbyStatusRequestSchema)` to create a new message.
  */
 export const ListStandbyStatusRequestSchema: GenMessage<ListStandbyStatusRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 15);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostStandbyStatus
@@ -618,7 +684,7 @@ export type HostStandbyStatus = Message<"fleetlet.aggregator.v1.HostStandbyStatu
  * Use `create(HostStandbyStatusSchema)` to create a new message.
  */
 export const HostStandbyStatusSchema: GenMessage<HostStandbyStatus> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusResponse
@@ -642,7 +708,7 @@ export type ListStandbyStatusResponse = Message<"fleetlet.aggregator.v1.ListStan
  * Use `create(ListStandbyStatusResponseSchema)` to create a new message.
  */
 export const ListStandbyStatusResponseSchema: GenMessage<ListStandbyStatusResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersRequest
@@ -678,7 +744,7 @@ export type ListContainersRequest = Message<"fleetlet.aggregator.v1.ListContaine
  * Use `create(ListContainersRequestSchema)` to create a new message.
  */
 export const ListContainersRequestSchema: GenMessage<ListContainersRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostContainer
@@ -700,7 +766,7 @@ export type HostContainer = Message<"fleetlet.aggregator.v1.HostContainer"> & {
  * Use `create(HostContainerSchema)` to create a new message.
  */
 export const HostContainerSchema: GenMessage<HostContainer> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersResponse
@@ -731,7 +797,7 @@ export type ListContainersResponse = Message<"fleetlet.aggregator.v1.ListContain
  * Use `create(ListContainersResponseSchema)` to create a new message.
  */
 export const ListContainersResponseSchema: GenMessage<ListContainersResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
 
 /**
  * @generated from message fleetlet.aggregator.v1.StreamContainerLogsRequest
@@ -780,7 +846,7 @@ export type StreamContainerLogsRequest = Message<"fleetlet.aggregator.v1.StreamC
  * Use `create(StreamContainerLogsRequestSchema)` to create a new message.
  */
 export const StreamContainerLogsRequestSchema: GenMessage<StreamContainerLogsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
 
 /**
  * The agent's StreamContainerLogsResponse, relayed.
@@ -814,7 +880,159 @@ export type StreamContainerLogsResponse = Message<"fleetlet.aggregator.v1.Stream
  * Use `create(StreamContainerLogsResponseSchema)` to create a new message.
  */
 export const StreamContainerLogsResponseSchema: GenMessage<StreamContainerLogsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 23);
+
+/**
+ * One merged entry: where it came from and its place in the fleet feed.
+ *
+ * @generated from message fleetlet.aggregator.v1.FleetMeteringEntry
+ */
+export type FleetMeteringEntry = Message<"fleetlet.aggregator.v1.FleetMeteringEntry"> & {
+  /**
+   * Gapless across the fleet, from 1.
+   *
+   * @generated from field: uint64 fleet_seq = 1;
+   */
+  fleetSeq: bigint;
+
+  /**
+   * @generated from field: string host = 2;
+   */
+  host: string;
+
+  /**
+   * @generated from field: string ledger_id = 3;
+   */
+  ledgerId: string;
+
+  /**
+   * The entry's seq in its host's ledger.
+   *
+   * @generated from field: uint64 seq = 4;
+   */
+  seq: bigint;
+
+  /**
+   * The agent's ledger line, byte for byte (metering.md's JSON entry).
+   *
+   * @generated from field: string line = 5;
+   */
+  line: string;
+
+  /**
+   * @generated from field: string kind = 6;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: string vm_id = 7;
+   */
+  vmId: string;
+
+  /**
+   * @generated from field: string snapshot_id = 8;
+   */
+  snapshotId: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.FleetMeteringEntry.
+ * Use `create(FleetMeteringEntrySchema)` to create a new message.
+ */
+export const FleetMeteringEntrySchema: GenMessage<FleetMeteringEntry> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 24);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesRequest
+ */
+export type ReadMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.ReadMeteringEntriesRequest"> & {
+  /**
+   * First fleet_seq wanted (0 or 1: from the start).
+   *
+   * @generated from field: uint64 from_fleet_seq = 1;
+   */
+  fromFleetSeq: bigint;
+
+  /**
+   * Default 1000, at most 10000.
+   *
+   * @generated from field: uint32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ReadMeteringEntriesRequest.
+ * Use `create(ReadMeteringEntriesRequestSchema)` to create a new message.
+ */
+export const ReadMeteringEntriesRequestSchema: GenMessage<ReadMeteringEntriesRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 25);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesResponse
+ */
+export type ReadMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.ReadMeteringEntriesResponse"> & {
+  /**
+   * @generated from field: repeated fleetlet.aggregator.v1.FleetMeteringEntry entries = 1;
+   */
+  entries: FleetMeteringEntry[];
+
+  /**
+   * @generated from field: uint64 next_fleet_seq = 2;
+   */
+  nextFleetSeq: bigint;
+
+  /**
+   * @generated from field: uint64 last_fleet_seq = 3;
+   */
+  lastFleetSeq: bigint;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ReadMeteringEntriesResponse.
+ * Use `create(ReadMeteringEntriesResponseSchema)` to create a new message.
+ */
+export const ReadMeteringEntriesResponseSchema: GenMessage<ReadMeteringEntriesResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 26);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesRequest
+ */
+export type WatchMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.WatchMeteringEntriesRequest"> & {
+  /**
+   * @generated from field: uint64 from_fleet_seq = 1;
+   */
+  fromFleetSeq: bigint;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.WatchMeteringEntriesRequest.
+ * Use `create(WatchMeteringEntriesRequestSchema)` to create a new message.
+ */
+export const WatchMeteringEntriesRequestSchema: GenMessage<WatchMeteringEntriesRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 27);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesResponse
+ */
+export type WatchMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.WatchMeteringEntriesResponse"> & {
+  /**
+   * @generated from field: repeated fleetlet.aggregator.v1.FleetMeteringEntry entries = 1;
+   */
+  entries: FleetMeteringEntry[];
+
+  /**
+   * @generated from field: uint64 last_fleet_seq = 2;
+   */
+  lastFleetSeq: bigint;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.WatchMeteringEntriesResponse.
+ * Use `create(WatchMeteringEntriesResponseSchema)` to create a new message.
+ */
+export const WatchMeteringEntriesResponseSchema: GenMessage<WatchMeteringEntriesResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 28);
 
 /**
  * The aggregator's channel to a host, as grpc-js reports it.
@@ -1012,6 +1230,26 @@ export const FleetService: GenService<{
     methodKind: "server_streaming";
     input: typeof StreamContainerLogsRequestSchema;
     output: typeof StreamContainerLogsResponseSchema;
+  },
+  /**
+   * The merged metering feed of every host, by fleet cursor (metering.md "The fleet feed").
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.ReadMeteringEntries
+   */
+  readMeteringEntries: {
+    methodKind: "unary";
+    input: typeof ReadMeteringEntriesRequestSchema;
+    output: typeof ReadMeteringEntriesResponseSchema;
+  },
+  /**
+   * Backlog from from_fleet_seq, then entries as they are merged.
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.WatchMeteringEntries
+   */
+  watchMeteringEntries: {
+    methodKind: "server_streaming";
+    input: typeof WatchMeteringEntriesRequestSchema;
+    output: typeof WatchMeteringEntriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetlet_aggregator_v1_fleet, 0);

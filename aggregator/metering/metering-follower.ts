@@ -1,0 +1,163 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { HostMeteringSchema, type HostMetering } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import type { Logger } from "../../lib/rpc/logger.js";
+import { codeName } from "../../lib/rpc/status-codes.js";
+import type { HostConnection } from "../hosts/host-connection.js";
+import type { HostRegistry } from "../hosts/host-registry.js";
+import { MeteringGapError, type MeteringStore } from "./metering-store.js";
+
+const BACKOFF_INITIAL_MS = 200;
+const BACKOFF_MAX_MS = 10_000;
+/** Hosts are looked up this often (added / removed through AddHost, RemoveHost). */
+const HOSTS_POLL_MS = 1000;
+/** The agent hears how far we merged at most this often (its retention follows). */
+const ACK_INTERVAL_MS = 1000;
+
+interface Follow {
+  stop: AbortController;
+  done: Promise<void>;
+  status: HostMetering;
+  /** When the oldest entry not yet merged was first seen behind (for lag_seconds). */
+  behindSinceMs: number | undefined;
+}
+
+/**
+ * The aggregator's side of metering.md "The fleet feed": per host, WatchMeteringEntries from the
+ * store's committed cursor; each message is merged in one store transaction together with the
+ * cursor (so a crash at any point re-delivers, and the store makes re-delivery a no-op); then the
+ * agent is told how far we merged (AcknowledgeMeteringEntries) so its retention may proceed. A
+ * replaced ledger (OUT_OF_RANGE naming another ledger_id) is recorded and followed from seq 1.
+ * A host that is slow or down only delays its own part of the feed.
+ */
+export class MeteringFollower {
+  private readonly follows = new Map<string, Follow>();
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+  /** Entries merged since start (metrics). */
+  merged = 0;
+
+  constructor(
+    private readonly store: MeteringStore,
+    private readonly hosts: HostRegistry,
+    private readonly logger: Logger,
+  ) {
+    this.reconcile();
+    this.timer = setInterval(() => this.reconcile(), HOSTS_POLL_MS);
+    this.timer.unref();
+  }
+
+  /** The metering part of a host's status. */
+  status(host: string): HostMetering | undefined {
+    const f = this.follows.get(host);
+    if (!f) return undefined;
+    const lagSeconds = f.behindSinceMs === undefined ? 0 : (Date.now() - f.behindSinceMs) / 1000;
+    return create(HostMeteringSchema, { ...f.status, lagSeconds, ledgerChanges: this.store.cursor(host)?.ledgerChanges ?? f.status.ledgerChanges });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const f of this.follows.values()) f.stop.abort();
+    await Promise.all([...this.follows.values()].map((f) => f.done));
+  }
+
+  private reconcile(): void {
+    if (this.closed) return;
+    const present = new Set(this.hosts.list().map((h) => h.config.name));
+    for (const [name, f] of this.follows) {
+      if (!present.has(name)) {
+        f.stop.abort();
+        this.follows.delete(name);
+      }
+    }
+    for (const name of present) {
+      if (this.follows.has(name)) continue;
+      const cursor = this.store.cursor(name);
+      const f: Follow = {
+        stop: new AbortController(),
+        done: Promise.resolve(),
+        status: create(HostMeteringSchema, { ledgerId: cursor?.ledgerId ?? "", mergedSeq: BigInt(cursor?.seq ?? 0), ledgerChanges: cursor?.ledgerChanges ?? 0 }),
+        behindSinceMs: undefined,
+      };
+      this.follows.set(name, f);
+      f.done = this.follow(name, f);
+    }
+  }
+
+  private async follow(name: string, f: Follow): Promise<void> {
+    let delay = BACKOFF_INITIAL_MS;
+    while (!f.stop.signal.aborted) {
+      const conn = this.hosts.get(name);
+      if (!conn) return;
+      try {
+        await this.stream(name, conn, f);
+        delay = BACKOFF_INITIAL_MS;
+      } catch (e) {
+        if (f.stop.signal.aborted) return;
+        const err = ConnectError.from(e);
+        if (err.code === Code.OutOfRange && this.replaced(name, err.rawMessage, f)) {
+          delay = BACKOFF_INITIAL_MS;
+          continue;
+        }
+        f.status.lastError = e instanceof MeteringGapError ? `DATA_LOSS: ${err.rawMessage}` : `${codeName(err.code)}: ${err.rawMessage}`;
+        if (err.code !== Code.Unavailable && err.code !== Code.DeadlineExceeded) this.logger.warn({ host: name, err: f.status.lastError }, "metering: following the host failed; retrying");
+      }
+      await new Promise((r) => {
+        const t = setTimeout(r, delay);
+        f.stop.signal.addEventListener("abort", () => {
+          clearTimeout(t);
+          r(undefined);
+        }, { once: true });
+      });
+      delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+    }
+  }
+
+  /** One WatchMeteringEntries stream, merged message by message. */
+  private async stream(name: string, conn: HostConnection, f: Follow): Promise<void> {
+    const cursor = this.store.cursor(name);
+    const ledgerId = cursor?.ledgerId ?? "";
+    const fromSeq = BigInt((cursor?.seq ?? 0) + 1);
+    let lastAck = 0;
+    let acking = false;
+    for await (const m of conn.metering.watchMeteringEntries({ fromSeq, ledgerId }, { signal: f.stop.signal })) {
+      const entries = m.entries.map((e) => ({ seq: Number(e.seq), line: e.line }));
+      const rows = this.store.merge(name, m.ledgerId, entries);
+      this.merged += rows.length;
+      const merged = entries.at(-1)?.seq ?? Number(f.status.mergedSeq);
+      f.status.ledgerId = m.ledgerId;
+      f.status.mergedSeq = BigInt(merged);
+      f.status.agentLastSeq = m.lastSeq;
+      f.status.lagEntries = m.lastSeq > BigInt(merged) ? m.lastSeq - BigInt(merged) : 0n;
+      f.status.lastError = "";
+      if (f.status.lagEntries === 0n) f.behindSinceMs = undefined;
+      else f.behindSinceMs ??= Date.now();
+      // Acknowledge what is durably merged (store.merge committed it), at most once a second.
+      if (!acking && merged > 0 && Date.now() - lastAck >= ACK_INTERVAL_MS) {
+        acking = true;
+        lastAck = Date.now();
+        conn.metering
+          .acknowledgeMeteringEntries({ ledgerId: m.ledgerId, seq: BigInt(merged) }, { timeoutMs: 5000 })
+          .catch((e: unknown) => this.logger.debug({ host: name, err: (e as Error).message }, "metering: acknowledgement failed (retried with the next)"))
+          .finally(() => (acking = false));
+      }
+    }
+    throw new ConnectError("the agent ended the metering stream", Code.Unavailable);
+  }
+
+  /**
+   * OUT_OF_RANGE naming a ledger other than ours: the host's ledger was replaced. Recorded in
+   * the store (nothing of the old one is mixed with the new), then followed from seq 1.
+   */
+  private replaced(name: string, message: string, f: Follow): boolean {
+    const current = /current ledger_id=([0-9a-f]+)/.exec(message)?.[1];
+    const cursor = this.store.cursor(name);
+    if (!current || current === cursor?.ledgerId) return false;
+    this.logger.warn({ host: name, from: cursor?.ledgerId, to: current }, "metering: the host's ledger was replaced; following the new one from seq 1");
+    this.store.merge(name, current, []);
+    f.status.ledgerId = current;
+    f.status.mergedSeq = 0n;
+    return true;
+  }
+}
