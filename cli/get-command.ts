@@ -31,6 +31,7 @@ import {
   type Container,
 } from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { getMetering, meteringFromOption, meteringLimitOption } from "./metering-command.js";
 import { parse } from "./options.js";
 import { formatAge, formatBytes, formatPercent, formatTable } from "./table.js";
 
@@ -43,15 +44,17 @@ interface GetOptions {
 
 export function getCommand(): Command {
   return new Command("get")
-    .description("read commands: hosts (aggregator), instances, stats, standby and containers (aggregator or one agent)")
-    .argument("<what>", "hosts | instances | stats | standby | containers")
+    .description("read commands: hosts (aggregator), instances, stats, standby, containers and metering (aggregator or one agent)")
+    .argument("<what>", "hosts | instances | stats | standby | containers | metering")
     .option("--aggregator <host:port>", "aggregator to ask (default 127.0.0.1:7700)")
     .option("--agent <host:port>", "ask one agent directly instead")
     .addOption(new Option("-o, --output <format>", "table or json").choices(["table", "json"]).default("table"))
     .addOption(new Option("--timeout <duration>", "deadline of the call").default(10_000, "10s").argParser(parse.durationMs))
+    .addOption(meteringFromOption())
+    .addOption(meteringLimitOption())
     .action(async (what: string, opts: GetOptions, command: Command) => {
-      if (!["hosts", "instances", "stats", "standby", "containers"].includes(what)) {
-        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances, stats, standby or containers)`, { exitCode: 2 });
+      if (!["hosts", "instances", "stats", "standby", "containers", "metering"].includes(what)) {
+        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances, stats, standby, containers or metering)`, { exitCode: 2 });
       }
       if (opts.agent && opts.aggregator) command.error("error: give --agent or --aggregator, not both", { exitCode: 2 });
       if (opts.agent && what === "hosts") command.error("error: hosts come from the aggregator; drop --agent", { exitCode: 2 });
@@ -61,6 +64,7 @@ export function getCommand(): Command {
       } catch (e) {
         command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${(e as Error).message}`, { exitCode: 2 });
       }
+      if (await getMetering(what, opts, command)) return;
       const transport = createGrpcJsTransport(target);
       const call = { timeoutMs: opts.timeout };
       try {
