@@ -22,6 +22,7 @@ import type { MeteringFollower } from "./metering/metering-follower.js";
 import type { MeteringStore, StoredEntry } from "./metering/metering-store.js";
 import { agentStatEntries, hostStatEntries } from "./stats-splice.js";
 import { wireResponse } from "../lib/rpc/service-adapter.js";
+import { followSource } from "../lib/rpc/follow-source.js";
 import { hostTimeoutProblem, type HostConnection } from "./hosts/host-connection.js";
 import type { HostRegistry } from "./hosts/host-registry.js";
 
@@ -153,35 +154,19 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       const store = requireMetering();
       const limit = req.limit === 0 ? 1000 : req.limit;
       if (limit > 10_000) throw invalidArgument("limit", `must be at most 10000, got ${limit}`);
-      const from = Math.max(1, Number(req.fromFleetSeq > BigInt(Number.MAX_SAFE_INTEGER) ? BigInt(Number.MAX_SAFE_INTEGER) : req.fromFleetSeq));
+      const from = fleetCursor(req.fromFleetSeq);
       const entries = store.read(from, limit).map(toFleetEntry);
       return { entries, nextFleetSeq: entries.length ? entries.at(-1)!.fleetSeq + 1n : BigInt(from), lastFleetSeq: BigInt(store.lastFleetSeq()) };
     },
     async *watchMeteringEntries(req, context) {
       const store = requireMetering();
-      let next = Math.max(1, Number(req.fromFleetSeq > BigInt(Number.MAX_SAFE_INTEGER) ? BigInt(Number.MAX_SAFE_INTEGER) : req.fromFleetSeq));
-      let wake: (() => void) | undefined;
-      const notify = () => {
-        wake?.();
-        wake = undefined;
-      };
-      // Read from the store, never queue per stream: a slow client only falls behind.
-      const unsubscribe = store.subscribe(notify);
-      context.signal.addEventListener("abort", notify);
-      try {
-        while (!context.signal.aborted) {
-          const page = store.read(next, 1000);
-          if (page.length > 0) {
-            next = page.at(-1)!.fleetSeq + 1;
-            yield { entries: page.map(toFleetEntry), lastFleetSeq: BigInt(store.lastFleetSeq()) };
-            continue;
-          }
-          await new Promise<void>((resolve) => (wake = resolve));
-        }
-      } finally {
-        unsubscribe();
-        context.signal.removeEventListener("abort", notify);
-      }
+      let next = fleetCursor(req.fromFleetSeq);
+      yield* followSource(context.signal, (notify) => store.subscribe(notify), () => {
+        const page = store.read(next, 1000);
+        if (page.length === 0) return undefined;
+        next = page.at(-1)!.fleetSeq + 1;
+        return { entries: page.map(toFleetEntry), lastFleetSeq: BigInt(store.lastFleetSeq()) };
+      });
     },
     async listInstances(req, context) {
       const selected = selectHosts(req.hosts);
@@ -272,4 +257,9 @@ function toFleetEntry(e: StoredEntry): FleetMeteringEntry {
     vmId: e.vmId,
     snapshotId: e.snapshotId,
   });
+}
+
+/** from_fleet_seq as a store position: 0 and 1 both mean the start; huge values clamp. */
+function fleetCursor(v: bigint): number {
+  return Math.max(1, Number(v > BigInt(Number.MAX_SAFE_INTEGER) ? BigInt(Number.MAX_SAFE_INTEGER) : v));
 }

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { MeteringEntrySchema, MeteringService, type MeteringEntry } from "../../gen/fleetlet/agent/v1/metering_pb.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
+import { followSource } from "../../lib/rpc/follow-source.js";
 import type { LifecycleEntry } from "./lifecycle-entries.js";
 
 const DEFAULT_LIMIT = 1000;
@@ -63,31 +64,14 @@ export function createMeteringService(ledger: LedgerReader): ServiceImpl<typeof 
 
     async *watchMeteringEntries(req, context) {
       let next = start(req.fromSeq, req.ledgerId);
-      let wake: (() => void) | undefined;
-      const notify = () => {
-        wake?.();
-        wake = undefined;
-      };
-      const unsubscribe = ledger.subscribe(notify);
-      context.signal.addEventListener("abort", notify);
-      try {
-        while (!context.signal.aborted) {
-          if (next <= ledger.lastSeq) {
-            const page = ledger.read(next, WATCH_PAGE);
-            if (page.length === 0 || page[0]!.seq !== next) {
-              // Retention moved past where this stream stood (it was too slow for too long).
-              throw outOfRange(`seq ${next} is no longer retained`);
-            }
-            next = page.at(-1)!.seq + 1;
-            yield { entries: page.map(toMessage), ledgerId: ledger.ledgerId, lastSeq: BigInt(ledger.lastSeq) };
-            continue;
-          }
-          await new Promise<void>((resolve) => (wake = resolve));
-        }
-      } finally {
-        unsubscribe();
-        context.signal.removeEventListener("abort", notify);
-      }
+      yield* followSource(context.signal, (notify) => ledger.subscribe(notify), () => {
+        if (next > ledger.lastSeq) return undefined;
+        const page = ledger.read(next, WATCH_PAGE);
+        // Retention moved past where this stream stood (it was too slow for too long).
+        if (page.length === 0 || page[0]!.seq !== next) throw outOfRange(`seq ${next} is no longer retained`);
+        next = page.at(-1)!.seq + 1;
+        return { entries: page.map(toMessage), ledgerId: ledger.ledgerId, lastSeq: BigInt(ledger.lastSeq) };
+      });
     },
 
     acknowledgeMeteringEntries(req) {

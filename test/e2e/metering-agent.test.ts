@@ -1,14 +1,13 @@
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { MeteringService, type WatchMeteringEntriesResponse } from "../../gen/fleetlet/agent/v1/metering_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { agentLedgerLines } from "../helpers/metering-checker.js";
 
 // Metering end to end on a real agent process: lifecycle RPCs and a real crash produce the
 // ledger entries of metering.md; MeteringService serves exactly the bytes on disk; after SIGKILL
@@ -23,13 +22,7 @@ after(async () => {
 
 const start = () => startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", state.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off"]);
 
-function ledgerLines(): string[] {
-  const dir = join(state.path, "metering");
-  return readdirSync(dir)
-    .filter((f) => f.endsWith(".jsonl"))
-    .sort()
-    .flatMap((f) => readFileSync(join(dir, f), "utf8").split("\n").filter(Boolean));
-}
+const ledgerLines = () => agentLedgerLines(state.path);
 
 function clients(address: string) {
   const transport = createGrpcJsTransport(address);

@@ -9,6 +9,7 @@
  *
  * The lines are a function of (host, ledger_id, seq), so the test can check every stored row.
  */
+import { prng } from "./random-message.js";
 import { fileURLToPath } from "node:url";
 import { MeteringStore } from "../../aggregator/metering/metering-store.js";
 
@@ -32,17 +33,6 @@ export function writerLine(host: string, ledgerId: string, seq: number): string 
   return `{"seq":${seq},"kind":"${kind}",${id},"hypervisor":"cloud-hypervisor","shape":{"cpu":${1 + (seq % 8)},"mem_bytes":${(1 + (seq % 4)) * 1073741824}},"emitted_at":"2026-05-20T01:02:03${ns ? `.${ns}` : ""}Z","ledger":"${ledgerId}"}`;
 }
 
-/** mulberry32: a small seeded PRNG, so a failing round can be replayed from its seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function report(r: WriterReport): void {
   process.stdout.write(`${JSON.stringify(r)}\n`);
@@ -50,7 +40,7 @@ function report(r: WriterReport): void {
 
 function main(stateDir: string, config: WriterConfig): void {
   const store = MeteringStore.open(stateDir);
-  const random = seededRandom(config.seed);
+  const random = prng(config.seed);
   report({
     t: "ready",
     cursors: config.hosts.flatMap(({ host }) => {

@@ -1,3 +1,4 @@
+import { prng } from "../../helpers/random-message.js";
 import { describe, it, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -17,7 +18,7 @@ import {
 import { METERING_MIGRATIONS, migrate, schemaVersion } from "../../../aggregator/metering/store-migrations.js";
 import { openMeteringDatabase } from "../../../aggregator/metering/store-database.js";
 import { tempDir } from "../../helpers/temp-dir.js";
-import { seededRandom, writerLine, type WriterConfig, type WriterReport } from "../../helpers/metering-store-writer.js";
+import { writerLine, type WriterConfig, type WriterReport } from "../../helpers/metering-store-writer.js";
 
 const WRITER_JS = fileURLToPath(new URL("../../helpers/metering-store-writer.js", import.meta.url));
 
@@ -178,7 +179,7 @@ describe("MeteringStore", () => {
 
   it("fleet_seq is gapless across hosts, interleaved merges, redeliveries and refused batches", () => {
     const store = openStore(freshDir());
-    const random = seededRandom(7);
+    const random = prng(7);
     const hosts = ["h1", "h2", "h3", "h4"];
     const merged = new Map<string, number>();
     let inserted = 0;
@@ -375,7 +376,7 @@ describe("MeteringStore", () => {
     const committed = new Map<string, { ledgerId: string; to: number }>();
     /** fleet_seq → (host, ledger, seq) as reported by merge(): must be the same after reopen. */
     const reportedFleetSeqs = new Map<number, string>();
-    const random = seededRandom(Date.now() & 0xffff);
+    const random = prng(Date.now() & 0xffff);
     const rounds = 6;
     let killedMidMerge = 0;
 
