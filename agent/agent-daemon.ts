@@ -11,6 +11,7 @@ import { watchProcessLiveness } from "./inventory/process-liveness.js";
 import { join } from "node:path";
 import { MeteringService } from "../gen/fleetlet/agent/v1/metering_pb.js";
 import { MeteringLedger } from "./metering/ledger.js";
+import { registerMeteringInstruments } from "./metering/metering-metrics.js";
 import { createMeteringService } from "./metering/metering-service.js";
 import { createInventoryService } from "./inventory/inventory-service.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "./kernel/instance-probe.js";
@@ -44,6 +45,8 @@ export interface AgentOptions {
   /** Auto-standby over conntrack; false reports every instance UNSUPPORTED (tests, benches). */
   standby?: boolean;
   standbyConcurrency?: number;
+  /** Inventory changes kept for WatchInstances (default 16,384). */
+  watchHistory?: number;
   standbyExec?: ExecDriverCommands;
   /** Container runtimes (runtime.md); default "auto". */
   runtime?: RuntimeOptions;
@@ -65,10 +68,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const roots = options.roots ?? DEFAULT_ROOTS;
   const claim = claimStateDir(options.stateDir, "agent");
   try {
-    const registry = InstanceRegistry.open(options.stateDir, roots);
+    const registry = InstanceRegistry.open(options.stateDir, roots, { watchHistory: options.watchHistory });
     // The metering ledger, made to agree with the registry before anything can change state
     // (a corrupt ledger or one that is not this registry's stops the agent: never skip data).
     const ledger = MeteringLedger.open(join(options.stateDir, "metering"));
+    if (registry.store.tornRecords > 0) logger.warn({ torn_records: registry.store.tornRecords }, "instance registry: a torn last journal record (a crash mid-write, never acknowledged) was cut off");
     if (ledger.tornLinesRepaired > 0) logger.warn({ torn_lines: ledger.tornLinesRepaired }, "metering ledger: a torn last line (a crash mid-write, never acknowledged) was cut off");
     await registry.attachLedger(ledger);
     const collector = new StatsCollector(registry, { roots });
@@ -79,6 +83,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const sampler = new SharedSampler((ids) => collector.recentSweep(SAMPLER_SHARE_MS, ids));
     const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
     registerVmInstruments(metrics, () => collector.recentSweep(options.statsMaxAgeMs ?? 0), options.metricsLabelBudget, logger);
+    registerMeteringInstruments(metrics.meter, ledger, registry);
     const validation = { tapPrefix: options.tapPrefix };
     const runtimes = await setUpRuntimes(registry, options.runtime ?? { runtimes: "auto" }, logger);
     const standby = await setUpStandby(registry, {

@@ -1,4 +1,4 @@
-import { ConnectionState, FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { ConnectionState, FleetService, HostSyncState } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger, type Logger } from "../lib/rpc/logger.js";
 import { startGrpcServer } from "../lib/rpc/grpc-server.js";
@@ -9,6 +9,9 @@ import { createFleetService } from "./fleet-service.js";
 import { HostRegistry } from "./hosts/host-registry.js";
 import { MeteringFollower } from "./metering/metering-follower.js";
 import { MeteringStore } from "./metering/metering-store.js";
+import { InventoryFollower, type InventoryFollowerOptions } from "./inventory/inventory-follower.js";
+import { InventoryStore } from "./inventory/inventory-store.js";
+import { MergedView } from "./inventory/merged-view.js";
 import type { HostConfig, ReconnectBackoff } from "./hosts/host-connection.js";
 
 export interface AggregatorOptions {
@@ -19,6 +22,8 @@ export interface AggregatorOptions {
   defaultPerHostTimeoutMs: number;
   fanOutConcurrency: number;
   backoff: ReconnectBackoff;
+  /** The merged inventory (inventory.md); defaults: stale after 30 s, digest every 60 s. */
+  inventory?: Partial<InventoryFollowerOptions> & { watchBuffer?: number };
   logger?: Logger;
 }
 
@@ -39,7 +44,28 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
     // The fleet's metering feed: every host's ledger merged exactly once (metering.md).
     const store = MeteringStore.open(options.stateDir);
     const follower = new MeteringFollower(store, hosts, logger);
+    // The merged inventory: the last-known view from disk (STALE), then every host followed.
+    const inventoryStore = InventoryStore.open(options.stateDir);
+    const view = new MergedView(inventoryStore, options.inventory?.watchBuffer);
+    const inventory = new InventoryFollower(view, hosts, logger, {
+      staleAfterMs: options.inventory?.staleAfterMs ?? 30_000,
+      digestIntervalMs: options.inventory?.digestIntervalMs ?? 60_000,
+      dropEventOf: options.inventory?.dropEventOf,
+    });
     const metrics = await startDaemonMetrics("fleetlet-aggregator", options.metricsListen);
+    const applied = metrics.meter.createObservableCounter("fleetlet_aggregator_inventory_changes_applied", { description: "Watched instance changes applied to the merged inventory" });
+    applied.addCallback((result) => result.observe(inventory.applied));
+    const relists = metrics.meter.createObservableCounter("fleetlet_aggregator_inventory_relists", { description: "Host relists (first load, expired cursor, new incarnation, digest mismatch)" });
+    relists.addCallback((result) => result.observe(inventory.relists));
+    const syncGauge = metrics.meter.createObservableGauge("fleetlet_aggregator_inventory_hosts", { unit: "{host}", description: "Hosts by inventory sync state" });
+    syncGauge.addCallback((result) => {
+      const counts = new Map<string, number>(["LOADING", "SYNCED", "STALE", "DEGRADED"].map((s) => [s, 0]));
+      for (const name of view.hostNames()) {
+        const state = HostSyncState[view.host(name)!.state] ?? "UNSPECIFIED";
+        counts.set(state, (counts.get(state) ?? 0) + 1);
+      }
+      for (const [state, n] of counts) result.observe(n, { state });
+    });
     const merged = metrics.meter.createObservableCounter("fleetlet_aggregator_metering_merged", { unit: "{entry}", description: "Metering entries merged into the fleet feed" });
     merged.addCallback((result) => result.observe(follower.merged));
     const lag = metrics.meter.createObservableGauge("fleetlet_aggregator_metering_lag_entries", { unit: "{entry}", description: "Entries of a host's ledger not merged yet" });
@@ -65,6 +91,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
             defaultPerHostTimeoutMs: options.defaultPerHostTimeoutMs,
             fanOutConcurrency: options.fanOutConcurrency,
             metering: { store, follower },
+            inventory: { view },
           }),
         ),
       ],
@@ -79,7 +106,9 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
         closed ??= (async () => {
           await server.close();
           await follower.close();
+          await inventory.close();
           store.close();
+          inventoryStore.close();
           hosts.close();
           await metrics.shutdown();
           claim.release();

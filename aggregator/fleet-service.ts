@@ -12,8 +12,12 @@ import {
   type FleetInstance,
   type Host,
   type HostResult,
+  HostResultSchema,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
+import { InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
+import { watchFleetInventory } from "./inventory/fleet-inventory-watch.js";
+import type { InstanceFilter, MergedView } from "./inventory/merged-view.js";
 import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
 import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
@@ -29,6 +33,8 @@ import type { HostRegistry } from "./hosts/host-registry.js";
 export interface FleetOptions {
   defaultPerHostTimeoutMs: number;
   fanOutConcurrency: number;
+  /** The merged inventory view (inventory.md); absent in tests that do not need it. */
+  inventory?: { view: MergedView };
   /** The merged metering feed (metering.md); absent in tests that do not need it. */
   metering?: { store: MeteringStore; follower: MeteringFollower };
 }
@@ -40,6 +46,10 @@ const EMPTY = Buffer.alloc(0);
 
 /** FleetService: the hosts registry and the fan-outs over it. */
 export function createFleetService(hosts: HostRegistry, options: FleetOptions): ServiceImpl<typeof FleetService> {
+  const requireInventory = () => {
+    if (!options.inventory) throw new ConnectError("the merged inventory is not enabled on this aggregator", Code.FailedPrecondition);
+    return options.inventory.view;
+  };
   const requireMetering = () => {
     if (!options.metering) throw new ConnectError("metering is not enabled on this aggregator", Code.FailedPrecondition);
     return options.metering.store;
@@ -67,6 +77,11 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
         hosts: hosts.list().map((c) => {
           const h = toHost(c);
           h.metering = options.metering?.follower.status(c.config.name);
+          const inv = options.inventory?.view.host(c.config.name);
+          if (inv) {
+            h.syncState = inv.state;
+            h.agentIncarnation ||= inv.incarnation;
+          }
           return h;
         }),
       };
@@ -168,37 +183,46 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
         return { entries: page.map(toFleetEntry), lastFleetSeq: BigInt(store.lastFleetSeq()) };
       });
     },
-    async listInstances(req, context) {
-      const selected = selectHosts(req.hosts);
-      const outcomes = await fanOut(
-        selected,
-        async (host, signal, timeoutMs) => {
-          const res = await host.inventory.listInstances({}, { signal, timeoutMs });
-          host.incarnation = res.incarnation;
-          return res;
-        },
-        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
-      );
-      const instances: FleetInstance[] = [];
-      for (const o of sortedByHost(outcomes)) {
-        for (const i of o.value?.instances ?? []) {
-          const { $typeName: _, ...fields } = i;
-          instances.push(create(FleetInstanceSchema, { ...fields, host: o.host }));
-        }
-      }
-      const sync = sortedByHost(outcomes).map((o) => {
-        const conn = hosts.get(o.host);
-        return {
-          host: o.host,
-          state: o.value ? HostSyncState.SYNCED : HostSyncState.DEGRADED,
-          lastSeen: conn?.lastSeenMs ? timestampFromMs(conn.lastSeenMs) : undefined,
-          resourceVersion: o.value?.resourceVersion ?? 0n,
-          incarnation: o.value?.incarnation ?? conn?.incarnation ?? "",
-        };
-      });
-      return { instances, hosts: sync, hostResults: toHostResults(outcomes) };
+    listInstances(req) {
+      const view = requireInventory();
+      const filter = instanceFilter(req, selectHosts);
+      const hostSyncs = view.hostSyncs(filter.hosts);
+      return {
+        instances: view.list(filter),
+        hosts: hostSyncs,
+        // Partial views are normal: OK for a SYNCED host, the reason for any other.
+        hostResults: hostSyncs.map((h) => create(HostResultSchema, {
+          host: h.host,
+          code: h.state === HostSyncState.SYNCED ? "OK" : "UNAVAILABLE",
+          message: h.state === HostSyncState.SYNCED ? "" : `${HostSyncState[h.state]}${h.lastError ? `: ${h.lastError}` : ""}`,
+        })),
+        cursor: view.cursor,
+      };
+    },
+    watchInstances(req, context) {
+      const view = requireInventory();
+      return watchFleetInventory(view, req.cursor, instanceFilter(req, selectHosts), context.signal);
     },
   };
+}
+
+/** The filters of List/WatchInstances, checked: each bad value names its field. */
+function instanceFilter(
+  req: { hosts: string[]; labels: Record<string, string>; states: InstanceState[]; kinds: InstanceKind[] },
+  selectHosts: (names: string[]) => HostConnection[],
+): InstanceFilter {
+  const hosts = req.hosts.length > 0 ? new Set(selectHosts(req.hosts).map((h) => h.config.name)) : undefined;
+  for (const [k, v] of Object.entries(req.labels)) {
+    if (k === "" || k.length > 253) throw invalidArgument(`labels[${JSON.stringify(k.slice(0, 40))}]`, "key must be 1 to 253 characters");
+    if (v.length > 256) throw invalidArgument(`labels[${JSON.stringify(k)}]`, "value must be at most 256 characters");
+  }
+  req.states.forEach((st, i) => {
+    if (st === InstanceState.UNSPECIFIED || !(st in InstanceState)) throw invalidArgument(`states[${i}]`, `must be one of CREATED, RUNNING, STANDBY, STOPPED, ERROR, got ${st}`);
+  });
+  req.kinds.forEach((k, i) => {
+    if (k === InstanceKind.UNSPECIFIED || !(k in InstanceKind)) throw invalidArgument(`kinds[${i}]`, `must be one of VM, CONTAINER, PROCESS, got ${k}`);
+  });
+  return { hosts, labels: Object.keys(req.labels).length > 0 ? req.labels : undefined, states: new Set(req.states), kinds: new Set(req.kinds) };
 }
 
 function checkedTimeout(d: Duration, field: string): number {

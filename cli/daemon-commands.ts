@@ -51,6 +51,7 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--stats-max-age <duration>", "ListInstanceStats may answer from a shared sweep this recent ('0s' = always sweep anew)").default(500, "500ms").argParser(parse.nonNegativeDurationMs))
     .addOption(configurable("AGENT", "--standby <on|off>", "auto-standby over conntrack (off: every instance reports UNSUPPORTED)").choices(["on", "off"]).default("on"))
     .addOption(configurable("AGENT", "--standby-concurrency <n>", "standby requests run at once").default(16).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--watch-history <n>", "inventory changes kept for WatchInstances resume; an older version must relist").default(16_384).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--standby-exec <command>", "exec driver: standby command, run without a shell, split on spaces"))
     .addOption(configurable("AGENT", "--wake-exec <command>", "exec driver: wake command"))
     .addOption(configurable("AGENT", "--runtime <list>", "container runtimes: auto (docker when its socket is there, kubernetes in a cluster), none, or docker,kubernetes").default("auto"))
@@ -70,6 +71,7 @@ export function agentCommand(): Command {
         statsMaxAge: number;
         standby: string;
         standbyConcurrency: number;
+        watchHistory: number;
         standbyExec?: string;
         wakeExec?: string;
         runtime: string;
@@ -101,6 +103,7 @@ export function agentCommand(): Command {
           statsMaxAgeMs: o.statsMaxAge,
           standby: o.standby === "on",
           standbyConcurrency: o.standbyConcurrency,
+          watchHistory: o.watchHistory,
           standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },
           runtime: { runtimes, dockerHost: o.dockerHost, kubeconfig: o.kubeconfig, kubeNode: o.kubeNode },
           logger: createLogger("fleetlet-agent", o.logLevel),
@@ -121,11 +124,17 @@ export function aggregatorCommand(): Command {
     .addOption(configurable("AGGREGATOR", "--per-host-timeout <duration>", "deadline of one host's part of a fan-out (at most 300s)").default(2000, "2s").argParser(parse.hostTimeoutMs))
     .addOption(configurable("AGGREGATOR", "--fan-out-concurrency <n>", "calls in flight at once per fan-out").default(512).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--reconnect-backoff-max <duration>", "longest wait between reconnect attempts to a host").default(30_000, "30s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--stale-after <duration>", "a host not heard from for this long is STALE in the merged inventory").default(30_000, "30s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--digest-interval <duration>", "how often each host's inventory digest is compared with the merged view's").default(60_000, "60s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--watch-buffer <n>", "merged inventory changes kept for WatchInstances cursors").default(65_536).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGGREGATOR_* win over it")
     .action(async (_opts, command: Command) => {
       applyConfigFile(command);
       const o = command.opts<{
+        staleAfter: number;
+        digestInterval: number;
+        watchBuffer: number;
         listen: ListenAddress;
         hosts?: string;
         hostsFile?: string;
@@ -155,6 +164,7 @@ export function aggregatorCommand(): Command {
           defaultPerHostTimeoutMs: o.perHostTimeout,
           fanOutConcurrency: o.fanOutConcurrency,
           backoff: { initialMs: Math.min(1000, o.reconnectBackoffMax), maxMs: o.reconnectBackoffMax },
+          inventory: { staleAfterMs: o.staleAfter, digestIntervalMs: o.digestInterval, watchBuffer: o.watchBuffer, dropEventOf: process.env.FLEETLET_TEST_DROP_INVENTORY_EVENT || undefined },
           logger: createLogger("fleetlet-aggregator", o.logLevel),
         }),
       );

@@ -121,11 +121,18 @@ export function getCommand(): Command {
             print(opts, FleetInstancesSchema, res, () =>
               [
                 instancesTable(res.instances, true),
+                // Every host's part of the merged view: how current it is, and why not.
                 formatTable(
-                  ["HOST", "SYNC", "VERSION"],
-                  res.hosts.map((h) => [h.host, HostSyncState[h.state] ?? "", h.resourceVersion.toString()]),
+                  ["HOST", "SYNC", "INSTANCES", "VERSION", "LAST-SEEN", "WHY"],
+                  res.hosts.map((h) => [
+                    h.host,
+                    HostSyncState[h.state] ?? "",
+                    String(h.instanceCount),
+                    h.resourceVersion.toString(),
+                    h.lastSeen ? `${formatAge(timestampMs(h.lastSeen))} ago` : "never",
+                    h.lastError || "-",
+                  ]),
                 ),
-                hostResultLines(res.hostResults),
               ].filter(Boolean).join("\n\n"),
             );
           } else {

@@ -1,10 +1,11 @@
-import { existsSync, readFileSync, readdirSync, unlinkSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { clone, equals, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { InstanceSchema, SnapshotSchema, type Instance, type InstanceState, type Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { writeFileAtomic } from "../../lib/atomic-file.js";
+import { RegistryStore, type JournalRecord, type StoredMeter } from "./registry-store.js";
+import { DEFAULT_WATCH_HISTORY, InventoryFeed, type PreparedChanges } from "./inventory-feed.js";
 import { parseProcStat } from "../kernel/proc-stat-parser.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
 import { lifecycleEntries, snapshotRegisteredEntry, snapshotRemovedEntry, type LifecycleEntry, type LifecycleStep, type MeterState, type StepCause } from "../metering/lifecycle-entries.js";
@@ -35,8 +36,6 @@ export type RegistryChange =
   | { type: "upsert"; instance: Instance; previous: Instance | undefined }
   | { type: "delete"; instance: Instance };
 
-const FILE = "instances.json";
-const FORMAT = 1;
 
 /**
  * The agent's instances, by id: the one place that holds and changes them. Every change is
@@ -64,55 +63,67 @@ export class InstanceRegistry {
   private writeScheduled = false;
   /** Completed writes of the registry file (group commit makes this far fewer than changes). */
   writes = 0;
-  /** The resource version of the state last written to disk. */
-  private durableVersion = 0n;
-  /** Bumped by every change that alters an instance; identical rewrites leave it. */
-  resourceVersion = 0n;
+  /** Working-copy changes made, and how many of them are on disk (is memory ahead of disk?). */
+  private changeCount = 0;
+  private durableChangeCount = 0;
+  /** What lists and watches see: durable state only, versioned (inventory-feed.ts). */
+  feed: InventoryFeed;
   /** New at every start, so a client can tell a restarted agent from a reconnect. */
   readonly incarnation = randomBytes(8).toString("hex");
+
+  /** Instances, meter rows and snapshots changed since the last write (what its record holds). */
+  private dirty = new Set<string>();
+  private dirtySnapshots = new Set<string>();
 
   private constructor(
     private readonly path: string,
     private readonly roots: KernelRoots,
-  ) {}
+    /** Where it lives on disk (snapshot + journal); read for metrics and tests. */
+    readonly store: RegistryStore,
+    private readonly watchHistory: number,
+  ) {
+    this.feed = new InventoryFeed(this.incarnation, [], 0, watchHistory);
+  }
 
-  /** Loads the registry; a file that cannot be parsed stops the agent (no silent data loss). */
-  static open(stateDir: string, roots: KernelRoots = DEFAULT_ROOTS): InstanceRegistry {
-    const registry = new InstanceRegistry(join(stateDir, FILE), roots);
-    // Temp files of a write interrupted by a crash: the target still holds the last good state.
-    for (const name of readdirSync(stateDir)) {
-      if (name.startsWith(`.${FILE}.tmp-`)) unlinkSync(join(stateDir, name));
-    }
-    if (existsSync(registry.path)) {
-      let doc: { format?: number; resourceVersion?: string; instances?: JsonValue[]; snapshots?: JsonValue[]; meter?: Record<string, [number, number, number]>; pendingMetering?: { afterSeq: number; entries: SerializedEntry[] } };
+  /** The version of the published (durable) state: bumped once per changed instance. */
+  get resourceVersion(): bigint {
+    return BigInt(this.feed.version);
+  }
+
+  /**
+   * Loads the registry (snapshot + journal, registry-store.ts); anything on disk that cannot be
+   * parsed stops the agent (no silent data loss).
+   */
+  static open(stateDir: string, roots: KernelRoots = DEFAULT_ROOTS, options: { watchHistory?: number } = {}): InstanceRegistry {
+    const { store, state } = RegistryStore.open(stateDir);
+    const registry = new InstanceRegistry(join(stateDir, "instances.json"), roots, store, options.watchHistory ?? DEFAULT_WATCH_HISTORY);
+    if (!state) return registry;
+    const stored: Instance[] = [];
+    for (const [id, json] of state.instances) {
       try {
-        doc = JSON.parse(readFileSync(registry.path, "utf8")) as typeof doc;
+        stored.push(fromJson(InstanceSchema, json));
       } catch (e) {
-        throw new Error(`${registry.path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
+        throw new Error(`${registry.path}: instance ${JSON.stringify(id)}: ${(e as Error).message}`);
       }
-      if (doc.format !== FORMAT) throw new Error(`${registry.path}: unknown format ${String(doc.format)}`);
-      for (const [i, json] of (doc.instances ?? []).entries()) {
-        try {
-          const instance = fromJson(InstanceSchema, json);
-          registry.instances.set(instance.id, instance);
-          registry.sorted = undefined;
-        } catch (e) {
-          throw new Error(`${registry.path}: instance ${i}: ${(e as Error).message}`);
-        }
-      }
-      registry.resourceVersion = BigInt(doc.resourceVersion ?? "0");
-      registry.durableVersion = registry.resourceVersion;
-      if (doc.meter) {
-        for (const [id, [c, st, r]] of Object.entries(doc.meter)) registry.meter.set(id, { computeOpen: c === 1, storageOpen: st === 1, everRan: r === 1 });
-      } else {
-        registry.unmetered = [...registry.instances.keys()];
-      }
-      for (const json of doc.snapshots ?? []) {
-        const snap = fromJson(SnapshotSchema, json);
-        registry.snapshots.set(snap.id, snap);
-      }
-      if (doc.pendingMetering) registry.pending = { afterSeq: doc.pendingMetering.afterSeq, entries: doc.pendingMetering.entries.map(deserializeEntry) };
     }
+    // Stored with the version of their last change (so a restart renumbers nothing); the
+    // working copies go without, so an identical re-registration compares equal.
+    registry.feed = new InventoryFeed(registry.incarnation, stored, Number(state.resourceVersion), registry.watchHistory);
+    for (const i of stored) {
+      const working = clone(InstanceSchema, i);
+      working.resourceVersion = 0n;
+      registry.instances.set(i.id, working);
+    }
+    if (state.meter) {
+      for (const [id, [c, st, r]] of state.meter) registry.meter.set(id, { computeOpen: c === 1, storageOpen: st === 1, everRan: r === 1 });
+    } else {
+      registry.unmetered = [...registry.instances.keys()];
+    }
+    for (const json of state.snapshots.values()) {
+      const snap = fromJson(SnapshotSchema, json);
+      registry.snapshots.set(snap.id, snap);
+    }
+    if (state.pending) registry.pending = { afterSeq: state.pending.afterSeq, entries: (state.pending.entries as unknown as SerializedEntry[]).map(deserializeEntry) };
     return registry;
   }
 
@@ -156,6 +167,7 @@ export class InstanceRegistry {
         if (!inst || this.meter.has(id)) continue;
         const r = lifecycleEntries({ type: "upsert", previous: undefined, meter: undefined, next: inst, cause: "request" }, at);
         entries.push(...r.entries);
+        this.dirty.add(id);
         if (r.meter) this.meter.set(id, r.meter);
       }
       if (entries.length > 0) {
@@ -192,7 +204,7 @@ export class InstanceRegistry {
     if (previous && equals(InstanceSchema, previous, next)) {
       // Same content: acknowledge only once it is on disk (it may be in a write still pending,
       // or in one that failed and was rolled back: then this call writes it).
-      if (this.resourceVersion !== this.durableVersion || this.batch) await this.commit();
+      if (this.changeCount !== this.durableChangeCount || this.batch) await this.commit();
       return this.instances.get(input.id) ?? previous;
     }
     this.set(next.id, next, previous);
@@ -261,8 +273,12 @@ export class InstanceRegistry {
       return previous;
     }
     this.snapshots.set(snapshot.id, snapshot);
+    this.dirtySnapshots.add(snapshot.id);
     this.pushEntries([snapshotRegisteredEntry(snapshot.id, snapshot.hypervisor, Number(snapshot.storageBytes), nowNs())]);
-    await this.commit(() => this.snapshots.delete(snapshot.id));
+    await this.commit(() => {
+      this.snapshots.delete(snapshot.id);
+      this.dirtySnapshots.add(snapshot.id);
+    });
     return snapshot;
   }
 
@@ -271,8 +287,12 @@ export class InstanceRegistry {
     const previous = this.snapshots.get(id);
     if (!previous) throw new ConnectError(`snapshot ${JSON.stringify(id)} not found`, Code.NotFound);
     this.snapshots.delete(id);
+    this.dirtySnapshots.add(id);
     this.pushEntries([snapshotRemovedEntry(id, previous.hypervisor, Number(previous.storageBytes), nowNs())]);
-    await this.commit(() => this.snapshots.set(id, previous));
+    await this.commit(() => {
+      this.snapshots.set(id, previous);
+      this.dirtySnapshots.add(id);
+    });
     return previous;
   }
 
@@ -286,12 +306,14 @@ export class InstanceRegistry {
    * current batch (written with it), the instance's open intervals move on. Returns the undo.
    */
   private meterStep(step: LifecycleStep, id: string): () => void {
+    this.dirty.add(id);
     const before = this.meter.get(id);
     const result = lifecycleEntries(step, nowNs());
     if (result.meter) this.meter.set(id, result.meter);
     else this.meter.delete(id);
     if (result.entries.length > 0) this.pushEntries(result.entries);
     return () => {
+      this.dirty.add(id);
       if (before) this.meter.set(id, before);
       else this.meter.delete(id);
     };
@@ -313,15 +335,60 @@ export class InstanceRegistry {
 
   /** One change in memory, announced to listeners; `undefined` = absent. */
   private set(id: string, value: Instance | undefined, previous: Instance | undefined): void {
+    this.dirty.add(id);
     if (value) this.instances.set(id, value);
     else this.instances.delete(id);
-    this.resourceVersion++;
+    this.changeCount++;
     this.emit(value ? { type: "upsert", instance: value, previous } : { type: "delete", instance: previous! });
+  }
+
+  /**
+   * The journal record of everything changed since the last write: the current value of each
+   * touched instance, meter row and snapshot. Taken synchronously with the batch, so it holds
+   * exactly the batch's changes (and those an undo put back).
+   */
+  private takeRecord(pending: JournalRecord["pending"]): { record: JournalRecord; prepared: PreparedChanges } {
+    const prepared = this.feed.prepare([...this.dirty].map((id) => [id, this.instances.get(id)]));
+    const record: JournalRecord = { v: String(prepared.version) };
+    const put: JsonValue[] = [];
+    const del: string[] = [];
+    const meter: Record<string, StoredMeter | null> = {};
+    const versioned = this.versioned(prepared);
+    for (const id of this.dirty) {
+      const inst = this.instances.get(id);
+      if (inst) put.push(toJson(InstanceSchema, versioned(inst)));
+      else del.push(id);
+      const m = this.meter.get(id);
+      meter[id] = m ? storedMeter(m) : null;
+    }
+    const snapPut: JsonValue[] = [];
+    const snapDel: string[] = [];
+    for (const id of this.dirtySnapshots) {
+      const snap = this.snapshots.get(id);
+      if (snap) snapPut.push(toJson(SnapshotSchema, snap));
+      else snapDel.push(id);
+    }
+    this.dirty = new Set();
+    this.dirtySnapshots = new Set();
+    if (put.length > 0) record.put = put;
+    if (del.length > 0) record.del = del;
+    if (Object.keys(meter).length > 0) record.meter = meter;
+    if (snapPut.length > 0) record.snapPut = snapPut;
+    if (snapDel.length > 0) record.snapDel = snapDel;
+    if (pending) record.pending = pending;
+    return { record, prepared };
+  }
+
+  /** A working copy as stored: with the version of its last change (this batch's or published). */
+  private versioned(prepared: PreparedChanges): (i: Instance) => Instance {
+    const changed = new Map(prepared.changes.map((c) => [c.change.instance.id, c.change.instance]));
+    return (i) => changed.get(i.id) ?? this.feed.get(i.id) ?? i;
   }
 
   /** Stops retrying a failed ledger append (the agent is stopping; a restart completes it). */
   close(): void {
     clearTimeout(this.retryTimer);
+    void this.store.close();
   }
 
   subscribe(listener: (change: RegistryChange) => void): () => void {
@@ -377,22 +444,26 @@ export class InstanceRegistry {
     const batch = this.batch;
     if (!batch) return;
     this.batch = undefined;
-    const version = this.resourceVersion;
+    const changeCount = this.changeCount;
     // Entries a failed append left behind come first: they are older and already committed.
     const entries = this.ledger ? [...(this.pending?.entries ?? []), ...batch.entries] : [];
     const pending: PendingMetering | undefined = entries.length > 0 ? { afterSeq: this.pending?.afterSeq ?? this.ledger!.lastSeq, entries } : undefined;
-    const doc = {
-      format: FORMAT,
-      resourceVersion: version.toString(),
-      instances: this.list().map((i) => toJson(InstanceSchema, i)),
-      snapshots: [...this.snapshots.values()].map((x) => toJson(SnapshotSchema, x)),
-      meter: Object.fromEntries([...this.meter].map(([id, m]) => [id, [m.computeOpen ? 1 : 0, m.storageOpen ? 1 : 0, m.everRan ? 1 : 0]])),
-      ...(pending ? { pendingMetering: { afterSeq: pending.afterSeq, entries: pending.entries.map(serializeEntry) } } : {}),
+    const pendingJson = pending ? { afterSeq: pending.afterSeq, entries: pending.entries.map(serializeEntry) as unknown as JsonValue[] } : undefined;
+    const { record, prepared } = this.takeRecord(pendingJson);
+    const full = () => {
+      const versioned = this.versioned(prepared);
+      return {
+        resourceVersion: record.v,
+        instances: this.list().map((i) => toJson(InstanceSchema, versioned(i))),
+        snapshots: [...this.snapshots.values()].map((x) => toJson(SnapshotSchema, x)),
+        meter: Object.fromEntries([...this.meter].map(([id, m]) => [id, storedMeter(m)])),
+        ...(pendingJson ? { pendingMetering: pendingJson } : {}),
+      };
     };
     this.writing = true;
     try {
       try {
-        await writeFileAtomic(this.path, `${JSON.stringify(doc)}\n`);
+        await this.store.commit(record, full);
       } catch (e) {
         const queued = this.batch as typeof batch | undefined;
         this.batch = undefined;
@@ -402,7 +473,9 @@ export class InstanceRegistry {
         for (const w of [...batch.waiters, ...(queued?.waiters ?? [])]) w.reject(error);
         return;
       }
-      this.durableVersion = version;
+      this.durableChangeCount = changeCount;
+      // Durable: now lists and watches may see it.
+      this.feed.publish(prepared);
       this.writes++;
       // Committed: the state and its entries are on disk. Now the ledger (one append, one
       // fdatasync for the whole batch); callers are acknowledged once both are durable.
@@ -442,6 +515,10 @@ function serializeEntry(e: LifecycleEntry): SerializedEntry {
 
 function deserializeEntry(e: SerializedEntry): LifecycleEntry {
   return { ...e, emittedAtNs: BigInt(e.emittedAtNs) };
+}
+
+function storedMeter(m: MeterState): StoredMeter {
+  return [m.computeOpen ? 1 : 0, m.storageOpen ? 1 : 0, m.everRan ? 1 : 0];
 }
 
 /** Wall-clock now in ns (entries are UTC times, not a monotonic clock). */

@@ -70,6 +70,7 @@ export function validateInstance(input: Instance | undefined, options: Validatio
   out.source = InstanceSource.REGISTERED;
   // Output only: the agent records the pid's start time itself.
   out.pidStartTime = undefined;
+  out.resourceVersion = 0n;
   return out;
 }
 

@@ -5,6 +5,7 @@ import { InstanceSchema, InstanceState, InventoryService } from "../../gen/fleet
 import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "./instance-registry.js";
 import { validateInstance, type ValidationOptions } from "./instance-validation.js";
+import { watchInventory } from "./inventory-watch.js";
 
 /** InventoryService: the RPC face of the instance registry. */
 export function createInventoryService(
@@ -64,11 +65,17 @@ export function createInventoryService(
       return { instance: find(req.instanceId) };
     },
     listInstances() {
+      // The published (durable) state: exactly what a watch from this version builds on.
+      const feed = registry.feed;
       return {
-        instances: [...registry.list()],
-        resourceVersion: registry.resourceVersion,
-        incarnation: registry.incarnation,
+        instances: [...feed.list()],
+        resourceVersion: BigInt(feed.version),
+        incarnation: feed.incarnation,
+        digest: feed.digest(),
       };
+    },
+    watchInstances(req, context) {
+      return watchInventory(registry.feed, req, context.signal);
     },
   };
 }

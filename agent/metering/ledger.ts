@@ -82,6 +82,10 @@ export class MeteringLedger {
   readonly tornLinesRepaired: number;
   /** Completed fdatasyncs of segment data; fewer than appends when group commit works. */
   syncs = 0;
+  /** Entries made durable since open. */
+  appended = 0;
+  /** Told the duration of every write + fdatasync and how many entries it made durable (metrics). */
+  syncObserver: ((seconds: number, entries: number) => void) | undefined;
 
   private readonly segments: Segment[];
   private active: ActiveSegment | undefined;
@@ -378,6 +382,7 @@ export class MeteringLedger {
     }
     lines.push("");
     const buf = Buffer.from(lines.join("\n"));
+    const started = performance.now();
     try {
       // O_APPEND: every write lands at the end; loop over short writes.
       for (let done = 0; done < buf.length; ) done += (await writeAsync(active.fd, buf, done, buf.length - done, null)).bytesWritten;
@@ -394,6 +399,8 @@ export class MeteringLedger {
       throw e;
     }
     this.syncs++;
+    this.appended += entries.length;
+    this.syncObserver?.((performance.now() - started) / 1000, entries.length);
     return { active, entries, bytes: buf.length, offsets };
   }
 

@@ -1,5 +1,5 @@
 import Database from "better-sqlite3";
-import { migrate } from "./store-migrations.js";
+import { METERING_MIGRATIONS, migrate, type Migration } from "./store-migrations.js";
 
 /**
  * Opens (creating if needed) the metering store's SQLite file with the settings its
@@ -13,17 +13,27 @@ import { migrate } from "./store-migrations.js";
  * says so and is left untouched.
  */
 export function openMeteringDatabase(file: string): Database.Database {
+  return openStoreDatabase(file, METERING_MIGRATIONS, "FULL");
+}
+
+/**
+ * The same for any of the aggregator's SQLite stores: WAL, foreign keys, a busy timeout, its
+ * own migrations; `synchronous` FULL where a commit must survive power loss (money), NORMAL
+ * where the content can be rebuilt from the agents (the inventory view: a crash may lose the
+ * last commits, never corrupt the file).
+ */
+export function openStoreDatabase(file: string, migrations: readonly Migration[], synchronous: "FULL" | "NORMAL"): Database.Database {
   let db: Database.Database | undefined;
   try {
     db = new Database(file);
     const mode = db.pragma("journal_mode = WAL", { simple: true });
     if (mode !== "wal") throw new Error(`journal_mode is ${String(mode)}, WAL could not be enabled (filesystem without shared memory?)`);
-    db.pragma("synchronous = FULL");
+    db.pragma(`synchronous = ${synchronous}`);
     db.pragma("foreign_keys = ON");
     // A reader in another process (a checker, an export) may briefly hold a lock the writer
     // needs (WAL reset, checkpoint): wait rather than fail the merge.
     db.pragma("busy_timeout = 5000");
-    migrate(db, file);
+    migrate(db, file, migrations);
     return db;
   } catch (e) {
     db?.close();

@@ -267,6 +267,8 @@ describe("docker runtime against a real dockerd", { skip }, () => {
     await rec.waitFor("oom", is("oom", "oom"), mark);
     const die = await rec.waitFor("die", is("oom", "die"), mark);
     assert.equal(die.exitCode, 137);
+    // The listed state follows the events; the engine may report the OOM after the die.
+    for (let i = 0; i < 100 && byName(rt, "oom")?.oomKilled !== true; i++) await new Promise((r) => setTimeout(r, 50));
     const c = byName(rt, "oom")!;
     assert.equal(c.oomKilled, true);
     assert.equal(c.exitCode, 137);

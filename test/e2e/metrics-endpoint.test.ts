@@ -1,6 +1,10 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import { createClient } from "@connectrpc/connect";
+import { InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { MeteringService } from "../../gen/fleetlet/agent/v1/metering_pb.js";
+import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentClients } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
@@ -42,6 +46,27 @@ describe("GET /metrics on the agent", () => {
     const disabled = /^fleetlet_standby_instances\{phase="(DISABLED|UNSUPPORTED)",[^}]*\} 1$/m.test(text);
     assert.ok(disabled, "the policy-less instance is counted once");
     assert.match(text, /^fleetlet_standby_attempts_total\{result="ok",/m);
+  });
+  it("has the metering instruments: entries appended equal the ledger's last seq, sync and commit durations", async () => {
+    const c = agentClients(agent.address);
+    // A second instance, RUNNING: two more entries (storage and compute start), one more commit.
+    await c.inventory.registerInstance({ instance: { id: "m-2", state: InstanceState.RUNNING } });
+    c.close();
+    const m = createClient(MeteringService, createGrpcJsTransport(agent.address));
+    const ledger = await m.readMeteringEntries({ fromSeq: 1n });
+    const last = Number(ledger.entries.at(-1)?.seq ?? 0n);
+    assert.ok(last >= 3, `at least 3 entries (m-1 storage, m-2 storage + compute), got ${last}`);
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
+    assert.equal(value(/^fleetlet_metering_entries_appended_total\{[^}]*\} (\d+)$/m), last);
+    assert.equal(value(/^fleetlet_metering_ledger_last_seq\{[^}]*\} (\d+)$/m), last);
+    const syncs = value(/^fleetlet_metering_ledger_syncs_total\{[^}]*\} (\d+)$/m);
+    assert.ok(syncs >= 2 && syncs <= last, `syncs ${syncs}`);
+    assert.equal(value(/^fleetlet_metering_ledger_sync_duration_seconds_count\{[^}]*\} (\d+)$/m), syncs);
+    assert.equal(value(/^fleetlet_metering_unacknowledged_entries\{[^}]*\} (\d+)$/m), last, "no aggregator acknowledged anything");
+    // The first commit of a new state dir writes the snapshot; later ones append to the journal.
+    assert.ok(value(/^fleetlet_registry_commits_total\{kind="journal",[^}]*\} (\d+)$/m) >= 1);
+    assert.ok(value(/^fleetlet_registry_commit_duration_seconds_count\{kind="snapshot",[^}]*\} (\d+)$/m) >= 1);
   });
   it("answers 404 elsewhere", async () => {
     assert.equal((await fetch(`http://127.0.0.1:${port}/`)).status, 404);

@@ -1,10 +1,11 @@
 import { afterEach, beforeEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { InstanceSchema, InstanceState, SnapshotSchema } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { InstanceRegistry, type LifecycleLedger } from "../../../agent/inventory/instance-registry.js";
+import { RegistryStore } from "../../../agent/inventory/registry-store.js";
 import type { LifecycleEntry } from "../../../agent/metering/lifecycle-entries.js";
 import { tempDir } from "../../helpers/temp-dir.js";
 
@@ -77,8 +78,8 @@ describe("registry + metering", () => {
     ledger.failNext = true;
     await assert.rejects(r.setState("a", InstanceState.STOPPED), /could not append to the metering ledger: disk full/);
     r.close(); // the "crashed" agent: no retry of its own
-    const doc = JSON.parse(readFileSync(join(dir.path, "instances.json"), "utf8")) as { pendingMetering?: { afterSeq: number; entries: unknown[] } };
-    assert.deepEqual([doc.pendingMetering?.afterSeq, doc.pendingMetering?.entries.length], [2, 1]);
+    const pending = RegistryStore.open(dir.path).state?.pending;
+    assert.deepEqual([pending?.afterSeq, pending?.entries.length], [2, 1]);
     const restarted = InstanceRegistry.open(dir.path);
     assert.equal(restarted.get("a")?.state, InstanceState.STOPPED, "the change is committed");
     await restarted.attachLedger(ledger);
@@ -97,9 +98,9 @@ describe("registry + metering", () => {
     await assert.rejects(r.upsert(create(InstanceSchema, { id: "p", state: InstanceState.RUNNING })));
     r.close();
     // The first of the batch's two entries reached the disk before the crash.
-    const doc = JSON.parse(readFileSync(join(dir.path, "instances.json"), "utf8")) as { pendingMetering: { entries: { emittedAtNs: string }[] } };
-    assert.equal(doc.pendingMetering.entries.length, 2);
-    ledger.entries.push({ kind: "vm.storage.start", vmId: "p", reason: "boot", shape: {}, emittedAtNs: BigInt(doc.pendingMetering.entries[0]!.emittedAtNs) });
+    const pending = RegistryStore.open(dir.path).state!.pending!.entries as { emittedAtNs: string }[];
+    assert.equal(pending.length, 2);
+    ledger.entries.push({ kind: "vm.storage.start", vmId: "p", reason: "boot", shape: {}, emittedAtNs: BigInt(pending[0]!.emittedAtNs) });
     await InstanceRegistry.open(dir.path).attachLedger(ledger);
     assert.deepEqual(kr(ledger), ["vm.storage.start boot p", "vm.compute.start boot p"]);
   });

@@ -6,13 +6,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { StandbyPolicy } from "./standby_pb.js";
 import { file_fleetlet_agent_v1_standby } from "./standby_pb.js";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file fleetlet/agent/v1/inventory.proto.
  */
 export const file_fleetlet_agent_v1_inventory: GenFile = /*@__PURE__*/
-  fileDesc("CiFmbGVldGxldC9hZ2VudC92MS9pbnZlbnRvcnkucHJvdG8SEWZsZWV0bGV0LmFnZW50LnYxIvcECghJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EjcKBmxhYmVscxgPIAMoCzInLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlLkxhYmVsc0VudHJ5EjEKBnNvdXJjZRgQIAEoDjIhLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU291cmNlEhMKC3J1bnRpbWVfcmVmGBEgASgJEhsKDnBpZF9zdGFydF90aW1lGBIgASgESAGIAQEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZUoECGQQZSJkChdSZWdpc3Rlckluc3RhbmNlUmVxdWVzdBItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlEhoKEnNvdXJjZV9zbmFwc2hvdF9pZBgCIAEoCSJJChhSZWdpc3Rlckluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSIwChlEZXJlZ2lzdGVySW5zdGFuY2VSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJIksKGkRlcmVnaXN0ZXJJbnN0YW5jZVJlc3BvbnNlEi0KCGluc3RhbmNlGAEgASgLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2UiKQoSR2V0SW5zdGFuY2VSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJIkQKE0dldEluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSIWChRMaXN0SW5zdGFuY2VzUmVxdWVzdCJ2ChVMaXN0SW5zdGFuY2VzUmVzcG9uc2USLgoJaW5zdGFuY2VzGAEgAygLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2USGAoQcmVzb3VyY2VfdmVyc2lvbhgCIAEoBBITCgtpbmNhcm5hdGlvbhgDIAEoCSJfChdTZXRJbnN0YW5jZVN0YXRlUmVxdWVzdBITCgtpbnN0YW5jZV9pZBgBIAEoCRIvCgVzdGF0ZRgCIAEoDjIgLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU3RhdGUiSQoYU2V0SW5zdGFuY2VTdGF0ZVJlc3BvbnNlEi0KCGluc3RhbmNlGAEgASgLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2UinAEKFlJlc3RvcmVJbnN0YW5jZVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAkSFwoPYWxsb2NhdGVkX3ZjcHVzGAMgASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYBCABKAMSHwoXYWxsb2NhdGVkX3N0b3JhZ2VfYnl0ZXMYBSABKAMiSAoXUmVzdG9yZUluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSJWCghTbmFwc2hvdBIKCgJpZBgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRISCgpoeXBlcnZpc29yGAMgASgJEhUKDXN0b3JhZ2VfYnl0ZXMYBCABKAMiSAoXUmVnaXN0ZXJTbmFwc2hvdFJlcXVlc3QSLQoIc25hcHNob3QYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5TbmFwc2hvdCJJChhSZWdpc3RlclNuYXBzaG90UmVzcG9uc2USLQoIc25hcHNob3QYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5TbmFwc2hvdCIsChVSZW1vdmVTbmFwc2hvdFJlcXVlc3QSEwoLc25hcHNob3RfaWQYASABKAkiRwoWUmVtb3ZlU25hcHNob3RSZXNwb25zZRItCghzbmFwc2hvdBgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLlNuYXBzaG90IhYKFExpc3RTbmFwc2hvdHNSZXF1ZXN0IkcKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIuCglzbmFwc2hvdHMYASADKAsyGy5mbGVldGxldC5hZ2VudC52MS5TbmFwc2hvdCp7CgxJbnN0YW5jZUtpbmQSHQoZSU5TVEFOQ0VfS0lORF9VTlNQRUNJRklFRBAAEhQKEElOU1RBTkNFX0tJTkRfVk0QARIbChdJTlNUQU5DRV9LSU5EX0NPTlRBSU5FUhACEhkKFUlOU1RBTkNFX0tJTkRfUFJPQ0VTUxADKrkBCg1JbnN0YW5jZVN0YXRlEh4KGklOU1RBTkNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWSU5TVEFOQ0VfU1RBVEVfQ1JFQVRFRBABEhoKFklOU1RBTkNFX1NUQVRFX1JVTk5JTkcQAhIaChZJTlNUQU5DRV9TVEFURV9TVEFOREJZEAMSGgoWSU5TVEFOQ0VfU1RBVEVfU1RPUFBFRBAEEhgKFElOU1RBTkNFX1NUQVRFX0VSUk9SEAUqjgEKDkluc3RhbmNlU291cmNlEh8KG0lOU1RBTkNFX1NPVVJDRV9VTlNQRUNJRklFRBAAEh4KGklOU1RBTkNFX1NPVVJDRV9SRUdJU1RFUkVEEAESHgoaSU5TVEFOQ0VfU09VUkNFX0RJU0NPVkVSRUQQAhIbChdJTlNUQU5DRV9TT1VSQ0VfUlVOVElNRRADMsMHChBJbnZlbnRvcnlTZXJ2aWNlEmsKEFJlZ2lzdGVySW5zdGFuY2USKi5mbGVldGxldC5hZ2VudC52MS5SZWdpc3Rlckluc3RhbmNlUmVxdWVzdBorLmZsZWV0bGV0LmFnZW50LnYxLlJlZ2lzdGVySW5zdGFuY2VSZXNwb25zZRJxChJEZXJlZ2lzdGVySW5zdGFuY2USLC5mbGVldGxldC5hZ2VudC52MS5EZXJlZ2lzdGVySW5zdGFuY2VSZXF1ZXN0Gi0uZmxlZXRsZXQuYWdlbnQudjEuRGVyZWdpc3Rlckluc3RhbmNlUmVzcG9uc2USXAoLR2V0SW5zdGFuY2USJS5mbGVldGxldC5hZ2VudC52MS5HZXRJbnN0YW5jZVJlcXVlc3QaJi5mbGVldGxldC5hZ2VudC52MS5HZXRJbnN0YW5jZVJlc3BvbnNlEmIKDUxpc3RJbnN0YW5jZXMSJy5mbGVldGxldC5hZ2VudC52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdBooLmZsZWV0bGV0LmFnZW50LnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJrChBTZXRJbnN0YW5jZVN0YXRlEiouZmxlZXRsZXQuYWdlbnQudjEuU2V0SW5zdGFuY2VTdGF0ZVJlcXVlc3QaKy5mbGVldGxldC5hZ2VudC52MS5TZXRJbnN0YW5jZVN0YXRlUmVzcG9uc2USaAoPUmVzdG9yZUluc3RhbmNlEikuZmxlZXRsZXQuYWdlbnQudjEuUmVzdG9yZUluc3RhbmNlUmVxdWVzdBoqLmZsZWV0bGV0LmFnZW50LnYxLlJlc3RvcmVJbnN0YW5jZVJlc3BvbnNlEmsKEFJlZ2lzdGVyU25hcHNob3QSKi5mbGVldGxldC5hZ2VudC52MS5SZWdpc3RlclNuYXBzaG90UmVxdWVzdBorLmZsZWV0bGV0LmFnZW50LnYxLlJlZ2lzdGVyU25hcHNob3RSZXNwb25zZRJlCg5SZW1vdmVTbmFwc2hvdBIoLmZsZWV0bGV0LmFnZW50LnYxLlJlbW92ZVNuYXBzaG90UmVxdWVzdBopLmZsZWV0bGV0LmFnZW50LnYxLlJlbW92ZVNuYXBzaG90UmVzcG9uc2USYgoNTGlzdFNuYXBzaG90cxInLmZsZWV0bGV0LmFnZW50LnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiguZmxlZXRsZXQuYWdlbnQudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlYgZwcm90bzM", [file_fleetlet_agent_v1_standby]);
+  fileDesc("CiFmbGVldGxldC9hZ2VudC92MS9pbnZlbnRvcnkucHJvdG8SEWZsZWV0bGV0LmFnZW50LnYxIpEFCghJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EjcKBmxhYmVscxgPIAMoCzInLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlLkxhYmVsc0VudHJ5EjEKBnNvdXJjZRgQIAEoDjIhLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU291cmNlEhMKC3J1bnRpbWVfcmVmGBEgASgJEhsKDnBpZF9zdGFydF90aW1lGBIgASgESAGIAQESGAoQcmVzb3VyY2VfdmVyc2lvbhgTIAEoBBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgYKBF9waWRCEQoPX3BpZF9zdGFydF90aW1lSgQIZBBlImQKF1JlZ2lzdGVySW5zdGFuY2VSZXF1ZXN0Ei0KCGluc3RhbmNlGAEgASgLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2USGgoSc291cmNlX3NuYXBzaG90X2lkGAIgASgJIkkKGFJlZ2lzdGVySW5zdGFuY2VSZXNwb25zZRItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlIjAKGURlcmVnaXN0ZXJJbnN0YW5jZVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkiSwoaRGVyZWdpc3Rlckluc3RhbmNlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSIpChJHZXRJbnN0YW5jZVJlcXVlc3QSEwoLaW5zdGFuY2VfaWQYASABKAkiRAoTR2V0SW5zdGFuY2VSZXNwb25zZRItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlIhYKFExpc3RJbnN0YW5jZXNSZXF1ZXN0IqoBChVMaXN0SW5zdGFuY2VzUmVzcG9uc2USLgoJaW5zdGFuY2VzGAEgAygLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2USGAoQcmVzb3VyY2VfdmVyc2lvbhgCIAEoBBITCgtpbmNhcm5hdGlvbhgDIAEoCRIyCgZkaWdlc3QYBCABKAsyIi5mbGVldGxldC5hZ2VudC52MS5JbnZlbnRvcnlEaWdlc3QiLgoPSW52ZW50b3J5RGlnZXN0Eg0KBWNvdW50GAEgASgNEgwKBGhhc2gYAiABKAkifAoVV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0EhgKEHJlc291cmNlX3ZlcnNpb24YASABKAQSEwoLaW5jYXJuYXRpb24YAiABKAkSNAoRYm9va21hcmtfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i1QEKDUluc3RhbmNlRXZlbnQSMgoEdHlwZRgBIAEoDjIkLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlRXZlbnRUeXBlEi0KCGluc3RhbmNlGAIgASgLMhsuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2USGAoQcmVzb3VyY2VfdmVyc2lvbhgDIAEoBBITCgtpbmNhcm5hdGlvbhgEIAEoCRIyCgZkaWdlc3QYBSABKAsyIi5mbGVldGxldC5hZ2VudC52MS5JbnZlbnRvcnlEaWdlc3QiSgoWV2F0Y2hJbnN0YW5jZXNSZXNwb25zZRIwCgZldmVudHMYASADKAsyIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUV2ZW50Il8KF1NldEluc3RhbmNlU3RhdGVSZXF1ZXN0EhMKC2luc3RhbmNlX2lkGAEgASgJEi8KBXN0YXRlGAIgASgOMiAuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VTdGF0ZSJJChhTZXRJbnN0YW5jZVN0YXRlUmVzcG9uc2USLQoIaW5zdGFuY2UYASABKAsyGy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZSKcAQoWUmVzdG9yZUluc3RhbmNlUmVxdWVzdBITCgtpbnN0YW5jZV9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCRIXCg9hbGxvY2F0ZWRfdmNwdXMYAyABKAUSHgoWYWxsb2NhdGVkX21lbW9yeV9ieXRlcxgEIAEoAxIfChdhbGxvY2F0ZWRfc3RvcmFnZV9ieXRlcxgFIAEoAyJIChdSZXN0b3JlSW5zdGFuY2VSZXNwb25zZRItCghpbnN0YW5jZRgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlIlYKCFNuYXBzaG90EgoKAmlkGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJEhIKCmh5cGVydmlzb3IYAyABKAkSFQoNc3RvcmFnZV9ieXRlcxgEIAEoAyJIChdSZWdpc3RlclNuYXBzaG90UmVxdWVzdBItCghzbmFwc2hvdBgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLlNuYXBzaG90IkkKGFJlZ2lzdGVyU25hcHNob3RSZXNwb25zZRItCghzbmFwc2hvdBgBIAEoCzIbLmZsZWV0bGV0LmFnZW50LnYxLlNuYXBzaG90IiwKFVJlbW92ZVNuYXBzaG90UmVxdWVzdBITCgtzbmFwc2hvdF9pZBgBIAEoCSJHChZSZW1vdmVTbmFwc2hvdFJlc3BvbnNlEi0KCHNuYXBzaG90GAEgASgLMhsuZmxlZXRsZXQuYWdlbnQudjEuU25hcHNob3QiFgoUTGlzdFNuYXBzaG90c1JlcXVlc3QiRwoVTGlzdFNuYXBzaG90c1Jlc3BvbnNlEi4KCXNuYXBzaG90cxgBIAMoCzIbLmZsZWV0bGV0LmFnZW50LnYxLlNuYXBzaG90KnsKDEluc3RhbmNlS2luZBIdChlJTlNUQU5DRV9LSU5EX1VOU1BFQ0lGSUVEEAASFAoQSU5TVEFOQ0VfS0lORF9WTRABEhsKF0lOU1RBTkNFX0tJTkRfQ09OVEFJTkVSEAISGQoVSU5TVEFOQ0VfS0lORF9QUk9DRVNTEAMquQEKDUluc3RhbmNlU3RhdGUSHgoaSU5TVEFOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIaChZJTlNUQU5DRV9TVEFURV9DUkVBVEVEEAESGgoWSU5TVEFOQ0VfU1RBVEVfUlVOTklORxACEhoKFklOU1RBTkNFX1NUQVRFX1NUQU5EQlkQAxIaChZJTlNUQU5DRV9TVEFURV9TVE9QUEVEEAQSGAoUSU5TVEFOQ0VfU1RBVEVfRVJST1IQBSqOAQoOSW5zdGFuY2VTb3VyY2USHwobSU5TVEFOQ0VfU09VUkNFX1VOU1BFQ0lGSUVEEAASHgoaSU5TVEFOQ0VfU09VUkNFX1JFR0lTVEVSRUQQARIeChpJTlNUQU5DRV9TT1VSQ0VfRElTQ09WRVJFRBACEhsKF0lOU1RBTkNFX1NPVVJDRV9SVU5USU1FEAMqvAEKEUluc3RhbmNlRXZlbnRUeXBlEiMKH0lOU1RBTkNFX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIdChlJTlNUQU5DRV9FVkVOVF9UWVBFX0FEREVEEAESIAocSU5TVEFOQ0VfRVZFTlRfVFlQRV9NT0RJRklFRBACEh8KG0lOU1RBTkNFX0VWRU5UX1RZUEVfREVMRVRFRBADEiAKHElOU1RBTkNFX0VWRU5UX1RZUEVfQk9PS01BUksQBDKsCAoQSW52ZW50b3J5U2VydmljZRJrChBSZWdpc3Rlckluc3RhbmNlEiouZmxlZXRsZXQuYWdlbnQudjEuUmVnaXN0ZXJJbnN0YW5jZVJlcXVlc3QaKy5mbGVldGxldC5hZ2VudC52MS5SZWdpc3Rlckluc3RhbmNlUmVzcG9uc2UScQoSRGVyZWdpc3Rlckluc3RhbmNlEiwuZmxlZXRsZXQuYWdlbnQudjEuRGVyZWdpc3Rlckluc3RhbmNlUmVxdWVzdBotLmZsZWV0bGV0LmFnZW50LnYxLkRlcmVnaXN0ZXJJbnN0YW5jZVJlc3BvbnNlElwKC0dldEluc3RhbmNlEiUuZmxlZXRsZXQuYWdlbnQudjEuR2V0SW5zdGFuY2VSZXF1ZXN0GiYuZmxlZXRsZXQuYWdlbnQudjEuR2V0SW5zdGFuY2VSZXNwb25zZRJiCg1MaXN0SW5zdGFuY2VzEicuZmxlZXRsZXQuYWdlbnQudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaKC5mbGVldGxldC5hZ2VudC52MS5MaXN0SW5zdGFuY2VzUmVzcG9uc2USZwoOV2F0Y2hJbnN0YW5jZXMSKC5mbGVldGxldC5hZ2VudC52MS5XYXRjaEluc3RhbmNlc1JlcXVlc3QaKS5mbGVldGxldC5hZ2VudC52MS5XYXRjaEluc3RhbmNlc1Jlc3BvbnNlMAESawoQU2V0SW5zdGFuY2VTdGF0ZRIqLmZsZWV0bGV0LmFnZW50LnYxLlNldEluc3RhbmNlU3RhdGVSZXF1ZXN0GisuZmxlZXRsZXQuYWdlbnQudjEuU2V0SW5zdGFuY2VTdGF0ZVJlc3BvbnNlEmgKD1Jlc3RvcmVJbnN0YW5jZRIpLmZsZWV0bGV0LmFnZW50LnYxLlJlc3RvcmVJbnN0YW5jZVJlcXVlc3QaKi5mbGVldGxldC5hZ2VudC52MS5SZXN0b3JlSW5zdGFuY2VSZXNwb25zZRJrChBSZWdpc3RlclNuYXBzaG90EiouZmxlZXRsZXQuYWdlbnQudjEuUmVnaXN0ZXJTbmFwc2hvdFJlcXVlc3QaKy5mbGVldGxldC5hZ2VudC52MS5SZWdpc3RlclNuYXBzaG90UmVzcG9uc2USZQoOUmVtb3ZlU25hcHNob3QSKC5mbGVldGxldC5hZ2VudC52MS5SZW1vdmVTbmFwc2hvdFJlcXVlc3QaKS5mbGVldGxldC5hZ2VudC52MS5SZW1vdmVTbmFwc2hvdFJlc3BvbnNlEmIKDUxpc3RTbmFwc2hvdHMSJy5mbGVldGxldC5hZ2VudC52MS5MaXN0U25hcHNob3RzUmVxdWVzdBooLmZsZWV0bGV0LmFnZW50LnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZWIGcHJvdG8z", [file_fleetlet_agent_v1_standby, file_google_protobuf_duration]);
 
 /**
  * @generated from message fleetlet.agent.v1.Instance
@@ -123,6 +125,14 @@ export type Instance = Message<"fleetlet.agent.v1.Instance"> & {
    * @generated from field: optional uint64 pid_start_time = 18;
    */
   pidStartTime?: bigint | undefined;
+
+  /**
+   * The agent's resource_version of this instance's last change. Output only: ignored in
+   * RegisterInstance. Also what the inventory digest hashes ("id@version").
+   *
+   * @generated from field: uint64 resource_version = 19;
+   */
+  resourceVersion: bigint;
 };
 
 /**
@@ -278,6 +288,13 @@ export type ListInstancesResponse = Message<"fleetlet.agent.v1.ListInstancesResp
    * @generated from field: string incarnation = 3;
    */
   incarnation: string;
+
+  /**
+   * Of exactly these instances at resource_version.
+   *
+   * @generated from field: fleetlet.agent.v1.InventoryDigest digest = 4;
+   */
+  digest?: InventoryDigest | undefined;
 };
 
 /**
@@ -286,6 +303,125 @@ export type ListInstancesResponse = Message<"fleetlet.agent.v1.ListInstancesResp
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
   messageDesc(file_fleetlet_agent_v1_inventory, 8);
+
+/**
+ * Anti-entropy: the number of instances and a hash over their sorted "id@resource_version"
+ * lines (lib/inventory-digest.ts); a holder of the same view computes the same.
+ *
+ * @generated from message fleetlet.agent.v1.InventoryDigest
+ */
+export type InventoryDigest = Message<"fleetlet.agent.v1.InventoryDigest"> & {
+  /**
+   * @generated from field: uint32 count = 1;
+   */
+  count: number;
+
+  /**
+   * Hex, the first 16 bytes of a SHA-256.
+   *
+   * @generated from field: string hash = 2;
+   */
+  hash: string;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.InventoryDigest.
+ * Use `create(InventoryDigestSchema)` to create a new message.
+ */
+export const InventoryDigestSchema: GenMessage<InventoryDigest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 9);
+
+/**
+ * @generated from message fleetlet.agent.v1.WatchInstancesRequest
+ */
+export type WatchInstancesRequest = Message<"fleetlet.agent.v1.WatchInstancesRequest"> & {
+  /**
+   * From ListInstancesResponse; 0 with an empty incarnation = start with the current state.
+   *
+   * @generated from field: uint64 resource_version = 1;
+   */
+  resourceVersion: bigint;
+
+  /**
+   * Must be the agent's current one when resource_version is set.
+   *
+   * @generated from field: string incarnation = 2;
+   */
+  incarnation: string;
+
+  /**
+   * How often a BOOKMARK is sent when nothing changes; default 5s, 100ms to 1h.
+   *
+   * @generated from field: google.protobuf.Duration bookmark_interval = 3;
+   */
+  bookmarkInterval?: Duration | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.WatchInstancesRequest.
+ * Use `create(WatchInstancesRequestSchema)` to create a new message.
+ */
+export const WatchInstancesRequestSchema: GenMessage<WatchInstancesRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 10);
+
+/**
+ * @generated from message fleetlet.agent.v1.InstanceEvent
+ */
+export type InstanceEvent = Message<"fleetlet.agent.v1.InstanceEvent"> & {
+  /**
+   * @generated from field: fleetlet.agent.v1.InstanceEventType type = 1;
+   */
+  type: InstanceEventType;
+
+  /**
+   * @generated from field: fleetlet.agent.v1.Instance instance = 2;
+   */
+  instance?: Instance | undefined;
+
+  /**
+   * @generated from field: uint64 resource_version = 3;
+   */
+  resourceVersion: bigint;
+
+  /**
+   * Bookmarks only.
+   *
+   * @generated from field: string incarnation = 4;
+   */
+  incarnation: string;
+
+  /**
+   * @generated from field: fleetlet.agent.v1.InventoryDigest digest = 5;
+   */
+  digest?: InventoryDigest | undefined;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.InstanceEvent.
+ * Use `create(InstanceEventSchema)` to create a new message.
+ */
+export const InstanceEventSchema: GenMessage<InstanceEvent> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 11);
+
+/**
+ * @generated from message fleetlet.agent.v1.WatchInstancesResponse
+ */
+export type WatchInstancesResponse = Message<"fleetlet.agent.v1.WatchInstancesResponse"> & {
+  /**
+   * In resource_version order. Changes committed together come in one message, as their net
+   * effect per instance.
+   *
+   * @generated from field: repeated fleetlet.agent.v1.InstanceEvent events = 1;
+   */
+  events: InstanceEvent[];
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.WatchInstancesResponse.
+ * Use `create(WatchInstancesResponseSchema)` to create a new message.
+ */
+export const WatchInstancesResponseSchema: GenMessage<WatchInstancesResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_inventory, 12);
 
 /**
  * @generated from message fleetlet.agent.v1.SetInstanceStateRequest
@@ -307,7 +443,7 @@ export type SetInstanceStateRequest = Message<"fleetlet.agent.v1.SetInstanceStat
  * Use `create(SetInstanceStateRequestSchema)` to create a new message.
  */
 export const SetInstanceStateRequestSchema: GenMessage<SetInstanceStateRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 9);
+  messageDesc(file_fleetlet_agent_v1_inventory, 13);
 
 /**
  * @generated from message fleetlet.agent.v1.SetInstanceStateResponse
@@ -324,7 +460,7 @@ export type SetInstanceStateResponse = Message<"fleetlet.agent.v1.SetInstanceSta
  * Use `create(SetInstanceStateResponseSchema)` to create a new message.
  */
 export const SetInstanceStateResponseSchema: GenMessage<SetInstanceStateResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 10);
+  messageDesc(file_fleetlet_agent_v1_inventory, 14);
 
 /**
  * @generated from message fleetlet.agent.v1.RestoreInstanceRequest
@@ -363,7 +499,7 @@ export type RestoreInstanceRequest = Message<"fleetlet.agent.v1.RestoreInstanceR
  * Use `create(RestoreInstanceRequestSchema)` to create a new message.
  */
 export const RestoreInstanceRequestSchema: GenMessage<RestoreInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 11);
+  messageDesc(file_fleetlet_agent_v1_inventory, 15);
 
 /**
  * @generated from message fleetlet.agent.v1.RestoreInstanceResponse
@@ -380,7 +516,7 @@ export type RestoreInstanceResponse = Message<"fleetlet.agent.v1.RestoreInstance
  * Use `create(RestoreInstanceResponseSchema)` to create a new message.
  */
 export const RestoreInstanceResponseSchema: GenMessage<RestoreInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 12);
+  messageDesc(file_fleetlet_agent_v1_inventory, 16);
 
 /**
  * @generated from message fleetlet.agent.v1.Snapshot
@@ -416,7 +552,7 @@ export type Snapshot = Message<"fleetlet.agent.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 13);
+  messageDesc(file_fleetlet_agent_v1_inventory, 17);
 
 /**
  * @generated from message fleetlet.agent.v1.RegisterSnapshotRequest
@@ -433,7 +569,7 @@ export type RegisterSnapshotRequest = Message<"fleetlet.agent.v1.RegisterSnapsho
  * Use `create(RegisterSnapshotRequestSchema)` to create a new message.
  */
 export const RegisterSnapshotRequestSchema: GenMessage<RegisterSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 14);
+  messageDesc(file_fleetlet_agent_v1_inventory, 18);
 
 /**
  * @generated from message fleetlet.agent.v1.RegisterSnapshotResponse
@@ -450,7 +586,7 @@ export type RegisterSnapshotResponse = Message<"fleetlet.agent.v1.RegisterSnapsh
  * Use `create(RegisterSnapshotResponseSchema)` to create a new message.
  */
 export const RegisterSnapshotResponseSchema: GenMessage<RegisterSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 15);
+  messageDesc(file_fleetlet_agent_v1_inventory, 19);
 
 /**
  * @generated from message fleetlet.agent.v1.RemoveSnapshotRequest
@@ -467,7 +603,7 @@ export type RemoveSnapshotRequest = Message<"fleetlet.agent.v1.RemoveSnapshotReq
  * Use `create(RemoveSnapshotRequestSchema)` to create a new message.
  */
 export const RemoveSnapshotRequestSchema: GenMessage<RemoveSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 16);
+  messageDesc(file_fleetlet_agent_v1_inventory, 20);
 
 /**
  * @generated from message fleetlet.agent.v1.RemoveSnapshotResponse
@@ -484,7 +620,7 @@ export type RemoveSnapshotResponse = Message<"fleetlet.agent.v1.RemoveSnapshotRe
  * Use `create(RemoveSnapshotResponseSchema)` to create a new message.
  */
 export const RemoveSnapshotResponseSchema: GenMessage<RemoveSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 17);
+  messageDesc(file_fleetlet_agent_v1_inventory, 21);
 
 /**
  * @generated from message fleetlet.agent.v1.ListSnapshotsRequest
@@ -497,7 +633,7 @@ export type ListSnapshotsRequest = Message<"fleetlet.agent.v1.ListSnapshotsReque
  * Use `create(ListSnapshotsRequestSchema)` to create a new message.
  */
 export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 18);
+  messageDesc(file_fleetlet_agent_v1_inventory, 22);
 
 /**
  * @generated from message fleetlet.agent.v1.ListSnapshotsResponse
@@ -514,7 +650,7 @@ export type ListSnapshotsResponse = Message<"fleetlet.agent.v1.ListSnapshotsResp
  * Use `create(ListSnapshotsResponseSchema)` to create a new message.
  */
 export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_agent_v1_inventory, 19);
+  messageDesc(file_fleetlet_agent_v1_inventory, 23);
 
 /**
  * @generated from enum fleetlet.agent.v1.InstanceKind
@@ -626,6 +762,47 @@ export const InstanceSourceSchema: GenEnum<InstanceSource> = /*@__PURE__*/
   enumDesc(file_fleetlet_agent_v1_inventory, 2);
 
 /**
+ * @generated from enum fleetlet.agent.v1.InstanceEventType
+ */
+export enum InstanceEventType {
+  /**
+   * @generated from enum value: INSTANCE_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: INSTANCE_EVENT_TYPE_ADDED = 1;
+   */
+  ADDED = 1,
+
+  /**
+   * @generated from enum value: INSTANCE_EVENT_TYPE_MODIFIED = 2;
+   */
+  MODIFIED = 2,
+
+  /**
+   * `instance` is its last state; resource_version is the removal's.
+   *
+   * @generated from enum value: INSTANCE_EVENT_TYPE_DELETED = 3;
+   */
+  DELETED = 3,
+
+  /**
+   * No instance: the current resource_version, the incarnation and the digest of the state at
+   * that version. The first message of every watch ends with one.
+   *
+   * @generated from enum value: INSTANCE_EVENT_TYPE_BOOKMARK = 4;
+   */
+  BOOKMARK = 4,
+}
+
+/**
+ * Describes the enum fleetlet.agent.v1.InstanceEventType.
+ */
+export const InstanceEventTypeSchema: GenEnum<InstanceEventType> = /*@__PURE__*/
+  enumDesc(file_fleetlet_agent_v1_inventory, 3);
+
+/**
  * InventoryService is the agent's registry of the instances on its host.
  *
  * @generated from service fleetlet.agent.v1.InventoryService
@@ -664,6 +841,19 @@ export const InventoryService: GenService<{
     methodKind: "unary";
     input: typeof ListInstancesRequestSchema;
     output: typeof ListInstancesResponseSchema;
+  },
+  /**
+   * Every change after a resource_version (from ListInstances, or 0 for the current state as
+   * ADDED events first), in order, then live changes, with BOOKMARKs carrying the current
+   * version and a digest. OUT_OF_RANGE for a version older than the changes kept, ahead of the
+   * newest, or of another incarnation: relist (inventory.md).
+   *
+   * @generated from rpc fleetlet.agent.v1.InventoryService.WatchInstances
+   */
+  watchInstances: {
+    methodKind: "server_streaming";
+    input: typeof WatchInstancesRequestSchema;
+    output: typeof WatchInstancesResponseSchema;
   },
   /**
    * A lifecycle transition (metering.md): RUNNING, STOPPED, ERROR, ... on request.

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetlet/aggregator/v1/fleet.proto.
  */
 export const file_fleetlet_aggregator_v1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIqIDCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4SNgoIbWV0ZXJpbmcYCiABKAsyJC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RNZXRlcmluZyKjAQoMSG9zdE1ldGVyaW5nEhEKCWxlZGdlcl9pZBgBIAEoCRISCgptZXJnZWRfc2VxGAIgASgEEhYKDmFnZW50X2xhc3Rfc2VxGAMgASgEEhMKC2xhZ19lbnRyaWVzGAQgASgEEhMKC2xhZ19zZWNvbmRzGAUgASgBEhYKDmxlZGdlcl9jaGFuZ2VzGAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkiTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKOBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEgwKBGhvc3QYZCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfcGlkQhEKD19waWRfc3RhcnRfdGltZSKsAQoISG9zdFN5bmMSDAoEaG9zdBgBIAEoCRI0CgVzdGF0ZRgCIAEoDjIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmNTdGF0ZRItCglsYXN0X3NlZW4YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHJlc291cmNlX3ZlcnNpb24YBCABKAQSEwoLaW5jYXJuYXRpb24YBSABKAkiWgoUTGlzdEluc3RhbmNlc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK8AQoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjgKCWluc3RhbmNlcxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIvCgVob3N0cxgCIAMoCzIgLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmMSOAoMaG9zdF9yZXN1bHRzGAMgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0Il4KGExpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKEUhvc3RTdGFuZGJ5U3RhdHVzEgwKBGhvc3QYASABKAkSMAoGc3RhdHVzGAIgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVN0YXR1cyKSAQoZTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRI7CghzdGF0dXNlcxgBIAMoCzIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN0YW5kYnlTdGF0dXMSOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0IoIBChVMaXN0Q29udGFpbmVyc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdydW50aW1lGAMgASgJEhQKDHJ1bm5pbmdfb25seRgEIAEoCCJOCg1Ib3N0Q29udGFpbmVyEgwKBGhvc3QYASABKAkSLwoJY29udGFpbmVyGAIgASgLMhwuZmxlZXRsZXQuYWdlbnQudjEuQ29udGFpbmVyIqIBChZMaXN0Q29udGFpbmVyc1Jlc3BvbnNlEjkKCmNvbnRhaW5lcnMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RDb250YWluZXISOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0EhMKC3VuYXZhaWxhYmxlGAMgAygJIpUBChpTdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBIMCgRob3N0GAEgASgJEg8KB3J1bnRpbWUYAiABKAkSEwoLZXh0ZXJuYWxfaWQYAyABKAkSDAoEdGFpbBgEIAEoDRISCgp0aW1lc3RhbXBzGAUgASgIEhEKCWNvbnRhaW5lchgGIAEoCRIOCgZmb2xsb3cYByABKAgioQEKG1N0cmVhbUNvbnRhaW5lckxvZ3NSZXNwb25zZRIpCgVsaW5lcxgBIAMoCzIaLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0xpbmUSMwoKZW5kX3JlYXNvbhgCIAEoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0VuZFJlYXNvbhISCgplbmRfZGV0YWlsGAMgASgJEg4KBmVycm9ycxgEIAMoCSKVAQoSRmxlZXRNZXRlcmluZ0VudHJ5EhEKCWZsZWV0X3NlcRgBIAEoBBIMCgRob3N0GAIgASgJEhEKCWxlZGdlcl9pZBgDIAEoCRILCgNzZXEYBCABKAQSDAoEbGluZRgFIAEoCRIMCgRraW5kGAYgASgJEg0KBXZtX2lkGAcgASgJEhMKC3NuYXBzaG90X2lkGAggASgJIkMKGlJlYWRNZXRlcmluZ0VudHJpZXNSZXF1ZXN0EhYKDmZyb21fZmxlZXRfc2VxGAEgASgEEg0KBWxpbWl0GAIgASgNIooBChtSZWFkTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USOwoHZW50cmllcxgBIAMoCzIqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRNZXRlcmluZ0VudHJ5EhYKDm5leHRfZmxlZXRfc2VxGAIgASgEEhYKDmxhc3RfZmxlZXRfc2VxGAMgASgEIjUKG1dhdGNoTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBIWCg5mcm9tX2ZsZWV0X3NlcRgBIAEoBCJzChxXYXRjaE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEjsKB2VudHJpZXMYASADKAsyKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0TWV0ZXJpbmdFbnRyeRIWCg5sYXN0X2ZsZWV0X3NlcRgCIAEoBCrSAQoPQ29ubmVjdGlvblN0YXRlEiAKHENPTk5FQ1RJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVDT05ORUNUSU9OX1NUQVRFX0lETEUQARIfChtDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RJTkcQAhIaChZDT05ORUNUSU9OX1NUQVRFX1JFQURZEAMSJgoiQ09OTkVDVElPTl9TVEFURV9UUkFOU0lFTlRfRkFJTFVSRRAEEh0KGUNPTk5FQ1RJT05fU1RBVEVfU0hVVERPV04QBSpqCgpIb3N0T3JpZ2luEhsKF0hPU1RfT1JJR0lOX1VOU1BFQ0lGSUVEEAASFAoQSE9TVF9PUklHSU5fRkxBRxABEhQKEEhPU1RfT1JJR0lOX0ZJTEUQAhITCg9IT1NUX09SSUdJTl9BUEkQAyqiAQoNSG9zdFN5bmNTdGF0ZRIfChtIT1NUX1NZTkNfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdIT1NUX1NZTkNfU1RBVEVfTE9BRElORxABEhoKFkhPU1RfU1lOQ19TVEFURV9TWU5DRUQQAhIZChVIT1NUX1NZTkNfU1RBVEVfU1RBTEUQAxIcChhIT1NUX1NZTkNfU1RBVEVfREVHUkFERUQQBDKNCQoMRmxlZXRTZXJ2aWNlEmAKCUxpc3RIb3N0cxIoLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVxdWVzdBopLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVzcG9uc2USWgoHQWRkSG9zdBImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlcXVlc3QaJy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFkZEhvc3RSZXNwb25zZRJjCgpSZW1vdmVIb3N0EikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVxdWVzdBoqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVtb3ZlSG9zdFJlc3BvbnNlEngKEUxpc3RJbnN0YW5jZVN0YXRzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USbAoNTGlzdEluc3RhbmNlcxIsLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJ4ChFMaXN0U3RhbmRieVN0YXR1cxIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEm8KDkxpc3RDb250YWluZXJzEi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1JlcXVlc3QaLi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RDb250YWluZXJzUmVzcG9uc2USgAEKE1N0cmVhbUNvbnRhaW5lckxvZ3MSMi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlN0cmVhbUNvbnRhaW5lckxvZ3NSZXF1ZXN0GjMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVzcG9uc2UwARJ+ChNSZWFkTWV0ZXJpbmdFbnRyaWVzEjIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZWFkTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBozLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVhZE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEoMBChRXYXRjaE1ldGVyaW5nRW50cmllcxIzLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXF1ZXN0GjQuZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIqIDCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4SNgoIbWV0ZXJpbmcYCiABKAsyJC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RNZXRlcmluZyKjAQoMSG9zdE1ldGVyaW5nEhEKCWxlZGdlcl9pZBgBIAEoCRISCgptZXJnZWRfc2VxGAIgASgEEhYKDmFnZW50X2xhc3Rfc2VxGAMgASgEEhMKC2xhZ19lbnRyaWVzGAQgASgEEhMKC2xhZ19zZWNvbmRzGAUgASgBEhYKDmxlZGdlcl9jaGFuZ2VzGAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkiTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKoBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEhgKEHJlc291cmNlX3ZlcnNpb24YEyABKAQSDAoEaG9zdBhkIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgYKBF9waWRCEQoPX3BpZF9zdGFydF90aW1lIoQCCghIb3N0U3luYxIMCgRob3N0GAEgASgJEjQKBXN0YXRlGAIgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEi0KCWxhc3Rfc2VlbhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQcmVzb3VyY2VfdmVyc2lvbhgEIAEoBBITCgtpbmNhcm5hdGlvbhgFIAEoCRIWCg5pbnN0YW5jZV9jb3VudBgGIAEoDRISCgpsYXN0X2Vycm9yGAcgASgJEg8KB3JlbGlzdHMYCCABKA0SGQoRZGlnZXN0X21pc21hdGNoZXMYCSABKA0itQIKFExpc3RJbnN0YW5jZXNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SSAoGbGFiZWxzGAMgAygLMjguZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdC5MYWJlbHNFbnRyeRIwCgZzdGF0ZXMYBCADKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEi4KBWtpbmRzGAUgAygOMh8uZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VLaW5kGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEizAEKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRI4CglpbnN0YW5jZXMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2USLwoFaG9zdHMYAiADKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEjgKDGhvc3RfcmVzdWx0cxgDIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdBIOCgZjdXJzb3IYBCABKAkikgIKFVdhdGNoSW5zdGFuY2VzUmVxdWVzdBIOCgZjdXJzb3IYASABKAkSDQoFaG9zdHMYAiADKAkSSQoGbGFiZWxzGAMgAygLMjkuZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaEluc3RhbmNlc1JlcXVlc3QuTGFiZWxzRW50cnkSMAoGc3RhdGVzGAQgAygOMiAuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VTdGF0ZRIuCgVraW5kcxgFIAMoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlS2luZBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItgBChJGbGVldEluc3RhbmNlRXZlbnQSNAoEdHlwZRgBIAEoDjImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRFdmVudFR5cGUSNwoIaW5zdGFuY2UYAiABKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2USMwoJaG9zdF9zeW5jGAMgASgLMiAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luYxIOCgZjdXJzb3IYBCABKAkSDgoGcmVhc29uGAUgASgJIlQKFldhdGNoSW5zdGFuY2VzUmVzcG9uc2USOgoGZXZlbnRzGAEgAygLMiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldEluc3RhbmNlRXZlbnQiXgoYTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iUwoRSG9zdFN0YW5kYnlTdGF0dXMSDAoEaG9zdBgBIAEoCRIwCgZzdGF0dXMYAiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5U3RhdHVzIpIBChlMaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEjsKCHN0YXR1c2VzGAEgAygLMikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3RhbmRieVN0YXR1cxI4Cgxob3N0X3Jlc3VsdHMYAiADKAsyIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RSZXN1bHQiggEKFUxpc3RDb250YWluZXJzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB3J1bnRpbWUYAyABKAkSFAoMcnVubmluZ19vbmx5GAQgASgIIk4KDUhvc3RDb250YWluZXISDAoEaG9zdBgBIAEoCRIvCgljb250YWluZXIYAiABKAsyHC5mbGVldGxldC5hZ2VudC52MS5Db250YWluZXIiogEKFkxpc3RDb250YWluZXJzUmVzcG9uc2USOQoKY29udGFpbmVycxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdENvbnRhaW5lchI4Cgxob3N0X3Jlc3VsdHMYAiADKAsyIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RSZXN1bHQSEwoLdW5hdmFpbGFibGUYAyADKAkilQEKGlN0cmVhbUNvbnRhaW5lckxvZ3NSZXF1ZXN0EgwKBGhvc3QYASABKAkSDwoHcnVudGltZRgCIAEoCRITCgtleHRlcm5hbF9pZBgDIAEoCRIMCgR0YWlsGAQgASgNEhIKCnRpbWVzdGFtcHMYBSABKAgSEQoJY29udGFpbmVyGAYgASgJEg4KBmZvbGxvdxgHIAEoCCKhAQobU3RyZWFtQ29udGFpbmVyTG9nc1Jlc3BvbnNlEikKBWxpbmVzGAEgAygLMhouZmxlZXRsZXQuYWdlbnQudjEuTG9nTGluZRIzCgplbmRfcmVhc29uGAIgASgOMh8uZmxlZXRsZXQuYWdlbnQudjEuTG9nRW5kUmVhc29uEhIKCmVuZF9kZXRhaWwYAyABKAkSDgoGZXJyb3JzGAQgAygJIpUBChJGbGVldE1ldGVyaW5nRW50cnkSEQoJZmxlZXRfc2VxGAEgASgEEgwKBGhvc3QYAiABKAkSEQoJbGVkZ2VyX2lkGAMgASgJEgsKA3NlcRgEIAEoBBIMCgRsaW5lGAUgASgJEgwKBGtpbmQYBiABKAkSDQoFdm1faWQYByABKAkSEwoLc25hcHNob3RfaWQYCCABKAkiQwoaUmVhZE1ldGVyaW5nRW50cmllc1JlcXVlc3QSFgoOZnJvbV9mbGVldF9zZXEYASABKAQSDQoFbGltaXQYAiABKA0iigEKG1JlYWRNZXRlcmluZ0VudHJpZXNSZXNwb25zZRI7CgdlbnRyaWVzGAEgAygLMiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldE1ldGVyaW5nRW50cnkSFgoObmV4dF9mbGVldF9zZXEYAiABKAQSFgoObGFzdF9mbGVldF9zZXEYAyABKAQiNQobV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXF1ZXN0EhYKDmZyb21fZmxlZXRfc2VxGAEgASgEInMKHFdhdGNoTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USOwoHZW50cmllcxgBIAMoCzIqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRNZXRlcmluZ0VudHJ5EhYKDmxhc3RfZmxlZXRfc2VxGAIgASgEKtIBCg9Db25uZWN0aW9uU3RhdGUSIAocQ09OTkVDVElPTl9TVEFURV9VTlNQRUNJRklFRBAAEhkKFUNPTk5FQ1RJT05fU1RBVEVfSURMRRABEh8KG0NPTk5FQ1RJT05fU1RBVEVfQ09OTkVDVElORxACEhoKFkNPTk5FQ1RJT05fU1RBVEVfUkVBRFkQAxImCiJDT05ORUNUSU9OX1NUQVRFX1RSQU5TSUVOVF9GQUlMVVJFEAQSHQoZQ09OTkVDVElPTl9TVEFURV9TSFVURE9XThAFKmoKCkhvc3RPcmlnaW4SGwoXSE9TVF9PUklHSU5fVU5TUEVDSUZJRUQQABIUChBIT1NUX09SSUdJTl9GTEFHEAESFAoQSE9TVF9PUklHSU5fRklMRRACEhMKD0hPU1RfT1JJR0lOX0FQSRADKqIBCg1Ib3N0U3luY1N0YXRlEh8KG0hPU1RfU1lOQ19TVEFURV9VTlNQRUNJRklFRBAAEhsKF0hPU1RfU1lOQ19TVEFURV9MT0FESU5HEAESGgoWSE9TVF9TWU5DX1NUQVRFX1NZTkNFRBACEhkKFUhPU1RfU1lOQ19TVEFURV9TVEFMRRADEhwKGEhPU1RfU1lOQ19TVEFURV9ERUdSQURFRBAEKuUBCg5GbGVldEV2ZW50VHlwZRIgChxGTEVFVF9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASGgoWRkxFRVRfRVZFTlRfVFlQRV9BRERFRBABEh0KGUZMRUVUX0VWRU5UX1RZUEVfTU9ESUZJRUQQAhIcChhGTEVFVF9FVkVOVF9UWVBFX0RFTEVURUQQAxIeChpGTEVFVF9FVkVOVF9UWVBFX0hPU1RfU1lOQxAEEhsKF0ZMRUVUX0VWRU5UX1RZUEVfU1lOQ0VEEAUSGwoXRkxFRVRfRVZFTlRfVFlQRV9SRVNZTkMQBjKACgoMRmxlZXRTZXJ2aWNlEmAKCUxpc3RIb3N0cxIoLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVxdWVzdBopLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVzcG9uc2USWgoHQWRkSG9zdBImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlcXVlc3QaJy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFkZEhvc3RSZXNwb25zZRJjCgpSZW1vdmVIb3N0EikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVxdWVzdBoqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVtb3ZlSG9zdFJlc3BvbnNlEngKEUxpc3RJbnN0YW5jZVN0YXRzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USbAoNTGlzdEluc3RhbmNlcxIsLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJxCg5XYXRjaEluc3RhbmNlcxItLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0Gi4uZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaEluc3RhbmNlc1Jlc3BvbnNlMAESeAoRTGlzdFN0YW5kYnlTdGF0dXMSMC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBoxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRJvCg5MaXN0Q29udGFpbmVycxItLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdENvbnRhaW5lcnNSZXF1ZXN0Gi4uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1Jlc3BvbnNlEoABChNTdHJlYW1Db250YWluZXJMb2dzEjIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBozLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuU3RyZWFtQ29udGFpbmVyTG9nc1Jlc3BvbnNlMAESfgoTUmVhZE1ldGVyaW5nRW50cmllcxIyLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVhZE1ldGVyaW5nRW50cmllc1JlcXVlc3QaMy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlYWRNZXRlcmluZ0VudHJpZXNSZXNwb25zZRKDAQoUV2F0Y2hNZXRlcmluZ0VudHJpZXMSMy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBo0LmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXNwb25zZTABYgZwcm90bzM", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message fleetlet.aggregator.v1.Host
@@ -535,6 +535,13 @@ export type FleetInstance = Message<"fleetlet.aggregator.v1.FleetInstance"> & {
   pidStartTime?: bigint | undefined;
 
   /**
+   * The agent's version of this instance's last change.
+   *
+   * @generated from field: uint64 resource_version = 19;
+   */
+  resourceVersion: bigint;
+
+  /**
    * @generated from field: string host = 100;
    */
   host: string;
@@ -548,8 +555,10 @@ export const FleetInstanceSchema: GenMessage<FleetInstance> = /*@__PURE__*/
   messageDesc(file_fleetlet_aggregator_v1_fleet, 12);
 
 /**
- * Where a host's part of the answer stands. Until the watched merged view (inventory.md) lands,
- * ListInstances asks every host live: SYNCED = answered now, DEGRADED = did not (see host_results).
+ * Where a host's part of the merged view stands (inventory.md): LOADING = being listed (first
+ * time or after its cursor expired); SYNCED = listed and watched, current; STALE = no contact
+ * for longer than --stale-after (or since the aggregator restarted), last-known data kept;
+ * DEGRADED = its list failed or was cut short (nothing deleted, retried).
  *
  * @generated from message fleetlet.aggregator.v1.HostSync
  */
@@ -565,11 +574,15 @@ export type HostSync = Message<"fleetlet.aggregator.v1.HostSync"> & {
   state: HostSyncState;
 
   /**
+   * Last message from the host's watch (or list).
+   *
    * @generated from field: google.protobuf.Timestamp last_seen = 3;
    */
   lastSeen?: Timestamp | undefined;
 
   /**
+   * The agent's resource_version the view of this host reflects.
+   *
    * @generated from field: uint64 resource_version = 4;
    */
   resourceVersion: bigint;
@@ -578,6 +591,33 @@ export type HostSync = Message<"fleetlet.aggregator.v1.HostSync"> & {
    * @generated from field: string incarnation = 5;
    */
   incarnation: string;
+
+  /**
+   * @generated from field: uint32 instance_count = 6;
+   */
+  instanceCount: number;
+
+  /**
+   * Why it is not SYNCED, "CODE: message" (empty when SYNCED).
+   *
+   * @generated from field: string last_error = 7;
+   */
+  lastError: string;
+
+  /**
+   * Relists of this host since the aggregator started (first load, expired cursor, digest
+   * mismatch, new incarnation).
+   *
+   * @generated from field: uint32 relists = 8;
+   */
+  relists: number;
+
+  /**
+   * Digest mismatches found (each repaired by a relist).
+   *
+   * @generated from field: uint32 digest_mismatches = 9;
+   */
+  digestMismatches: number;
 };
 
 /**
@@ -599,9 +639,31 @@ export type ListInstancesRequest = Message<"fleetlet.aggregator.v1.ListInstances
   hosts: string[];
 
   /**
+   * Ignored: the answer comes from the merged view, never from a live fan-out (kept for
+   * wire compatibility with the first, fan-out ListInstances).
+   *
    * @generated from field: google.protobuf.Duration per_host_timeout = 2;
    */
   perHostTimeout?: Duration | undefined;
+
+  /**
+   * Every pair must match the instance's labels.
+   *
+   * @generated from field: map<string, string> labels = 3;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * Empty = any.
+   *
+   * @generated from field: repeated fleetlet.agent.v1.InstanceState states = 4;
+   */
+  states: InstanceState[];
+
+  /**
+   * @generated from field: repeated fleetlet.agent.v1.InstanceKind kinds = 5;
+   */
+  kinds: InstanceKind[];
 };
 
 /**
@@ -628,9 +690,18 @@ export type ListInstancesResponse = Message<"fleetlet.aggregator.v1.ListInstance
   hosts: HostSync[];
 
   /**
+   * One per host: OK when SYNCED, else UNAVAILABLE with the reason (partial views are normal).
+   *
    * @generated from field: repeated fleetlet.aggregator.v1.HostResult host_results = 3;
    */
   hostResults: HostResult[];
+
+  /**
+   * Fleet cursor of this view: WatchInstances from it gets exactly the changes after it.
+   *
+   * @generated from field: string cursor = 4;
+   */
+  cursor: string;
 };
 
 /**
@@ -639,6 +710,103 @@ export type ListInstancesResponse = Message<"fleetlet.aggregator.v1.ListInstance
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
   messageDesc(file_fleetlet_aggregator_v1_fleet, 15);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.WatchInstancesRequest
+ */
+export type WatchInstancesRequest = Message<"fleetlet.aggregator.v1.WatchInstancesRequest"> & {
+  /**
+   * From ListInstancesResponse or an earlier event; empty = the current state first.
+   *
+   * @generated from field: string cursor = 1;
+   */
+  cursor: string;
+
+  /**
+   * Filters as in ListInstancesRequest (host sync events are filtered by host only).
+   *
+   * @generated from field: repeated string hosts = 2;
+   */
+  hosts: string[];
+
+  /**
+   * @generated from field: map<string, string> labels = 3;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * @generated from field: repeated fleetlet.agent.v1.InstanceState states = 4;
+   */
+  states: InstanceState[];
+
+  /**
+   * @generated from field: repeated fleetlet.agent.v1.InstanceKind kinds = 5;
+   */
+  kinds: InstanceKind[];
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.WatchInstancesRequest.
+ * Use `create(WatchInstancesRequestSchema)` to create a new message.
+ */
+export const WatchInstancesRequestSchema: GenMessage<WatchInstancesRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.FleetInstanceEvent
+ */
+export type FleetInstanceEvent = Message<"fleetlet.aggregator.v1.FleetInstanceEvent"> & {
+  /**
+   * @generated from field: fleetlet.aggregator.v1.FleetEventType type = 1;
+   */
+  type: FleetEventType;
+
+  /**
+   * @generated from field: fleetlet.aggregator.v1.FleetInstance instance = 2;
+   */
+  instance?: FleetInstance | undefined;
+
+  /**
+   * @generated from field: fleetlet.aggregator.v1.HostSync host_sync = 3;
+   */
+  hostSync?: HostSync | undefined;
+
+  /**
+   * Resume after this event with this cursor.
+   *
+   * @generated from field: string cursor = 4;
+   */
+  cursor: string;
+
+  /**
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.FleetInstanceEvent.
+ * Use `create(FleetInstanceEventSchema)` to create a new message.
+ */
+export const FleetInstanceEventSchema: GenMessage<FleetInstanceEvent> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.WatchInstancesResponse
+ */
+export type WatchInstancesResponse = Message<"fleetlet.aggregator.v1.WatchInstancesResponse"> & {
+  /**
+   * @generated from field: repeated fleetlet.aggregator.v1.FleetInstanceEvent events = 1;
+   */
+  events: FleetInstanceEvent[];
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.WatchInstancesResponse.
+ * Use `create(WatchInstancesResponseSchema)` to create a new message.
+ */
+export const WatchInstancesResponseSchema: GenMessage<WatchInstancesResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusRequest
@@ -662,7 +830,7 @@ export type ListStandbyStatusRequest = Message<"fleetlet.aggregator.v1.ListStand
  * Use `create(ListStandbyStatusRequestSchema)` to create a new message.
  */
 export const ListStandbyStatusRequestSchema: GenMessage<ListStandbyStatusRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostStandbyStatus
@@ -684,7 +852,7 @@ export type HostStandbyStatus = Message<"fleetlet.aggregator.v1.HostStandbyStatu
  * Use `create(HostStandbyStatusSchema)` to create a new message.
  */
 export const HostStandbyStatusSchema: GenMessage<HostStandbyStatus> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusResponse
@@ -708,7 +876,7 @@ export type ListStandbyStatusResponse = Message<"fleetlet.aggregator.v1.ListStan
  * Use `create(ListStandbyStatusResponseSchema)` to create a new message.
  */
 export const ListStandbyStatusResponseSchema: GenMessage<ListStandbyStatusResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersRequest
@@ -744,7 +912,7 @@ export type ListContainersRequest = Message<"fleetlet.aggregator.v1.ListContaine
  * Use `create(ListContainersRequestSchema)` to create a new message.
  */
 export const ListContainersRequestSchema: GenMessage<ListContainersRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostContainer
@@ -766,7 +934,7 @@ export type HostContainer = Message<"fleetlet.aggregator.v1.HostContainer"> & {
  * Use `create(HostContainerSchema)` to create a new message.
  */
 export const HostContainerSchema: GenMessage<HostContainer> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 23);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersResponse
@@ -797,7 +965,7 @@ export type ListContainersResponse = Message<"fleetlet.aggregator.v1.ListContain
  * Use `create(ListContainersResponseSchema)` to create a new message.
  */
 export const ListContainersResponseSchema: GenMessage<ListContainersResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 24);
 
 /**
  * @generated from message fleetlet.aggregator.v1.StreamContainerLogsRequest
@@ -846,7 +1014,7 @@ export type StreamContainerLogsRequest = Message<"fleetlet.aggregator.v1.StreamC
  * Use `create(StreamContainerLogsRequestSchema)` to create a new message.
  */
 export const StreamContainerLogsRequestSchema: GenMessage<StreamContainerLogsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 25);
 
 /**
  * The agent's StreamContainerLogsResponse, relayed.
@@ -880,7 +1048,7 @@ export type StreamContainerLogsResponse = Message<"fleetlet.aggregator.v1.Stream
  * Use `create(StreamContainerLogsResponseSchema)` to create a new message.
  */
 export const StreamContainerLogsResponseSchema: GenMessage<StreamContainerLogsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 23);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 26);
 
 /**
  * One merged entry: where it came from and its place in the fleet feed.
@@ -940,7 +1108,7 @@ export type FleetMeteringEntry = Message<"fleetlet.aggregator.v1.FleetMeteringEn
  * Use `create(FleetMeteringEntrySchema)` to create a new message.
  */
 export const FleetMeteringEntrySchema: GenMessage<FleetMeteringEntry> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 24);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 27);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesRequest
@@ -966,7 +1134,7 @@ export type ReadMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.ReadMet
  * Use `create(ReadMeteringEntriesRequestSchema)` to create a new message.
  */
 export const ReadMeteringEntriesRequestSchema: GenMessage<ReadMeteringEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 25);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 28);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesResponse
@@ -993,7 +1161,7 @@ export type ReadMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.ReadMe
  * Use `create(ReadMeteringEntriesResponseSchema)` to create a new message.
  */
 export const ReadMeteringEntriesResponseSchema: GenMessage<ReadMeteringEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 26);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 29);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesRequest
@@ -1010,7 +1178,7 @@ export type WatchMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.WatchM
  * Use `create(WatchMeteringEntriesRequestSchema)` to create a new message.
  */
 export const WatchMeteringEntriesRequestSchema: GenMessage<WatchMeteringEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 27);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 30);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesResponse
@@ -1032,7 +1200,7 @@ export type WatchMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.Watch
  * Use `create(WatchMeteringEntriesResponseSchema)` to create a new message.
  */
 export const WatchMeteringEntriesResponseSchema: GenMessage<WatchMeteringEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 28);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 31);
 
 /**
  * The aggregator's channel to a host, as grpc-js reports it.
@@ -1151,6 +1319,61 @@ export const HostSyncStateSchema: GenEnum<HostSyncState> = /*@__PURE__*/
   enumDesc(file_fleetlet_aggregator_v1_fleet, 2);
 
 /**
+ * @generated from enum fleetlet.aggregator.v1.FleetEventType
+ */
+export enum FleetEventType {
+  /**
+   * @generated from enum value: FLEET_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: FLEET_EVENT_TYPE_ADDED = 1;
+   */
+  ADDED = 1,
+
+  /**
+   * @generated from enum value: FLEET_EVENT_TYPE_MODIFIED = 2;
+   */
+  MODIFIED = 2,
+
+  /**
+   * `instance` is its last state.
+   *
+   * @generated from enum value: FLEET_EVENT_TYPE_DELETED = 3;
+   */
+  DELETED = 3,
+
+  /**
+   * A host's sync state changed: `host_sync`.
+   *
+   * @generated from enum value: FLEET_EVENT_TYPE_HOST_SYNC = 4;
+   */
+  HOST_SYNC = 4,
+
+  /**
+   * The end of the current state sent at the start of a watch without cursor.
+   *
+   * @generated from enum value: FLEET_EVENT_TYPE_SYNCED = 5;
+   */
+  SYNCED = 5,
+
+  /**
+   * The cursor cannot be served (another aggregator incarnation, older than the changes kept,
+   * or the client fell that far behind): `reason`; the stream ends, relist and watch again.
+   *
+   * @generated from enum value: FLEET_EVENT_TYPE_RESYNC = 6;
+   */
+  RESYNC = 6,
+}
+
+/**
+ * Describes the enum fleetlet.aggregator.v1.FleetEventType.
+ */
+export const FleetEventTypeSchema: GenEnum<FleetEventType> = /*@__PURE__*/
+  enumDesc(file_fleetlet_aggregator_v1_fleet, 3);
+
+/**
  * FleetService is the aggregator's view of every agent. Fan-out answers are partial by design:
  * each carries one HostResult per host asked, so a slow or dead host is reported, never hidden.
  *
@@ -1192,7 +1415,9 @@ export const FleetService: GenService<{
     output: typeof ListInstanceStatsResponseSchema;
   },
   /**
-   * Fan-out of InventoryService.ListInstances (the merged, watched view comes with inventory sync).
+   * The merged inventory (inventory.md), answered at once from the aggregator's view, which
+   * follows every host's WatchInstances; each host's sync state, last-seen time and version
+   * say how current its part is.
    *
    * @generated from rpc fleetlet.aggregator.v1.FleetService.ListInstances
    */
@@ -1200,6 +1425,17 @@ export const FleetService: GenService<{
     methodKind: "unary";
     input: typeof ListInstancesRequestSchema;
     output: typeof ListInstancesResponseSchema;
+  },
+  /**
+   * Changes to the merged inventory from a fleet cursor (or the current state first), with
+   * host sync changes; a client behind the kept changes gets RESYNC and the stream ends.
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.WatchInstances
+   */
+  watchInstances: {
+    methodKind: "server_streaming";
+    input: typeof WatchInstancesRequestSchema;
+    output: typeof WatchInstancesResponseSchema;
   },
   /**
    * Fan-out of StandbyService.ListStandbyStatus.

@@ -1,0 +1,265 @@
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, unlinkSync } from "node:fs";
+import fsp, { type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import type { JsonValue } from "@bufbuild/protobuf";
+import { writeFileAtomic } from "../../lib/atomic-file.js";
+
+/** Open intervals of one instance as stored: [compute open, storage open, ever ran] as 0/1. */
+export type StoredMeter = [number, number, number];
+
+/** Lifecycle entries recorded with a change, not yet known to be in the ledger. */
+export interface StoredPending {
+  afterSeq: number;
+  entries: JsonValue[];
+}
+
+/** The registry's whole state as it is on disk (the snapshot, or snapshot + journal replayed). */
+export interface RegistryState {
+  resourceVersion: string;
+  instances: Map<string, JsonValue>;
+  snapshots: Map<string, JsonValue>;
+  /** Undefined for a file from before metering: its instances' intervals open on attach. */
+  meter: Map<string, StoredMeter> | undefined;
+  pending: StoredPending | undefined;
+}
+
+/**
+ * What one group commit changed: the new value of every instance, meter row and snapshot it
+ * touched (null = removed), the version after it, and the entries recorded with it. Every
+ * record carries the entries not yet appended to the ledger; none = all earlier ones are in.
+ */
+export interface JournalRecord {
+  v: string;
+  put?: JsonValue[];
+  del?: string[];
+  meter?: Record<string, StoredMeter | null>;
+  snapPut?: JsonValue[];
+  snapDel?: string[];
+  pending?: StoredPending;
+}
+
+const SNAPSHOT = "instances.json";
+const FORMAT = 2;
+const JOURNAL_RE = /^instances-(\d+)\.journal$/;
+/** The journal is folded into a new snapshot once it outgrows both of these. */
+const MIN_COMPACT_BYTES = 256 * 1024;
+const COMPACT_FACTOR = 2;
+
+function journalName(gen: number): string {
+  return `instances-${gen}.journal`;
+}
+
+/**
+ * Where the instance registry lives on disk: a snapshot (`instances.json`, replaced atomically)
+ * plus an append-only journal of the commits made since (`instances-<gen>.journal`, one JSON
+ * line per group commit, fdatasync'd before the commit is acknowledged). A commit costs one
+ * small append and one sync instead of rewriting every instance with two fsyncs; when the
+ * journal has grown past twice the snapshot, the next commit writes a new snapshot pointing at
+ * a new, empty journal (compaction).
+ *
+ * Crash safety: the new journal file is created before the snapshot that names it, so the
+ * snapshot's directory fsync makes both durable; a snapshot never names a journal that does not
+ * exist. On open, a torn last journal line (a crash mid-append: never acknowledged) is cut off;
+ * any other bad line stops the agent with the file and byte offset.
+ */
+export class RegistryStore {
+  private journal: FileHandle | undefined;
+  private journalBytes = 0;
+  private snapshotBytes = 0;
+  /** After a failed append the journal's tail is unknown: the next commit writes a snapshot. */
+  private compactNext = false;
+  /** Torn journal lines cut off at open (a crash mid-append). */
+  readonly tornRecords: number;
+  /** Commits made durable since open, and how many of them wrote a whole snapshot. */
+  commits = 0;
+  compactions = 0;
+  /** Told the duration of every durable commit and whether it was a compaction (metrics). */
+  commitObserver: ((seconds: number, compaction: boolean) => void) | undefined;
+
+  private constructor(
+    private readonly dir: string,
+    private gen: number,
+    tornRecords: number,
+  ) {
+    this.tornRecords = tornRecords;
+  }
+
+  /** Loads the state; undefined state = no registry yet. Throws on anything but a torn tail. */
+  static open(dir: string): { store: RegistryStore; state: RegistryState | undefined } {
+    const path = join(dir, SNAPSHOT);
+    // Temp files of a snapshot write interrupted by a crash: the target still holds the last good state.
+    for (const name of readdirSync(dir)) {
+      if (name.startsWith(`.${SNAPSHOT}.tmp-`)) unlinkSync(join(dir, name));
+    }
+    if (!existsSync(path)) {
+      removeJournals(dir, undefined);
+      const store = new RegistryStore(dir, 0, 0);
+      store.compactNext = true;
+      return { store, state: undefined };
+    }
+    const text = readFileSync(path, "utf8");
+    let doc: { format?: number; journal?: number; resourceVersion?: string; instances?: JsonValue[]; snapshots?: JsonValue[]; meter?: Record<string, StoredMeter>; pendingMetering?: StoredPending };
+    try {
+      doc = JSON.parse(text) as typeof doc;
+    } catch (e) {
+      throw new Error(`${path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
+    }
+    if (doc.format !== 1 && doc.format !== FORMAT) throw new Error(`${path}: unknown format ${String(doc.format)}`);
+    const state: RegistryState = {
+      resourceVersion: doc.resourceVersion ?? "0",
+      instances: new Map(),
+      snapshots: new Map(),
+      meter: doc.meter ? new Map(Object.entries(doc.meter)) : undefined,
+      pending: doc.pendingMetering,
+    };
+    for (const [i, json] of (doc.instances ?? []).entries()) state.instances.set(idOf(json, `${path}: instance ${i}`), json);
+    for (const [i, json] of (doc.snapshots ?? []).entries()) state.snapshots.set(idOf(json, `${path}: snapshot ${i}`), json);
+    const gen = doc.journal;
+    removeJournals(dir, gen);
+    let torn = 0;
+    let journalBytes = 0;
+    if (gen !== undefined) {
+      const jpath = join(dir, journalName(gen));
+      if (!existsSync(jpath)) throw new Error(`${jpath}: missing, but ${SNAPSHOT} names it; refusing to start without the changes it holds`);
+      const replay = replayJournal(jpath, state);
+      torn = replay.torn;
+      journalBytes = replay.bytes;
+    }
+    const store = new RegistryStore(dir, gen ?? 0, torn);
+    store.snapshotBytes = Buffer.byteLength(text);
+    store.journalBytes = journalBytes;
+    // A format-1 file has no journal: the first commit writes a snapshot that starts one.
+    store.compactNext = gen === undefined;
+    return { store, state };
+  }
+
+  /**
+   * Makes one commit durable: appended to the journal, or, when the journal is due for
+   * compaction (or its tail is in doubt after a failure), a whole new snapshot from `full()`.
+   */
+  async commit(record: JournalRecord, full: () => object): Promise<void> {
+    const started = performance.now();
+    const compaction = this.compactNext || this.journalBytes > Math.max(MIN_COMPACT_BYTES, COMPACT_FACTOR * this.snapshotBytes);
+    if (compaction) await this.compact(full());
+    else await this.append(record);
+    this.commits++;
+    if (compaction) this.compactions++;
+    this.commitObserver?.((performance.now() - started) / 1000, compaction);
+  }
+
+  private async append(record: JournalRecord): Promise<void> {
+    const line = Buffer.from(`${JSON.stringify(record)}\n`);
+    // Opened on the first append (open() stays synchronous); positional writes, not O_APPEND,
+    // so a failed write can be cut off exactly.
+    this.journal ??= await fsp.open(join(this.dir, journalName(this.gen)), "r+");
+    try {
+      await this.journal!.write(line, 0, line.length, this.journalBytes);
+      await this.journal!.datasync();
+      // An unlinked journal (the state dir removed under us) takes writes that no restart will
+      // read: that is a failed commit, not an acknowledged one.
+      if ((await this.journal!.stat()).nlink === 0) throw new Error(`${join(this.dir, journalName(this.gen))} was removed`);
+      this.journalBytes += line.length;
+    } catch (e) {
+      // The bytes may be partly on disk: cut them off if we can; the next commit starts over
+      // from a snapshot either way, so nothing is ever appended after a broken tail.
+      this.compactNext = true;
+      try {
+        await this.journal!.truncate(this.journalBytes);
+      } catch {
+        // the snapshot the next commit writes names a new journal; this one is deleted then
+      }
+      throw e;
+    }
+  }
+
+  private async compact(doc: object): Promise<void> {
+    const gen = this.gen + 1;
+    const jpath = join(this.dir, journalName(gen));
+    // Created (empty) before the snapshot that names it: the snapshot's directory sync covers it.
+    const journal = await fsp.open(jpath, "w", 0o600);
+    const text = `${JSON.stringify({ format: FORMAT, journal: gen, ...doc })}\n`;
+    try {
+      await writeFileAtomic(join(this.dir, SNAPSHOT), text);
+    } catch (e) {
+      await journal.close();
+      await fsp.rm(jpath, { force: true });
+      throw e;
+    }
+    const old = this.journal;
+    const oldGen = this.gen;
+    this.journal = journal;
+    this.gen = gen;
+    this.journalBytes = 0;
+    this.snapshotBytes = Buffer.byteLength(text);
+    this.compactNext = false;
+    await old?.close().catch(() => undefined);
+    // No longer named by the snapshot: its changes are in the snapshot now.
+    await fsp.rm(join(this.dir, journalName(oldGen)), { force: true });
+  }
+
+  async close(): Promise<void> {
+    const j = this.journal;
+    this.journal = undefined;
+    await j?.close().catch(() => undefined);
+  }
+}
+
+function idOf(json: JsonValue, where: string): string {
+  const id = (json as { id?: unknown } | null)?.id;
+  if (typeof id !== "string") throw new Error(`${where}: no id`);
+  return id;
+}
+
+/** Deletes journals the snapshot does not name (left by a crash during compaction). */
+function removeJournals(dir: string, keep: number | undefined): void {
+  for (const name of readdirSync(dir)) {
+    const m = JOURNAL_RE.exec(name);
+    if (m && Number(m[1]) !== keep) unlinkSync(join(dir, name));
+  }
+}
+
+/** Applies every journal line to `state`; cuts off a torn last line. */
+function replayJournal(path: string, state: RegistryState): { torn: number; bytes: number } {
+  const buf = readFileSync(path);
+  let start = 0;
+  for (;;) {
+    const nl = buf.indexOf(0x0a, start);
+    if (nl < 0) break;
+    let record: JournalRecord;
+    try {
+      record = JSON.parse(buf.toString("utf8", start, nl)) as JournalRecord;
+      if (typeof record.v !== "string") throw new Error("no version");
+    } catch (e) {
+      throw new Error(`${path}: byte offset ${start}: unparseable journal record (${(e as Error).message}); refusing to start over it`);
+    }
+    applyRecord(state, record, `${path}: byte offset ${start}`);
+    start = nl + 1;
+  }
+  if (start < buf.length) {
+    // A crash mid-append: the record was never acknowledged.
+    const fd = openSync(path, "r+");
+    try {
+      ftruncateSync(fd, start);
+    } finally {
+      closeSync(fd);
+    }
+    return { torn: 1, bytes: start };
+  }
+  return { torn: 0, bytes: start };
+}
+
+export function applyRecord(state: RegistryState, record: JournalRecord, where: string): void {
+  state.resourceVersion = record.v;
+  for (const json of record.put ?? []) state.instances.set(idOf(json, where), json);
+  for (const id of record.del ?? []) state.instances.delete(id);
+  if (record.meter) {
+    state.meter ??= new Map();
+    for (const [id, m] of Object.entries(record.meter)) {
+      if (m) state.meter.set(id, m);
+      else state.meter.delete(id);
+    }
+  }
+  for (const json of record.snapPut ?? []) state.snapshots.set(idOf(json, where), json);
+  for (const id of record.snapDel ?? []) state.snapshots.delete(id);
+  state.pending = record.pending;
+}

@@ -1,0 +1,266 @@
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { InstanceEventType, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { HostSyncState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { inventoryDigest } from "../../lib/inventory-digest.js";
+import type { Logger } from "../../lib/rpc/logger.js";
+import { codeName } from "../../lib/rpc/status-codes.js";
+import type { HostConnection } from "../hosts/host-connection.js";
+import type { HostRegistry } from "../hosts/host-registry.js";
+import type { MergedView } from "./merged-view.js";
+
+const BACKOFF_INITIAL_MS = 200;
+const BACKOFF_MAX_MS = 10_000;
+const HOSTS_POLL_MS = 1000;
+const LIST_TIMEOUT_MS = 30_000;
+
+export interface InventoryFollowerOptions {
+  /** A host not heard from for this long is STALE (its last-known instances stay, with their age). */
+  staleAfterMs: number;
+  /** How often a host's digest is compared with ours (on its bookmarks); a mismatch relists it. */
+  digestIntervalMs: number;
+  /**
+   * Fault injection for tests (FLEETLET_TEST_DROP_INVENTORY_EVENT): the first watched change of
+   * this instance id is not applied although the cursor moves past it — the drift the digest
+   * must find and repair.
+   */
+  dropEventOf?: string;
+}
+
+/** The digest of a host did not match ours at the same version: relist. */
+class DigestMismatch extends Error {}
+
+interface Follow {
+  stop: AbortController;
+  done: Promise<void>;
+  lastDigestCheckMs: number;
+}
+
+/**
+ * The aggregator's side of inventory.md: per host, LOADING (list, diffed into the view with
+ * deletes) → SYNCED (watching from the list's version; cursor moved only after a change is
+ * applied) → STALE (no message for --stale-after; data kept) → back on reconnect: a watch from
+ * the kept cursor first (no relist when the agent still has the changes), a relist only when
+ * the agent answers OUT_OF_RANGE (restarted, or the gap is longer than its ring). A failed list
+ * marks the host DEGRADED and deletes nothing. On a bookmark, at most every --digest-interval,
+ * the host's digest is compared with ours at that version; a mismatch relists. A host that goes
+ * silent (no bookmark within 3 intervals) is reconnected; a slow or dead host only affects
+ * its own part.
+ */
+export class InventoryFollower {
+  private readonly follows = new Map<string, Follow>();
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+  private readonly bookmarkMs: number;
+  private dropPending: string | undefined;
+  /** Watched changes applied, relists done (metrics). */
+  applied = 0;
+  relists = 0;
+
+  constructor(
+    private readonly view: MergedView,
+    private readonly hosts: HostRegistry,
+    private readonly logger: Logger,
+    private readonly options: InventoryFollowerOptions,
+  ) {
+    // Bookmarks often enough to notice silence well within --stale-after, and to compare
+    // digests at the interval asked; at most every 5 s when both are long.
+    this.bookmarkMs = Math.max(100, Math.min(5000, options.digestIntervalMs, Math.floor(options.staleAfterMs / 3)));
+    this.dropPending = options.dropEventOf;
+    this.reconcile();
+    this.timer = setInterval(() => this.reconcile(), HOSTS_POLL_MS);
+    this.timer.unref();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const f of this.follows.values()) f.stop.abort();
+    await Promise.all([...this.follows.values()].map((f) => f.done));
+  }
+
+  /** Hosts added or removed; stored views of hosts no longer configured are dropped; staleness. */
+  private reconcile(): void {
+    if (this.closed) return;
+    const present = new Set(this.hosts.list().map((h) => h.config.name));
+    for (const [name, f] of this.follows) {
+      if (!present.has(name)) {
+        f.stop.abort();
+        this.follows.delete(name);
+        this.view.removeHost(name);
+      }
+    }
+    for (const name of this.view.hostNames()) if (!present.has(name)) this.view.removeHost(name);
+    const now = Date.now();
+    for (const name of present) {
+      if (!this.follows.has(name)) {
+        this.view.ensureHost(name);
+        const f: Follow = { stop: new AbortController(), done: Promise.resolve(), lastDigestCheckMs: now };
+        this.follows.set(name, f);
+        f.done = this.follow(name, f);
+      }
+      const v = this.view.host(name)!;
+      // Only a synced host goes STALE (it has data that is aging); one that never listed stays
+      // LOADING / DEGRADED with its reason.
+      if (v.state === HostSyncState.SYNCED && (v.lastSeenMs === undefined || now - v.lastSeenMs > this.options.staleAfterMs)) {
+        this.view.setState(name, HostSyncState.STALE, v.lastError || `no message for more than ${this.options.staleAfterMs} ms`);
+      }
+    }
+  }
+
+  private async follow(name: string, f: Follow): Promise<void> {
+    let delay = BACKOFF_INITIAL_MS;
+    while (!f.stop.signal.aborted) {
+      const conn = this.hosts.get(name);
+      if (!conn) return;
+      const v = this.view.host(name)!;
+      try {
+        if (v.incarnation === "") await this.relist(name, conn, f);
+        await this.watch(name, conn, f);
+        delay = BACKOFF_INITIAL_MS;
+      } catch (e) {
+        if (f.stop.signal.aborted) return;
+        const err = ConnectError.from(e);
+        const reason = e instanceof DigestMismatch ? `DIGEST_MISMATCH: ${e.message}` : `${codeName(err.code)}: ${err.rawMessage}`;
+        if (e instanceof DigestMismatch || err.code === Code.OutOfRange) {
+          // The cursor cannot be resumed from (or our view drifted): relist now, keep the data
+          // until the list replaces it.
+          this.logger.info({ host: name, reason }, "inventory: relisting the host");
+          v.incarnation = "";
+          this.view.setState(name, HostSyncState.LOADING, reason);
+          continue;
+        }
+        const cur = this.view.host(name);
+        if (cur && cur.state !== HostSyncState.STALE && cur.state !== HostSyncState.DEGRADED) {
+          // Still SYNCED with its last data until --stale-after says otherwise; the reason is kept.
+          cur.lastError = reason;
+        }
+        if (err.code !== Code.Unavailable && err.code !== Code.DeadlineExceeded && err.code !== Code.Canceled) this.logger.warn({ host: name, err: reason }, "inventory: following the host failed; retrying");
+      }
+      await sleep(delay, f.stop.signal);
+      delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+    }
+  }
+
+  /** A complete list, checked against its own digest, replaces the host's part. */
+  private async relist(name: string, conn: HostConnection, f: Follow): Promise<void> {
+    const v = this.view.host(name)!;
+    if (v.state !== HostSyncState.STALE) this.view.setState(name, HostSyncState.LOADING, v.lastError);
+    let res;
+    try {
+      res = await conn.inventory.listInstances({}, { signal: f.stop.signal, timeoutMs: LIST_TIMEOUT_MS });
+    } catch (e) {
+      const err = ConnectError.from(e);
+      // Not authoritative: nothing is deleted, the host is DEGRADED until a list succeeds.
+      this.view.setState(name, HostSyncState.DEGRADED, `${codeName(err.code)}: list failed: ${err.rawMessage}`);
+      throw e;
+    }
+    const got = inventoryDigest(res.instances);
+    if (res.digest && (res.digest.count !== got.count || res.digest.hash !== got.hash)) {
+      this.view.setState(name, HostSyncState.DEGRADED, `DATA_LOSS: the list does not match its own digest (${got.count} of ${res.digest.count} instances): not applied`);
+      throw new ConnectError("incomplete list", Code.DataLoss);
+    }
+    conn.incarnation = res.incarnation;
+    conn.recordSuccess(Date.now());
+    const counts = this.view.replace(name, res.incarnation, Number(res.resourceVersion), res.instances, Date.now());
+    v.relists++;
+    this.relists++;
+    f.lastDigestCheckMs = Date.now();
+    this.logger.debug({ host: name, version: res.resourceVersion, ...counts }, "inventory: host listed");
+  }
+
+  /** Watches from the host's cursor until the stream fails; each message applied in order. */
+  private async watch(name: string, conn: HostConnection, f: Follow): Promise<void> {
+    const v = this.view.host(name)!;
+    const incarnation = v.incarnation;
+    const silentMs = Math.max(2000, 3 * this.bookmarkMs);
+    // This stream's own signal: aborted by the follower's stop or by the silence timer below.
+    const call = new AbortController();
+    const onStop = () => call.abort(f.stop.signal.reason);
+    f.stop.signal.addEventListener("abort", onStop, { once: true });
+    // No message (not even a bookmark) for a while: a hung host or a half-open connection.
+    let silence: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(silence);
+      silence = setTimeout(() => call.abort(new ConnectError(`no message from the host's watch for ${silentMs} ms`, Code.Unavailable)), silentMs);
+    };
+    arm();
+    try {
+      const stream = conn.inventory.watchInstances(
+        { resourceVersion: BigInt(v.version), incarnation, bookmarkInterval: durationFromMs(this.bookmarkMs) },
+        { signal: call.signal },
+      );
+      for await (const m of stream) {
+        arm();
+        const now = Date.now();
+        const upserts: Instance[] = [];
+        const deletes: string[] = [];
+        let version = v.version;
+        let bookmark: (typeof m.events)[number] | undefined;
+        for (const e of m.events) {
+          if (e.type === InstanceEventType.BOOKMARK) {
+            bookmark = e;
+            continue;
+          }
+          const rv = Number(e.resourceVersion);
+          if (!(rv > version)) throw new ConnectError(`event version ${rv} does not follow ${version}`, Code.Internal);
+          version = rv;
+          if (e.instance && this.dropPending === e.instance.id && e.type !== InstanceEventType.DELETED) {
+            this.dropPending = undefined; // injected fault: the change is lost, the cursor moves on
+            continue;
+          }
+          if (e.type === InstanceEventType.DELETED) deletes.push(e.instance!.id);
+          else upserts.push(e.instance!);
+        }
+        if (upserts.length > 0 || deletes.length > 0 || version !== v.version) {
+          // Net effect in order: an id deleted after an upsert in the same message is a delete.
+          const lastOp = new Map<string, "put" | "del">();
+          for (const e of m.events) if (e.instance && e.type !== InstanceEventType.BOOKMARK) lastOp.set(e.instance.id, e.type === InstanceEventType.DELETED ? "del" : "put");
+          const put = new Map<string, Instance>();
+          for (const i of upserts) if (lastOp.get(i.id) === "put") put.set(i.id, i);
+          this.view.applyChanges(name, incarnation, version, [...put.values()], [...new Set(deletes)].filter((id) => lastOp.get(id) === "del"), now);
+          this.applied += put.size + deletes.length;
+        } else {
+          this.view.touch(name, now);
+        }
+        conn.recordSuccess(now);
+        if (bookmark) {
+          if (bookmark.incarnation !== incarnation) throw new ConnectError(`the host's incarnation changed to ${bookmark.incarnation}`, Code.OutOfRange);
+          if (Number(bookmark.resourceVersion) !== v.version) throw new ConnectError(`bookmark at ${bookmark.resourceVersion} while the view is at ${v.version}`, Code.OutOfRange);
+          if (v.state !== HostSyncState.SYNCED) this.view.setState(name, HostSyncState.SYNCED, "");
+          else v.lastError = "";
+          if (bookmark.digest && now - f.lastDigestCheckMs >= this.options.digestIntervalMs) {
+            f.lastDigestCheckMs = now;
+            const ours = this.view.digest(name);
+            if (ours.count !== bookmark.digest.count || ours.hash !== bookmark.digest.hash) {
+              v.digestMismatches++;
+              this.logger.warn({ host: name, version: v.version, ours, theirs: { count: bookmark.digest.count, hash: bookmark.digest.hash } }, "inventory: digest mismatch; relisting the host");
+              throw new DigestMismatch(`at version ${v.version} the host has ${bookmark.digest.count} instances (${bookmark.digest.hash}), the view ${ours.count} (${ours.hash})`);
+            }
+          }
+        }
+      }
+      throw new ConnectError("the host ended the inventory watch", Code.Unavailable);
+    } catch (e) {
+      if (call.signal.aborted && !f.stop.signal.aborted && call.signal.reason instanceof ConnectError) throw call.signal.reason;
+      throw e;
+    } finally {
+      clearTimeout(silence);
+      f.stop.signal.removeEventListener("abort", onStop);
+      call.abort();
+    }
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}

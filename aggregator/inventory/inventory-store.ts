@@ -1,0 +1,107 @@
+import { join } from "node:path";
+import type Database from "better-sqlite3";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { InstanceSchema, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { namedStoreError, openStoreDatabase } from "../metering/store-database.js";
+import type { Migration } from "../metering/store-migrations.js";
+
+export const INVENTORY_STORE_FILE = "inventory.sqlite";
+
+export const INVENTORY_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: "the merged inventory view: a cursor per host and the host's instances",
+    sql: `
+      -- Where the view of a host stands: the agent incarnation and resource_version it reflects.
+      CREATE TABLE inventory_hosts (
+        host             TEXT    NOT NULL PRIMARY KEY,
+        incarnation      TEXT    NOT NULL,
+        resource_version INTEGER NOT NULL CHECK (resource_version >= 0),
+        last_seen_ms     INTEGER NOT NULL
+      ) STRICT, WITHOUT ROWID;
+      -- Each instance as the agent sent it (fleetlet.agent.v1.Instance, binary, with its
+      -- resource_version): decoded once at start.
+      CREATE TABLE inventory_instances (
+        host     TEXT NOT NULL REFERENCES inventory_hosts (host) ON DELETE CASCADE,
+        id       TEXT NOT NULL,
+        instance BLOB NOT NULL,
+        PRIMARY KEY (host, id)
+      ) STRICT, WITHOUT ROWID;
+    `,
+  },
+];
+
+export interface StoredHostView {
+  host: string;
+  incarnation: string;
+  resourceVersion: number;
+  lastSeenMs: number;
+  instances: Instance[];
+}
+
+/**
+ * The aggregator's last-known inventory on disk (inventory.md: "an aggregator restart serves
+ * the previous view, marked STALE, until hosts resync"). Every batch a host's follower applies
+ * is written here in one transaction with the host's cursor, before the view in memory moves:
+ * the cursor on disk never runs ahead of the instances on disk. synchronous=NORMAL: a power
+ * loss may lose the newest commits (the cursor with them, so the follower re-reads them), never
+ * mix them.
+ */
+export class InventoryStore {
+  private readonly stmts;
+
+  private constructor(
+    private readonly db: Database.Database,
+    readonly file: string,
+  ) {
+    this.stmts = {
+      upsertHost: db.prepare<[string, string, number, number]>(
+        "INSERT INTO inventory_hosts (host, incarnation, resource_version, last_seen_ms) VALUES (?, ?, ?, ?) " +
+          "ON CONFLICT (host) DO UPDATE SET incarnation = excluded.incarnation, resource_version = excluded.resource_version, last_seen_ms = excluded.last_seen_ms",
+      ),
+      putInstance: db.prepare<[string, string, Uint8Array]>("INSERT OR REPLACE INTO inventory_instances (host, id, instance) VALUES (?, ?, ?)"),
+      deleteInstance: db.prepare<[string, string]>("DELETE FROM inventory_instances WHERE host = ? AND id = ?"),
+      deleteHost: db.prepare<[string]>("DELETE FROM inventory_hosts WHERE host = ?"),
+      hosts: db.prepare<[], { host: string; incarnation: string; resourceVersion: number; lastSeenMs: number }>(
+        "SELECT host, incarnation, resource_version AS resourceVersion, last_seen_ms AS lastSeenMs FROM inventory_hosts ORDER BY host",
+      ),
+      instances: db.prepare<[], { host: string; instance: Buffer }>("SELECT host, instance FROM inventory_instances ORDER BY host, id"),
+    };
+  }
+
+  static open(stateDir: string): InventoryStore {
+    const file = join(stateDir, INVENTORY_STORE_FILE);
+    return new InventoryStore(openStoreDatabase(file, INVENTORY_MIGRATIONS, "NORMAL"), file);
+  }
+
+  /** Every host's stored view (for the aggregator's start). */
+  load(): StoredHostView[] {
+    const views = new Map<string, StoredHostView>();
+    for (const h of this.stmts.hosts.all()) views.set(h.host, { ...h, instances: [] });
+    for (const row of this.stmts.instances.iterate()) {
+      try {
+        views.get(row.host)?.instances.push(fromBinary(InstanceSchema, row.instance));
+      } catch (e) {
+        throw namedStoreError(this.file, new Error(`host ${row.host}: an instance row does not decode (${(e as Error).message})`));
+      }
+    }
+    return [...views.values()];
+  }
+
+  /** One applied batch of a host and its new cursor, atomically. */
+  apply(host: string, cursor: { incarnation: string; resourceVersion: number; lastSeenMs: number }, put: Instance[], del: string[]): void {
+    this.db.transaction(() => {
+      this.stmts.upsertHost.run(host, cursor.incarnation, cursor.resourceVersion, cursor.lastSeenMs);
+      for (const i of put) this.stmts.putInstance.run(host, i.id, toBinary(InstanceSchema, i));
+      for (const id of del) this.stmts.deleteInstance.run(host, id);
+    })();
+  }
+
+  removeHost(host: string): void {
+    this.stmts.deleteHost.run(host);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,280 @@
+import { randomBytes } from "node:crypto";
+import { create, equals } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import type { Instance, InstanceKind, InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { FleetEventType, FleetInstanceSchema, HostSyncSchema, HostSyncState, type FleetInstance, type HostSync } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { EventRing } from "../../lib/event-ring.js";
+import { inventoryDigest } from "../../lib/inventory-digest.js";
+import type { InventoryStore } from "./inventory-store.js";
+
+/** One host's part of the merged view. */
+export interface HostView {
+  readonly name: string;
+  state: HostSyncState;
+  /** The agent incarnation and resource_version the instances below reflect ("" = none yet). */
+  incarnation: string;
+  version: number;
+  lastSeenMs: number | undefined;
+  lastError: string;
+  relists: number;
+  digestMismatches: number;
+  readonly instances: Map<string, FleetInstance>;
+  sorted: FleetInstance[] | undefined;
+}
+
+/** One change of the merged view, as kept for WatchInstances. */
+export interface FleetChange {
+  type: FleetEventType;
+  instance?: FleetInstance;
+  /** MODIFIED / DELETED: what it was (a filtered watch turns a move out of its filter into DELETED). */
+  previous?: FleetInstance;
+  hostSync?: HostSync;
+}
+
+export interface InstanceFilter {
+  hosts?: ReadonlySet<string>;
+  labels?: Record<string, string>;
+  states?: ReadonlySet<InstanceState>;
+  kinds?: ReadonlySet<InstanceKind>;
+}
+
+export const DEFAULT_FLEET_WATCH_BUFFER = 65_536;
+
+/**
+ * The aggregator's merged inventory (inventory.md "The aggregator's merged view"): per host,
+ * the instances at the agent version they reflect, the host's sync state, and every change
+ * numbered in one fleet sequence for WatchInstances (a bounded ring; cursors are
+ * "<view incarnation>.<seq>"). Each change is written to the store with the host's cursor
+ * first (when there is a store), then applied here: what is served never runs ahead of what a
+ * restart would load. Answers come from memory at once; nothing here waits for a host.
+ */
+export class MergedView {
+  readonly incarnation = randomBytes(8).toString("hex");
+  private readonly views = new Map<string, HostView>();
+  private sortedHosts: HostView[] | undefined;
+  private readonly ring: EventRing<FleetChange>;
+  private seq = 0;
+  private readonly listeners = new Set<() => void>();
+
+  constructor(
+    private readonly store: InventoryStore | undefined,
+    capacity = DEFAULT_FLEET_WATCH_BUFFER,
+  ) {
+    this.ring = new EventRing(capacity);
+    // The last-known view of every host, STALE until its follower hears from it again.
+    for (const stored of store?.load() ?? []) {
+      const view = this.newView(stored.host, HostSyncState.STALE);
+      view.incarnation = stored.incarnation;
+      view.version = stored.resourceVersion;
+      view.lastSeenMs = stored.lastSeenMs;
+      view.lastError = "not heard from since the aggregator started";
+      for (const i of stored.instances) view.instances.set(i.id, fleetInstance(i, stored.host));
+    }
+  }
+
+  get cursor(): string {
+    return `${this.incarnation}.${this.seq}`;
+  }
+
+  get lastSeq(): number {
+    return this.seq;
+  }
+
+  host(name: string): HostView | undefined {
+    return this.views.get(name);
+  }
+
+  hostNames(): string[] {
+    return [...this.views.keys()];
+  }
+
+  /** The view of a host, created (LOADING, empty) on first use. */
+  ensureHost(name: string): HostView {
+    const existing = this.views.get(name);
+    if (existing) return existing;
+    const view = this.newView(name, HostSyncState.LOADING);
+    this.emit([{ type: FleetEventType.HOST_SYNC, hostSync: this.hostSync(view) }]);
+    return view;
+  }
+
+  /** A host removed from the fleet: its instances leave the view (DELETED each). */
+  removeHost(name: string): void {
+    const view = this.views.get(name);
+    if (!view) return;
+    this.store?.removeHost(name);
+    this.views.delete(name);
+    this.sortedHosts = undefined;
+    const changes: FleetChange[] = [...view.instances.values()].map((i) => ({ type: FleetEventType.DELETED, instance: i, previous: i }));
+    view.state = HostSyncState.UNSPECIFIED;
+    view.lastError = "host removed";
+    changes.push({ type: FleetEventType.HOST_SYNC, hostSync: this.hostSync(view) });
+    this.emit(changes);
+  }
+
+  /** Changes a host's sync state (and its reason); a HOST_SYNC event when either changed. */
+  setState(name: string, state: HostSyncState, lastError = ""): void {
+    const view = this.views.get(name);
+    if (!view || (view.state === state && view.lastError === lastError)) return;
+    view.state = state;
+    view.lastError = lastError;
+    this.emit([{ type: FleetEventType.HOST_SYNC, hostSync: this.hostSync(view) }]);
+  }
+
+  touch(name: string, nowMs: number): void {
+    const view = this.views.get(name);
+    if (view) view.lastSeenMs = nowMs;
+  }
+
+  /**
+   * Applies a host's watched changes (in order) and moves its cursor to `version`: stored in
+   * one transaction, then in memory, then announced.
+   */
+  applyChanges(name: string, incarnation: string, version: number, upserts: Instance[], deletes: string[], nowMs: number): void {
+    const view = this.ensureHost(name);
+    const put = upserts.map((i) => fleetInstance(i, name));
+    this.store?.apply(name, { incarnation, resourceVersion: version, lastSeenMs: nowMs }, upserts, deletes);
+    const changes: FleetChange[] = [];
+    for (const i of put) {
+      const previous = view.instances.get(i.id);
+      view.instances.set(i.id, i);
+      changes.push({ type: previous ? FleetEventType.MODIFIED : FleetEventType.ADDED, instance: i, previous });
+    }
+    for (const id of deletes) {
+      const previous = view.instances.get(id);
+      if (!previous) continue;
+      view.instances.delete(id);
+      changes.push({ type: FleetEventType.DELETED, instance: previous, previous });
+    }
+    if (changes.length > 0) view.sorted = undefined;
+    view.incarnation = incarnation;
+    view.version = version;
+    view.lastSeenMs = nowMs;
+    this.emit(changes);
+  }
+
+  /**
+   * A complete list of a host replaces its part (inventory.md "Relist diffs, including
+   * deletes"): what is missing from the list is deleted, what changed is put; an instance whose
+   * content is equal except for its version (an agent restart renumbers every instance) is
+   * updated silently, without an event.
+   */
+  replace(name: string, incarnation: string, version: number, instances: Instance[], nowMs: number): { added: number; modified: number; deleted: number } {
+    const view = this.ensureHost(name);
+    const listed = new Map(instances.map((i) => [i.id, i]));
+    const put: Instance[] = [];
+    const changes: FleetChange[] = [];
+    const silent: FleetInstance[] = [];
+    const counts = { added: 0, modified: 0, deleted: 0 };
+    for (const [id, i] of listed) {
+      const previous = view.instances.get(id);
+      if (previous && previous.resourceVersion === i.resourceVersion && view.incarnation === incarnation) continue;
+      const next = fleetInstance(i, name);
+      put.push(i);
+      if (previous && equals(FleetInstanceSchema, { ...next, resourceVersion: previous.resourceVersion }, previous)) {
+        silent.push(next);
+        continue;
+      }
+      changes.push({ type: previous ? FleetEventType.MODIFIED : FleetEventType.ADDED, instance: next, previous });
+      counts[previous ? "modified" : "added"]++;
+    }
+    const deletes: string[] = [];
+    for (const [id, previous] of view.instances) {
+      if (listed.has(id)) continue;
+      deletes.push(id);
+      changes.push({ type: FleetEventType.DELETED, instance: previous, previous });
+      counts.deleted++;
+    }
+    this.store?.apply(name, { incarnation, resourceVersion: version, lastSeenMs: nowMs }, put, deletes);
+    for (const i of silent) view.instances.set(i.id, i);
+    for (const c of changes) {
+      if (c.type === FleetEventType.DELETED) view.instances.delete(c.instance!.id);
+      else view.instances.set(c.instance!.id, c.instance!);
+    }
+    view.sorted = undefined;
+    view.incarnation = incarnation;
+    view.version = version;
+    view.lastSeenMs = nowMs;
+    this.emit(changes);
+    return counts;
+  }
+
+  /** The digest of a host's part, comparable with the agent's at the same version. */
+  digest(name: string): { count: number; hash: string } {
+    return inventoryDigest(this.views.get(name)?.instances.values() ?? []);
+  }
+
+  /** Every host's sync state, sorted by host. */
+  hostSyncs(filter?: ReadonlySet<string>): HostSync[] {
+    return this.sortedViews()
+      .filter((v) => !filter || filter.has(v.name))
+      .map((v) => this.hostSync(v));
+  }
+
+  /** Matching instances, sorted by host then id. Shared objects: do not modify. */
+  list(filter: InstanceFilter): FleetInstance[] {
+    const out: FleetInstance[] = [];
+    for (const view of this.sortedViews()) {
+      if (filter.hosts && !filter.hosts.has(view.name)) continue;
+      view.sorted ??= [...view.instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      for (const i of view.sorted) if (matches(i, filter)) out.push(i);
+    }
+    return out;
+  }
+
+  /** Changes after fleet seq `seq` (at most `limit`), undefined when no longer kept. */
+  changesAfter(seq: number, limit?: number): { seq: number; item: FleetChange }[] | undefined {
+    return this.ring.after(seq, limit);
+  }
+
+  subscribe(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  hostSync(view: HostView): HostSync {
+    return create(HostSyncSchema, {
+      host: view.name,
+      state: view.state,
+      lastSeen: view.lastSeenMs !== undefined ? timestampFromMs(view.lastSeenMs) : undefined,
+      resourceVersion: BigInt(view.version),
+      incarnation: view.incarnation,
+      instanceCount: view.instances.size,
+      lastError: view.lastError,
+      relists: view.relists,
+      digestMismatches: view.digestMismatches,
+    });
+  }
+
+  private newView(name: string, state: HostSyncState): HostView {
+    const view: HostView = { name, state, incarnation: "", version: 0, lastSeenMs: undefined, lastError: "", relists: 0, digestMismatches: 0, instances: new Map(), sorted: undefined };
+    this.views.set(name, view);
+    this.sortedHosts = undefined;
+    return view;
+  }
+
+  private sortedViews(): HostView[] {
+    this.sortedHosts ??= [...this.views.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return this.sortedHosts;
+  }
+
+  private emit(changes: FleetChange[]): void {
+    if (changes.length === 0) return;
+    for (const c of changes) this.ring.push(++this.seq, c);
+    for (const l of this.listeners) l();
+  }
+}
+
+export function matches(i: FleetInstance, filter: InstanceFilter): boolean {
+  if (filter.hosts && !filter.hosts.has(i.host)) return false;
+  if (filter.states && filter.states.size > 0 && !filter.states.has(i.state)) return false;
+  if (filter.kinds && filter.kinds.size > 0 && !filter.kinds.has(i.kind)) return false;
+  if (filter.labels) {
+    for (const [k, v] of Object.entries(filter.labels)) if (i.labels[k] !== v) return false;
+  }
+  return true;
+}
+
+function fleetInstance(i: Instance, host: string): FleetInstance {
+  const { $typeName: _, ...fields } = i;
+  return create(FleetInstanceSchema, { ...fields, host });
+}

@@ -1,0 +1,153 @@
+import { afterEach, beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync, rmSync } from "node:fs";
+import { create, equals } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { InstanceEventType, InstanceSchema, InstanceState, WatchInstancesRequestSchema, type Instance, type InstanceEvent, type WatchInstancesResponse } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
+import { validateInstance } from "../../../agent/inventory/instance-validation.js";
+import { watchInventory } from "../../../agent/inventory/inventory-watch.js";
+import { inventoryDigest } from "../../../lib/inventory-digest.js";
+import { prng } from "../../helpers/random-message.js";
+import { tempDir } from "../../helpers/temp-dir.js";
+
+let dir: ReturnType<typeof tempDir>;
+beforeEach(() => (dir = tempDir("inventory-watch")));
+afterEach(() => dir.remove());
+
+const inst = (id: string, extra: object = {}) => validateInstance(create(InstanceSchema, { id, ...extra }), { tapPrefix: "fl-" });
+
+/** Events of a watch until (and including) the first BOOKMARK at `untilVersion`. */
+async function watchUntil(r: InstanceRegistry, req: object, untilVersion: bigint): Promise<InstanceEvent[]> {
+  const abort = new AbortController();
+  const events: InstanceEvent[] = [];
+  try {
+    for await (const m of watchInventory(r.feed, create(WatchInstancesRequestSchema, req), abort.signal)) {
+      events.push(...m.events);
+      if (m.events.some((e) => e.type === InstanceEventType.BOOKMARK && e.resourceVersion === untilVersion)) return events;
+    }
+  } finally {
+    abort.abort();
+  }
+  return events;
+}
+
+function applyEvents(view: Map<string, Instance>, events: InstanceEvent[]): void {
+  for (const e of events) {
+    if (e.type === InstanceEventType.ADDED || e.type === InstanceEventType.MODIFIED) view.set(e.instance!.id, e.instance!);
+    else if (e.type === InstanceEventType.DELETED) view.delete(e.instance!.id);
+  }
+}
+
+const snapshot = (r: InstanceRegistry) => new Map(r.feed.list().map((i) => [i.id, i]));
+
+function assertSameView(a: Map<string, Instance>, b: Map<string, Instance>, what: string): void {
+  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort(), `${what}: ids`);
+  for (const [id, i] of a) assert.ok(equals(InstanceSchema, i, b.get(id)!), `${what}: ${id} differs`);
+}
+
+describe("WatchInstances on the agent", () => {
+  it("a watch from every version kept, applied to the list at that version, equals a fresh list", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    const rand = prng(7);
+    const lists = new Map<bigint, Map<string, Instance>>([[r.resourceVersion, snapshot(r)]]);
+    for (let step = 0; step < 150; step++) {
+      const id = `vm${Math.floor(rand() * 12)}`;
+      const roll = rand();
+      // Sometimes several changes in one tick: one commit, their net effect per instance.
+      const burst = roll < 0.2 ? 3 : 1;
+      const ops: Promise<unknown>[] = [];
+      for (let k = 0; k < burst; k++) {
+        const target = k === 0 ? id : `vm${Math.floor(rand() * 12)}`;
+        const current = r.get(target);
+        if (!current) ops.push(r.upsert(inst(target, { name: `n${step}` })));
+        else if (rand() < 0.25) ops.push(r.remove(target).catch(() => undefined));
+        else if (rand() < 0.5) ops.push(r.setState(target, rand() < 0.5 ? InstanceState.RUNNING : InstanceState.STOPPED));
+        else ops.push(r.upsert(inst(target, { name: current.name }))); // identical rewrite
+      }
+      await Promise.all(ops);
+      lists.set(r.resourceVersion, snapshot(r));
+    }
+    const fresh = snapshot(r);
+    assert.ok(lists.size > 60, `${lists.size} distinct versions: too little churn to test anything`);
+    for (const [version, list] of lists) {
+      const events = await watchUntil(r, { resourceVersion: version, incarnation: r.incarnation }, r.resourceVersion);
+      const view = new Map(list);
+      applyEvents(view, events);
+      assertSameView(view, fresh, `from version ${version}`);
+      const versions = events.filter((e) => e.type !== InstanceEventType.BOOKMARK).map((e) => e.resourceVersion);
+      assert.deepEqual(versions, [...versions].sort((a, b) => (a < b ? -1 : 1)), "in version order");
+      assert.ok(versions.every((v) => v > version), "nothing at or before the version asked for");
+    }
+    // The bookmark's digest is the agent's list digest, which the watcher can check.
+    const events = await watchUntil(r, { resourceVersion: r.resourceVersion, incarnation: r.incarnation }, r.resourceVersion);
+    assert.deepEqual({ count: events.at(-1)!.digest!.count, hash: events.at(-1)!.digest!.hash }, inventoryDigest(fresh.values()));
+  });
+
+  it("without a version: the current state as ADDED events, then a BOOKMARK; then live changes", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a"));
+    await r.upsert(inst("b"));
+    const abort = new AbortController();
+    const it = watchInventory(r.feed, create(WatchInstancesRequestSchema, {}), abort.signal);
+    const first = (await it.next()).value as WatchInstancesResponse;
+    assert.deepEqual(first.events.map((e: InstanceEvent) => `${InstanceEventType[e.type]}:${e.instance?.id ?? ""}@${e.resourceVersion}`), ["ADDED:a@1", "ADDED:b@2", "BOOKMARK:@2"]);
+    await r.setState("a", InstanceState.RUNNING);
+    const next = (await it.next()).value as WatchInstancesResponse;
+    assert.deepEqual(next.events.map((e: InstanceEvent) => `${InstanceEventType[e.type]}:${e.instance?.id ?? ""}@${e.resourceVersion}`), ["MODIFIED:a@3"]);
+    abort.abort();
+    await it.return(undefined);
+  });
+
+  it("OUT_OF_RANGE for an expired version, a version ahead, another incarnation; INVALID_ARGUMENT for a bad bookmark_interval", async () => {
+    const r = InstanceRegistry.open(dir.path, undefined, { watchHistory: 5 });
+    for (let i = 0; i < 10; i++) await r.upsert(inst(`vm${i}`));
+    const outOfRange = (e: unknown, re: RegExp) => e instanceof ConnectError && e.code === Code.OutOfRange && re.test(e.rawMessage);
+    await assert.rejects(watchUntil(r, { resourceVersion: 4n, incarnation: r.incarnation }, 10n), (e: unknown) => outOfRange(e, /older than the oldest change kept \(5\): relist/));
+    assert.equal((await watchUntil(r, { resourceVersion: 5n, incarnation: r.incarnation }, 10n)).length, 6, "5 changes + bookmark: still kept");
+    await assert.rejects(watchUntil(r, { resourceVersion: 11n, incarnation: r.incarnation }, 10n), (e: unknown) => outOfRange(e, /ahead of the agent's 10/));
+    await assert.rejects(watchUntil(r, { resourceVersion: 9n, incarnation: "0123456789abcdef" }, 10n), (e: unknown) => outOfRange(e, /not the agent's current incarnation .* \(the agent restarted\)/));
+    // A restarted agent: same versions, new incarnation.
+    const restarted = InstanceRegistry.open(dir.path);
+    assert.equal(restarted.resourceVersion, 10n);
+    await assert.rejects(watchUntil(restarted, { resourceVersion: 9n, incarnation: r.incarnation }, 10n), (e: unknown) => outOfRange(e, /the agent restarted/));
+    await assert.rejects(
+      watchUntil(r, { resourceVersion: 9n, incarnation: r.incarnation, bookmarkInterval: durationFromMs(10) }, 10n),
+      (e) => e instanceof ConnectError && e.code === Code.InvalidArgument && /^bookmark_interval: must be between 100ms and 1h/.test(e.rawMessage),
+    );
+  });
+
+  it("identical rewrites produce no event and no new version", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a", { labels: { x: "1" } }));
+    const v = r.resourceVersion;
+    const abort = new AbortController();
+    const seen: InstanceEvent[] = [];
+    const done = (async () => {
+      for await (const m of watchInventory(r.feed, create(WatchInstancesRequestSchema, { resourceVersion: v, incarnation: r.incarnation, bookmarkInterval: durationFromMs(100) }), abort.signal)) seen.push(...m.events);
+    })();
+    await r.upsert(inst("a", { labels: { x: "1" } }));
+    await r.setState("a", r.get("a")!.state);
+    await new Promise((res) => setTimeout(res, 300));
+    abort.abort();
+    await done;
+    assert.equal(r.resourceVersion, v);
+    assert.deepEqual(seen.filter((e) => e.type !== InstanceEventType.BOOKMARK), []);
+    assert.ok(seen.filter((e) => e.type === InstanceEventType.BOOKMARK).length >= 2, "bookmarks keep coming while nothing changes");
+  });
+
+  it("a change that fails to persist is never published", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a"));
+    const v = r.resourceVersion;
+    rmSync(dir.path, { recursive: true, force: true });
+    await assert.rejects(r.upsert(inst("b")));
+    assert.equal(r.resourceVersion, v);
+    assert.deepEqual(r.feed.list().map((i) => i.id), ["a"]);
+    assert.deepEqual(r.feed.changesAfter(Number(v)), []);
+    mkdirSync(dir.path);
+    await r.upsert(inst("b"));
+    assert.deepEqual(r.feed.changesAfter(Number(v))!.map((c) => `${InstanceEventType[c.item.type]}:${c.item.instance.id}`), ["ADDED:b"]);
+  });
+});

@@ -1,0 +1,93 @@
+import { afterEach, beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { appendFileSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { InstanceSchema, InstanceState, SnapshotSchema } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
+import { validateInstance } from "../../../agent/inventory/instance-validation.js";
+import { tempDir } from "../../helpers/temp-dir.js";
+
+let dir: ReturnType<typeof tempDir>;
+beforeEach(() => (dir = tempDir("registry-store")));
+afterEach(() => dir.remove());
+
+const inst = (id: string, extra: object = {}) => validateInstance(create(InstanceSchema, { id, ...extra }), { tapPrefix: "fl-" });
+const journals = () => readdirSync(dir.path).filter((f) => f.endsWith(".journal")).sort();
+const view = (r: InstanceRegistry) => r.list().map((i) => `${i.id}:${i.name}:${i.state}`);
+
+describe("registry on disk: snapshot + journal", () => {
+  it("a commit appends one journal line and leaves the snapshot alone; reopening replays it", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a", { name: "first" })); // the first commit writes the snapshot
+    const snapshot = readFileSync(join(dir.path, "instances.json"), "utf8");
+    assert.deepEqual(journals(), ["instances-1.journal"]);
+    await r.upsert(inst("b"));
+    await r.setState("a", InstanceState.RUNNING);
+    await r.remove("b");
+    await r.registerSnapshot(create(SnapshotSchema, { id: "s1", hypervisor: "qemu", storageBytes: 10n }));
+    assert.equal(readFileSync(join(dir.path, "instances.json"), "utf8"), snapshot, "snapshot not rewritten");
+    const lines = readFileSync(join(dir.path, "instances-1.journal"), "utf8").split("\n").filter(Boolean);
+    assert.equal(lines.length, 4);
+    assert.deepEqual(JSON.parse(lines[2]!), { v: "4", del: ["b"], meter: { b: null } });
+    const reopened = InstanceRegistry.open(dir.path);
+    assert.deepEqual(view(reopened), view(r));
+    assert.equal(reopened.resourceVersion, r.resourceVersion);
+    assert.deepEqual(reopened.snapshotList().map((s) => s.id), ["s1"]);
+  });
+
+  it("a torn last record (crash mid-append) is cut off and counted; a bad record before it stops the open with file and offset", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a"));
+    await r.upsert(inst("b"));
+    r.close();
+    const path = join(dir.path, "instances-1.journal");
+    const good = statSync(path).size;
+    appendFileSync(path, '{"v":"9","put":[{"id":"c"'); // no newline: never acknowledged
+    const reopened = InstanceRegistry.open(dir.path);
+    assert.equal(reopened.store.tornRecords, 1);
+    assert.deepEqual(reopened.list().map((i) => i.id), ["a", "b"]);
+    assert.equal(statSync(path).size, good, "cut back to the last whole record");
+    reopened.close();
+    // A complete line that does not parse is not a torn write: refuse, naming where.
+    const text = readFileSync(path, "utf8");
+    writeFileSync(path, `not json\n${text}`);
+    assert.throws(() => InstanceRegistry.open(dir.path), /instances-1\.journal: byte offset 0: unparseable journal record/);
+    writeFileSync(path, `${text}{"v":"9","put":[{"name":"no id"}]}\n`);
+    assert.throws(() => InstanceRegistry.open(dir.path), new RegExp(`instances-1\\.journal: byte offset ${good}: no id`));
+  });
+
+  it("the journal is folded into a new snapshot once it outgrows it; nothing is lost across compactions", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    // ~500 B per record: 256 KiB of journal after ~520 commits.
+    for (let k = 0; k < 1200; k++) await r.upsert(inst(`vm${k % 3}`, { name: `n${k}-${"x".repeat(200)}`, labels: { pad: "y".repeat(200) } }));
+    const [journal] = journals();
+    assert.ok(journal && journal !== "instances-1.journal", `compacted at least once (journal now ${journal})`);
+    assert.equal(journals().length, 1, "the old journal is gone");
+    const reopened = InstanceRegistry.open(dir.path);
+    assert.deepEqual(view(reopened), view(r));
+    assert.equal(reopened.resourceVersion, 1200n);
+  });
+
+  it("a journal the snapshot does not name (a crash during compaction) is deleted; a named one that is missing stops the open", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a"));
+    r.close();
+    writeFileSync(join(dir.path, "instances-2.journal"), '{"v":"7","put":[{"id":"ghost"}]}\n');
+    assert.deepEqual(InstanceRegistry.open(dir.path).list().map((i) => i.id), ["a"]);
+    assert.deepEqual(journals(), ["instances-1.journal"]);
+    const doc = JSON.parse(readFileSync(join(dir.path, "instances.json"), "utf8")) as { journal: number };
+    writeFileSync(join(dir.path, "instances.json"), JSON.stringify({ ...doc, journal: 5 }));
+    assert.throws(() => InstanceRegistry.open(dir.path), /instances-5\.journal: missing/);
+  });
+
+  it("a format-1 file (whole-file registry) loads, and the first commit moves it to snapshot + journal", async () => {
+    writeFileSync(join(dir.path, "instances.json"), JSON.stringify({ format: 1, resourceVersion: "3", instances: [{ id: "old", name: "kept" }], meter: { old: [0, 1, 0] } }));
+    const r = InstanceRegistry.open(dir.path);
+    assert.deepEqual(view(r), ["old:kept:0"]);
+    await r.upsert(inst("new"));
+    const doc = JSON.parse(readFileSync(join(dir.path, "instances.json"), "utf8")) as { format: number; journal: number };
+    assert.deepEqual([doc.format, doc.journal], [2, 1]);
+    assert.deepEqual(view(InstanceRegistry.open(dir.path)), ["new::1", "old:kept:0"]);
+  });
+});
