@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { MeteringService } from "../gen/fleetlet/agent/v1/metering_pb.js";
 import { MeteringLedger } from "./metering/ledger.js";
 import { registerMeteringInstruments } from "./metering/metering-metrics.js";
+import { startDiscovery } from "./discovery/discovery-sync.js";
 import { createMeteringService } from "./metering/metering-service.js";
 import { createInventoryService } from "./inventory/inventory-service.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "./kernel/instance-probe.js";
@@ -45,6 +46,8 @@ export interface AgentOptions {
   /** Auto-standby over conntrack; false reports every instance UNSUPPORTED (tests, benches). */
   standby?: boolean;
   standbyConcurrency?: number;
+  /** --discover: hypervisor processes in /proc become (read-only) instances. */
+  discover?: boolean;
   /** Inventory changes kept for WatchInstances (default 16,384). */
   watchHistory?: number;
   standbyExec?: ExecDriverCommands;
@@ -78,6 +81,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const collector = new StatsCollector(registry, { roots });
     // A RUNNING instance whose process is gone becomes STOPPED (metering's stop-crash).
     const stopLiveness = watchProcessLiveness(registry, logger, roots.proc);
+    const discovery = options.discover ? startDiscovery(registry, logger, { tapPrefix: options.tapPrefix }, roots.proc) : undefined;
     // Watch ticks and scrapes share recent sweeps too: many streams opening at once, or a
     // scrape next to a watch, cost one pass over /proc, not one each.
     const sampler = new SharedSampler((ids) => collector.recentSweep(SAMPLER_SHARE_MS, ids));
@@ -120,6 +124,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       close() {
         closed ??= (async () => {
           stopLiveness();
+          discovery?.stop();
           sampler.close();
           standby.close();
           await server.close();

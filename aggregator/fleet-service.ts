@@ -13,11 +13,12 @@ import {
   type Host,
   type HostResult,
   HostResultSchema,
+  ListInstancesResponseSchema,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import { InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
 import { watchFleetInventory } from "./inventory/fleet-inventory-watch.js";
-import type { InstanceFilter, MergedView } from "./inventory/merged-view.js";
+import { framedInstance, type InstanceFilter, type MergedView } from "./inventory/merged-view.js";
 import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
 import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
@@ -187,8 +188,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       const view = requireInventory();
       const filter = instanceFilter(req, selectHosts);
       const hostSyncs = view.hostSyncs(filter.hosts);
-      return {
-        instances: view.list(filter),
+      const rest = create(ListInstancesResponseSchema, {
         hosts: hostSyncs,
         // Partial views are normal: OK for a SYNCED host, the reason for any other.
         hostResults: hostSyncs.map((h) => create(HostResultSchema, {
@@ -197,7 +197,12 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
           message: h.state === HostSyncState.SYNCED ? "" : `${HostSyncState[h.state]}${h.lastError ? `: ${h.lastError}` : ""}`,
         })),
         cursor: view.cursor,
-      };
+      });
+      // Each instance's bytes were made when it entered the view: the answer is their
+      // concatenation plus the rest (protobuf merges repeated fields across concatenation).
+      const parts = view.list(filter).map(framedInstance);
+      parts.push(toBinary(ListInstancesResponseSchema, rest));
+      return wireResponse(ListInstancesResponseSchema, Buffer.concat(parts));
     },
     watchInstances(req, context) {
       const view = requireInventory();

@@ -51,6 +51,7 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--stats-max-age <duration>", "ListInstanceStats may answer from a shared sweep this recent ('0s' = always sweep anew)").default(500, "500ms").argParser(parse.nonNegativeDurationMs))
     .addOption(configurable("AGENT", "--standby <on|off>", "auto-standby over conntrack (off: every instance reports UNSUPPORTED)").choices(["on", "off"]).default("on"))
     .addOption(configurable("AGENT", "--standby-concurrency <n>", "standby requests run at once").default(16).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--discover <on|off>", "hypervisor processes in /proc (cloud-hypervisor, firecracker, qemu-system-*) become read-only instances").choices(["on", "off"]).default("off"))
     .addOption(configurable("AGENT", "--watch-history <n>", "inventory changes kept for WatchInstances resume; an older version must relist").default(16_384).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--standby-exec <command>", "exec driver: standby command, run without a shell, split on spaces"))
     .addOption(configurable("AGENT", "--wake-exec <command>", "exec driver: wake command"))
@@ -72,6 +73,7 @@ export function agentCommand(): Command {
         standby: string;
         standbyConcurrency: number;
         watchHistory: number;
+        discover: string;
         standbyExec?: string;
         wakeExec?: string;
         runtime: string;
@@ -104,6 +106,7 @@ export function agentCommand(): Command {
           standby: o.standby === "on",
           standbyConcurrency: o.standbyConcurrency,
           watchHistory: o.watchHistory,
+          discover: o.discover === "on",
           standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },
           runtime: { runtimes, dockerHost: o.dockerHost, kubeconfig: o.kubeconfig, kubeNode: o.kubeNode },
           logger: createLogger("fleetlet-agent", o.logLevel),

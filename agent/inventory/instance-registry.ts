@@ -119,11 +119,20 @@ export class InstanceRegistry {
     } else {
       registry.unmetered = [...registry.instances.keys()];
     }
-    for (const json of state.snapshots.values()) {
-      const snap = fromJson(SnapshotSchema, json);
-      registry.snapshots.set(snap.id, snap);
+    for (const [id, json] of state.snapshots) {
+      try {
+        registry.snapshots.set(id, fromJson(SnapshotSchema, json));
+      } catch (e) {
+        throw new Error(`${registry.path}: snapshot ${JSON.stringify(id)}: ${(e as Error).message}`);
+      }
     }
-    if (state.pending) registry.pending = { afterSeq: state.pending.afterSeq, entries: (state.pending.entries as unknown as SerializedEntry[]).map(deserializeEntry) };
+    if (state.pending) {
+      try {
+        registry.pending = { afterSeq: state.pending.afterSeq, entries: (state.pending.entries as unknown as SerializedEntry[]).map(deserializeEntry) };
+      } catch (e) {
+        throw new Error(`${registry.path}: its pending metering entries do not parse (${(e as Error).message}); refusing to start over them`);
+      }
+    }
     return registry;
   }
 
@@ -514,6 +523,9 @@ function serializeEntry(e: LifecycleEntry): SerializedEntry {
 }
 
 function deserializeEntry(e: SerializedEntry): LifecycleEntry {
+  if (typeof e.kind !== "string" || typeof e.emittedAtNs !== "string" || !/^\d{1,25}$/.test(e.emittedAtNs) || typeof e.shape !== "object" || e.shape === null) {
+    throw new Error(`not a lifecycle entry: ${JSON.stringify(e).slice(0, 120)}`);
+  }
   return { ...e, emittedAtNs: BigInt(e.emittedAtNs) };
 }
 

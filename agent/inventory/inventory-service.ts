@@ -1,7 +1,7 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { clone } from "@bufbuild/protobuf";
-import { InstanceSchema, InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, InstanceSource, InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "./instance-registry.js";
 import { validateInstance, type ValidationOptions } from "./instance-validation.js";
@@ -18,6 +18,14 @@ export function createInventoryService(
     if (!instance) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
     return instance;
   };
+  /** Discovered instances follow their process (--discover): read-only unless registered. */
+  const findWritable = (id: string) => {
+    const instance = find(id);
+    if (instance.source === InstanceSource.DISCOVERED) {
+      throw new ConnectError(`instance ${JSON.stringify(id)} was discovered on the host and is read-only; RegisterInstance with its id to take it over`, Code.FailedPrecondition);
+    }
+    return instance;
+  };
   return {
     async registerInstance(req) {
       if (req.sourceSnapshotId !== "") requireId("source_snapshot_id", req.sourceSnapshotId);
@@ -25,12 +33,12 @@ export function createInventoryService(
       return { instance };
     },
     async setInstanceState(req) {
-      find(req.instanceId);
+      findWritable(req.instanceId);
       if (req.state === InstanceState.UNSPECIFIED || !(req.state in InstanceState)) throw invalidArgument("state", `must be one of CREATED, RUNNING, STANDBY, STOPPED, ERROR, got ${req.state}`);
       return { instance: await registry.setState(req.instanceId, req.state) };
     },
     async restoreInstance(req) {
-      const current = find(req.instanceId);
+      const current = findWritable(req.instanceId);
       requireId("snapshot_id", req.snapshotId);
       if (req.allocatedVcpus < 0) throw invalidArgument("allocated_vcpus", "must be >= 0");
       if (req.allocatedMemoryBytes < 0n) throw invalidArgument("allocated_memory_bytes", "must be >= 0");
@@ -58,7 +66,7 @@ export function createInventoryService(
       return { snapshots: registry.snapshotList() };
     },
     async deregisterInstance(req) {
-      requireId("instance_id", req.instanceId);
+      findWritable(req.instanceId);
       return { instance: await registry.remove(req.instanceId) };
     },
     getInstance(req) {

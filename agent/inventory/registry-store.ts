@@ -1,4 +1,4 @@
-import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, unlinkSync } from "node:fs";
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, statSync, unlinkSync } from "node:fs";
 import fsp, { type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import type { JsonValue } from "@bufbuild/protobuf";
@@ -92,6 +92,10 @@ export class RegistryStore {
       if (name.startsWith(`.${SNAPSHOT}.tmp-`)) unlinkSync(join(dir, name));
     }
     if (!existsSync(path)) {
+      // Only an empty journal can exist without a snapshot (a crash inside the first compaction).
+      for (const name of readdirSync(dir)) {
+        if (JOURNAL_RE.test(name) && statSync(join(dir, name)).size > 0) throw new Error(`${join(dir, name)}: holds changes but ${SNAPSHOT} is missing; refusing to start without it`);
+      }
       removeJournals(dir, undefined);
       const store = new RegistryStore(dir, 0, 0);
       store.compactNext = true;
@@ -104,7 +108,10 @@ export class RegistryStore {
     } catch (e) {
       throw new Error(`${path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
     }
+    if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw new Error(`${path}: not a JSON object; refusing to start over it`);
     if (doc.format !== 1 && doc.format !== FORMAT) throw new Error(`${path}: unknown format ${String(doc.format)}`);
+    if (doc.format === FORMAT ? !(Number.isSafeInteger(doc.journal) && (doc.journal ?? 0) >= 1) : doc.journal !== undefined) throw new Error(`${path}: journal is not a generation number; refusing to start over it`);
+    checkRecord({ v: doc.resourceVersion ?? "0", put: doc.instances, snapPut: doc.snapshots, meter: doc.meter, pending: doc.pendingMetering }, path);
     const state: RegistryState = {
       resourceVersion: doc.resourceVersion ?? "0",
       instances: new Map(),
@@ -115,12 +122,17 @@ export class RegistryStore {
     for (const [i, json] of (doc.instances ?? []).entries()) state.instances.set(idOf(json, `${path}: instance ${i}`), json);
     for (const [i, json] of (doc.snapshots ?? []).entries()) state.snapshots.set(idOf(json, `${path}: snapshot ${i}`), json);
     const gen = doc.journal;
-    removeJournals(dir, gen);
     let torn = 0;
     let journalBytes = 0;
     if (gen !== undefined) {
       const jpath = join(dir, journalName(gen));
+      // Checked before any other journal is deleted: a snapshot that names the wrong one must
+      // not cost the right one.
       if (!existsSync(jpath)) throw new Error(`${jpath}: missing, but ${SNAPSHOT} names it; refusing to start without the changes it holds`);
+    }
+    removeJournals(dir, gen);
+    if (gen !== undefined) {
+      const jpath = join(dir, journalName(gen));
       const replay = replayJournal(jpath, state);
       torn = replay.torn;
       journalBytes = replay.bytes;
@@ -249,6 +261,7 @@ function replayJournal(path: string, state: RegistryState): { torn: number; byte
 }
 
 export function applyRecord(state: RegistryState, record: JournalRecord, where: string): void {
+  checkRecord(record, where);
   state.resourceVersion = record.v;
   for (const json of record.put ?? []) state.instances.set(idOf(json, where), json);
   for (const id of record.del ?? []) state.instances.delete(id);
@@ -262,4 +275,29 @@ export function applyRecord(state: RegistryState, record: JournalRecord, where: 
   for (const json of record.snapPut ?? []) state.snapshots.set(idOf(json, where), json);
   for (const id of record.snapDel ?? []) state.snapshots.delete(id);
   state.pending = record.pending;
+}
+
+/** A record's shape, checked before anything of it is applied: a bad one names where it is. */
+function checkRecord(r: JournalRecord, where: string): void {
+  const fail = (what: string) => {
+    throw new Error(`${where}: ${what}; refusing to start over it`);
+  };
+  if (typeof r !== "object" || r === null || Array.isArray(r)) fail("not a JSON object");
+  if (typeof r.v !== "string" || !/^\d{1,19}$/.test(r.v)) fail("v is not a version");
+  const strings = (x: unknown) => Array.isArray(x) && x.every((s) => typeof s === "string");
+  const objects = (x: unknown) => Array.isArray(x) && x.every((o) => typeof o === "object" && o !== null && !Array.isArray(o));
+  if (r.put !== undefined && !objects(r.put)) fail("put is not a list of instances");
+  if (r.del !== undefined && !strings(r.del)) fail("del is not a list of ids");
+  if (r.snapPut !== undefined && !objects(r.snapPut)) fail("snapPut is not a list of snapshots");
+  if (r.snapDel !== undefined && !strings(r.snapDel)) fail("snapDel is not a list of ids");
+  if (r.meter !== undefined) {
+    if (typeof r.meter !== "object" || r.meter === null || Array.isArray(r.meter)) fail("meter is not an object");
+    for (const m of Object.values(r.meter)) {
+      if (m !== null && !(Array.isArray(m) && m.length === 3 && m.every((b) => b === 0 || b === 1))) fail("meter has a row that is not [0|1, 0|1, 0|1] or null");
+    }
+  }
+  if (r.pending !== undefined) {
+    const p = r.pending as Partial<StoredPending> | null;
+    if (typeof p !== "object" || p === null || !Number.isSafeInteger(p.afterSeq) || (p.afterSeq ?? -1) < 0 || !objects(p.entries)) fail("pending is not {afterSeq, entries}");
+  }
 }

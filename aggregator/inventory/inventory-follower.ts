@@ -135,7 +135,11 @@ export class InventoryFollower {
           // Still SYNCED with its last data until --stale-after says otherwise; the reason is kept.
           cur.lastError = reason;
         }
-        if (err.code !== Code.Unavailable && err.code !== Code.DeadlineExceeded && err.code !== Code.Canceled) this.logger.warn({ host: name, err: reason }, "inventory: following the host failed; retrying");
+        // Connection trouble (down, slow, a stream reset by HTTP/2) is the normal life of a
+        // fleet and shows in the host's state; anything else is worth a warning.
+        const transient = err.code === Code.Unavailable || err.code === Code.DeadlineExceeded || err.code === Code.Canceled || (err.code === Code.Internal && /RST_STREAM/.test(err.rawMessage));
+        if (transient) this.logger.debug({ host: name, err: reason }, "inventory: following the host failed; retrying");
+        else this.logger.warn({ host: name, err: reason }, "inventory: following the host failed; retrying");
       }
       await sleep(delay, f.stop.signal);
       delay = Math.min(delay * 2, BACKOFF_MAX_MS);

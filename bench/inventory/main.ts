@@ -16,7 +16,8 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
-import { InstanceState, InventoryService, ListInstancesResponseSchema as AgentListSchema, InstanceEventType } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceState, InventoryService, ListInstancesResponseSchema as AgentListSchema, InstanceEventType, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { compareMergedView } from "../../test/helpers/inventory-checker.js";
 import { FleetEventType, FleetService, HostSyncState, ListInstancesResponseSchema } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { REPO_ROOT, logProblems, readJsonLine, rssKiB, runBench, signal, sleep, startChild, startFleetletDaemon, tempDir, type Child } from "../common/processes.js";
@@ -195,9 +196,12 @@ runBench(async ({ smoke }) => {
   for (const t of pauseTransports.values()) t.close();
   // What every agent is at now: the view must reach exactly that.
   const versions = new Map<string, bigint>();
+  const agentLists: { host: string; instances: Instance[] }[] = [];
   for (let i = 0; i < hosts; i++) {
     const t = createGrpcJsTransport(addresses[i]!);
-    versions.set(names[i]!, (await createClient(InventoryService, t).listInstances({})).resourceVersion);
+    const own = await createClient(InventoryService, t).listInstances({});
+    versions.set(names[i]!, own.resourceVersion);
+    agentLists.push({ host: names[i]!, instances: own.instances });
     t.close();
   }
   signal(aggregator.pid, "SIGCONT");
@@ -206,6 +210,9 @@ runBench(async ({ smoke }) => {
   const resumeMs = performance.now() - resumeStarted;
   const relistsDuring = relists(after) - relistsBefore;
   check(after.instances.filter((i) => i.state === InstanceState.STANDBY).length === Math.min(pauseChanges, hosts * PER_HOST), "every change made during the pause is in the view");
+  // The checker of the e2e test: the view equals the union of the agents' own lists exactly.
+  const problems = compareMergedView(after.instances, agentLists);
+  check(problems.length === 0, `the merged view differs from the agents' lists: ${problems.slice(0, 5).join("; ")} (${problems.length} in all)`);
   transport.close();
   raw.close();
 
@@ -221,6 +228,7 @@ runBench(async ({ smoke }) => {
     ["aggregator RSS", `${fmt(rssMiB, 0)} MiB with ${hosts} hosts synced (${fmt((rssMiB * 1024) / hosts, 0)} KiB per host)`],
     ["resume after disconnect", `SIGSTOP ${fmt(pauseMs / 1000, 0)} s, ${pauseChanges} changes on ${changedDuringPause.size} hosts meanwhile; all SYNCED at the agents' versions ${fmt(resumeMs / 1000, 1)} s after SIGCONT; relists ${relistsDuring}`],
     ["target P8 resume without relist", verdict(relistsDuring === 0)],
+    ["checker", `the merged view equals the union of the ${hosts} agents' own lists: ${after.instances.length} instances, 0 missing, 0 ghosts, 0 differing`],
     ["aggregator log", logProblems(aggregator.logPath)],
   ]);
   await aggregator.stop();

@@ -223,6 +223,8 @@ describe("docker runtime against a real dockerd", { skip }, () => {
       assert.equal(h.status, HealthStatus.NONE, name);
     }
     await rejectsWith(rt.health("no-such-container"), Code.NotFound, /external_id/);
+    // Docker's "/name" form of an unknown name: NOT_FOUND too (it once crashed the agent).
+    await rejectsWith(rt.health("/no-such-container"), Code.NotFound, /external_id/);
   });
 
   it("events: create, start, pause, unpause, die with exit code, destroy — in order, containers() up to date", async () => {

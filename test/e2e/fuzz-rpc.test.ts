@@ -130,12 +130,23 @@ describe("bad input through the agent's port", () => {
 
 describe(`fuzzing every method (seed ${SEED})`, () => {
   it("the agent answers every random request with a deliberate status and stays up", async () => {
-    const seen = await fuzz(agent.address, [InventoryService, MetricsService, StandbyService, RuntimeService, MeteringService], agent.pid);
+    let seen: Map<string, number>;
+    try {
+      seen = await fuzz(agent.address, [InventoryService, MetricsService, StandbyService, RuntimeService, MeteringService], agent.pid);
+    } catch (e) {
+      // The agent's last words say what killed it.
+      throw new Error(`${(e as Error).message}\nagent output:\n${agent.lines.slice(-15).join("\n")}`);
+    }
     assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")), "some inputs were rejected as invalid");
     assert.equal(agent.child.exitCode, null);
   });
   it("the aggregator does the same", async () => {
-    const seen = await fuzz(aggregator.address, [FleetService], aggregator.pid);
+    let seen: Map<string, number>;
+    try {
+      seen = await fuzz(aggregator.address, [FleetService], aggregator.pid);
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\naggregator output:\n${aggregator.lines.slice(-15).join("\n")}`);
+    }
     assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")));
     assert.equal(aggregator.child.exitCode, null);
   });

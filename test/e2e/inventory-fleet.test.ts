@@ -1,13 +1,13 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { create, equals } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
-import { InstanceSchema, InstanceState, InventoryService, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceState, InventoryService, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { FleetEventType, FleetService, HostSyncState, type FleetInstance, type ListInstancesResponse } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { prng } from "../helpers/random-message.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { startTcpProxy, type TcpProxy } from "../helpers/tcp-proxy-process.js";
+import { compareMergedView } from "../helpers/inventory-checker.js";
 import { tempDir } from "../helpers/temp-dir.js";
 
 // inventory.md end to end with separate processes: an aggregator following 3 agents, each
@@ -98,25 +98,8 @@ async function agentLists(): Promise<{ host: string; version: bigint; instances:
   return out;
 }
 
-/** The checker: the merged view equals the union of the agents' lists, field for field. */
 function compare(merged: ListInstancesResponse, lists: { host: string; instances: Instance[] }[]): string[] {
-  const problems: string[] = [];
-  const byKey = new Map(merged.instances.map((i) => [`${i.host}/${i.id}`, i]));
-  for (const { host, instances } of lists) {
-    for (const i of instances) {
-      const m = byKey.get(`${host}/${i.id}`);
-      byKey.delete(`${host}/${i.id}`);
-      if (!m) problems.push(`missing: ${host}/${i.id}`);
-      else if (!equals(InstanceSchema, asInstance(m), i)) problems.push(`differs: ${host}/${i.id} (view v${m.resourceVersion} state ${m.state}, agent v${i.resourceVersion} state ${i.state})`);
-    }
-  }
-  for (const key of byKey.keys()) problems.push(`ghost: ${key}`);
-  return problems;
-}
-
-function asInstance(f: FleetInstance): Instance {
-  const { $typeName: _, host: _h, ...fields } = f;
-  return create(InstanceSchema, fields);
+  return compareMergedView(merged.instances, lists);
 }
 
 /** Waits until every host is SYNCED at its agent's current version, then returns the view. */

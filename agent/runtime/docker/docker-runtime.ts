@@ -249,7 +249,10 @@ class DockerRuntime extends EventEmitter implements ContainerRuntime {
     const known = resolveDockerReference(this.known.values(), reference);
     if (known) return known;
     try {
-      return (await client.inspect(reference, signal)).Id;
+      // Without Docker's leading "/": "containers//x/json" is answered with a redirect to the
+      // cleaned path, which docker-modem cannot follow (it threw from an event handler: the
+      // agent died; found by the RPC fuzz).
+      return (await client.inspect(reference.replace(/^\//, ""), signal)).Id;
     } catch (e) {
       if (e instanceof ConnectError && e.code === Code.NotFound) {
         throw new ConnectError(`docker: no container ${JSON.stringify(reference)} (external_id)`, Code.NotFound);

@@ -6,6 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { InstanceSchema, InstanceState, SnapshotSchema } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
 import { validateInstance } from "../../../agent/inventory/instance-validation.js";
+import { prng } from "../../helpers/random-message.js";
 import { tempDir } from "../../helpers/temp-dir.js";
 
 let dir: ReturnType<typeof tempDir>;
@@ -89,5 +90,47 @@ describe("registry on disk: snapshot + journal", () => {
     const doc = JSON.parse(readFileSync(join(dir.path, "instances.json"), "utf8")) as { format: number; journal: number };
     assert.deepEqual([doc.format, doc.journal], [2, 1]);
     assert.deepEqual(view(InstanceRegistry.open(dir.path)), ["new::1", "old:kept:0"]);
+  });
+});
+
+describe("registry on disk: fuzzed", () => {
+  it("any corruption of the snapshot or the journal either loads or stops with the file named — never another kind of crash", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a", { labels: { k: "v" } }));
+    await r.upsert(inst("b"));
+    await r.setState("a", InstanceState.RUNNING);
+    await r.remove("b");
+    await r.registerSnapshot(create(SnapshotSchema, { id: "s1", hypervisor: "qemu", storageBytes: 10n }));
+    r.close();
+    const files = ["instances.json", "instances-1.journal"].map((f) => join(dir.path, f));
+    const originals = files.map((f) => readFileSync(f));
+    const rand = prng(42);
+    let loaded = 0;
+    let refused = 0;
+    for (let round = 0; round < 400; round++) {
+      const k = Math.floor(rand() * files.length);
+      const bytes = Buffer.from(originals[k]!);
+      const edits = 1 + Math.floor(rand() * 4);
+      let mutated: Buffer = bytes;
+      for (let e = 0; e < edits; e++) {
+        const at = Math.floor(rand() * mutated.length);
+        const what = rand();
+        if (what < 0.4) mutated[at] = Math.floor(rand() * 256);
+        else if (what < 0.6) mutated = mutated.subarray(0, at);
+        else if (what < 0.8) mutated = Buffer.concat([mutated.subarray(0, at), Buffer.from(['"', "{", "}", "[", "]", ",", "0", "null", "\n"][Math.floor(rand() * 9)]!), mutated.subarray(at)]);
+        else mutated = Buffer.concat([mutated.subarray(0, at), mutated.subarray(at + 1 + Math.floor(rand() * 8))]);
+      }
+      files.forEach((f, i) => writeFileSync(f, i === k ? mutated : originals[i]!));
+      try {
+        const opened = InstanceRegistry.open(dir.path);
+        opened.list(); // what loaded must be usable
+        opened.close();
+        loaded++;
+      } catch (e) {
+        assert.ok(e instanceof Error && /instances(\.json|-\d+\.journal)/.test(e.message) && e.constructor === Error, `round ${round}: ${(e as Error).constructor.name}: ${(e as Error).message}`);
+        refused++;
+      }
+    }
+    assert.ok(loaded > 0 && refused > 0, `loaded ${loaded}, refused ${refused}: the mutations should produce both`);
   });
 });

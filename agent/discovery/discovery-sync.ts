@@ -1,0 +1,76 @@
+import { clone, create, equals } from "@bufbuild/protobuf";
+import { InstanceKind, InstanceSchema, InstanceSource, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import type { Logger } from "../../lib/rpc/logger.js";
+import type { InstanceRegistry } from "../inventory/instance-registry.js";
+import { validateInstance, type ValidationOptions } from "../inventory/instance-validation.js";
+import { discoverHypervisors, type DiscoveredHypervisor } from "./hypervisor-discovery.js";
+
+export const DISCOVERY_INTERVAL_MS = 5000;
+
+/**
+ * `--discover` (inventory.md "Discovered"): every few seconds the hypervisor processes in /proc
+ * become instances (source DISCOVERED, kind VM, RUNNING, with the pid, vCPUs, memory and TAP
+ * their command lines state), and a discovered instance whose process is gone is removed.
+ * Read-only: the inventory service refuses to change or remove a discovered instance; a
+ * RegisterInstance with its id takes it over (then it is REGISTERED, and discovery leaves it
+ * alone, as it leaves every registered or runtime instance alone).
+ */
+export function startDiscovery(registry: InstanceRegistry, logger: Logger, validation: ValidationOptions, procRoot = "/proc", intervalMs = DISCOVERY_INTERVAL_MS): { sweep(): Promise<void>; stop(): void } {
+  let running: Promise<void> | undefined;
+  const sweep = async () => {
+    const found = discoverHypervisors(procRoot);
+    const seen = new Set<string>();
+    const writes: Promise<unknown>[] = [];
+    for (const h of found) {
+      seen.add(h.id);
+      const previous = registry.get(h.id);
+      if (previous && previous.source !== InstanceSource.DISCOVERED) continue;
+      let next: Instance;
+      try {
+        next = discoveredInstance(h, previous, validation);
+      } catch (e) {
+        logger.debug({ pid: h.pid, id: h.id, err: (e as Error).message }, "discovery: a hypervisor process's command line does not make a valid instance; skipped");
+        continue;
+      }
+      if (previous && equals(InstanceSchema, { ...next, pidStartTime: previous.pidStartTime }, previous)) continue;
+      writes.push(registry.upsert(next).catch((e: Error) => logger.error({ instance_id: h.id, err: e.message }, "discovery: could not store a discovered instance")));
+    }
+    for (const i of registry.list()) {
+      if (i.source !== InstanceSource.DISCOVERED || seen.has(i.id)) continue;
+      writes.push(registry.remove(i.id).catch((e: Error) => logger.error({ instance_id: i.id, err: (e as Error).message }, "discovery: could not remove a vanished instance")));
+    }
+    await Promise.all(writes);
+  };
+  const tick = () => {
+    running ??= sweep().finally(() => (running = undefined));
+    return running;
+  };
+  void tick();
+  const timer = setInterval(() => void tick(), intervalMs);
+  timer.unref();
+  return { sweep: tick, stop: () => clearInterval(timer) };
+}
+
+function discoveredInstance(h: DiscoveredHypervisor, previous: Instance | undefined, validation: ValidationOptions): Instance {
+  const checked = validateInstance(
+    create(InstanceSchema, {
+      id: h.id,
+      name: h.name,
+      kind: InstanceKind.VM,
+      state: InstanceState.RUNNING,
+      pid: h.pid,
+      hypervisor: h.hypervisor,
+      allocatedVcpus: h.vcpus ?? 0,
+      allocatedMemoryBytes: h.memoryBytes ?? 0n,
+      tapDevice: h.tapDevice ?? "",
+      networkEnabled: h.tapDevice !== undefined,
+      labels: { "fleetlet.dev/discovered": "true" },
+      // A standby policy given to it since is kept.
+      standbyPolicy: previous?.standbyPolicy,
+    }),
+    validation,
+  );
+  const out = clone(InstanceSchema, checked);
+  out.source = InstanceSource.DISCOVERED;
+  return out;
+}

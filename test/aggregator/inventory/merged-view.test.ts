@@ -1,0 +1,95 @@
+import { afterEach, beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import { InstanceKind, InstanceSchema, InstanceState, type Instance } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { FleetEventType, HostSyncState, type WatchInstancesResponse } from "../../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { MergedView } from "../../../aggregator/inventory/merged-view.js";
+import { InventoryStore } from "../../../aggregator/inventory/inventory-store.js";
+import { watchFleetInventory } from "../../../aggregator/inventory/fleet-inventory-watch.js";
+import { tempDir } from "../../helpers/temp-dir.js";
+
+let dir: ReturnType<typeof tempDir>;
+beforeEach(() => (dir = tempDir("merged-view")));
+afterEach(() => dir.remove());
+
+const inst = (id: string, version: number, extra: object = {}): Instance => create(InstanceSchema, { id, resourceVersion: BigInt(version), state: InstanceState.RUNNING, kind: InstanceKind.VM, ...extra });
+
+/** Messages of a watch until `n` events were seen (or the stream ends). */
+async function events(view: MergedView, cursor: string, filter: Parameters<typeof watchFleetInventory>[2], n: number): Promise<string[]> {
+  const abort = new AbortController();
+  const out: string[] = [];
+  const it = watchFleetInventory(view, cursor, filter, abort.signal);
+  try {
+    while (out.length < n) {
+      const next = await it.next();
+      if (next.done) break;
+      for (const e of (next.value as WatchInstancesResponse).events) out.push(`${FleetEventType[e.type]}${e.instance ? `:${e.instance.host}/${e.instance.id}` : ""}${e.hostSync ? `:${e.hostSync.host}=${HostSyncState[e.hostSync.state]}` : ""}${e.reason ? `:${e.reason}` : ""}`);
+    }
+  } finally {
+    abort.abort();
+    await it.return(undefined);
+  }
+  return out;
+}
+
+describe("MergedView", () => {
+  it("a relist deletes what vanished, puts what changed, and is silent for a renumbered but equal instance", () => {
+    const view = new MergedView(undefined);
+    view.replace("h", "inc1", 3, [inst("a", 1), inst("b", 2), inst("c", 3)], 1000);
+    const counts = view.replace("h", "inc2", 9, [inst("a", 7), inst("b", 8, { state: InstanceState.STOPPED })], 2000);
+    assert.deepEqual(counts, { added: 0, modified: 1, deleted: 1 });
+    assert.deepEqual(view.list({}).map((i) => `${i.id}@${i.resourceVersion}:${i.state}`), ["a@7:2", "b@8:4"]);
+    const changes = view.changesAfter(0)!.map((c) => `${FleetEventType[c.item.type]}${c.item.instance ? `:${c.item.instance.id}` : ""}`);
+    // HOST_SYNC (created LOADING), 3 ADDED, then b MODIFIED and c DELETED — nothing for a.
+    assert.deepEqual(changes, ["HOST_SYNC", "ADDED:a", "ADDED:b", "ADDED:c", "MODIFIED:b", "DELETED:c"]);
+    assert.deepEqual(view.digest("h"), { count: 2, hash: view.digest("h").hash });
+  });
+
+  it("the stored view comes back STALE with its cursor after a restart; a removed host's rows go", () => {
+    const store = InventoryStore.open(dir.path);
+    const view = new MergedView(store);
+    view.replace("h1", "i1", 5, [inst("a", 4, { labels: { team: "x" } }), inst("b", 5)], 1000);
+    view.applyChanges("h1", "i1", 6, [inst("c", 6)], ["b"], 2000);
+    view.replace("h2", "i2", 1, [inst("z", 1)], 1000);
+    view.removeHost("h2");
+    store.close();
+    const again = InventoryStore.open(dir.path);
+    const reloaded = new MergedView(again);
+    const h1 = reloaded.host("h1")!;
+    assert.deepEqual([h1.state, h1.incarnation, h1.version, h1.lastSeenMs], [HostSyncState.STALE, "i1", 6, 2000]);
+    assert.deepEqual(reloaded.list({}).map((i) => `${i.host}/${i.id}@${i.resourceVersion}`), ["h1/a@4", "h1/c@6"]);
+    assert.equal(reloaded.list({})[0]!.labels.team, "x");
+    assert.equal(reloaded.host("h2"), undefined);
+    again.close();
+  });
+
+  it("filters: list by host, label, state, kind; a watch turns a move out of its filter into DELETED and a move in into ADDED", async () => {
+    const view = new MergedView(undefined);
+    view.replace("h1", "i", 2, [inst("a", 1, { labels: { team: "x" } }), inst("b", 2, { kind: InstanceKind.CONTAINER })], 0);
+    view.replace("h2", "j", 1, [inst("a", 1)], 0);
+    assert.deepEqual(view.list({ labels: { team: "x" } }).map((i) => `${i.host}/${i.id}`), ["h1/a"]);
+    assert.deepEqual(view.list({ kinds: new Set([InstanceKind.CONTAINER]) }).map((i) => `${i.host}/${i.id}`), ["h1/b"]);
+    assert.deepEqual(view.list({ hosts: new Set(["h2"]) }).map((i) => `${i.host}/${i.id}`), ["h2/a"]);
+    const cursor = view.cursor;
+    view.applyChanges("h1", "i", 3, [inst("a", 3, { labels: { team: "x" }, state: InstanceState.STOPPED })], [], 0);
+    view.applyChanges("h1", "i", 4, [inst("a", 4, { labels: { team: "x" }, state: InstanceState.RUNNING })], [], 0);
+    view.applyChanges("h2", "j", 2, [inst("a", 2, { state: InstanceState.STOPPED })], [], 0);
+    const running = { states: new Set([InstanceState.RUNNING]) };
+    assert.deepEqual(await events(view, cursor, running, 3), ["DELETED:h1/a", "ADDED:h1/a", "DELETED:h2/a"]);
+    // From no cursor: the state first (host syncs, matching instances, SYNCED), then live.
+    const first = await events(view, "", { hosts: new Set(["h1"]), ...running }, 4);
+    assert.deepEqual(first, ["HOST_SYNC:h1=LOADING", "ADDED:h1/a", "ADDED:h1/b", "SYNCED"]);
+  });
+
+  it("a cursor the ring cannot serve is RESYNC, then the stream ends; a malformed one is INVALID_ARGUMENT", async () => {
+    const view = new MergedView(undefined, 4);
+    view.replace("h", "i", 1, [inst("a", 1)], 0);
+    const old = `${view.incarnation}.0`;
+    for (let v = 2; v < 8; v++) view.applyChanges("h", "i", v, [inst("a", v, { name: `n${v}` })], [], 0);
+    const got = await events(view, old, {}, 10);
+    assert.equal(got.length, 1);
+    assert.match(got[0]!, /^RESYNC:this watch fell behind/);
+    assert.match((await events(view, "other.1", {}, 10))[0]!, /^RESYNC:the cursor is from another aggregator incarnation/);
+    await assert.rejects(events(view, "garbage", {}, 10), /cursor: "garbage" is not a fleet cursor/);
+  });
+});
