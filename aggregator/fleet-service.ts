@@ -2,14 +2,12 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { durationMs, timestampFromMs, type Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
-  FleetInstanceSchema,
   FleetMeteringEntrySchema,
   FleetService,
   type FleetMeteringEntry,
   ListInstanceStatsResponseSchema,
   HostOrigin,
   HostSyncState,
-  type FleetInstance,
   type Host,
   type HostResult,
   HostResultSchema,

@@ -4,14 +4,14 @@ import { InstanceEventType, type Instance } from "../../gen/fleetlet/agent/v1/in
 import { HostSyncState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { inventoryDigest } from "../../lib/inventory-digest.js";
 import type { Logger } from "../../lib/rpc/logger.js";
-import { codeName } from "../../lib/rpc/status-codes.js";
+import { codeName, isConnectionTrouble } from "../../lib/rpc/status-codes.js";
 import type { HostConnection } from "../hosts/host-connection.js";
 import type { HostRegistry } from "../hosts/host-registry.js";
+import { HostFollowers, sleepUnlessAborted, type HostFollow } from "../hosts/host-followers.js";
 import type { MergedView } from "./merged-view.js";
 
 const BACKOFF_INITIAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
-const HOSTS_POLL_MS = 1000;
 const LIST_TIMEOUT_MS = 30_000;
 
 export interface InventoryFollowerOptions {
@@ -30,9 +30,7 @@ export interface InventoryFollowerOptions {
 /** The digest of a host did not match ours at the same version: relist. */
 class DigestMismatch extends Error {}
 
-interface Follow {
-  stop: AbortController;
-  done: Promise<void>;
+interface Follow extends HostFollow {
   lastDigestCheckMs: number;
 }
 
@@ -47,10 +45,7 @@ interface Follow {
  * silent (no bookmark within 3 intervals) is reconnected; a slow or dead host only affects
  * its own part.
  */
-export class InventoryFollower {
-  private readonly follows = new Map<string, Follow>();
-  private readonly timer: NodeJS.Timeout;
-  private closed = false;
+export class InventoryFollower extends HostFollowers<Follow> {
   private readonly bookmarkMs: number;
   private dropPending: string | undefined;
   /** Watched changes applied, relists done (metrics). */
@@ -59,46 +54,32 @@ export class InventoryFollower {
 
   constructor(
     private readonly view: MergedView,
-    private readonly hosts: HostRegistry,
+    hosts: HostRegistry,
     private readonly logger: Logger,
     private readonly options: InventoryFollowerOptions,
   ) {
+    super(hosts);
     // Bookmarks often enough to notice silence well within --stale-after, and to compare
     // digests at the interval asked; at most every 5 s when both are long.
     this.bookmarkMs = Math.max(100, Math.min(5000, options.digestIntervalMs, Math.floor(options.staleAfterMs / 3)));
     this.dropPending = options.dropEventOf;
-    this.reconcile();
-    this.timer = setInterval(() => this.reconcile(), HOSTS_POLL_MS);
-    this.timer.unref();
+    this.startReconciling();
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    clearInterval(this.timer);
-    for (const f of this.follows.values()) f.stop.abort();
-    await Promise.all([...this.follows.values()].map((f) => f.done));
+  protected newFollow(name: string): Follow {
+    this.view.ensureHost(name);
+    return { stop: new AbortController(), done: Promise.resolve(), lastDigestCheckMs: Date.now() };
   }
 
-  /** Hosts added or removed; stored views of hosts no longer configured are dropped; staleness. */
-  private reconcile(): void {
-    if (this.closed) return;
-    const present = new Set(this.hosts.list().map((h) => h.config.name));
-    for (const [name, f] of this.follows) {
-      if (!present.has(name)) {
-        f.stop.abort();
-        this.follows.delete(name);
-        this.view.removeHost(name);
-      }
-    }
+  protected override hostRemoved(name: string): void {
+    this.view.removeHost(name);
+  }
+
+  /** Stored views of hosts no longer configured are dropped; SYNCED hosts gone quiet are STALE. */
+  protected override afterReconcile(present: ReadonlySet<string>): void {
     for (const name of this.view.hostNames()) if (!present.has(name)) this.view.removeHost(name);
     const now = Date.now();
     for (const name of present) {
-      if (!this.follows.has(name)) {
-        this.view.ensureHost(name);
-        const f: Follow = { stop: new AbortController(), done: Promise.resolve(), lastDigestCheckMs: now };
-        this.follows.set(name, f);
-        f.done = this.follow(name, f);
-      }
       const v = this.view.host(name)!;
       // Only a synced host goes STALE (it has data that is aging); one that never listed stays
       // LOADING / DEGRADED with its reason.
@@ -108,7 +89,7 @@ export class InventoryFollower {
     }
   }
 
-  private async follow(name: string, f: Follow): Promise<void> {
+  protected async follow(name: string, f: Follow): Promise<void> {
     let delay = BACKOFF_INITIAL_MS;
     while (!f.stop.signal.aborted) {
       const conn = this.hosts.get(name);
@@ -137,11 +118,10 @@ export class InventoryFollower {
         }
         // Connection trouble (down, slow, a stream reset by HTTP/2) is the normal life of a
         // fleet and shows in the host's state; anything else is worth a warning.
-        const transient = err.code === Code.Unavailable || err.code === Code.DeadlineExceeded || err.code === Code.Canceled || (err.code === Code.Internal && /RST_STREAM/.test(err.rawMessage));
-        if (transient) this.logger.debug({ host: name, err: reason }, "inventory: following the host failed; retrying");
+        if (isConnectionTrouble(err.code, err.rawMessage)) this.logger.debug({ host: name, err: reason }, "inventory: following the host failed; retrying");
         else this.logger.warn({ host: name, err: reason }, "inventory: following the host failed; retrying");
       }
-      await sleep(delay, f.stop.signal);
+      await sleepUnlessAborted(delay, f.stop.signal);
       delay = Math.min(delay * 2, BACKOFF_MAX_MS);
     }
   }
@@ -254,17 +234,4 @@ export class InventoryFollower {
       call.abort();
     }
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

@@ -2,21 +2,18 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { HostMeteringSchema, type HostMetering } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import type { Logger } from "../../lib/rpc/logger.js";
-import { codeName } from "../../lib/rpc/status-codes.js";
+import { codeName, isConnectionTrouble } from "../../lib/rpc/status-codes.js";
 import type { HostConnection } from "../hosts/host-connection.js";
 import type { HostRegistry } from "../hosts/host-registry.js";
+import { HostFollowers, sleepUnlessAborted, type HostFollow } from "../hosts/host-followers.js";
 import { MeteringGapError, type MeteringStore } from "./metering-store.js";
 
 const BACKOFF_INITIAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
-/** Hosts are looked up this often (added / removed through AddHost, RemoveHost). */
-const HOSTS_POLL_MS = 1000;
 /** The agent hears how far we merged at most this often (its retention follows). */
 const ACK_INTERVAL_MS = 1000;
 
-interface Follow {
-  stop: AbortController;
-  done: Promise<void>;
+interface Follow extends HostFollow {
   status: HostMetering;
   /** When the oldest entry not yet merged was first seen behind (for lag_seconds). */
   behindSinceMs: number | undefined;
@@ -30,21 +27,17 @@ interface Follow {
  * replaced ledger (OUT_OF_RANGE naming another ledger_id) is recorded and followed from seq 1.
  * A host that is slow or down only delays its own part of the feed.
  */
-export class MeteringFollower {
-  private readonly follows = new Map<string, Follow>();
-  private readonly timer: NodeJS.Timeout;
-  private closed = false;
+export class MeteringFollower extends HostFollowers<Follow> {
   /** Entries merged since start (metrics). */
   merged = 0;
 
   constructor(
     private readonly store: MeteringStore,
-    private readonly hosts: HostRegistry,
+    hosts: HostRegistry,
     private readonly logger: Logger,
   ) {
-    this.reconcile();
-    this.timer = setInterval(() => this.reconcile(), HOSTS_POLL_MS);
-    this.timer.unref();
+    super(hosts);
+    this.startReconciling();
   }
 
   /** The metering part of a host's status. */
@@ -55,37 +48,17 @@ export class MeteringFollower {
     return create(HostMeteringSchema, { ...f.status, lagSeconds, ledgerChanges: this.store.cursor(host)?.ledgerChanges ?? f.status.ledgerChanges });
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    clearInterval(this.timer);
-    for (const f of this.follows.values()) f.stop.abort();
-    await Promise.all([...this.follows.values()].map((f) => f.done));
+  protected newFollow(name: string): Follow {
+    const cursor = this.store.cursor(name);
+    return {
+      stop: new AbortController(),
+      done: Promise.resolve(),
+      status: create(HostMeteringSchema, { ledgerId: cursor?.ledgerId ?? "", mergedSeq: BigInt(cursor?.seq ?? 0), ledgerChanges: cursor?.ledgerChanges ?? 0 }),
+      behindSinceMs: undefined,
+    };
   }
 
-  private reconcile(): void {
-    if (this.closed) return;
-    const present = new Set(this.hosts.list().map((h) => h.config.name));
-    for (const [name, f] of this.follows) {
-      if (!present.has(name)) {
-        f.stop.abort();
-        this.follows.delete(name);
-      }
-    }
-    for (const name of present) {
-      if (this.follows.has(name)) continue;
-      const cursor = this.store.cursor(name);
-      const f: Follow = {
-        stop: new AbortController(),
-        done: Promise.resolve(),
-        status: create(HostMeteringSchema, { ledgerId: cursor?.ledgerId ?? "", mergedSeq: BigInt(cursor?.seq ?? 0), ledgerChanges: cursor?.ledgerChanges ?? 0 }),
-        behindSinceMs: undefined,
-      };
-      this.follows.set(name, f);
-      f.done = this.follow(name, f);
-    }
-  }
-
-  private async follow(name: string, f: Follow): Promise<void> {
+  protected async follow(name: string, f: Follow): Promise<void> {
     let delay = BACKOFF_INITIAL_MS;
     while (!f.stop.signal.aborted) {
       const conn = this.hosts.get(name);
@@ -101,15 +74,11 @@ export class MeteringFollower {
           continue;
         }
         f.status.lastError = e instanceof MeteringGapError ? `DATA_LOSS: ${err.rawMessage}` : `${codeName(err.code)}: ${err.rawMessage}`;
-        if (err.code !== Code.Unavailable && err.code !== Code.DeadlineExceeded) this.logger.warn({ host: name, err: f.status.lastError }, "metering: following the host failed; retrying");
+        // Connection trouble (down, slow, a stream reset by HTTP/2, e.g. after a long stop) is
+        // normal and shows in the host's status; anything else is worth a warning.
+        if (!isConnectionTrouble(err.code, err.rawMessage)) this.logger.warn({ host: name, err: f.status.lastError }, "metering: following the host failed; retrying");
       }
-      await new Promise((r) => {
-        const t = setTimeout(r, delay);
-        f.stop.signal.addEventListener("abort", () => {
-          clearTimeout(t);
-          r(undefined);
-        }, { once: true });
-      });
+      await sleepUnlessAborted(delay, f.stop.signal);
       delay = Math.min(delay * 2, BACKOFF_MAX_MS);
     }
   }

@@ -25,9 +25,9 @@ import {
   startChild,
   startFleetletDaemon,
   tempDir,
-  type Child,
 } from "../common/processes.js";
 import { rawClient, rawUnary, waitReady } from "./raw-grpc.js";
+import { startFarm } from "../common/agent-farm-process.js";
 import { check, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
 
 const INSTANCES_PER_HOST = 5;
@@ -37,7 +37,6 @@ const SLOW_DELAY_MS = { min: 10, max: 50 };
 const TARGET_OVERHEAD_MS = 50;
 const TARGET_CPU_MS_PER_HOST_CALL = 0.3;
 const TARGET_RSS_KIB_PER_HOST = 256;
-const FARM_JS = join(REPO_ROOT, "dist", "bench", "fanout", "agent-farm.js");
 const REFERENCE_JS = join(REPO_ROOT, "dist", "bench", "fanout", "reference-fanout.js");
 
 type Kind = "healthy" | "slow" | "hung";
@@ -61,8 +60,8 @@ runBench(async ({ smoke }) => {
   progress(`starting ${maxHosts - 1} agents in ${farmProcesses} processes, plus 1 to hang`);
   const regular = maxHosts - 1;
   const perFarm = Math.ceil(regular / farmProcesses);
-  const farms = Array.from({ length: farmProcesses }, (_, f) => startFarm(Math.min(perFarm, regular - f * perFarm), join(dir, `farm-${f}`)));
-  const hungFarm = startFarm(1, join(dir, "farm-hung"));
+  const farms = Array.from({ length: farmProcesses }, (_, f) => startFarm(Math.min(perFarm, regular - f * perFarm), INSTANCES_PER_HOST, join(dir, `farm-${f}`)));
+  const hungFarm = startFarm(1, INSTANCES_PER_HOST, join(dir, "farm-hung"));
   const farmAddresses = await Promise.all(farms.map((f) => f.addresses));
   const agentAddresses = farmAddresses.flat();
   const hungAddress = (await hungFarm.addresses)[0]!;
@@ -256,17 +255,6 @@ async function runSize(n: number, ctx: SizeContext): Promise<SizeResult> {
   } finally {
     for (const p of proxies) p.close();
   }
-}
-
-interface Farm {
-  child: Child;
-  addresses: Promise<string[]>;
-}
-
-function startFarm(count: number, dir: string): Farm {
-  const child = startChild(process.execPath, [FARM_JS, String(count), String(INSTANCES_PER_HOST), dir], { stdio: ["pipe", "pipe", "inherit"] });
-  const addresses = readJsonLine<{ msg?: string; addresses?: string[] }>(child, (l) => l.msg === "farm serving", 120_000).then((l) => l.addresses ?? []);
-  return { child, addresses };
 }
 
 async function baselineRss(dir: string): Promise<number> {

@@ -20,11 +20,11 @@ import { InstanceState, InventoryService, ListInstancesResponseSchema as AgentLi
 import { compareMergedView } from "../../test/helpers/inventory-checker.js";
 import { FleetEventType, FleetService, HostSyncState, ListInstancesResponseSchema } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
-import { REPO_ROOT, logProblems, readJsonLine, rssKiB, runBench, signal, sleep, startChild, startFleetletDaemon, tempDir, type Child } from "../common/processes.js";
+import { logProblems, rssKiB, runBench, signal, sleep, startFleetletDaemon, tempDir } from "../common/processes.js";
+import { startFarm } from "../common/agent-farm-process.js";
 import { check, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
 import { rawClient, rawUnary, waitReady } from "../fanout/raw-grpc.js";
 
-const FARM_JS = join(REPO_ROOT, "dist", "bench", "fanout", "agent-farm.js");
 const PER_HOST = 100;
 const TARGET_LIST_MS = 1000;
 const TARGET_CHANGE_P99_MS = 500;
@@ -39,7 +39,7 @@ runBench(async ({ smoke }) => {
 
   progress(`starting ${hosts} agents x ${PER_HOST} instances in ${farmCount} farm processes`);
   const perFarm = Math.ceil(hosts / farmCount);
-  const farms = Array.from({ length: farmCount }, (_, f) => startFarm(Math.min(perFarm, hosts - f * perFarm), join(dir, `farm-${f}`)));
+  const farms = Array.from({ length: farmCount }, (_, f) => startFarm(Math.min(perFarm, hosts - f * perFarm), PER_HOST, join(dir, `farm-${f}`)));
   const addresses = (await Promise.all(farms.map((f) => f.addresses))).flat();
   check(addresses.length === hosts, `farms serve ${addresses.length} agents, expected ${hosts}`);
   const names = addresses.map((_, i) => `h${String(i).padStart(4, "0")}`);
@@ -234,14 +234,3 @@ runBench(async ({ smoke }) => {
   await aggregator.stop();
   await Promise.all(farms.map((f) => f.child.stop()));
 });
-
-interface Farm {
-  child: Child;
-  addresses: Promise<string[]>;
-}
-
-function startFarm(count: number, dir: string): Farm {
-  const child = startChild(process.execPath, [FARM_JS, String(count), String(PER_HOST), dir], { stdio: ["pipe", "pipe", "inherit"] });
-  const addresses = readJsonLine<{ msg?: string; addresses?: string[] }>(child, (l) => l.msg === "farm serving", 600_000).then((l) => l.addresses ?? []);
-  return { child, addresses };
-}

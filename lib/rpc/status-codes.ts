@@ -29,3 +29,12 @@ const names: Record<number, string> = {
 export function codeName(code: number): string {
   return names[code] ?? `CODE_${code}`;
 }
+
+/**
+ * A failed call or stream to a host that says nothing about the host's answers, only about the
+ * connection: down, slow, cancelled, or a stream reset by HTTP/2 (grpc-js reports a reset as
+ * INTERNAL "Received RST_STREAM ..."). Followers retry these quietly; the host's status shows them.
+ */
+export function isConnectionTrouble(code: number, message: string): boolean {
+  return code === Code.Unavailable || code === Code.DeadlineExceeded || code === Code.Canceled || (code === Code.Internal && /RST_STREAM/.test(message));
+}

@@ -2,7 +2,7 @@ import { prng } from "../../helpers/random-message.js";
 import { describe, it, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, openSync, readFileSync, closeSync, writeSync, writeFileSync, fstatSync } from "node:fs";
+import { openSync, readFileSync, closeSync, writeSync, writeFileSync, fstatSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
