@@ -6,7 +6,7 @@ import { Command } from "commander";
 import { createClient } from "@connectrpc/connect";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { InventoryService, InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
-import { ConnectionState, FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { ConnectionState, FleetService, HostSyncState } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { discoverHypervisors } from "../agent/discovery/hypervisor-discovery.js";
@@ -162,11 +162,12 @@ async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetSer
   try {
     const [hosts, stats] = await Promise.all([fleet.listHosts({}, { timeoutMs: 2000 }), fleet.listInstanceStats({}, { timeoutMs: 5000 })]);
     const hostTable = formatTable(
-      ["HOST", "ADDRESS", "CONNECTION", "LAST-SEEN", "INSTANCES", "LAST-ERROR"],
+      ["HOST", "ADDRESS", "CONNECTION", "INVENTORY", "LAST-SEEN", "INSTANCES", "LAST-ERROR"],
       hosts.hosts.map((h) => [
         h.name,
         h.address,
         ConnectionState[h.connectionState] ?? "",
+        HostSyncState[h.syncState] ?? "",
         h.lastSeen ? `${formatAge(timestampMs(h.lastSeen))} ago` : "never",
         String(stats.stats.filter((s) => s.host === h.name).length),
         h.lastError || "-",

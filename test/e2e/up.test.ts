@@ -34,7 +34,8 @@ describe("fleetlet up", () => {
     const frames = r.stdout.split("fleetlet fleet").slice(1);
     assert.ok(frames.length >= 2, `at least two refreshes, got ${frames.length}`);
     const last = frames[frames.length - 1]!;
-    assert.match(last, new RegExp(`local\\s+127\\.0\\.0\\.1:${agentPort}\\s+READY`));
+    // The host row: connected, and its part of the merged inventory in sync.
+    assert.match(last, new RegExp(`local\\s+127\\.0\\.0\\.1:${agentPort}\\s+READY\\s+SYNCED\\s`));
     for (const id of ["demo-batch", "demo-idle", "demo-web"]) assert.match(last, new RegExp(`local\\s+${id}\\s`));
     // The busy demo shows real CPU use by the last frame.
     const batch = last.split("\n").find((l) => l.includes("demo-batch"))!;
