@@ -46,6 +46,10 @@ export interface AgentOptions {
   /** Auto-standby over conntrack; false reports every instance UNSUPPORTED (tests, benches). */
   standby?: boolean;
   standbyConcurrency?: number;
+  /** Acknowledged ledger entries kept (default 1,000,000); unacknowledged ones always are. */
+  meteringRetain?: number;
+  /** Ledger segment size (default 64 MiB); retention deletes whole segments. */
+  meteringSegmentBytes?: number;
   /** --discover: hypervisor processes in /proc become (read-only) instances. */
   discover?: boolean;
   /** Inventory changes kept for WatchInstances (default 16,384). */
@@ -74,7 +78,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const registry = InstanceRegistry.open(options.stateDir, roots, { watchHistory: options.watchHistory });
     // The metering ledger, made to agree with the registry before anything can change state
     // (a corrupt ledger or one that is not this registry's stops the agent: never skip data).
-    const ledger = MeteringLedger.open(join(options.stateDir, "metering"));
+    const ledger = MeteringLedger.open(join(options.stateDir, "metering"), { retainAcknowledgedEntries: options.meteringRetain, segmentBytes: options.meteringSegmentBytes });
     if (registry.store.tornRecords > 0) logger.warn({ torn_records: registry.store.tornRecords }, "instance registry: a torn last journal record (a crash mid-write, never acknowledged) was cut off");
     if (ledger.tornLinesRepaired > 0) logger.warn({ torn_lines: ledger.tornLinesRepaired }, "metering ledger: a torn last line (a crash mid-write, never acknowledged) was cut off");
     await registry.attachLedger(ledger);

@@ -12,6 +12,7 @@ import {
   type HostResult,
   HostResultSchema,
   ListInstancesResponseSchema,
+  MeteringGapSchema,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import { InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -22,7 +23,7 @@ import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
 import { RUNTIME_NAMES } from "../lib/runtime-names.js";
 import type { MeteringFollower } from "./metering/metering-follower.js";
-import type { MeteringStore, StoredEntry } from "./metering/metering-store.js";
+import { MeteringConflictError, type MeteringStore, type StoredEntry } from "./metering/metering-store.js";
 import { agentStatEntries, hostStatEntries } from "./stats-splice.js";
 import { wireResponse } from "../lib/rpc/service-adapter.js";
 import { followSource } from "../lib/rpc/follow-source.js";
@@ -163,6 +164,32 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       for await (const m of host.runtime.streamContainerLogs(agentRequest, { signal: context.signal })) {
         yield { lines: m.lines, endReason: m.endReason, endDetail: m.endDetail, errors: m.errors };
       }
+    },
+    acceptMeteringGap(req) {
+      const store = requireMetering();
+      requireId("host", req.host);
+      if (!hosts.get(req.host)) throw new ConnectError(`host ${JSON.stringify(req.host)} not found`, Code.NotFound);
+      if (!/^[0-9a-f]{16}$/.test(req.ledgerId)) throw invalidArgument("ledger_id", `must be the host's 16-hex-digit ledger id, got ${JSON.stringify(req.ledgerId.slice(0, 40))}`);
+      if (req.resumeSeq < 2n || req.resumeSeq > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument("resume_seq", `must be between 2 and 2^53, got ${req.resumeSeq}`);
+      const reason = req.reason.trim();
+      if (reason === "" || reason.length > 256 || /[\u0000-\u001f\u007f]/.test(reason)) throw invalidArgument("reason", "is required: 1 to 256 printable characters saying why the entries are given up");
+      let gap;
+      try {
+        gap = store.acceptGap(req.host, req.ledgerId, Number(req.resumeSeq), reason);
+      } catch (e) {
+        if (e instanceof MeteringConflictError) throw new ConnectError(e.message, Code.FailedPrecondition);
+        throw e;
+      }
+      return {
+        gap: create(MeteringGapSchema, {
+          host: gap.host,
+          ledgerId: gap.ledgerId,
+          afterSeq: BigInt(gap.afterSeq),
+          resumeSeq: BigInt(gap.resumeSeq),
+          acceptedAt: timestampFromMs(gap.acceptedAtMs),
+          reason: gap.reason,
+        }),
+      };
     },
     readMeteringEntries(req) {
       const store = requireMetering();

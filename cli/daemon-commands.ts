@@ -51,6 +51,8 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--stats-max-age <duration>", "ListInstanceStats may answer from a shared sweep this recent ('0s' = always sweep anew)").default(500, "500ms").argParser(parse.nonNegativeDurationMs))
     .addOption(configurable("AGENT", "--standby <on|off>", "auto-standby over conntrack (off: every instance reports UNSUPPORTED)").choices(["on", "off"]).default("on"))
     .addOption(configurable("AGENT", "--standby-concurrency <n>", "standby requests run at once").default(16).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--metering-retain <n>", "acknowledged metering entries kept on disk (unacknowledged ones always are)").default(1_000_000).argParser(parse.nonNegativeInt))
+    .addOption(configurable("AGENT", "--metering-segment-bytes <n>", "metering ledger segment size; retention deletes whole segments").default(64 * 1024 * 1024, "67108864").argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--discover <on|off>", "hypervisor processes in /proc (cloud-hypervisor, firecracker, qemu-system-*) become read-only instances").choices(["on", "off"]).default("off"))
     .addOption(configurable("AGENT", "--watch-history <n>", "inventory changes kept for WatchInstances resume; an older version must relist").default(16_384).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--standby-exec <command>", "exec driver: standby command, run without a shell, split on spaces"))
@@ -74,6 +76,8 @@ export function agentCommand(): Command {
         standbyConcurrency: number;
         watchHistory: number;
         discover: string;
+        meteringRetain: number;
+        meteringSegmentBytes: number;
         standbyExec?: string;
         wakeExec?: string;
         runtime: string;
@@ -107,6 +111,8 @@ export function agentCommand(): Command {
           standbyConcurrency: o.standbyConcurrency,
           watchHistory: o.watchHistory,
           discover: o.discover === "on",
+          meteringRetain: o.meteringRetain,
+          meteringSegmentBytes: o.meteringSegmentBytes,
           standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },
           runtime: { runtimes, dockerHost: o.dockerHost, kubeconfig: o.kubeconfig, kubeNode: o.kubeNode },
           logger: createLogger("fleetlet-agent", o.logLevel),

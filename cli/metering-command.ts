@@ -87,7 +87,7 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
           ),
           "",
           formatTable(
-            ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "LEDGER-CHANGES", "LAST-ERROR"],
+            ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "LEDGER-CHANGES", "GAPS", "LAST-ERROR"],
             hosts.map((h) => {
               const m = h.metering;
               return [
@@ -98,7 +98,9 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
                 m ? m.lagEntries.toString() : "-",
                 m ? formatDurationMs(Math.round(m.lagSeconds) * 1000) : "-",
                 m ? String(m.ledgerChanges) : "-",
-                m?.lastError || "-",
+                m ? String(m.acceptedGaps) : "-",
+                // When the agent no longer has what we need, say where it now starts.
+                (m?.lastError ?? "") + (m && m.agentFirstRetainedSeq > 0n ? ` (agent's first retained seq: ${m.agentFirstRetainedSeq}; see fleetlet metering accept-gap)` : "") || "-",
               ];
             }),
           ),
@@ -149,7 +151,7 @@ interface IntervalsOptions {
   asOf?: number;
 }
 
-/** `fleetlet metering export|intervals`. */
+/** `fleetlet metering export|intervals|accept-gap`. */
 export function meteringCommand(): Command {
   const metering = new Command("metering").description("the fleet's metering feed: export it as JSONL, or pair starts with stops");
   const sub = (name: string) =>
@@ -181,6 +183,29 @@ export function meteringCommand(): Command {
       .action(async (opts: IntervalsOptions, command: Command) => {
         const address = aggregatorAddress(opts.aggregator, command);
         process.exitCode = await printIntervals(address, opts);
+      }),
+  );
+  metering.addCommand(
+    sub("accept-gap")
+      .description("give up a host's entries that its agent no longer has and this aggregator never merged (a lost store): recorded with the reason; the host is followed from --resume-seq")
+      .argument("<host>", "the host (fleetlet get hosts)")
+      .option("--aggregator <host:port>", "aggregator (default 127.0.0.1:7700)")
+      .requiredOption("--ledger-id <id>", "the host's current ledger id (fleetlet get metering)")
+      .addOption(new Option("--resume-seq <seq>", "first seq to merge: the agent's first retained seq (fleetlet get metering shows it)").argParser(parseSeq).makeOptionMandatory())
+      .requiredOption("--reason <text>", "why the entries are given up (kept with the gap)")
+      .action(async (host: string, opts: { aggregator?: string; ledgerId: string; resumeSeq: bigint; reason: string }, command: Command) => {
+        const address = aggregatorAddress(opts.aggregator, command);
+        const transport = createGrpcJsTransport(address);
+        try {
+          const res = await createClient(FleetService, transport).acceptMeteringGap({ host, ledgerId: opts.ledgerId, resumeSeq: opts.resumeSeq, reason: opts.reason }, { timeoutMs: 10_000 });
+          const g = res.gap!;
+          process.stdout.write(`accepted: host ${g.host} ledger ${g.ledgerId}: entries ${g.afterSeq + 1n}..${g.resumeSeq - 1n} given up; following from ${g.resumeSeq}\n`);
+        } catch (e) {
+          process.stderr.write(`fleetlet metering accept-gap: ${address}: ${ConnectError.from(e).message}\n`);
+          process.exitCode = 1;
+        } finally {
+          transport.close();
+        }
       }),
   );
   return metering;

@@ -49,13 +49,18 @@ export class StandbyRuntimeStore {
     void this.flush();
   }
 
-  /** Resolves once everything set so far is on disk. */
+  /**
+   * Resolves once everything set so far is on disk: also waits for a write already in flight
+   * (another caller's), which may hold the latest state (found as a flaky test: a flush that
+   * returned while that write still ran).
+   */
   async flush(): Promise<void> {
-    while (this.dirty) {
+    for (;;) {
       if (this.writing) {
         await new Promise((r) => setTimeout(r, 5));
         continue;
       }
+      if (!this.dirty) return;
       this.writing = true;
       this.dirty = false;
       const doc = { runtimes: Object.fromEntries(this.runtimes) };

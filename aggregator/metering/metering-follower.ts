@@ -45,7 +45,12 @@ export class MeteringFollower extends HostFollowers<Follow> {
     const f = this.follows.get(host);
     if (!f) return undefined;
     const lagSeconds = f.behindSinceMs === undefined ? 0 : (Date.now() - f.behindSinceMs) / 1000;
-    return create(HostMeteringSchema, { ...f.status, lagSeconds, ledgerChanges: this.store.cursor(host)?.ledgerChanges ?? f.status.ledgerChanges });
+    return create(HostMeteringSchema, {
+      ...f.status,
+      lagSeconds,
+      ledgerChanges: this.store.cursor(host)?.ledgerChanges ?? f.status.ledgerChanges,
+      acceptedGaps: this.store.acceptedGaps(host).length,
+    });
   }
 
   protected newFollow(name: string): Follow {
@@ -73,6 +78,10 @@ export class MeteringFollower extends HostFollowers<Follow> {
           delay = BACKOFF_INITIAL_MS;
           continue;
         }
+        // The entries we need are gone from the agent: say where it now starts (what an
+        // operator would resume at with AcceptMeteringGap); never skip on our own.
+        const firstRetained = err.code === Code.OutOfRange ? /first_retained_seq=(\d+)/.exec(err.rawMessage)?.[1] : undefined;
+        f.status.agentFirstRetainedSeq = firstRetained ? BigInt(firstRetained) : 0n;
         f.status.lastError = e instanceof MeteringGapError ? `DATA_LOSS: ${err.rawMessage}` : `${codeName(err.code)}: ${err.rawMessage}`;
         // Connection trouble (down, slow, a stream reset by HTTP/2, e.g. after a long stop) is
         // normal and shows in the host's status; anything else is worth a warning.
@@ -88,29 +97,55 @@ export class MeteringFollower extends HostFollowers<Follow> {
     const cursor = this.store.cursor(name);
     const ledgerId = cursor?.ledgerId ?? "";
     const fromSeq = BigInt((cursor?.seq ?? 0) + 1);
+    // Acknowledge what is durably merged (store.merge committed it) at most once a second, and
+    // once more a second after the last merge (a trailing ack): without it, a burst that ends
+    // inside the second is never fully acknowledged and the agent's retention waits for the
+    // next entry, however long that takes.
     let lastAck = 0;
     let acking = false;
-    for await (const m of conn.metering.watchMeteringEntries({ fromSeq, ledgerId }, { signal: f.stop.signal })) {
-      const entries = m.entries.map((e) => ({ seq: Number(e.seq), line: e.line }));
-      const rows = this.store.merge(name, m.ledgerId, entries);
-      this.merged += rows.length;
-      const merged = entries.at(-1)?.seq ?? Number(f.status.mergedSeq);
-      f.status.ledgerId = m.ledgerId;
-      f.status.mergedSeq = BigInt(merged);
-      f.status.agentLastSeq = m.lastSeq;
-      f.status.lagEntries = m.lastSeq > BigInt(merged) ? m.lastSeq - BigInt(merged) : 0n;
-      f.status.lastError = "";
-      if (f.status.lagEntries === 0n) f.behindSinceMs = undefined;
-      else f.behindSinceMs ??= Date.now();
-      // Acknowledge what is durably merged (store.merge committed it), at most once a second.
-      if (!acking && merged > 0 && Date.now() - lastAck >= ACK_INTERVAL_MS) {
-        acking = true;
-        lastAck = Date.now();
-        conn.metering
-          .acknowledgeMeteringEntries({ ledgerId: m.ledgerId, seq: BigInt(merged) }, { timeoutMs: 5000 })
-          .catch((e: unknown) => this.logger.debug({ host: name, err: (e as Error).message }, "metering: acknowledgement failed (retried with the next)"))
-          .finally(() => (acking = false));
+    let acked = 0;
+    let toAck = 0;
+    let ackLedger = "";
+    let trailing: NodeJS.Timeout | undefined;
+    const sendAck = () => {
+      clearTimeout(trailing);
+      trailing = undefined;
+      if (acking || toAck <= acked || f.stop.signal.aborted) return;
+      acking = true;
+      lastAck = Date.now();
+      const seq = toAck;
+      conn.metering
+        .acknowledgeMeteringEntries({ ledgerId: ackLedger, seq: BigInt(seq) }, { timeoutMs: 5000 })
+        .then(() => (acked = Math.max(acked, seq)))
+        .catch((e: unknown) => this.logger.debug({ host: name, err: (e as Error).message }, "metering: acknowledgement failed (retried with the next)"))
+        .finally(() => {
+          acking = false;
+          if (toAck > acked) trailing ??= setTimeout(sendAck, ACK_INTERVAL_MS);
+        });
+    };
+    try {
+      for await (const m of conn.metering.watchMeteringEntries({ fromSeq, ledgerId }, { signal: f.stop.signal })) {
+        const entries = m.entries.map((e) => ({ seq: Number(e.seq), line: e.line }));
+        const rows = this.store.merge(name, m.ledgerId, entries);
+        this.merged += rows.length;
+        const merged = entries.at(-1)?.seq ?? Number(f.status.mergedSeq);
+        f.status.ledgerId = m.ledgerId;
+        f.status.mergedSeq = BigInt(merged);
+        f.status.agentLastSeq = m.lastSeq;
+        f.status.lagEntries = m.lastSeq > BigInt(merged) ? m.lastSeq - BigInt(merged) : 0n;
+        f.status.lastError = "";
+        f.status.agentFirstRetainedSeq = 0n;
+        if (f.status.lagEntries === 0n) f.behindSinceMs = undefined;
+        else f.behindSinceMs ??= Date.now();
+        if (merged > toAck) {
+          toAck = merged;
+          ackLedger = m.ledgerId;
+        }
+        if (Date.now() - lastAck >= ACK_INTERVAL_MS) sendAck();
+        else trailing ??= setTimeout(sendAck, ACK_INTERVAL_MS - (Date.now() - lastAck));
       }
+    } finally {
+      clearTimeout(trailing);
     }
     throw new ConnectError("the agent ended the metering stream", Code.Unavailable);
   }

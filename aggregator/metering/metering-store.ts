@@ -34,6 +34,16 @@ export interface HostCursor {
   updatedAtMs: number;
 }
 
+/** Entries (after_seq, resume_seq) of a ledger an operator gave up (AcceptMeteringGap). */
+export interface AcceptedGap {
+  host: string;
+  ledgerId: string;
+  afterSeq: number;
+  resumeSeq: number;
+  acceptedAtMs: number;
+  reason: string;
+}
+
 /** One recorded ledger replacement of a host. */
 export interface LedgerChange {
   host: string;
@@ -95,6 +105,12 @@ function prepareStatements(db: Database.Database) {
       `SELECT EXISTS (SELECT 1 FROM host_ledger_changes WHERE host = ? AND from_ledger_id = ?)
            OR EXISTS (SELECT 1 FROM metering_entries WHERE host = ? AND ledger_id = ?) AS found`,
     ),
+    insertGap: db.prepare<[string, string, number, number, number, string]>(
+      "INSERT INTO metering_gaps (host, ledger_id, after_seq, resume_seq, accepted_at_ms, reason) VALUES (?, ?, ?, ?, ?, ?)",
+    ),
+    gaps: db.prepare<[string], AcceptedGap>(
+      "SELECT host, ledger_id AS ledgerId, after_seq AS afterSeq, resume_seq AS resumeSeq, accepted_at_ms AS acceptedAtMs, reason FROM metering_gaps WHERE host = ? ORDER BY rowid",
+    ),
     maxFleetSeq: db.prepare<[], { last: number }>("SELECT coalesce(max(fleet_seq), 0) AS last FROM metering_entries"),
     // The conflict target is the (host, ledger_id, seq) key: a redelivered entry is skipped
     // (changes = 0) and then compared with what is stored.
@@ -143,6 +159,31 @@ export class MeteringStore {
 
   cursor(host: string): HostCursor | undefined {
     return this.guard(() => this.stmt.cursor.get(host));
+  }
+
+  /** The gaps accepted for a host, oldest first. */
+  acceptedGaps(host: string): AcceptedGap[] {
+    return this.guard(() => this.stmt.gaps.all(host));
+  }
+
+  /**
+   * Records that the entries of `ledgerId` after the host's cursor and before `resumeSeq` will
+   * never be merged, and moves the cursor to resumeSeq - 1, in one transaction: the feed stays
+   * gapless in fleet_seq, and the gap is on record with its reason. MeteringConflictError when
+   * the host is not followed at that ledger or there is no gap (resumeSeq <= cursor + 1).
+   */
+  acceptGap(host: string, ledgerId: string, resumeSeq: number, reason: string, now = Date.now()): AcceptedGap {
+    return this.guard(() =>
+      this.db.transaction((): AcceptedGap => {
+        const cursor = this.stmt.cursor.get(host);
+        if (!cursor) throw new MeteringConflictError(`host ${host} has no metering cursor yet: there is nothing to skip`);
+        if (cursor.ledgerId !== ledgerId) throw new MeteringConflictError(`host ${host} is followed at ledger ${cursor.ledgerId}, not ${ledgerId}`);
+        if (!(resumeSeq > cursor.seq + 1)) throw new MeteringConflictError(`no gap: ledger ${ledgerId} of host ${host} is merged up to seq ${cursor.seq}, so ${resumeSeq} is not beyond the next entry`);
+        this.stmt.insertGap.run(host, ledgerId, cursor.seq, resumeSeq, now, reason);
+        this.stmt.updateCursor.run(ledgerId, resumeSeq - 1, cursor.ledgerChanges, now, host);
+        return { host, ledgerId, afterSeq: cursor.seq, resumeSeq, acceptedAtMs: now, reason };
+      }).immediate(),
+    );
   }
 
   /** The host's ledger replacements, oldest first. */
@@ -254,6 +295,11 @@ export class MeteringStore {
       const { seq, line } = entries[i]!;
       const f = fields[i]!;
       if (this.stmt.insertEntry.run(next, host, ledgerId, seq, line, f.kind, f.vmId, f.snapshotId, f.emittedAt, now).changes === 1) {
+        // At or below the cursor and not stored: inside a gap an operator accepted (given up
+        // for good); the transaction is rolled back.
+        if (cursor !== undefined && !replaced && seq <= cursor.seq) {
+          throw new MeteringConflictError(`host ${host} ledger ${ledgerId} seq ${seq}: inside an accepted gap (the cursor is at ${cursor.seq}); nothing merged`);
+        }
         rows.push({ fleetSeq: next, host, ledgerId, seq, line, kind: f.kind, vmId: f.vmId, snapshotId: f.snapshotId, emittedAt: f.emittedAt, mergedAtMs: now });
         next++;
         continue;

@@ -63,6 +63,21 @@ export const METERING_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX host_ledger_changes_by_host ON host_ledger_changes (host, from_ledger_id);
     `,
   },
+  {
+    version: 2,
+    description: "gaps an operator accepted: entries a host's agent no longer has and the store never merged",
+    sql: `
+      CREATE TABLE metering_gaps (
+        host           TEXT    NOT NULL REFERENCES host_cursors (host),
+        ledger_id      TEXT    NOT NULL,
+        after_seq      INTEGER NOT NULL CHECK (after_seq >= 0),
+        resume_seq     INTEGER NOT NULL CHECK (resume_seq > after_seq + 1),
+        accepted_at_ms INTEGER NOT NULL,
+        reason         TEXT    NOT NULL
+      ) STRICT;
+      CREATE INDEX metering_gaps_by_host ON metering_gaps (host);
+    `,
+  },
 ];
 
 /** The store was written by a newer fleetlet: its schema is unknown here, so it is not touched. */

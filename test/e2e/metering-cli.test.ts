@@ -104,8 +104,8 @@ describe("fleetlet get metering", () => {
       EXPECTED.map((cells, i) => [String(i + 1), "h1", String(i + 1), ...cells, emitted(feed[i]!)]),
     );
     const hosts = formatTable(
-      ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "LEDGER-CHANGES", "LAST-ERROR"],
-      [["h1", ledgerId, "10", "10", "0", "0s", "0", "-"]],
+      ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "LEDGER-CHANGES", "GAPS", "LAST-ERROR"],
+      [["h1", ledgerId, "10", "10", "0", "0s", "0", "0", "-"]],
     );
     assert.equal(r.stdout, `${entries}\n\n${hosts}\n\nfleet_seq 1..10 of 10\n`);
   });

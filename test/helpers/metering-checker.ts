@@ -18,9 +18,9 @@ export interface FleetRow {
 }
 
 /**
- * metering.md check 5: every agent's ledger equals its slice of the merged feed exactly — no
- * entry lost, none duplicated, none altered — and fleet_seq is gapless from 1. Returns the
- * problems found (empty = consistent).
+ * metering.md check 5: every agent's ledger (as retained: from its first line's seq) equals its
+ * slice of the merged feed exactly — no entry lost, none duplicated, none altered — and
+ * fleet_seq is gapless from 1. Returns the problems found (empty = consistent).
  */
 export function checkFleetFeed(ledgers: Map<string, string[]>, feed: FleetRow[]): string[] {
   const problems: string[] = [];
@@ -35,13 +35,15 @@ export function checkFleetFeed(ledgers: Map<string, string[]>, feed: FleetRow[])
   for (const [host, lines] of ledgers) {
     const slice = byHost.get(host) ?? [];
     if (slice.length !== lines.length) problems.push(`${host}: ledger has ${lines.length} entries, feed has ${slice.length}`);
+    // A ledger whose oldest segments were retained away (an accepted gap) starts later than 1.
+    const base = lines.length > 0 ? (JSON.parse(lines[0]!) as { seq: number }).seq : 1;
     const seen = new Set<number>();
     for (const r of slice) {
       if (seen.has(r.seq)) problems.push(`${host}: seq ${r.seq} merged twice`);
       seen.add(r.seq);
-      if (lines[r.seq - 1] !== r.line) problems.push(`${host}: seq ${r.seq} differs from the ledger`);
+      if (lines[r.seq - base] !== r.line) problems.push(`${host}: seq ${r.seq} differs from the ledger`);
     }
-    for (let s = 1; s <= lines.length; s++) if (!seen.has(s)) problems.push(`${host}: seq ${s} lost`);
+    for (let s = base; s < base + lines.length; s++) if (!seen.has(s)) problems.push(`${host}: seq ${s} lost`);
   }
   return problems.slice(0, 20);
 }

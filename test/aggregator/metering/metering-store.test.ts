@@ -74,7 +74,7 @@ describe("MeteringStore", () => {
       assert.equal(schemaVersion(db), METERING_MIGRATIONS.length);
       assert.equal(db.pragma("journal_mode", { simple: true }), "wal");
       const tables = db.prepare<[], { name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all().map((r) => r.name);
-      assert.deepEqual(tables, ["host_cursors", "host_ledger_changes", "metering_entries"]);
+      assert.deepEqual(tables, ["host_cursors", "host_ledger_changes", "metering_entries", "metering_gaps"]);
     } finally {
       db.close();
     }
@@ -470,3 +470,22 @@ async function runWriterUntilKilled(dir: string, config: WriterConfig, afterMs: 
   assert.equal(stopped, "SIGKILL", `writer should have been killed, got ${stopped}: ${stderr}`);
   return reports;
 }
+
+describe("MeteringStore.acceptGap", () => {
+  it("records the gap and moves the cursor in one step; refuses when there is no gap or the ledger is not the host's", () => {
+    const store = openStore(freshDir());
+    assert.throws(() => store.acceptGap("h1", "L1", 10, "why"), /host h1 has no metering cursor yet/);
+    store.merge("h1", "L1", batch(1, 3));
+    assert.throws(() => store.acceptGap("h1", "L2", 10, "why"), MeteringConflictError);
+    assert.throws(() => store.acceptGap("h1", "L1", 4, "why"), /no gap: ledger L1 of host h1 is merged up to seq 3/);
+    const gap = store.acceptGap("h1", "L1", 10, "store lost", 1234);
+    assert.deepEqual(gap, { host: "h1", ledgerId: "L1", afterSeq: 3, resumeSeq: 10, acceptedAtMs: 1234, reason: "store lost" });
+    assert.equal(store.cursor("h1")!.seq, 9);
+    assert.throws(() => store.merge("h1", "L1", batch(4, 5)), /seq 4: inside an accepted gap/, "entries inside the gap are never merged");
+    assert.deepEqual(store.merge("h1", "L1", batch(2, 3)), [], "a redelivery below the gap is still a no-op");
+    store.merge("h1", "L1", batch(10, 12));
+    assert.deepEqual(allEntries(store).map((e) => [e.fleetSeq, e.seq]), [[1, 1], [2, 2], [3, 3], [4, 10], [5, 11], [6, 12]], "fleet_seq stays gapless");
+    assert.deepEqual(store.acceptedGaps("h1"), [gap]);
+    store.close();
+  });
+});

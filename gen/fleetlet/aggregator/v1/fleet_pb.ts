@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetlet/aggregator/v1/fleet.proto.
  */
 export const file_fleetlet_aggregator_v1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIqIDCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4SNgoIbWV0ZXJpbmcYCiABKAsyJC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RNZXRlcmluZyKjAQoMSG9zdE1ldGVyaW5nEhEKCWxlZGdlcl9pZBgBIAEoCRISCgptZXJnZWRfc2VxGAIgASgEEhYKDmFnZW50X2xhc3Rfc2VxGAMgASgEEhMKC2xhZ19lbnRyaWVzGAQgASgEEhMKC2xhZ19zZWNvbmRzGAUgASgBEhYKDmxlZGdlcl9jaGFuZ2VzGAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkiTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKoBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEhgKEHJlc291cmNlX3ZlcnNpb24YEyABKAQSDAoEaG9zdBhkIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgYKBF9waWRCEQoPX3BpZF9zdGFydF90aW1lIoQCCghIb3N0U3luYxIMCgRob3N0GAEgASgJEjQKBXN0YXRlGAIgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEi0KCWxhc3Rfc2VlbhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQcmVzb3VyY2VfdmVyc2lvbhgEIAEoBBITCgtpbmNhcm5hdGlvbhgFIAEoCRIWCg5pbnN0YW5jZV9jb3VudBgGIAEoDRISCgpsYXN0X2Vycm9yGAcgASgJEg8KB3JlbGlzdHMYCCABKA0SGQoRZGlnZXN0X21pc21hdGNoZXMYCSABKA0itQIKFExpc3RJbnN0YW5jZXNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SSAoGbGFiZWxzGAMgAygLMjguZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdC5MYWJlbHNFbnRyeRIwCgZzdGF0ZXMYBCADKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEi4KBWtpbmRzGAUgAygOMh8uZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VLaW5kGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEizAEKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRI4CglpbnN0YW5jZXMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2USLwoFaG9zdHMYAiADKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEjgKDGhvc3RfcmVzdWx0cxgDIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdBIOCgZjdXJzb3IYBCABKAkikgIKFVdhdGNoSW5zdGFuY2VzUmVxdWVzdBIOCgZjdXJzb3IYASABKAkSDQoFaG9zdHMYAiADKAkSSQoGbGFiZWxzGAMgAygLMjkuZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaEluc3RhbmNlc1JlcXVlc3QuTGFiZWxzRW50cnkSMAoGc3RhdGVzGAQgAygOMiAuZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VTdGF0ZRIuCgVraW5kcxgFIAMoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlS2luZBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItgBChJGbGVldEluc3RhbmNlRXZlbnQSNAoEdHlwZRgBIAEoDjImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRFdmVudFR5cGUSNwoIaW5zdGFuY2UYAiABKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2USMwoJaG9zdF9zeW5jGAMgASgLMiAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luYxIOCgZjdXJzb3IYBCABKAkSDgoGcmVhc29uGAUgASgJIlQKFldhdGNoSW5zdGFuY2VzUmVzcG9uc2USOgoGZXZlbnRzGAEgAygLMiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldEluc3RhbmNlRXZlbnQiXgoYTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iUwoRSG9zdFN0YW5kYnlTdGF0dXMSDAoEaG9zdBgBIAEoCRIwCgZzdGF0dXMYAiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5U3RhdHVzIpIBChlMaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEjsKCHN0YXR1c2VzGAEgAygLMikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3RhbmRieVN0YXR1cxI4Cgxob3N0X3Jlc3VsdHMYAiADKAsyIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RSZXN1bHQiggEKFUxpc3RDb250YWluZXJzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB3J1bnRpbWUYAyABKAkSFAoMcnVubmluZ19vbmx5GAQgASgIIk4KDUhvc3RDb250YWluZXISDAoEaG9zdBgBIAEoCRIvCgljb250YWluZXIYAiABKAsyHC5mbGVldGxldC5hZ2VudC52MS5Db250YWluZXIiogEKFkxpc3RDb250YWluZXJzUmVzcG9uc2USOQoKY29udGFpbmVycxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdENvbnRhaW5lchI4Cgxob3N0X3Jlc3VsdHMYAiADKAsyIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RSZXN1bHQSEwoLdW5hdmFpbGFibGUYAyADKAkilQEKGlN0cmVhbUNvbnRhaW5lckxvZ3NSZXF1ZXN0EgwKBGhvc3QYASABKAkSDwoHcnVudGltZRgCIAEoCRITCgtleHRlcm5hbF9pZBgDIAEoCRIMCgR0YWlsGAQgASgNEhIKCnRpbWVzdGFtcHMYBSABKAgSEQoJY29udGFpbmVyGAYgASgJEg4KBmZvbGxvdxgHIAEoCCKhAQobU3RyZWFtQ29udGFpbmVyTG9nc1Jlc3BvbnNlEikKBWxpbmVzGAEgAygLMhouZmxlZXRsZXQuYWdlbnQudjEuTG9nTGluZRIzCgplbmRfcmVhc29uGAIgASgOMh8uZmxlZXRsZXQuYWdlbnQudjEuTG9nRW5kUmVhc29uEhIKCmVuZF9kZXRhaWwYAyABKAkSDgoGZXJyb3JzGAQgAygJIpUBChJGbGVldE1ldGVyaW5nRW50cnkSEQoJZmxlZXRfc2VxGAEgASgEEgwKBGhvc3QYAiABKAkSEQoJbGVkZ2VyX2lkGAMgASgJEgsKA3NlcRgEIAEoBBIMCgRsaW5lGAUgASgJEgwKBGtpbmQYBiABKAkSDQoFdm1faWQYByABKAkSEwoLc25hcHNob3RfaWQYCCABKAkiQwoaUmVhZE1ldGVyaW5nRW50cmllc1JlcXVlc3QSFgoOZnJvbV9mbGVldF9zZXEYASABKAQSDQoFbGltaXQYAiABKA0iigEKG1JlYWRNZXRlcmluZ0VudHJpZXNSZXNwb25zZRI7CgdlbnRyaWVzGAEgAygLMiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldE1ldGVyaW5nRW50cnkSFgoObmV4dF9mbGVldF9zZXEYAiABKAQSFgoObGFzdF9mbGVldF9zZXEYAyABKAQiNQobV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXF1ZXN0EhYKDmZyb21fZmxlZXRfc2VxGAEgASgEInMKHFdhdGNoTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USOwoHZW50cmllcxgBIAMoCzIqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRNZXRlcmluZ0VudHJ5EhYKDmxhc3RfZmxlZXRfc2VxGAIgASgEKtIBCg9Db25uZWN0aW9uU3RhdGUSIAocQ09OTkVDVElPTl9TVEFURV9VTlNQRUNJRklFRBAAEhkKFUNPTk5FQ1RJT05fU1RBVEVfSURMRRABEh8KG0NPTk5FQ1RJT05fU1RBVEVfQ09OTkVDVElORxACEhoKFkNPTk5FQ1RJT05fU1RBVEVfUkVBRFkQAxImCiJDT05ORUNUSU9OX1NUQVRFX1RSQU5TSUVOVF9GQUlMVVJFEAQSHQoZQ09OTkVDVElPTl9TVEFURV9TSFVURE9XThAFKmoKCkhvc3RPcmlnaW4SGwoXSE9TVF9PUklHSU5fVU5TUEVDSUZJRUQQABIUChBIT1NUX09SSUdJTl9GTEFHEAESFAoQSE9TVF9PUklHSU5fRklMRRACEhMKD0hPU1RfT1JJR0lOX0FQSRADKqIBCg1Ib3N0U3luY1N0YXRlEh8KG0hPU1RfU1lOQ19TVEFURV9VTlNQRUNJRklFRBAAEhsKF0hPU1RfU1lOQ19TVEFURV9MT0FESU5HEAESGgoWSE9TVF9TWU5DX1NUQVRFX1NZTkNFRBACEhkKFUhPU1RfU1lOQ19TVEFURV9TVEFMRRADEhwKGEhPU1RfU1lOQ19TVEFURV9ERUdSQURFRBAEKuUBCg5GbGVldEV2ZW50VHlwZRIgChxGTEVFVF9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASGgoWRkxFRVRfRVZFTlRfVFlQRV9BRERFRBABEh0KGUZMRUVUX0VWRU5UX1RZUEVfTU9ESUZJRUQQAhIcChhGTEVFVF9FVkVOVF9UWVBFX0RFTEVURUQQAxIeChpGTEVFVF9FVkVOVF9UWVBFX0hPU1RfU1lOQxAEEhsKF0ZMRUVUX0VWRU5UX1RZUEVfU1lOQ0VEEAUSGwoXRkxFRVRfRVZFTlRfVFlQRV9SRVNZTkMQBjKACgoMRmxlZXRTZXJ2aWNlEmAKCUxpc3RIb3N0cxIoLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVxdWVzdBopLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEhvc3RzUmVzcG9uc2USWgoHQWRkSG9zdBImLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlcXVlc3QaJy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFkZEhvc3RSZXNwb25zZRJjCgpSZW1vdmVIb3N0EikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVxdWVzdBoqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVtb3ZlSG9zdFJlc3BvbnNlEngKEUxpc3RJbnN0YW5jZVN0YXRzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USbAoNTGlzdEluc3RhbmNlcxIsLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXNwb25zZRJxCg5XYXRjaEluc3RhbmNlcxItLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0Gi4uZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaEluc3RhbmNlc1Jlc3BvbnNlMAESeAoRTGlzdFN0YW5kYnlTdGF0dXMSMC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBoxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRJvCg5MaXN0Q29udGFpbmVycxItLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdENvbnRhaW5lcnNSZXF1ZXN0Gi4uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1Jlc3BvbnNlEoABChNTdHJlYW1Db250YWluZXJMb2dzEjIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBozLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuU3RyZWFtQ29udGFpbmVyTG9nc1Jlc3BvbnNlMAESfgoTUmVhZE1ldGVyaW5nRW50cmllcxIyLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVhZE1ldGVyaW5nRW50cmllc1JlcXVlc3QaMy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlYWRNZXRlcmluZ0VudHJpZXNSZXNwb25zZRKDAQoUV2F0Y2hNZXRlcmluZ0VudHJpZXMSMy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBo0LmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXNwb25zZTABYgZwcm90bzM", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIqIDCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4SNgoIbWV0ZXJpbmcYCiABKAsyJC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RNZXRlcmluZyLcAQoMSG9zdE1ldGVyaW5nEhEKCWxlZGdlcl9pZBgBIAEoCRISCgptZXJnZWRfc2VxGAIgASgEEhYKDmFnZW50X2xhc3Rfc2VxGAMgASgEEhMKC2xhZ19lbnRyaWVzGAQgASgEEhMKC2xhZ19zZWNvbmRzGAUgASgBEhYKDmxlZGdlcl9jaGFuZ2VzGAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkSFQoNYWNjZXB0ZWRfZ2FwcxgIIAEoDRIgChhhZ2VudF9maXJzdF9yZXRhaW5lZF9zZXEYCSABKAQiXwoYQWNjZXB0TWV0ZXJpbmdHYXBSZXF1ZXN0EgwKBGhvc3QYASABKAkSEQoJbGVkZ2VyX2lkGAIgASgJEhIKCnJlc3VtZV9zZXEYAyABKAQSDgoGcmVhc29uGAQgASgJIpYBCgtNZXRlcmluZ0dhcBIMCgRob3N0GAEgASgJEhEKCWxlZGdlcl9pZBgCIAEoCRIRCglhZnRlcl9zZXEYAyABKAQSEgoKcmVzdW1lX3NlcRgEIAEoBBIvCgthY2NlcHRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAYgASgJIk0KGUFjY2VwdE1ldGVyaW5nR2FwUmVzcG9uc2USMAoDZ2FwGAEgASgLMiMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5NZXRlcmluZ0dhcCJNCgpIb3N0UmVzdWx0EgwKBGhvc3QYASABKAkSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhIKCmxhdGVuY3lfbXMYBCABKAEiEgoQTGlzdEhvc3RzUmVxdWVzdCJAChFMaXN0SG9zdHNSZXNwb25zZRIrCgVob3N0cxgBIAMoCzIcLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdCJkCg5BZGRIb3N0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI9Cg9BZGRIb3N0UmVzcG9uc2USKgoEaG9zdBgBIAEoCzIcLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdCIhChFSZW1vdmVIb3N0UmVxdWVzdBIMCgRuYW1lGAEgASgJIhQKElJlbW92ZUhvc3RSZXNwb25zZSJeChhMaXN0SW5zdGFuY2VTdGF0c1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLbBAoRSG9zdEluc3RhbmNlU3RhdHMSEwoLaW5zdGFuY2VfaWQYASABKAkSFQoNaW5zdGFuY2VfbmFtZRgCIAEoCRIuCgpzYW1wbGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghjcHVfdXNlYxgEIAEoBEgAiAEBEhgKC2NwdV9zZWNvbmRzGAUgASgBSAGIAQESHQoQbWVtb3J5X3Jzc19ieXRlcxgGIAEoBEgCiAEBEh0KEG1lbW9yeV92bXNfYnl0ZXMYByABKARIA4gBARIZCgxuZXRfcnhfYnl0ZXMYCCABKARIBIgBARIZCgxuZXRfdHhfYnl0ZXMYCSABKARIBYgBARIXCg9hbGxvY2F0ZWRfdmNwdXMYCiABKAUSHgoWYWxsb2NhdGVkX21lbW9yeV9ieXRlcxgLIAEoAxIlChhtZW1vcnlfdXRpbGl6YXRpb25fcmF0aW8YDCABKAFIBogBARIiChVjcHVfdXRpbGl6YXRpb25fcmF0aW8YDSABKAFIB4gBARITCgt1bmF2YWlsYWJsZRgOIAMoCRIMCgRob3N0GGQgASgJQgsKCV9jcHVfdXNlY0IOCgxfY3B1X3NlY29uZHNCEwoRX21lbW9yeV9yc3NfYnl0ZXNCEwoRX21lbW9yeV92bXNfYnl0ZXNCDwoNX25ldF9yeF9ieXRlc0IPCg1fbmV0X3R4X2J5dGVzQhsKGV9tZW1vcnlfdXRpbGl6YXRpb25fcmF0aW9CGAoWX2NwdV91dGlsaXphdGlvbl9yYXRpbyKPAQoZTGlzdEluc3RhbmNlU3RhdHNSZXNwb25zZRI4CgVzdGF0cxgBIAMoCzIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdEluc3RhbmNlU3RhdHMSOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0IqgFCg1GbGVldEluc3RhbmNlEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLQoEa2luZBgDIAEoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlS2luZBIvCgVzdGF0ZRgEIAEoDjIgLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU3RhdGUSEAoDcGlkGAUgASgFSACIAQESEgoKdGFwX2RldmljZRgGIAEoCRIKCgJpcBgHIAEoCRIXCg9uZXR3b3JrX2VuYWJsZWQYCCABKAgSEAoIaGFzX3ZncHUYCSABKAgSFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSHwoXYWxsb2NhdGVkX3N0b3JhZ2VfYnl0ZXMYDCABKAMSEgoKaHlwZXJ2aXNvchgNIAEoCRI4Cg5zdGFuZGJ5X3BvbGljeRgOIAEoCzIgLmZsZWV0bGV0LmFnZW50LnYxLlN0YW5kYnlQb2xpY3kSQQoGbGFiZWxzGA8gAygLMjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldEluc3RhbmNlLkxhYmVsc0VudHJ5EjEKBnNvdXJjZRgQIAEoDjIhLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU291cmNlEhMKC3J1bnRpbWVfcmVmGBEgASgJEhsKDnBpZF9zdGFydF90aW1lGBIgASgESAGIAQESGAoQcmVzb3VyY2VfdmVyc2lvbhgTIAEoBBIMCgRob3N0GGQgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBgoEX3BpZEIRCg9fcGlkX3N0YXJ0X3RpbWUihAIKCEhvc3RTeW5jEgwKBGhvc3QYASABKAkSNAoFc3RhdGUYAiABKA4yJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jU3RhdGUSLQoJbGFzdF9zZWVuGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChByZXNvdXJjZV92ZXJzaW9uGAQgASgEEhMKC2luY2FybmF0aW9uGAUgASgJEhYKDmluc3RhbmNlX2NvdW50GAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkSDwoHcmVsaXN0cxgIIAEoDRIZChFkaWdlc3RfbWlzbWF0Y2hlcxgJIAEoDSK1AgoUTGlzdEluc3RhbmNlc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJICgZsYWJlbHMYAyADKAsyOC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXF1ZXN0LkxhYmVsc0VudHJ5EjAKBnN0YXRlcxgEIAMoDjIgLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU3RhdGUSLgoFa2luZHMYBSADKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLMAQoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjgKCWluc3RhbmNlcxgBIAMoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIvCgVob3N0cxgCIAMoCzIgLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmMSOAoMaG9zdF9yZXN1bHRzGAMgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0Eg4KBmN1cnNvchgEIAEoCSKSAgoVV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0Eg4KBmN1cnNvchgBIAEoCRINCgVob3N0cxgCIAMoCRJJCgZsYWJlbHMYAyADKAsyOS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoSW5zdGFuY2VzUmVxdWVzdC5MYWJlbHNFbnRyeRIwCgZzdGF0ZXMYBCADKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEi4KBWtpbmRzGAUgAygOMh8uZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VLaW5kGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi2AEKEkZsZWV0SW5zdGFuY2VFdmVudBI0CgR0eXBlGAEgASgOMiYuZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldEV2ZW50VHlwZRI3CghpbnN0YW5jZRgCIAEoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIzCglob3N0X3N5bmMYAyABKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEg4KBmN1cnNvchgEIAEoCRIOCgZyZWFzb24YBSABKAkiVAoWV2F0Y2hJbnN0YW5jZXNSZXNwb25zZRI6CgZldmVudHMYASADKAsyKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2VFdmVudCJeChhMaXN0U3RhbmRieVN0YXR1c1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJTChFIb3N0U3RhbmRieVN0YXR1cxIMCgRob3N0GAEgASgJEjAKBnN0YXR1cxgCIAEoCzIgLmZsZWV0bGV0LmFnZW50LnYxLlN0YW5kYnlTdGF0dXMikgEKGUxpc3RTdGFuZGJ5U3RhdHVzUmVzcG9uc2USOwoIc3RhdHVzZXMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTdGFuZGJ5U3RhdHVzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKCAQoVTGlzdENvbnRhaW5lcnNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDwoHcnVudGltZRgDIAEoCRIUCgxydW5uaW5nX29ubHkYBCABKAgiTgoNSG9zdENvbnRhaW5lchIMCgRob3N0GAEgASgJEi8KCWNvbnRhaW5lchgCIAEoCzIcLmZsZWV0bGV0LmFnZW50LnYxLkNvbnRhaW5lciKiAQoWTGlzdENvbnRhaW5lcnNSZXNwb25zZRI5Cgpjb250YWluZXJzGAEgAygLMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0Q29udGFpbmVyEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdBITCgt1bmF2YWlsYWJsZRgDIAMoCSKVAQoaU3RyZWFtQ29udGFpbmVyTG9nc1JlcXVlc3QSDAoEaG9zdBgBIAEoCRIPCgdydW50aW1lGAIgASgJEhMKC2V4dGVybmFsX2lkGAMgASgJEgwKBHRhaWwYBCABKA0SEgoKdGltZXN0YW1wcxgFIAEoCBIRCgljb250YWluZXIYBiABKAkSDgoGZm9sbG93GAcgASgIIqEBChtTdHJlYW1Db250YWluZXJMb2dzUmVzcG9uc2USKQoFbGluZXMYASADKAsyGi5mbGVldGxldC5hZ2VudC52MS5Mb2dMaW5lEjMKCmVuZF9yZWFzb24YAiABKA4yHy5mbGVldGxldC5hZ2VudC52MS5Mb2dFbmRSZWFzb24SEgoKZW5kX2RldGFpbBgDIAEoCRIOCgZlcnJvcnMYBCADKAkilQEKEkZsZWV0TWV0ZXJpbmdFbnRyeRIRCglmbGVldF9zZXEYASABKAQSDAoEaG9zdBgCIAEoCRIRCglsZWRnZXJfaWQYAyABKAkSCwoDc2VxGAQgASgEEgwKBGxpbmUYBSABKAkSDAoEa2luZBgGIAEoCRINCgV2bV9pZBgHIAEoCRITCgtzbmFwc2hvdF9pZBgIIAEoCSJDChpSZWFkTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBIWCg5mcm9tX2ZsZWV0X3NlcRgBIAEoBBINCgVsaW1pdBgCIAEoDSKKAQobUmVhZE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEjsKB2VudHJpZXMYASADKAsyKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0TWV0ZXJpbmdFbnRyeRIWCg5uZXh0X2ZsZWV0X3NlcRgCIAEoBBIWCg5sYXN0X2ZsZWV0X3NlcRgDIAEoBCI1ChtXYXRjaE1ldGVyaW5nRW50cmllc1JlcXVlc3QSFgoOZnJvbV9mbGVldF9zZXEYASABKAQicwocV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXNwb25zZRI7CgdlbnRyaWVzGAEgAygLMiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldE1ldGVyaW5nRW50cnkSFgoObGFzdF9mbGVldF9zZXEYAiABKAQq0gEKD0Nvbm5lY3Rpb25TdGF0ZRIgChxDT05ORUNUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVQ09OTkVDVElPTl9TVEFURV9JRExFEAESHwobQ09OTkVDVElPTl9TVEFURV9DT05ORUNUSU5HEAISGgoWQ09OTkVDVElPTl9TVEFURV9SRUFEWRADEiYKIkNPTk5FQ1RJT05fU1RBVEVfVFJBTlNJRU5UX0ZBSUxVUkUQBBIdChlDT05ORUNUSU9OX1NUQVRFX1NIVVRET1dOEAUqagoKSG9zdE9yaWdpbhIbChdIT1NUX09SSUdJTl9VTlNQRUNJRklFRBAAEhQKEEhPU1RfT1JJR0lOX0ZMQUcQARIUChBIT1NUX09SSUdJTl9GSUxFEAISEwoPSE9TVF9PUklHSU5fQVBJEAMqogEKDUhvc3RTeW5jU3RhdGUSHwobSE9TVF9TWU5DX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXSE9TVF9TWU5DX1NUQVRFX0xPQURJTkcQARIaChZIT1NUX1NZTkNfU1RBVEVfU1lOQ0VEEAISGQoVSE9TVF9TWU5DX1NUQVRFX1NUQUxFEAMSHAoYSE9TVF9TWU5DX1NUQVRFX0RFR1JBREVEEAQq5QEKDkZsZWV0RXZlbnRUeXBlEiAKHEZMRUVUX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIaChZGTEVFVF9FVkVOVF9UWVBFX0FEREVEEAESHQoZRkxFRVRfRVZFTlRfVFlQRV9NT0RJRklFRBACEhwKGEZMRUVUX0VWRU5UX1RZUEVfREVMRVRFRBADEh4KGkZMRUVUX0VWRU5UX1RZUEVfSE9TVF9TWU5DEAQSGwoXRkxFRVRfRVZFTlRfVFlQRV9TWU5DRUQQBRIbChdGTEVFVF9FVkVOVF9UWVBFX1JFU1lOQxAGMvoKCgxGbGVldFNlcnZpY2USYAoJTGlzdEhvc3RzEiguZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SG9zdHNSZXF1ZXN0GikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SG9zdHNSZXNwb25zZRJaCgdBZGRIb3N0EiYuZmxlZXRsZXQuYWdncmVnYXRvci52MS5BZGRIb3N0UmVxdWVzdBonLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlc3BvbnNlEmMKClJlbW92ZUhvc3QSKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlbW92ZUhvc3RSZXF1ZXN0GiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVzcG9uc2USeAoRTGlzdEluc3RhbmNlU3RhdHMSMC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZVN0YXRzUmVxdWVzdBoxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlU3RhdHNSZXNwb25zZRJsCg1MaXN0SW5zdGFuY2VzEiwuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdBotLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlEnEKDldhdGNoSW5zdGFuY2VzEi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaEluc3RhbmNlc1JlcXVlc3QaLi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoSW5zdGFuY2VzUmVzcG9uc2UwARJ4ChFMaXN0U3RhbmRieVN0YXR1cxIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U3RhbmRieVN0YXR1c1Jlc3BvbnNlEm8KDkxpc3RDb250YWluZXJzEi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1JlcXVlc3QaLi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RDb250YWluZXJzUmVzcG9uc2USgAEKE1N0cmVhbUNvbnRhaW5lckxvZ3MSMi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlN0cmVhbUNvbnRhaW5lckxvZ3NSZXF1ZXN0GjMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVzcG9uc2UwARJ+ChNSZWFkTWV0ZXJpbmdFbnRyaWVzEjIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZWFkTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBozLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVhZE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEoMBChRXYXRjaE1ldGVyaW5nRW50cmllcxIzLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXF1ZXN0GjQuZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlMAESeAoRQWNjZXB0TWV0ZXJpbmdHYXASMC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFjY2VwdE1ldGVyaW5nR2FwUmVxdWVzdBoxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWNjZXB0TWV0ZXJpbmdHYXBSZXNwb25zZWIGcHJvdG8z", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message fleetlet.aggregator.v1.Host
@@ -146,6 +146,21 @@ export type HostMetering = Message<"fleetlet.aggregator.v1.HostMetering"> & {
    * @generated from field: string last_error = 7;
    */
   lastError: string;
+
+  /**
+   * Gaps an operator accepted (AcceptMeteringGap) for this host.
+   *
+   * @generated from field: uint32 accepted_gaps = 8;
+   */
+  acceptedGaps: number;
+
+  /**
+   * The agent's first retained seq, when it last answered OUT_OF_RANGE for it (what a gap
+   * would resume at); 0 otherwise.
+   *
+   * @generated from field: uint64 agent_first_retained_seq = 9;
+   */
+  agentFirstRetainedSeq: bigint;
 };
 
 /**
@@ -154,6 +169,105 @@ export type HostMetering = Message<"fleetlet.aggregator.v1.HostMetering"> & {
  */
 export const HostMeteringSchema: GenMessage<HostMetering> = /*@__PURE__*/
   messageDesc(file_fleetlet_aggregator_v1_fleet, 1);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.AcceptMeteringGapRequest
+ */
+export type AcceptMeteringGapRequest = Message<"fleetlet.aggregator.v1.AcceptMeteringGapRequest"> & {
+  /**
+   * @generated from field: string host = 1;
+   */
+  host: string;
+
+  /**
+   * The host's current ledger (HostMetering.ledger_id).
+   *
+   * @generated from field: string ledger_id = 2;
+   */
+  ledgerId: string;
+
+  /**
+   * The first seq to merge; entries after the merged cursor and before it are given up.
+   *
+   * @generated from field: uint64 resume_seq = 3;
+   */
+  resumeSeq: bigint;
+
+  /**
+   * Why (kept with the gap), at most 256 characters; required.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.AcceptMeteringGapRequest.
+ * Use `create(AcceptMeteringGapRequestSchema)` to create a new message.
+ */
+export const AcceptMeteringGapRequestSchema: GenMessage<AcceptMeteringGapRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 2);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.MeteringGap
+ */
+export type MeteringGap = Message<"fleetlet.aggregator.v1.MeteringGap"> & {
+  /**
+   * @generated from field: string host = 1;
+   */
+  host: string;
+
+  /**
+   * @generated from field: string ledger_id = 2;
+   */
+  ledgerId: string;
+
+  /**
+   * The last seq merged before the gap.
+   *
+   * @generated from field: uint64 after_seq = 3;
+   */
+  afterSeq: bigint;
+
+  /**
+   * @generated from field: uint64 resume_seq = 4;
+   */
+  resumeSeq: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp accepted_at = 5;
+   */
+  acceptedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.MeteringGap.
+ * Use `create(MeteringGapSchema)` to create a new message.
+ */
+export const MeteringGapSchema: GenMessage<MeteringGap> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 3);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.AcceptMeteringGapResponse
+ */
+export type AcceptMeteringGapResponse = Message<"fleetlet.aggregator.v1.AcceptMeteringGapResponse"> & {
+  /**
+   * @generated from field: fleetlet.aggregator.v1.MeteringGap gap = 1;
+   */
+  gap?: MeteringGap | undefined;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.AcceptMeteringGapResponse.
+ * Use `create(AcceptMeteringGapResponseSchema)` to create a new message.
+ */
+export const AcceptMeteringGapResponseSchema: GenMessage<AcceptMeteringGapResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 4);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostResult
@@ -187,7 +301,7 @@ export type HostResult = Message<"fleetlet.aggregator.v1.HostResult"> & {
  * Use `create(HostResultSchema)` to create a new message.
  */
 export const HostResultSchema: GenMessage<HostResult> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 2);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 5);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListHostsRequest
@@ -200,7 +314,7 @@ export type ListHostsRequest = Message<"fleetlet.aggregator.v1.ListHostsRequest"
  * Use `create(ListHostsRequestSchema)` to create a new message.
  */
 export const ListHostsRequestSchema: GenMessage<ListHostsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 3);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 6);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListHostsResponse
@@ -219,7 +333,7 @@ export type ListHostsResponse = Message<"fleetlet.aggregator.v1.ListHostsRespons
  * Use `create(ListHostsResponseSchema)` to create a new message.
  */
 export const ListHostsResponseSchema: GenMessage<ListHostsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 4);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 7);
 
 /**
  * @generated from message fleetlet.aggregator.v1.AddHostRequest
@@ -246,7 +360,7 @@ export type AddHostRequest = Message<"fleetlet.aggregator.v1.AddHostRequest"> & 
  * Use `create(AddHostRequestSchema)` to create a new message.
  */
 export const AddHostRequestSchema: GenMessage<AddHostRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 5);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 8);
 
 /**
  * @generated from message fleetlet.aggregator.v1.AddHostResponse
@@ -263,7 +377,7 @@ export type AddHostResponse = Message<"fleetlet.aggregator.v1.AddHostResponse"> 
  * Use `create(AddHostResponseSchema)` to create a new message.
  */
 export const AddHostResponseSchema: GenMessage<AddHostResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 6);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 9);
 
 /**
  * @generated from message fleetlet.aggregator.v1.RemoveHostRequest
@@ -280,7 +394,7 @@ export type RemoveHostRequest = Message<"fleetlet.aggregator.v1.RemoveHostReques
  * Use `create(RemoveHostRequestSchema)` to create a new message.
  */
 export const RemoveHostRequestSchema: GenMessage<RemoveHostRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 7);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 10);
 
 /**
  * @generated from message fleetlet.aggregator.v1.RemoveHostResponse
@@ -293,7 +407,7 @@ export type RemoveHostResponse = Message<"fleetlet.aggregator.v1.RemoveHostRespo
  * Use `create(RemoveHostResponseSchema)` to create a new message.
  */
 export const RemoveHostResponseSchema: GenMessage<RemoveHostResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 8);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 11);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstanceStatsRequest
@@ -319,7 +433,7 @@ export type ListInstanceStatsRequest = Message<"fleetlet.aggregator.v1.ListInsta
  * Use `create(ListInstanceStatsRequestSchema)` to create a new message.
  */
 export const ListInstanceStatsRequestSchema: GenMessage<ListInstanceStatsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 9);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 12);
 
 /**
  * The agent's InstanceStats fields (same names and numbers) plus the host.
@@ -410,7 +524,7 @@ export type HostInstanceStats = Message<"fleetlet.aggregator.v1.HostInstanceStat
  * Use `create(HostInstanceStatsSchema)` to create a new message.
  */
 export const HostInstanceStatsSchema: GenMessage<HostInstanceStats> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 10);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 13);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstanceStatsResponse
@@ -436,7 +550,7 @@ export type ListInstanceStatsResponse = Message<"fleetlet.aggregator.v1.ListInst
  * Use `create(ListInstanceStatsResponseSchema)` to create a new message.
  */
 export const ListInstanceStatsResponseSchema: GenMessage<ListInstanceStatsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 11);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 14);
 
 /**
  * The agent's Instance fields (same names and numbers) plus the host.
@@ -552,7 +666,7 @@ export type FleetInstance = Message<"fleetlet.aggregator.v1.FleetInstance"> & {
  * Use `create(FleetInstanceSchema)` to create a new message.
  */
 export const FleetInstanceSchema: GenMessage<FleetInstance> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 12);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 15);
 
 /**
  * Where a host's part of the merged view stands (inventory.md): LOADING = being listed (first
@@ -625,7 +739,7 @@ export type HostSync = Message<"fleetlet.aggregator.v1.HostSync"> & {
  * Use `create(HostSyncSchema)` to create a new message.
  */
 export const HostSyncSchema: GenMessage<HostSync> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 13);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstancesRequest
@@ -671,7 +785,7 @@ export type ListInstancesRequest = Message<"fleetlet.aggregator.v1.ListInstances
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 14);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstancesResponse
@@ -709,7 +823,7 @@ export type ListInstancesResponse = Message<"fleetlet.aggregator.v1.ListInstance
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 15);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchInstancesRequest
@@ -750,7 +864,7 @@ export type WatchInstancesRequest = Message<"fleetlet.aggregator.v1.WatchInstanc
  * Use `create(WatchInstancesRequestSchema)` to create a new message.
  */
 export const WatchInstancesRequestSchema: GenMessage<WatchInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
 
 /**
  * @generated from message fleetlet.aggregator.v1.FleetInstanceEvent
@@ -789,7 +903,7 @@ export type FleetInstanceEvent = Message<"fleetlet.aggregator.v1.FleetInstanceEv
  * Use `create(FleetInstanceEventSchema)` to create a new message.
  */
 export const FleetInstanceEventSchema: GenMessage<FleetInstanceEvent> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchInstancesResponse
@@ -806,7 +920,7 @@ export type WatchInstancesResponse = Message<"fleetlet.aggregator.v1.WatchInstan
  * Use `create(WatchInstancesResponseSchema)` to create a new message.
  */
 export const WatchInstancesResponseSchema: GenMessage<WatchInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusRequest
@@ -830,7 +944,7 @@ export type ListStandbyStatusRequest = Message<"fleetlet.aggregator.v1.ListStand
  * Use `create(ListStandbyStatusRequestSchema)` to create a new message.
  */
 export const ListStandbyStatusRequestSchema: GenMessage<ListStandbyStatusRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostStandbyStatus
@@ -852,7 +966,7 @@ export type HostStandbyStatus = Message<"fleetlet.aggregator.v1.HostStandbyStatu
  * Use `create(HostStandbyStatusSchema)` to create a new message.
  */
 export const HostStandbyStatusSchema: GenMessage<HostStandbyStatus> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 23);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusResponse
@@ -876,7 +990,7 @@ export type ListStandbyStatusResponse = Message<"fleetlet.aggregator.v1.ListStan
  * Use `create(ListStandbyStatusResponseSchema)` to create a new message.
  */
 export const ListStandbyStatusResponseSchema: GenMessage<ListStandbyStatusResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 24);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersRequest
@@ -912,7 +1026,7 @@ export type ListContainersRequest = Message<"fleetlet.aggregator.v1.ListContaine
  * Use `create(ListContainersRequestSchema)` to create a new message.
  */
 export const ListContainersRequestSchema: GenMessage<ListContainersRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 25);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostContainer
@@ -934,7 +1048,7 @@ export type HostContainer = Message<"fleetlet.aggregator.v1.HostContainer"> & {
  * Use `create(HostContainerSchema)` to create a new message.
  */
 export const HostContainerSchema: GenMessage<HostContainer> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 23);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 26);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersResponse
@@ -965,7 +1079,7 @@ export type ListContainersResponse = Message<"fleetlet.aggregator.v1.ListContain
  * Use `create(ListContainersResponseSchema)` to create a new message.
  */
 export const ListContainersResponseSchema: GenMessage<ListContainersResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 24);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 27);
 
 /**
  * @generated from message fleetlet.aggregator.v1.StreamContainerLogsRequest
@@ -1014,7 +1128,7 @@ export type StreamContainerLogsRequest = Message<"fleetlet.aggregator.v1.StreamC
  * Use `create(StreamContainerLogsRequestSchema)` to create a new message.
  */
 export const StreamContainerLogsRequestSchema: GenMessage<StreamContainerLogsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 25);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 28);
 
 /**
  * The agent's StreamContainerLogsResponse, relayed.
@@ -1048,7 +1162,7 @@ export type StreamContainerLogsResponse = Message<"fleetlet.aggregator.v1.Stream
  * Use `create(StreamContainerLogsResponseSchema)` to create a new message.
  */
 export const StreamContainerLogsResponseSchema: GenMessage<StreamContainerLogsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 26);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 29);
 
 /**
  * One merged entry: where it came from and its place in the fleet feed.
@@ -1108,7 +1222,7 @@ export type FleetMeteringEntry = Message<"fleetlet.aggregator.v1.FleetMeteringEn
  * Use `create(FleetMeteringEntrySchema)` to create a new message.
  */
 export const FleetMeteringEntrySchema: GenMessage<FleetMeteringEntry> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 27);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 30);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesRequest
@@ -1134,7 +1248,7 @@ export type ReadMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.ReadMet
  * Use `create(ReadMeteringEntriesRequestSchema)` to create a new message.
  */
 export const ReadMeteringEntriesRequestSchema: GenMessage<ReadMeteringEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 28);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 31);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesResponse
@@ -1161,7 +1275,7 @@ export type ReadMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.ReadMe
  * Use `create(ReadMeteringEntriesResponseSchema)` to create a new message.
  */
 export const ReadMeteringEntriesResponseSchema: GenMessage<ReadMeteringEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 29);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 32);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesRequest
@@ -1178,7 +1292,7 @@ export type WatchMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.WatchM
  * Use `create(WatchMeteringEntriesRequestSchema)` to create a new message.
  */
 export const WatchMeteringEntriesRequestSchema: GenMessage<WatchMeteringEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 30);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 33);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesResponse
@@ -1200,7 +1314,7 @@ export type WatchMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.Watch
  * Use `create(WatchMeteringEntriesResponseSchema)` to create a new message.
  */
 export const WatchMeteringEntriesResponseSchema: GenMessage<WatchMeteringEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 31);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 34);
 
 /**
  * The aggregator's channel to a host, as grpc-js reports it.
@@ -1486,6 +1600,19 @@ export const FleetService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchMeteringEntriesRequestSchema;
     output: typeof WatchMeteringEntriesResponseSchema;
+  },
+  /**
+   * An operator accepts that a host's entries before resume_seq can no longer be merged (its
+   * agent dropped them after an aggregator acknowledged them, and that aggregator's store was
+   * lost): the gap is recorded with the reason, and the host is followed from resume_seq.
+   * Never done implicitly; FAILED_PRECONDITION when there is no such gap.
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.AcceptMeteringGap
+   */
+  acceptMeteringGap: {
+    methodKind: "unary";
+    input: typeof AcceptMeteringGapRequestSchema;
+    output: typeof AcceptMeteringGapResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetlet_aggregator_v1_fleet, 0);

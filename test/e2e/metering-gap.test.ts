@@ -1,0 +1,124 @@
+import { after, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { createClient } from "@connectrpc/connect";
+import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { MeteringService } from "../../gen/fleetlet/agent/v1/metering_pb.js";
+import { FleetService } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
+import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
+import { agentLedgerLines, checkFleetFeed, type FleetRow } from "../helpers/metering-checker.js";
+import { tempDir } from "../helpers/temp-dir.js";
+
+// A lost aggregator store meets an agent that already dropped what the old store acknowledged
+// (retention 0, 4 KiB segments): the new aggregator merges nothing for the host and says where
+// the agent's ledger now starts; only an operator's `fleetlet metering accept-gap` (recorded,
+// with its reason) lets it follow from there. Then the feed is exactly the agent's retained
+// ledger, and new entries flow.
+
+const agentDir = tempDir("gap-agent");
+const firstStore = tempDir("gap-agg1");
+const secondStore = tempDir("gap-agg2");
+let agent: DaemonProcess | undefined;
+let aggregator: DaemonProcess | undefined;
+
+after(async () => {
+  await Promise.all([agent?.stop(), aggregator?.stop()]);
+  for (const d of [agentDir, firstStore, secondStore]) d.remove();
+});
+
+async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const startAggregator = (dir: string) =>
+  startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dir, "--metrics-listen", "off", "--hosts", `h0=${agent!.address}`]);
+
+async function flips(n: number): Promise<void> {
+  const t = createGrpcJsTransport(agent!.address);
+  const inv = createClient(InventoryService, t);
+  for (let k = 0; k < n; k++) await inv.registerInstance({ instance: { id: `vm${k % 4}`, state: Math.floor(k / 4) % 2 === 0 ? InstanceState.RUNNING : InstanceState.STOPPED } });
+  t.close();
+}
+
+describe("a lost aggregator store and an operator-accepted metering gap", () => {
+  it("nothing is skipped until accept-gap; then the feed is exactly the retained ledger, and new entries follow", async () => {
+    agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", agentDir.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off", "--metering-retain", "0", "--metering-segment-bytes", "4096"]);
+    aggregator = await startAggregator(firstStore.path);
+    await flips(120);
+    const agentT = createGrpcJsTransport(agent.address);
+    const metering = createClient(MeteringService, agentT);
+    // The first aggregator merges and acknowledges; the agent then drops the old segments.
+    const firstRetained = await until("the agent dropped acknowledged segments", async () => {
+      try {
+        await metering.readMeteringEntries({ fromSeq: 1n, limit: 1 });
+        return undefined; // seq 1 still there
+      } catch (e) {
+        const m = /first_retained_seq=(\d+)/.exec((e as Error).message);
+        return m ? BigInt(m[1]!) : undefined;
+      }
+    });
+    await aggregator.stop();
+    // The store is lost: a new aggregator with an empty state dir.
+    aggregator = await startAggregator(secondStore.path);
+    const fleetT = createGrpcJsTransport(aggregator.address);
+    const fleet = createClient(FleetService, fleetT);
+    const stuck = await until("the new aggregator reports the agent's first retained seq", async () => {
+      const m = (await fleet.listHosts({})).hosts[0]?.metering;
+      return m && m.agentFirstRetainedSeq > 0n ? m : undefined;
+    });
+    assert.equal(stuck.agentFirstRetainedSeq, firstRetained);
+    assert.match(stuck.lastError, /^OUT_OF_RANGE: from_seq 1 is no longer retained/);
+    assert.equal((await fleet.readMeteringEntries({ fromFleetSeq: 1n })).entries.length, 0, "nothing merged, nothing skipped on its own");
+    const shown = await runFleetlet(["get", "metering", "--aggregator", aggregator.address]);
+    assert.match(shown.stdout, new RegExp(`agent's first retained seq: ${firstRetained}; see fleetlet metering accept-gap`));
+
+    // Wrong requests name what is wrong and change nothing.
+    const bad = async (args: string[], re: RegExp) => {
+      const r = await runFleetlet(["metering", "accept-gap", "h0", "--aggregator", aggregator!.address, ...args]);
+      assert.equal(r.code, 1, r.stdout);
+      assert.match(r.stderr, re);
+    };
+    await bad(["--ledger-id", "0000000000000000", "--resume-seq", String(firstRetained), "--reason", "x"], /failed_precondition.*followed at ledger [0-9a-f]{16}, not 0000000000000000/);
+    await bad(["--ledger-id", stuck.ledgerId, "--resume-seq", "1", "--reason", "x"], /invalid_argument.*resume_seq: must be between 2/);
+    await bad(["--ledger-id", stuck.ledgerId, "--resume-seq", String(firstRetained), "--reason", " "], /invalid_argument.*reason: is required/);
+
+    // What the agent has now (nothing new is written until compared).
+    const retained = agentLedgerLines(agentDir.path);
+    assert.equal(JSON.parse(retained[0]!).seq, Number(firstRetained));
+    const ok = await runFleetlet(["metering", "accept-gap", "h0", "--aggregator", aggregator.address, "--ledger-id", stuck.ledgerId, "--resume-seq", String(firstRetained), "--reason", "store lost in test"]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(ok.stdout, `accepted: host h0 ledger ${stuck.ledgerId}: entries 1..${firstRetained - 1n} given up; following from ${firstRetained}\n`);
+    const readFeed = async () => {
+      const rows: FleetRow[] = [];
+      let from = 1n;
+      for (;;) {
+        const res = await fleet.readMeteringEntries({ fromFleetSeq: from, limit: 10_000 });
+        rows.push(...res.entries.map((e) => ({ fleetSeq: Number(e.fleetSeq), host: e.host, seq: Number(e.seq), line: e.line })));
+        if (res.entries.length === 0) return rows;
+        from = res.nextFleetSeq;
+      }
+    };
+    const feed = await until("the retained entries merged", async () => {
+      const rows = await readFeed();
+      return rows.length >= retained.length ? rows : undefined;
+    });
+    assert.deepEqual(checkFleetFeed(new Map([["h0", retained]]), feed), [], "the feed is exactly the retained ledger, fleet_seq gapless");
+    const h = (await fleet.listHosts({})).hosts[0]!.metering!;
+    assert.equal(h.acceptedGaps, 1);
+    assert.equal(h.agentFirstRetainedSeq, 0n);
+    // Accepting again: there is no gap any more.
+    await bad(["--ledger-id", stuck.ledgerId, "--resume-seq", String(firstRetained), "--reason", "again"], /failed_precondition.*no gap/);
+    // New entries flow.
+    const before = feed.length;
+    await flips(8);
+    await until("new entries merged", async () => ((await readFeed()).length >= before + 8 ? true : undefined));
+    fleetT.close();
+    agentT.close();
+  });
+});
