@@ -92,11 +92,13 @@ export function getCommand(): Command {
             const res = await fleet.listHosts({}, call);
             print(opts, ListHostsResponseSchema, res, () =>
               formatTable(
-                ["HOST", "ADDRESS", "CONNECTION", "LAST-SEEN", "LAST-ERROR"],
+                ["HOST", "ADDRESS", "CONNECTION", "INVENTORY", "LAST-SEEN", "LAST-ERROR"],
                 res.hosts.map((h) => [
                   h.name,
                   h.address,
                   ConnectionState[h.connectionState] ?? String(h.connectionState),
+                  // Its part of the merged inventory (get instances says why when not SYNCED).
+                  HostSyncState[h.syncState] ?? "-",
                   h.lastSeen ? `${formatAge(timestampMs(h.lastSeen))} ago` : "never",
                   h.lastError,
                 ]),
