@@ -74,3 +74,14 @@ export class EventRing<T> {
     return out;
   }
 }
+
+/**
+ * A watch cursor "<incarnation>.<seq>" (runtime events, the fleet inventory), split; undefined
+ * when the text is not one at all (the caller answers INVALID_ARGUMENT).
+ */
+export function splitCursor(cursor: string): { incarnation: string; seq: number } | undefined {
+  const dot = cursor.lastIndexOf(".");
+  const seqText = dot > 0 ? cursor.slice(dot + 1) : "";
+  if (dot <= 0 || !/^\d{1,15}$/.test(seqText)) return undefined;
+  return { incarnation: cursor.slice(0, dot), seq: Number(seqText) };
+}

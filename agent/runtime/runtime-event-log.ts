@@ -1,4 +1,5 @@
 import type { RuntimeEvent } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { EventRing, splitCursor } from "../../lib/event-ring.js";
 
 export interface LoggedEvent {
   seq: number;
@@ -13,28 +14,28 @@ export type CursorLookup =
 /**
  * The agent's recent runtime events, numbered, for WatchRuntimeEvents cursors (runtime.md
  * "Clients ... get a cursor with every event and may resume from it"). Keeps the last
- * `capacity` events in memory; a cursor is "<incarnation>.<seq>", so a cursor from before an
+ * `capacity` events in memory (lib/event-ring.ts); a cursor is "<incarnation>.<seq>", so a cursor from before an
  * agent restart (another incarnation) or older than what is kept is answered with a resync
  * instead of a silent gap.
  */
 export class RuntimeEventLog {
-  private readonly ring: LoggedEvent[] = [];
-  private seq = 0;
+  private readonly ring: EventRing<RuntimeEvent>;
   private readonly listeners = new Set<(e: LoggedEvent) => void>();
 
   constructor(
     readonly incarnation: string,
     private readonly capacity = 4096,
-  ) {}
+  ) {
+    this.ring = new EventRing(capacity);
+  }
 
   get lastSeq(): number {
-    return this.seq;
+    return this.ring.last;
   }
 
   append(event: RuntimeEvent): LoggedEvent {
-    const logged = { seq: ++this.seq, event };
-    this.ring.push(logged);
-    if (this.ring.length > this.capacity) this.ring.shift();
+    const logged = { seq: this.ring.last + 1, event };
+    this.ring.push(logged.seq, event);
     for (const l of this.listeners) l(logged);
     return logged;
   }
@@ -48,17 +49,15 @@ export class RuntimeEventLog {
    * (the caller answers INVALID_ARGUMENT); a valid but unusable one is a "resync".
    */
   after(cursor: string): CursorLookup {
-    const dot = cursor.lastIndexOf(".");
-    const seqText = dot > 0 ? cursor.slice(dot + 1) : "";
-    if (dot <= 0 || !/^\d{1,15}$/.test(seqText)) throw new CursorFormatError(`${JSON.stringify(cursor.slice(0, 80))} is not a cursor from this API`);
-    const incarnation = cursor.slice(0, dot);
-    const seq = Number(seqText);
+    const parsed = splitCursor(cursor);
+    if (!parsed) throw new CursorFormatError(`${JSON.stringify(cursor.slice(0, 80))} is not a cursor from this API`);
+    const { incarnation, seq } = parsed;
     if (incarnation !== this.incarnation) return { kind: "resync", reason: "cursor is from another agent incarnation (the agent restarted)" };
-    if (seq > this.seq) return { kind: "resync", reason: `cursor ${seq} is ahead of the newest event ${this.seq}` };
-    const oldest = this.ring[0]?.seq ?? this.seq + 1;
+    if (seq > this.ring.last) return { kind: "resync", reason: `cursor ${seq} is ahead of the newest event ${this.ring.last}` };
     // Resumable when the first event after the cursor is still kept.
-    if (seq + 1 < oldest) return { kind: "resync", reason: `cursor ${seq} is older than the ${this.capacity} events kept (oldest ${oldest})` };
-    return { kind: "events", events: this.ring.filter((e) => e.seq > seq) };
+    const kept = this.ring.after(seq);
+    if (!kept) return { kind: "resync", reason: `cursor ${seq} is older than the ${this.capacity} events kept (oldest ${this.ring.floor + 1})` };
+    return { kind: "events", events: kept.map(({ seq: s, item }) => ({ seq: s, event: item })) };
   }
 
   subscribe(listener: (e: LoggedEvent) => void): () => void {

@@ -6,6 +6,7 @@ import {
   type FleetInstanceEvent,
   type WatchInstancesResponse,
 } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { splitCursor } from "../../lib/event-ring.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
 import { followSource } from "../../lib/rpc/follow-source.js";
 import { matches, type FleetChange, type InstanceFilter, type MergedView } from "./merged-view.js";
@@ -20,11 +21,10 @@ export interface CursorProblem {
 
 /** The fleet seq a cursor stands for, or why it cannot be served; INVALID_ARGUMENT if it is not one. */
 export function parseFleetCursor(view: MergedView, cursor: string): number | CursorProblem {
-  const dot = cursor.lastIndexOf(".");
-  const seqText = dot > 0 ? cursor.slice(dot + 1) : "";
-  if (dot <= 0 || !/^\d{1,15}$/.test(seqText)) throw invalidArgument("cursor", `${JSON.stringify(cursor.slice(0, 80))} is not a fleet cursor ("<incarnation>.<seq>" from ListInstances or an event)`);
-  if (cursor.slice(0, dot) !== view.incarnation) return { reason: "the cursor is from another aggregator incarnation (it restarted): relist" };
-  const seq = Number(seqText);
+  const parsed = splitCursor(cursor);
+  if (!parsed) throw invalidArgument("cursor", `${JSON.stringify(cursor.slice(0, 80))} is not a fleet cursor ("<incarnation>.<seq>" from ListInstances or an event)`);
+  const { incarnation, seq } = parsed;
+  if (incarnation !== view.incarnation) return { reason: "the cursor is from another aggregator incarnation (it restarted): relist" };
   if (seq > view.lastSeq) return { reason: `the cursor ${seq} is ahead of the newest change ${view.lastSeq}: relist` };
   return seq;
 }
