@@ -41,12 +41,11 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# Install when node_modules is missing or older than the lock file. `npm install` rather than
-# `npm ci`: the registry reachable here serves only the Linux builds of @bufbuild/buf's
-# per-platform optional packages, so the lock file cannot list the others and `npm ci` refuses
-# it as out of sync. Versions are pinned exactly in package.json and the lock is honoured.
+# Install exactly the committed lock when node_modules is missing or older than it. The lock
+# lists every platform's build of the packages that ship binaries (@bufbuild/buf, @biomejs/biome,
+# rollup/rolldown under vitest), so `npm ci` takes it as it is and leaves `git status` clean.
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  npm install --no-audit --no-fund --loglevel=error
+  npm ci --no-audit --no-fund --loglevel=error
 fi
 
 # Build when any source is newer than the last build.

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs everything, checks the protos and gen/, builds,
-# runs every test, then the benchmarks' smoke modes.
+# The test command (README, .ci/run): installs everything, lints the code and the protos, checks
+# gen/ and the published API, builds, runs every test (vitest, from the TypeScript sources), then
+# the benchmarks' smoke modes. Ends with the plain line `tests: N passed, N failed, N skipped`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 
 bash scripts/setup.sh --test
 
+echo "== lint (biome) and types"
+npx biome ci --reporter=summary .
+npx tsc -p tsconfig.json --noEmit
+
 echo "== buf lint"
 npx buf lint
+
+echo "== buf breaking (against the published v1 API, proto/baseline/v1.binpb)"
+npx buf breaking --against proto/baseline/v1.binpb
 
 echo "== gen/ up to date"
 tmp=$(mktemp -d)
@@ -20,16 +29,16 @@ if ! diff -r gen "$tmp/gen" >/dev/null; then
 fi
 
 echo "== tests"
-# Files run in parallel (one process each); e2e tests bind port 0 and use unique names.
-mapfile -t files < <(find dist/test -name '*.test.js' | sort)
-log="$tmp/test-output.txt"
+# vitest.config.ts says which files need root and which must run alone.
+report="$tmp/vitest.json"
 status=0
-node --test --test-concurrency=2 "${files[@]}" 2>&1 | tee "$log" || status=$?
-passed=$(grep -E '^# pass [0-9]+$' "$log" | tail -1 | awk '{print $3}')
-failed=$(grep -E '^# fail [0-9]+$' "$log" | tail -1 | awk '{print $3}')
-skipped=$(grep -E '^# skipped [0-9]+$' "$log" | tail -1 | awk '{print $3}')
-summary="tests: ${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
-if [[ $status -ne 0 || "${passed:-0}" -eq 0 ]]; then
+npx vitest run --reporter=default --reporter=json --outputFile.json="$report" || status=$?
+summary=$(node -e '
+  const r = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+' "$report" 2>/dev/null || echo "tests: 0 passed, 1 failed, 0 skipped")
+if [[ $status -ne 0 || "$summary" == "tests: 0 passed"* ]]; then
   echo "$summary"
   exit 1
 fi
@@ -41,5 +50,6 @@ for b in dist/bench/*/main.js; do
   node "$b" --smoke
 done
 
+echo "== done in $((SECONDS - started)) s"
 # The test runner's summary once more, as the last line.
 echo "$summary"

@@ -1,4 +1,4 @@
-import { after, describe, it } from "node:test";
+import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { InstanceRegistry } from "../../agent/inventory/instance-registry.js";
@@ -13,7 +13,7 @@ const state = tempDir("restart");
 let agent: DaemonProcess | undefined;
 const start = () => startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", state.path, "--metrics-listen", "off"]);
 
-after(async () => {
+afterAll(async () => {
   await agent?.stop();
   state.remove();
 });

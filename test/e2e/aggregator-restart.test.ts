@@ -1,4 +1,4 @@
-import { after, describe, it } from "node:test";
+import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { fleetClient } from "../helpers/clients.js";
@@ -12,7 +12,7 @@ const state = tempDir("agg-restart");
 let agg: DaemonProcess | undefined;
 const start = () => startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", state.path, "--metrics-listen", "off", "--hosts", "cfg=127.0.0.1:1"]);
 
-after(async () => {
+afterAll(async () => {
   await agg?.stop();
   state.remove();
 });

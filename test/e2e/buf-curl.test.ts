@@ -1,17 +1,16 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { TEST_IMAGE, TestDockerd, dockerdSkipReason } from "../helpers/dockerd.js";
 import { mustRunInCi } from "../helpers/root.js";
+import { repoPath } from "../helpers/paths.js";
 
 // A client that is not ours checks the wire: the buf CLI (from node_modules) with server
 // reflection, exactly as the README tells operators to call the daemons.
 
-const BUF = resolve(dirname(fileURLToPath(import.meta.url)), "../../../node_modules/.bin/buf");
+const BUF = repoPath("node_modules", ".bin", "buf");
 let agent: DaemonProcess;
 let aggregator: DaemonProcess;
 const agentState = tempDir("bufcurl-agent");
@@ -35,7 +34,7 @@ async function call(address: string, method: string, body: object): Promise<Reco
   return JSON.parse(r.stdout || "{}") as Record<string, unknown>;
 }
 
-before(async () => {
+beforeAll(async () => {
   let runtime = ["--runtime", "none"];
   if (!dockerSkip) {
     dockerd = await TestDockerd.start();
@@ -46,7 +45,7 @@ before(async () => {
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", aggState.path, "--metrics-listen", "off", "--hosts", `local=${agent.address}`]);
 });
 
-after(async () => {
+afterAll(async () => {
   await Promise.all([agent.stop(), aggregator.stop()]);
   await dockerd?.stop();
   agentState.remove();
@@ -142,7 +141,7 @@ describe("buf curl against the aggregator", () => {
   });
 });
 
-describe("buf curl against RuntimeService (a private dockerd)", { skip: dockerSkip }, () => {
+describe.skipIf(dockerSkip)("buf curl against RuntimeService (a private dockerd)", () => {
   const rt = "fleetlet.agent.v1.RuntimeService";
   it("calls every method with JSON, agent and aggregator", async () => {
     const info = await call(agent.address, `${rt}/GetRuntimeInfo`, {});

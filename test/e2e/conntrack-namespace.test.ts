@@ -1,19 +1,18 @@
 import { once } from "node:events";
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createInterface } from "node:readline";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { mustRunInCi, rootSkipReason } from "../helpers/root.js";
+import { builtHelper } from "../helpers/paths.js";
 
 // The agent's conntrack reader against the real kernel, in a network namespace of its own
 // (testing.md "Conntrack"): subscribe, dump, then live NEW/UPDATE/DESTROY events of real TCP
 // connections.
 
 const skip = mustRunInCi(rootSkipReason() || iptablesMissing());
-const PROBE = resolve(dirname(fileURLToPath(import.meta.url)), "../helpers/conntrack-probe.js");
+const PROBE = builtHelper("conntrack-probe");
 const ns = `flt-ct-${randomBytes(3).toString("hex")}`;
 const children: ChildProcess[] = [];
 
@@ -33,7 +32,7 @@ function inNs(args: string[]): ChildProcess {
   return c;
 }
 
-before(() => {
+beforeAll(() => {
   if (skip) return;
   execFileSync("ip", ["netns", "add", ns]);
   execFileSync("ip", ["-n", ns, "link", "set", "lo", "up"]);
@@ -42,7 +41,7 @@ before(() => {
   execFileSync("ip", ["netns", "exec", ns, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1"]);
 });
 
-after(() => {
+afterAll(() => {
   for (const c of children) c.kill("SIGKILL");
   if (!skip) {
     try {
@@ -53,7 +52,7 @@ after(() => {
   }
 });
 
-describe("conntrack source (reader process + decoder) in a namespace", { skip }, () => {
+describe.skipIf(skip)("conntrack source (reader process + decoder) in a namespace", () => {
   it("dumps open flows and streams NEW → ESTABLISHED → TIME_WAIT → DESTROY of a new one", async () => {
     const server = inNs([process.execPath, "-e", `require("net").createServer((s) => s.on("data", () => {}).on("error", () => {})).listen(9000, "127.0.0.1", () => console.log("up"))`]);
     await new Promise((r) => server.stdout!.once("data", r));

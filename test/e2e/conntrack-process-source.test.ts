@@ -1,7 +1,8 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { ConntrackProcessSource } from "../../agent/kernel/conntrack-process-source.js";
+import { repoPath } from "../helpers/paths.js";
 
 // The agent keeps the netlink binding in a reader process of its own (it can abort on socket
 // overflows). A reader that dies costs lost events — reported, then a new reader and an
@@ -9,9 +10,10 @@ import { ConntrackProcessSource } from "../../agent/kernel/conntrack-process-sou
 
 const skip = process.getuid?.() !== 0 ? "needs root (CAP_NET_ADMIN) to read conntrack" : false;
 
-describe("ConntrackProcessSource", { skip }, () => {
+describe.skipIf(skip)("ConntrackProcessSource", () => {
   it("survives its reader being killed: error, new reader, overflow (resync), dumps work again", async () => {
-    const source = new ConntrackProcessSource();
+    // The reader is compiled next to the agent's JavaScript (scripts/setup.sh), not beside this source.
+    const source = new ConntrackProcessSource({ readerPath: repoPath("dist", "agent", "kernel", "conntrack-reader") });
     try {
       await source.start();
       const first = source.readerPid!;

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
@@ -89,16 +89,16 @@ function mixedLine(bytes: number): string {
   return out;
 }
 
-describe("Docker container logs (real engine)", { skip, timeout: 120_000 }, () => {
+describe.skipIf(skip)("Docker container logs (real engine)", { timeout: 120_000 }, () => {
   let d: TestDockerd;
   let docker: Dockerode;
   const dir = tempDir("docker-logs");
 
-  before(async () => {
+  beforeAll(async () => {
     d = await TestDockerd.start();
     docker = new Dockerode({ socketPath: d.socketPath });
   });
-  after(async () => {
+  afterAll(async () => {
     await d?.stop();
     dir.remove();
   });

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
@@ -125,7 +125,7 @@ class SocketProxy {
   }
 }
 
-describe("docker runtime against a real dockerd", { skip }, () => {
+describe.skipIf(skip)("docker runtime against a real dockerd", () => {
   let d: TestDockerd;
   let rt: ContainerRuntime;
   let rec: EventRecorder;
@@ -133,11 +133,11 @@ describe("docker runtime against a real dockerd", { skip }, () => {
   const scratch = tempDir("docker-runtime");
   const run = (...args: string[]) => d.docker("run", "-d", "--network", "none", ...args);
 
-  before(async () => {
+  beforeAll(async () => {
     d = await TestDockerd.start();
   });
 
-  after(async () => {
+  afterAll(async () => {
     await rt?.close();
     for (const o of others) await o.close();
     await d?.stop();

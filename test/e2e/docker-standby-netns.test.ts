@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -32,7 +32,7 @@ let transport: GrpcJsTransport | undefined;
 let inventory: Client<typeof InventoryService>;
 let standby: Client<typeof StandbyService>;
 
-before(async () => {
+beforeAll(async () => {
   if (skip) return;
   sh("ip", "netns", "add", hostNs);
   sh("ip", "-n", hostNs, "link", "set", "lo", "up");
@@ -64,7 +64,7 @@ before(async () => {
   standby = createClient(StandbyService, transport);
 });
 
-after(async () => {
+afterAll(async () => {
   transport?.close();
   for (const c of children) c.kill("SIGKILL");
   await dockerd?.stop();
@@ -100,7 +100,7 @@ function get(ip: string): Promise<string> {
   });
 }
 
-describe("docker standby driver in a namespace", { skip }, () => {
+describe.skipIf(skip)("docker standby driver in a namespace", () => {
   it("pauses an idle container, wakes it on a connection (served), and on WakeInstance", async () => {
     const id = dockerd!.docker("run", "-d", "--network", `fltnet-${tag}`, "--name", "sleepy", TEST_IMAGE, "sh", "-c", "mkdir -p /www && echo hello-from-sleepy > /www/hello.txt && exec httpd -f -p 8080 -h /www");
     const instanceId = `docker-${id.slice(0, 12)}`;

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { performance } from "node:perf_hooks";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
@@ -15,7 +15,7 @@ const dirs = [tempDir("fo-a"), tempDir("fo-b"), tempDir("fo-c"), tempDir("fo-agg
 let agents: DaemonProcess[] = [];
 let aggregator: DaemonProcess;
 
-before(async () => {
+beforeAll(async () => {
   agents = await Promise.all(
     ["a", "b", "c"].map((_, i) => startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[i]!.path, "--metrics-listen", "off"])),
   );
@@ -28,7 +28,7 @@ before(async () => {
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dirs[3]!.path, "--metrics-listen", "off", "--hosts", hosts]);
 });
 
-after(async () => {
+afterAll(async () => {
   for (const a of agents) a.child.kill("SIGCONT");
   await Promise.all([...agents.map((a) => a.stop()), aggregator.stop()]);
   for (const d of dirs) d.remove();

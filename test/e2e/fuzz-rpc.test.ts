@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { toBinary, type DescService } from "@bufbuild/protobuf";
@@ -30,7 +30,7 @@ let aggregator: DaemonProcess;
 // external ids, tails and cursors reach dockerd.
 let dockerd: TestDockerd | undefined;
 
-before(async () => {
+beforeAll(async () => {
   let runtime = ["--runtime", "none"];
   if (!mustRunInCi(dockerdSkipReason())) {
     dockerd = await TestDockerd.start();
@@ -41,7 +41,7 @@ before(async () => {
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dirs[1]!.path, "--metrics-listen", "off", "--hosts", `self=${agent.address}`]);
 });
 
-after(async () => {
+afterAll(async () => {
   await Promise.all([agent.stop(), aggregator.stop()]);
   await dockerd?.stop();
   for (const d of dirs) d.remove();

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentClients } from "../helpers/clients.js";
@@ -10,7 +10,7 @@ const dirs = [tempDir("get-agent"), tempDir("get-agg")];
 let agent: DaemonProcess;
 let aggregator: DaemonProcess;
 
-before(async () => {
+beforeAll(async () => {
   agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[0]!.path, "--metrics-listen", "off"]);
   const c = agentClients(agent.address);
   await c.inventory.registerInstance({ instance: { id: "vm-get", name: "getter", pid: agent.pid, allocatedVcpus: 2, allocatedMemoryBytes: 1n << 30n, labels: { team: "a" } } });
@@ -19,7 +19,7 @@ before(async () => {
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dirs[1]!.path, "--metrics-listen", "off", "--hosts", `live=${agent.address},gone=127.0.0.1:1`]);
 });
 
-after(async () => {
+afterAll(async () => {
   await Promise.all([agent.stop(), aggregator.stop()]);
   for (const d of dirs) d.remove();
 });

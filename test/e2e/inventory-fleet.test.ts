@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { createClient, type Client } from "@connectrpc/connect";
 import { InstanceState, InventoryService, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -117,7 +117,7 @@ async function settledView(): Promise<{ view: ListInstancesResponse; lists: Awai
   });
 }
 
-before(async () => {
+beforeAll(async () => {
   for (let i = 0; i < N; i++) {
     agents[i] = await startAgent(i);
     proxies[i] = await startTcpProxy(agents[i]!.address);
@@ -125,7 +125,7 @@ before(async () => {
   aggregator = await startAggregator();
 });
 
-after(async () => {
+afterAll(async () => {
   await Promise.all([...agents.map((a) => a?.stop()), aggregator?.stop(), ...proxies.map((p) => p.stop())]);
   for (const d of [...agentDirs, aggDir]) d.remove();
 });

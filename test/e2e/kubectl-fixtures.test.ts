@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
@@ -28,19 +28,19 @@ const run = promisify(execFile);
 
 const fixture = (path: string) => JSON.parse(readFileSync(join(KUBE_FIXTURES, path), "utf8")) as unknown;
 
-describe("kubectl against the Kubernetes API double", { skip }, () => {
+describe.skipIf(skip)("kubectl against the Kubernetes API double", () => {
   let double: KubeApiDouble;
   let dir: ReturnType<typeof tempDir>;
   let env: NodeJS.ProcessEnv;
 
-  before(async () => {
+  beforeAll(async () => {
     double = await KubeApiDouble.start();
     dir = tempDir("kubectl");
     // Never the machine's ~/.kube: a kubeconfig, a home and a discovery cache of our own.
     double.writeKubeconfig(join(dir.path, "config"));
     env = { PATH: process.env.PATH, HOME: dir.path, KUBECONFIG: join(dir.path, "config") };
   });
-  after(async () => {
+  afterAll(async () => {
     await double.close();
     dir.remove();
   });

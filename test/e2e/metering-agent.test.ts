@@ -1,4 +1,4 @@
-import { after, describe, it } from "node:test";
+import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createClient } from "@connectrpc/connect";
@@ -15,7 +15,7 @@ import { agentLedgerLines } from "../helpers/metering-checker.js";
 
 const state = tempDir("metering-e2e");
 let agent: DaemonProcess | undefined;
-after(async () => {
+afterAll(async () => {
   await agent?.stop();
   state.remove();
 });

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -47,7 +47,7 @@ async function mergedFeed(n: number): Promise<FleetMeteringEntry[]> {
   }
 }
 
-before(async () => {
+beforeAll(async () => {
   agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[0]!.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off"]);
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dirs[1]!.path, "--metrics-listen", "off", "--hosts", `h1=${agent.address}`]);
   agentClient = agentClients(agent.address);
@@ -65,7 +65,7 @@ before(async () => {
   ledgerId = feed[0]!.ledgerId;
 });
 
-after(async () => {
+afterAll(async () => {
   agentClient?.close();
   await Promise.all([agent?.stop(), aggregator?.stop()]);
   for (const d of dirs) d.remove();

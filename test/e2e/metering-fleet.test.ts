@@ -1,4 +1,4 @@
-import { after, describe, it } from "node:test";
+import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { createClient } from "@connectrpc/connect";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -20,7 +20,7 @@ const agents: (DaemonProcess | undefined)[] = [];
 let aggregator: DaemonProcess | undefined;
 const ports: number[] = [];
 
-after(async () => {
+afterAll(async () => {
   for (const a of agents) a?.child.kill("SIGCONT");
   await Promise.all([...agents.map((a) => a?.stop()), aggregator?.stop()]);
   for (const d of [...agentDirs, aggDir]) d.remove();

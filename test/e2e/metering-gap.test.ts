@@ -1,4 +1,4 @@
-import { after, describe, it } from "node:test";
+import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { createClient } from "@connectrpc/connect";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -21,7 +21,7 @@ const secondStore = tempDir("gap-agg2");
 let agent: DaemonProcess | undefined;
 let aggregator: DaemonProcess | undefined;
 
-after(async () => {
+afterAll(async () => {
   await Promise.all([agent?.stop(), aggregator?.stop()]);
   for (const d of [agentDir, firstStore, secondStore]) d.remove();
 });

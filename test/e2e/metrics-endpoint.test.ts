@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { createClient } from "@connectrpc/connect";
@@ -16,7 +16,7 @@ const state = tempDir("metrics-endpoint");
 let agent: DaemonProcess;
 let port: number;
 
-before(async () => {
+beforeAll(async () => {
   port = await new Promise<number>((res) => {
     const s = net.createServer().listen(0, "127.0.0.1", () => {
       const p = (s.address() as net.AddressInfo).port;
@@ -29,7 +29,7 @@ before(async () => {
   c.close();
 });
 
-after(async () => {
+afterAll(async () => {
   await agent.stop();
   state.remove();
 });

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -15,14 +15,14 @@ let clients: ReturnType<typeof agentClients>;
 let busy: ChildProcess;
 const state = tempDir("real-process");
 
-before(async () => {
+beforeAll(async () => {
   agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", state.path, "--metrics-listen", "off"]);
   clients = agentClients(agent.address);
   busy = startBusyProcess(64);
   await new Promise((r) => setTimeout(r, 300));
 });
 
-after(async () => {
+afterAll(async () => {
   busy.kill("SIGKILL");
   clients.close();
   await agent.stop();

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -35,7 +35,7 @@ function linkBytes(dev: string): { rx: bigint; tx: bigint } {
   return { rx: BigInt(link!.stats64.rx.bytes), tx: BigInt(link!.stats64.tx.bytes) };
 }
 
-before(async () => {
+beforeAll(async () => {
   if (skip) return;
   ip("netns", "add", ns);
   ip("link", "add", hostIf, "type", "veth", "peer", "name", guestIf);
@@ -58,7 +58,7 @@ before(async () => {
   agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", state.path, "--metrics-listen", "off"]);
 });
 
-after(async () => {
+afterAll(async () => {
   server?.kill("SIGKILL");
   await agent?.stop();
   if (!skip) {
@@ -90,7 +90,7 @@ function echoTraffic(bytes: number): Promise<void> {
   });
 }
 
-describe("a veth pair carrying traffic", { skip }, () => {
+describe.skipIf(skip)("a veth pair carrying traffic", () => {
   it("net_rx/net_tx equal the host side's tx/rx from ip -s link", async () => {
     const clients = agentClients(agent!.address);
     try {

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createClient, type Client } from "@connectrpc/connect";
@@ -46,7 +46,7 @@ function cli(...args: string[]): { stdout: string; stderr: string } {
   }
 }
 
-before(async () => {
+beforeAll(async () => {
   if (skip) return;
   dockerd = await TestDockerd.start();
   agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[0]!.path, "--metrics-listen", "off", "--runtime", "docker", "--docker-host", dockerd.host]);
@@ -56,7 +56,7 @@ before(async () => {
   runtime = createClient(RuntimeService, transport);
 });
 
-after(async () => {
+afterAll(async () => {
   if (skip) return;
   transport?.close();
   await Promise.all([agent?.stop(), bare?.stop(), aggregator?.stop()]);
@@ -64,7 +64,7 @@ after(async () => {
   for (const d of dirs) d.remove();
 });
 
-describe("containers through agent, inventory and aggregator", { skip }, () => {
+describe.skipIf(skip)("containers through agent, inventory and aggregator", () => {
   it("a started container is listed, watched, and in the inventory as an instance", async () => {
     const ac = new AbortController();
     const stream = runtime.watchRuntimeEvents({ runtime: "docker" }, { signal: ac.signal })[Symbol.asyncIterator]();

@@ -1,4 +1,4 @@
-import { after, describe, it } from "node:test";
+import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -23,7 +23,7 @@ const skip = mustRunInCi(rootSkipReason());
 const sh = (...args: string[]) => execFileSync(args[0]!, args.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
 const envs: Env[] = [];
 
-after(() => {
+afterAll(() => {
   for (const e of envs) e.teardown();
 });
 
@@ -145,7 +145,7 @@ async function register(env: Env, policy: MessageInitShape<typeof StandbyPolicyS
   return async () => (await env.standby.getStandbyStatus({ instanceId: "web" })).status!.status;
 }
 
-describe("auto-standby in network namespaces", { skip }, () => {
+describe.skipIf(skip)("auto-standby in network namespaces", () => {
   it("an open connection keeps it awake past its timeout; idle → SIGSTOP'd once; a new connection wakes it and is served", async () => {
     const env = await setUp();
     const pid = env.server.pid!;

@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -14,7 +14,7 @@ import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 
 const skip = process.getuid?.() !== 0 ? "needs root to start the agent with a capability taken away" : false;
 
-describe("an agent without CAP_NET_ADMIN", { skip }, () => {
+describe.skipIf(skip)("an agent without CAP_NET_ADMIN", () => {
   it("reports UNSUPPORTED with the reason, and registers and measures as usual", async () => {
     const d = tempDir("unpriv");
     // Still root (so it can read the checkout wherever it lives), but with CAP_NET_ADMIN out of

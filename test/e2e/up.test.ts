@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { runFleetlet } from "../helpers/daemon-process.js";
@@ -44,7 +44,7 @@ describe("fleetlet up", () => {
     assert.match(r.stdout, /fleetlet up: stopped/);
   });
 
-  it("--demo-network puts the demos behind veth pairs: real network counters, all removed afterwards", { skip: mustRunInCi(rootSkipReason()) }, async () => {
+  it.skipIf(mustRunInCi(rootSkipReason()))("--demo-network puts the demos behind veth pairs: real network counters, all removed afterwards", async () => {
     const d = tempDir("up-net");
     const [aggPort, agentPort] = [await freePort(), await freePort()];
     const r = await runFleetlet(

@@ -1,10 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { repoPath } from "./paths.js";
 
-/** bin/fleetlet.js of this checkout (tests run from dist/test/...). */
-export const FLEETLET_BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../../bin/fleetlet.js");
+/** bin/fleetlet.js of this checkout (it runs the compiled dist/). */
+export const FLEETLET_BIN = repoPath("bin", "fleetlet.js");
 
 export interface DaemonProcess {
   child: ChildProcess;

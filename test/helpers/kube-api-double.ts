@@ -1,9 +1,9 @@
 import http from "node:http";
 import { readFileSync, writeFileSync } from "node:fs";
 import type { AddressInfo, Socket } from "node:net";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { asTable, wantsTable } from "./kube-table.js";
+import { repoPath } from "./paths.js";
 
 /**
  * A stand-in for a Kubernetes API server (testing.md "Kubernetes": none can run here): a local
@@ -28,7 +28,7 @@ import { asTable, wantsTable } from "./kube-table.js";
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Json = Record<string, any>;
 
-export const KUBE_FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), "../../../test/fixtures/kubernetes");
+export const KUBE_FIXTURES = repoPath("test", "fixtures", "kubernetes");
 
 export interface RecordedRequest {
   method: string;

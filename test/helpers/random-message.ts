@@ -96,6 +96,7 @@ export function randomBytes<T extends DescMessage>(schema: T, rnd: () => number)
   const valid = Buffer.from(toBinary(schema, randomMessage(schema, rnd)));
   if (valid.length === 0) return Buffer.from([Math.floor(rnd() * 256)]);
   if (r < 0.7) return valid.subarray(0, Math.floor(rnd() * valid.length));
-  valid[Math.floor(rnd() * valid.length)] ^= 1 << Math.floor(rnd() * 8);
+  const at = Math.floor(rnd() * valid.length);
+  valid[at] = valid[at]! ^ (1 << Math.floor(rnd() * 8));
   return valid;
 }

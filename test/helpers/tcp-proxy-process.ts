@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import net from "node:net";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { builtHelper } from "./paths.js";
 
 export interface TcpProxy {
   child: ChildProcess;
@@ -17,7 +18,7 @@ export interface TcpProxy {
 }
 
 export async function startTcpProxy(target: string): Promise<TcpProxy> {
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), target], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [builtHelper("tcp-proxy-process"), target], { stdio: ["ignore", "pipe", "inherit"] });
   const port = await new Promise<number>((res, rej) => {
     createInterface({ input: child.stdout! }).once("line", (line) => res((JSON.parse(line) as { port: number }).port));
     child.once("exit", (code) => rej(new Error(`tcp proxy exited (${code}) before listening`)));

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, it } from "node:test";
+import { afterEach, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { mkdirSync, rmSync } from "node:fs";
 import { create, equals } from "@bufbuild/protobuf";

@@ -1,15 +1,14 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { ConntrackDecodeError, decodeDatagram, dumpRequest, type ConntrackFlow } from "../../../agent/kernel/conntrack-decoder.js";
 import { prng } from "../../helpers/random-message.js";
+import { repoPath } from "../../helpers/paths.js";
 
 // Bytes captured from a real NETLINK_NETFILTER socket (see test/fixtures/conntrack/README.md):
 // a dump of one ESTABLISHED loopback flow, NLMSG_DONE, then the events of a second connection
 // to 127.0.0.1:9000 opened and closed.
-const FIXTURE = resolve(dirname(fileURLToPath(import.meta.url)), "../../../../test/fixtures/conntrack/loopback-session.hex");
+const FIXTURE = repoPath("test", "fixtures", "conntrack", "loopback-session.hex");
 const datagrams = readFileSync(FIXTURE, "utf8").trim().split("\n").map((h) => Buffer.from(h, "hex"));
 
 const flows = (msgs: ReturnType<typeof decodeDatagram>): ConntrackFlow[] => msgs.flatMap((m) => (m.type === "flow" ? [m.flow] : []));

@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { statLine } from "./proc-fixture-tree.js";
 import { parseCounter, parseProcStat, parseProcStatm, ProcParseError } from "../../../agent/kernel/proc-stat-parser.js";

@@ -1,17 +1,17 @@
-import { afterEach, beforeEach, describe, it } from "node:test";
+import { afterEach, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { appendFileSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { LedgerCorruptError, LedgerOverflowError, MeteringLedger } from "../../../agent/metering/ledger.js";
 import { LedgerFormatError, encodeLedgerLine, parseLedgerLine, type LedgerEntry, type LedgerEntryInput } from "../../../agent/metering/ledger-entry.js";
 import { segmentFileName } from "../../../agent/metering/ledger-segment.js";
 import { prng } from "../../helpers/random-message.js";
 import { tempDir } from "../../helpers/temp-dir.js";
 import type { FillResult } from "../../helpers/ledger-writer-process.js";
+import { builtHelper } from "../../helpers/paths.js";
 
-const WRITER = fileURLToPath(new URL("../../helpers/ledger-writer-process.js", import.meta.url));
+const WRITER = builtHelper("ledger-writer-process");
 
 let dir: ReturnType<typeof tempDir>;
 beforeEach(() => (dir = tempDir("ledger")));

@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { create } from "@bufbuild/protobuf";
@@ -45,7 +45,7 @@ function value(text: string, name: string, labels = ""): number | undefined {
   return line === undefined ? undefined : Number(line.split(" ").pop());
 }
 
-before(async () => {
+beforeAll(async () => {
   metrics = await startDaemonMetrics("test", parseHostPort(`127.0.0.1:${await freePort()}`));
   const logger = createLogger("test", "silent");
   logger.warn = ((o: unknown) => void warnings.push(o)) as typeof logger.warn;
@@ -55,7 +55,7 @@ before(async () => {
   }, 2, logger);
 });
 
-after(() => metrics.shutdown());
+afterAll(() => metrics.shutdown());
 
 describe("Prometheus export", () => {
   it("exports the fleetlet_vm_* instruments under metrics.md's names, in the instance view", async () => {

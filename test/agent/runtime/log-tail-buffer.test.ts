@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { LogLineSchema } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";

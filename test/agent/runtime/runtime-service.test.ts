@@ -1,4 +1,4 @@
-import { after, before, beforeEach, describe, it } from "node:test";
+import { afterAll, beforeAll, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -29,7 +29,7 @@ let docker: FakeRuntime;
 let kube: FakeRuntime;
 let log: RuntimeEventLog;
 
-before(async () => {
+beforeAll(async () => {
   docker = new FakeRuntime("docker");
   kube = new FakeRuntime("kubernetes");
   log = new RuntimeEventLog("inc1", 64);
@@ -43,7 +43,7 @@ before(async () => {
   client = createClient(RuntimeService, transport);
 });
 
-after(async () => {
+afterAll(async () => {
   transport.close();
   await server.close(1000);
 });

@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { isActiveInbound, isActiveTcpState, type Flow } from "../../../agent/standby/flow-classifier.js";
 import { parseCidr } from "../../../agent/standby/standby-policy.js";

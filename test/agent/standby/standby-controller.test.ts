@@ -1,4 +1,4 @@
-import { beforeEach, describe, it } from "node:test";
+import { beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, it } from "node:test";
+import { afterEach, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { InstanceKind, InstanceSchema, InstanceState, type Instance } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";

@@ -1,11 +1,10 @@
 import { prng } from "../../helpers/random-message.js";
-import { describe, it, afterEach } from "node:test";
+import { describe, it, afterEach } from "vitest";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { openSync, readFileSync, closeSync, writeSync, writeFileSync, fstatSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import {
   METERING_STORE_FILE,
@@ -19,8 +18,9 @@ import { METERING_MIGRATIONS, migrate, schemaVersion } from "../../../aggregator
 import { openMeteringDatabase } from "../../../aggregator/metering/store-database.js";
 import { tempDir } from "../../helpers/temp-dir.js";
 import { writerLine, type WriterConfig, type WriterReport } from "../../helpers/metering-store-writer.js";
+import { builtHelper } from "../../helpers/paths.js";
 
-const WRITER_JS = fileURLToPath(new URL("../../helpers/metering-store-writer.js", import.meta.url));
+const WRITER_JS = builtHelper("metering-store-writer");
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -368,7 +368,7 @@ describe("MeteringStore", () => {
     assert.throws(() => reopened.read(0, 5000), (e: Error) => e.message.startsWith(`${file}: not a SQLite database or corrupt (SQLITE_CORRUPT`));
   });
 
-  it("after kill -9 at random moments, every reported merge is there exactly once, fleet_seq gapless, no half batch", async (t) => {
+  it("after kill -9 at random moments, every reported merge is there exactly once, fleet_seq gapless, no half batch", async () => {
     const dir = freshDir();
     const hosts = ["h1", "h2", "h3"];
     const ledgers = new Map(hosts.map((h) => [h, `${h}-ledger-1`]));
@@ -434,7 +434,7 @@ describe("MeteringStore", () => {
         store.close();
       }
     }
-    t.diagnostic(`${rounds} rounds, ${reportedFleetSeqs.size} entries reported merged, killed inside a merge in ${killedMidMerge} rounds`);
+    console.log(`${rounds} rounds, ${reportedFleetSeqs.size} entries reported merged, killed inside a merge in ${killedMidMerge} rounds`);
   });
 });
 

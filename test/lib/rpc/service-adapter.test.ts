@@ -1,4 +1,4 @@
-import { after, before, describe, it } from "node:test";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import http2 from "node:http2";
@@ -21,7 +21,7 @@ let client: Client<typeof EchoService>;
 let raw: grpc.Client;
 const logLines: Record<string, unknown>[] = [];
 
-before(async () => {
+beforeAll(async () => {
   const logger = createLogger("test", "info");
   // Capture the per-RPC log lines instead of printing them.
   const capture = logger.child({});
@@ -37,7 +37,7 @@ before(async () => {
   raw = new grpc.Client(server.address, grpc.credentials.createInsecure());
 });
 
-after(async () => {
+afterAll(async () => {
   transport.close();
   raw.close();
   await server.close(1000);

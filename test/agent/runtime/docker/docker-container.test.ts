@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { ContainerState, HealthStatus } from "../../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { dockerInstanceId, dockerState, inspectToContainer, inspectToHealth } from "../../../../agent/runtime/docker/docker-container.js";

@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { dockerEventKey, normaliseDockerEvent, parseDockerEventLine } from "../../../../agent/runtime/docker/docker-events.js";

@@ -1,13 +1,12 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { DockerLogFrameError, DockerLogFrameParser, type DockerLogFrame } from "../../../../agent/runtime/docker/docker-log-frames.js";
 import { prng } from "../../../helpers/random-message.js";
+import { repoPath } from "../../../helpers/paths.js";
 
 // Bytes captured from a real engine: see test/fixtures/docker/logs-fixtures.md.
-const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), "../../../../../test/fixtures/docker");
+const FIXTURES = repoPath("test", "fixtures", "docker");
 const interleaved = readFileSync(`${FIXTURES}/logs-interleaved.bin`);
 const untimed = readFileSync(`${FIXTURES}/logs-interleaved-untimed.bin`);
 const longLine = readFileSync(`${FIXTURES}/logs-long-line.bin`);

@@ -1,21 +1,20 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
 import { Readable } from "node:stream";
-import { fileURLToPath } from "node:url";
 import type Dockerode from "dockerode";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LogEndReason, LogStream, type LogLine } from "../../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import type { LogBatch } from "../../../../agent/runtime/container-runtime.js";
 import { fetchDockerLogs, streamDockerLogs } from "../../../../agent/runtime/docker/docker-logs.js";
 import { parseRfc3339Nano } from "../../../../agent/runtime/log-line-assembler.js";
+import { repoPath } from "../../../helpers/paths.js";
 
 // docker-logs.ts against a stand-in for dockerode's modem that answers with bytes captured from
 // a real engine (test/fixtures/docker/logs-fixtures.md), cut at every byte boundary. The real
 // engine is in test/e2e/docker-logs.test.ts.
 
-const FIXTURES = resolve(dirname(fileURLToPath(import.meta.url)), "../../../../../test/fixtures/docker");
+const FIXTURES = repoPath("test", "fixtures", "docker");
 const interleaved = readFileSync(`${FIXTURES}/logs-interleaved.bin`);
 const longLine = readFileSync(`${FIXTURES}/logs-long-line.bin`);
 

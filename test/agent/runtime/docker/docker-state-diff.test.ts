@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import type { Container, RuntimeEvent } from "../../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { inspectToContainer } from "../../../../agent/runtime/docker/docker-container.js";

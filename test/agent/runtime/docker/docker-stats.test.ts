@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { dockerStatsToContainerStats, type DockerStatsInput } from "../../../../agent/runtime/docker/docker-stats.js";
 import type { DockerStatsJson } from "../../../../agent/runtime/docker/docker-api-types.js";

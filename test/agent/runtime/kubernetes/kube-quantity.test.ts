@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { parseBytes, parseCpuCores, parseQuantity, QuantityError } from "../../../../agent/runtime/kubernetes/kube-quantity.js";
 import { prng } from "../../../helpers/random-message.js";

@@ -1,4 +1,4 @@
-import { after, describe, it } from "node:test";
+import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
@@ -11,7 +11,7 @@ import { DriverError } from "../../../../agent/standby/drivers/standby-driver.js
 import { tempDir } from "../../../helpers/temp-dir.js";
 
 const children: ChildProcess[] = [];
-after(() => {
+afterAll(() => {
   for (const c of children) c.kill("SIGKILL");
 });
 
@@ -72,7 +72,7 @@ const v2 = existsSync("/sys/fs/cgroup/cgroup.controllers");
 const v1 = existsSync("/sys/fs/cgroup/freezer");
 const cgroupSkip = process.getuid?.() !== 0 ? "needs root" : !v2 && !v1 ? "no cgroup v2 and no v1 freezer here" : false;
 
-describe("cgroup driver", { skip: cgroupSkip }, () => {
+describe.skipIf(cgroupSkip)("cgroup driver", () => {
   it("freezes and thaws the process's own cgroup", async () => {
     const name = `fleetlet-test-${randomBytes(3).toString("hex")}`;
     const dir = v2 ? join("/sys/fs/cgroup", name) : join("/sys/fs/cgroup/freezer", name);
