@@ -3,6 +3,7 @@ import { performance } from "node:perf_hooks";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { HostConnection } from "./hosts/host-connection.js";
 import { codeName } from "../lib/rpc/status-codes.js";
+import { mapBounded } from "../lib/worker-pool.js";
 
 export interface HostOutcome<T> {
   host: string;
@@ -41,23 +42,12 @@ export async function fanOut<T>(
   if (options.signal?.aborted) onAbort();
   options.signal?.addEventListener("abort", onAbort, { once: true });
   const perHost = { ...options, signal: all.signal };
-  const outcomes: HostOutcome<T>[] = new Array(hosts.length);
-  let next = 0;
-  const worker = async () => {
-    for (;;) {
-      const i = next++;
-      if (i >= hosts.length) return;
-      const host = hosts[i]!;
-      outcomes[i] = await callOne(host, call, perHost);
-    }
-  };
-  const workers = Math.max(1, Math.min(options.concurrency, hosts.length));
   try {
-    await Promise.all(Array.from({ length: workers }, worker));
+    // callOne never throws: every host gets its outcome, in the order of `hosts`.
+    return await mapBounded(hosts, options.concurrency, (host) => callOne(host, call, perHost));
   } finally {
     options.signal?.removeEventListener("abort", onAbort);
   }
-  return outcomes;
 }
 
 async function callOne<T>(

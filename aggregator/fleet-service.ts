@@ -27,8 +27,10 @@ import { MeteringConflictError, type MeteringStore, type StoredEntry } from "./m
 import { agentStatEntries, hostStatEntries } from "./stats-splice.js";
 import { wireResponse } from "../lib/rpc/service-adapter.js";
 import { followSource } from "../lib/rpc/follow-source.js";
-import { hostTimeoutProblem, type HostConnection } from "./hosts/host-connection.js";
+import { hostTimeoutProblem } from "../lib/host-timeout.js";
+import type { HostConnection } from "./hosts/host-connection.js";
 import type { HostRegistry } from "./hosts/host-registry.js";
+import { errorMessage } from "../lib/error-message.js";
 
 export interface FleetOptions {
   defaultPerHostTimeoutMs: number;
@@ -92,7 +94,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       try {
         port = parseHostPort(req.address).port;
       } catch (e) {
-        throw invalidArgument("address", (e as Error).message);
+        throw invalidArgument("address", errorMessage(e));
       }
       if (port === 0) throw invalidArgument("address", "port 0 cannot be dialled");
       const perHostTimeoutMs = req.perHostTimeout ? checkedTimeout(req.perHostTimeout, "per_host_timeout") : undefined;
@@ -115,7 +117,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
           try {
             return agentStatEntries(raw);
           } catch (e) {
-            throw new ConnectError(`malformed answer from the agent: ${(e as Error).message}`, Code.Internal);
+            throw new ConnectError(`malformed answer from the agent: ${errorMessage(e)}`, Code.Internal);
           }
         },
         { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },

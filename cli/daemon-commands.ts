@@ -1,14 +1,13 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
-import { startAgent } from "../agent/agent-daemon.js";
 import { validateTapPrefix } from "../agent/inventory/interface-name.js";
 import { parseRuntimeList, type RuntimeOptions } from "../agent/runtime/runtime-setup.js";
-import { startAggregator } from "../aggregator/aggregator-daemon.js";
 import { mergeHostConfigs, parseHostsFile, parseHostsFlag } from "../aggregator/hosts/host-list-parser.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger } from "../lib/rpc/logger.js";
 import { applyConfigFile, configurable, parse } from "./options.js";
+import { errorMessage } from "../lib/error-message.js";
 
 /** Default state location: /var/lib/fleetlet as root, ./.fleetlet otherwise (architecture.md). */
 export function defaultStateBase(): string {
@@ -22,7 +21,7 @@ async function runUntilSignal(name: string, start: () => Promise<{ close(): Prom
     daemon = await start();
   } catch (e) {
     // Unusable state dir, port in use, bad hosts file: one line, exit 2.
-    process.stderr.write(`fleetlet ${name}: ${(e as Error).message}\n`);
+    process.stderr.write(`fleetlet ${name}: ${errorMessage(e)}\n`);
     process.exit(2);
   }
   let stopping = false;
@@ -89,16 +88,19 @@ export function agentCommand(): Command {
       try {
         validateTapPrefix(o.tapPrefix);
       } catch (e) {
-        command.error(`error: option '--tap-prefix': ${(e as Error).message}`, { exitCode: 2 });
+        command.error(`error: option '--tap-prefix': ${errorMessage(e)}`, { exitCode: 2 });
       }
       let runtimes: RuntimeOptions["runtimes"] = "auto";
       try {
         runtimes = parseRuntimeList(o.runtime);
         if (o.dockerHost !== undefined && !/^unix:\/\/\/.+/.test(o.dockerHost)) throw new Error(`--docker-host: expected unix:///path/to/docker.sock, got ${JSON.stringify(o.dockerHost)}`);
       } catch (e) {
-        command.error(`error: option ${(e as Error).message}`, { exitCode: 2 });
+        command.error(`error: option ${errorMessage(e)}`, { exitCode: 2 });
       }
       checkLevel(command, o.logLevel);
+      // Each daemon's modules are loaded only by its own command (the agent never loads the
+      // aggregator's SQLite store, nor `fleetlet get` either daemon).
+      const { startAgent } = await import("../agent/agent-daemon.js");
       await runUntilSignal("agent", () =>
         startAgent({
           listen: o.listen,
@@ -162,8 +164,9 @@ export function aggregatorCommand(): Command {
           o.hostsFile ? parseHostsFile(readFileSync(o.hostsFile, "utf8"), o.hostsFile) : [],
         );
       } catch (e) {
-        command.error(`error: ${o.hostsFile && !o.hosts ? "option '--hosts-file'" : "hosts"}: ${(e as Error).message}`, { exitCode: 2 });
+        command.error(`error: ${o.hostsFile && !o.hosts ? "option '--hosts-file'" : "hosts"}: ${errorMessage(e)}`, { exitCode: 2 });
       }
+      const { startAggregator } = await import("../aggregator/aggregator-daemon.js");
       await runUntilSignal("aggregator", () =>
         startAggregator({
           listen: o.listen,

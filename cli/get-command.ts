@@ -34,6 +34,7 @@ import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import { getMetering, meteringFromOption, meteringLimitOption } from "./metering-command.js";
 import { parse } from "./options.js";
 import { formatAge, formatBytes, formatPercent, formatTable } from "./table.js";
+import { errorMessage } from "../lib/error-message.js";
 
 interface GetOptions {
   aggregator?: string;
@@ -62,7 +63,7 @@ export function getCommand(): Command {
       try {
         parse.address(target);
       } catch (e) {
-        command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${(e as Error).message}`, { exitCode: 2 });
+        command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${errorMessage(e)}`, { exitCode: 2 });
       }
       if (await getMetering(what, opts, command)) return;
       const transport = createGrpcJsTransport(target);
@@ -145,7 +146,7 @@ export function getCommand(): Command {
           }
         }
       } catch (e) {
-        process.stderr.write(`fleetlet get ${what}: ${target}: ${(e as Error).message}\n`);
+        process.stderr.write(`fleetlet get ${what}: ${target}: ${errorMessage(e)}\n`);
         process.exitCode = 1;
       } finally {
         transport.close();

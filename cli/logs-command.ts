@@ -5,6 +5,7 @@ import { LogEndReason, LogStream, RuntimeService, type LogLine } from "../gen/fl
 import { FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import { parse } from "./options.js";
+import { errorMessage } from "../lib/error-message.js";
 
 interface LogsOptions {
   aggregator?: string;
@@ -47,7 +48,7 @@ export function logsCommand(): Command {
       try {
         parse.address(address);
       } catch (e) {
-        command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${(e as Error).message}`, { exitCode: 2 });
+        command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${errorMessage(e)}`, { exitCode: 2 });
       }
       const transport = createGrpcJsTransport(address);
       const abort = new AbortController();
@@ -73,7 +74,7 @@ export function logsCommand(): Command {
         }
       } catch (e) {
         if (!abort.signal.aborted) {
-          process.stderr.write(`fleetlet logs: ${address}: ${(e as Error).message}\n`);
+          process.stderr.write(`fleetlet logs: ${address}: ${errorMessage(e)}\n`);
           process.exitCode = 1;
         }
       } finally {

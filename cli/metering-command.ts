@@ -8,6 +8,7 @@ import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import { IntervalPairer, formatShape, intervalJson, intervalsSummary, intervalsTable, parseMeteringLine } from "./metering-intervals.js";
 import { parse } from "./options.js";
 import { formatTable } from "./table.js";
+import { errorMessage } from "../lib/error-message.js";
 
 /**
  * The metering read side of the CLI (metering.md "The fleet feed"): `fleetlet get metering`,
@@ -110,7 +111,7 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
       }
     }
   } catch (e) {
-    process.stderr.write(`fleetlet get metering: ${target}: ${(e as Error).message}\n`);
+    process.stderr.write(`fleetlet get metering: ${target}: ${errorMessage(e)}\n`);
     process.exitCode = 1;
     return true;
   } finally {
@@ -130,7 +131,7 @@ function entryCells(line: string, fallback?: FleetMeteringEntry): string[] {
     const e = parseMeteringLine(line);
     return [String(e.seq), e.kind, e.vm_id ?? e.snapshot_id ?? "-", e.reason ?? "-", formatShape(e.shape), e.emitted_at];
   } catch (err) {
-    return [fallback?.seq.toString() ?? "?", fallback?.kind || "?", fallback?.vmId || fallback?.snapshotId || "-", "-", "-", `unreadable line: ${(err as Error).message}`];
+    return [fallback?.seq.toString() ?? "?", fallback?.kind || "?", fallback?.vmId || fallback?.snapshotId || "-", "-", "-", `unreadable line: ${errorMessage(err)}`];
   }
 }
 
@@ -222,7 +223,7 @@ function aggregatorAddress(value: string | undefined, command: Command): string 
   try {
     parse.address(address);
   } catch (e) {
-    command.error(`error: --aggregator: ${(e as Error).message}`, { exitCode: 2 });
+    command.error(`error: --aggregator: ${errorMessage(e)}`, { exitCode: 2 });
   }
   return address;
 }
@@ -307,14 +308,14 @@ async function exportFeed(address: string, opts: ExportOptions): Promise<number>
         if (abort.signal.aborted) break;
         if (ConnectError.from(e).code !== Code.Unavailable) throw e;
         // The aggregator restarted or the network blinked: continue where this stopped.
-        process.stderr.write(`fleetlet metering export: ${address}: ${(e as Error).message}; retrying from --from ${next}\n`);
+        process.stderr.write(`fleetlet metering export: ${address}: ${errorMessage(e)}; retrying from --from ${next}\n`);
         await new Promise((r) => setTimeout(r, backoffMs));
         backoffMs = Math.min(backoffMs * 2, 5000);
       }
     }
   } catch (e) {
     if (!abort.signal.aborted) {
-      process.stderr.write(`fleetlet metering export: ${address}: ${(e as Error).message}\n`);
+      process.stderr.write(`fleetlet metering export: ${address}: ${errorMessage(e)}\n`);
       code = 1;
     }
   } finally {
@@ -343,7 +344,7 @@ async function printIntervals(address: string, opts: IntervalsOptions): Promise<
       for (const e of entries) pairer.add({ fleetSeq: Number(e.fleetSeq), host: e.host, ledgerId: e.ledgerId, line: e.line });
     });
   } catch (e) {
-    process.stderr.write(`fleetlet metering intervals: ${address}: ${(e as Error).message}\n`);
+    process.stderr.write(`fleetlet metering intervals: ${address}: ${errorMessage(e)}\n`);
     return 1;
   } finally {
     transport.close();

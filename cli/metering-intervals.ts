@@ -1,5 +1,6 @@
 import { formatDurationMs } from "../lib/duration.js";
 import { formatBytes, formatTable } from "./table.js";
+import { errorMessage } from "../lib/error-message.js";
 
 /**
  * `fleetlet metering intervals`: what downstream billing computes from the fleet feed
@@ -88,7 +89,7 @@ export function parseMeteringLine(line: string): MeteringLine {
   try {
     v = JSON.parse(line);
   } catch (e) {
-    throw new Error(`not JSON: ${(e as Error).message}`);
+    throw new Error(`not JSON: ${errorMessage(e)}`);
   }
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
   const o = v as Record<string, unknown>;
@@ -159,7 +160,7 @@ export class IntervalPairer {
       line = parseMeteringLine(entry.line);
       ns = emittedAtNs(line.emitted_at);
     } catch (e) {
-      problem((e as Error).message);
+      problem(errorMessage(e));
       return;
     }
     const m = /^(vm\.compute|vm\.storage|snap\.storage)\.(start|stop)$/.exec(line.kind);

@@ -2,7 +2,8 @@ import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { parseHostPort, type ListenAddress } from "../lib/listen-address.js";
 import { parseDurationMs } from "../lib/duration.js";
-import { hostTimeoutProblem } from "../aggregator/hosts/host-connection.js";
+import { hostTimeoutProblem } from "../lib/host-timeout.js";
+import { errorMessage } from "../lib/error-message.js";
 
 /** Commander argument parsers: each throws InvalidArgumentError with the rule that failed. */
 export const parse = {
@@ -10,7 +11,7 @@ export const parse = {
     try {
       return parseHostPort(value);
     } catch (e) {
-      throw new InvalidArgumentError((e as Error).message);
+      throw new InvalidArgumentError(errorMessage(e));
     }
   },
   optionalAddress(value: string): ListenAddress | undefined {
@@ -23,7 +24,7 @@ export const parse = {
       if (ms <= 0) throw new Error(`${JSON.stringify(value)} must be greater than 0`);
       return ms;
     } catch (e) {
-      throw new InvalidArgumentError((e as Error).message);
+      throw new InvalidArgumentError(errorMessage(e));
     }
   },
   hostTimeoutMs(value: string): number {
@@ -38,7 +39,7 @@ export const parse = {
       if (ms < 0) throw new Error(`${JSON.stringify(value)} must not be negative`);
       return ms;
     } catch (e) {
-      throw new InvalidArgumentError((e as Error).message);
+      throw new InvalidArgumentError(errorMessage(e));
     }
   },
   positiveInt(value: string): number {
@@ -76,7 +77,7 @@ export function applyConfigFile(command: Command): void {
   try {
     doc = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
   } catch (e) {
-    command.error(`--config ${file}: ${(e as Error).message}`, { exitCode: 2 });
+    command.error(`--config ${file}: ${errorMessage(e)}`, { exitCode: 2 });
   }
   if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
     command.error(`--config ${file}: must be a JSON object`, { exitCode: 2 });
@@ -92,7 +93,7 @@ export function applyConfigFile(command: Command): void {
       const value = option.parseArg ? option.parseArg(text, undefined) : text;
       command.setOptionValueWithSource(attr, value, "config");
     } catch (e) {
-      command.error(`--config ${file}: ${key}: ${(e as Error).message}`, { exitCode: 2 });
+      command.error(`--config ${file}: ${key}: ${errorMessage(e)}`, { exitCode: 2 });
     }
   }
 }

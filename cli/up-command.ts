@@ -15,6 +15,7 @@ import { pokeDemo } from "./demo-network.js";
 import { parse } from "./options.js";
 import { formatAge, formatTable } from "./table.js";
 import { hostResultLines, statsTable } from "./get-command.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../bin/fleetlet.js");
 
@@ -148,7 +149,7 @@ async function runUp(opts: UpOptions): Promise<number> {
     out.write("fleetlet up: stopped\n");
     return 0;
   } catch (e) {
-    process.stderr.write(`fleetlet up: ${(e as Error).message}\n`);
+    process.stderr.write(`fleetlet up: ${errorMessage(e)}\n`);
     await stopAll();
     return 1;
   } finally {
@@ -175,7 +176,7 @@ async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetSer
     );
     return `fleetlet fleet  ${time}\n\n${hostTable}\n\n${statsTable(stats.stats, true)}\n\n${hostResultLines(stats.hostResults)}`;
   } catch (e) {
-    return `fleetlet fleet  ${time}\n\naggregator did not answer: ${(e as Error).message}`;
+    return `fleetlet fleet  ${time}\n\naggregator did not answer: ${errorMessage(e)}`;
   }
 }
 
@@ -193,7 +194,7 @@ async function waitReady(name: string, probe: () => Promise<unknown>, child: Chi
       await probe();
       return;
     } catch (e) {
-      if (Date.now() > deadline) throw new Error(`${name} not ready after 15s: ${(e as Error).message}; see ${log}`);
+      if (Date.now() > deadline) throw new Error(`${name} not ready after 15s: ${errorMessage(e)}; see ${log}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -1,10 +1,8 @@
 import http from "node:http";
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import type { Meter } from "@opentelemetry/api";
-import { MeterProvider } from "@opentelemetry/sdk-metrics";
-import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
-import { resourceFromAttributes } from "@opentelemetry/resources";
+import { createNoopMeter, type Meter } from "@opentelemetry/api";
 import type { ListenAddress } from "./listen-address.js";
+import { errorMessage } from "./error-message.js";
 
 /**
  * Series written straight in the Prometheus text format, produced fresh at each scrape.
@@ -27,44 +25,47 @@ export interface DaemonMetrics {
 /**
  * The OpenTelemetry meter of a daemon with its Prometheus endpoint (GET /metrics), plus the
  * event-loop delay every daemon exports (architecture.md: p99 under 20 ms at target loads).
- * `listen` undefined turns the endpoint off; the instruments still work (and cost nothing).
+ * `listen` undefined turns the endpoint off; the instruments are then no-ops (and cost nothing).
  */
 export async function startDaemonMetrics(serviceName: string, listen: ListenAddress | undefined): Promise<DaemonMetrics> {
-  const exporter = listen ? new PrometheusExporter({ preventServerStart: true }) : undefined;
+  if (!listen) return noopMetrics();
+  // Loaded only when the endpoint is on: the SDK and its exporter cost several MB of RSS.
+  const [{ MeterProvider }, { PrometheusExporter, PrometheusSerializer }, { resourceFromAttributes }] = await Promise.all([
+    import("@opentelemetry/sdk-metrics"),
+    import("@opentelemetry/exporter-prometheus"),
+    import("@opentelemetry/resources"),
+  ]);
+  const exporter = new PrometheusExporter({ preventServerStart: true });
   const provider = new MeterProvider({
     resource: resourceFromAttributes({ "service.name": serviceName }),
-    readers: exporter ? [exporter] : [],
+    readers: [exporter],
   });
   const meter = provider.getMeter("fleetlet");
   let exposition: ScrapeExposition | undefined;
   const serializer = new PrometheusSerializer();
 
-  let server: http.Server | undefined;
-  let url: string | undefined;
-  if (listen && exporter) {
-    server = http.createServer((req, res) => {
-      if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
-        res.writeHead(404).end("not found: GET /metrics\n");
-        return;
+  const server = http.createServer((req, res) => {
+    if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
+      res.writeHead(404).end("not found: GET /metrics\n");
+      return;
+    }
+    void (async () => {
+      try {
+        const own = exposition?.() ?? "";
+        const { resourceMetrics } = await exporter.collect();
+        res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+        res.end(serializer.serialize(resourceMetrics) + own);
+      } catch (e) {
+        res.writeHead(500).end(`# collection failed: ${errorMessage(e)}\n`);
       }
-      void (async () => {
-        try {
-          const own = exposition?.() ?? "";
-          const { resourceMetrics } = await exporter.collect();
-          res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
-          res.end(serializer.serialize(resourceMetrics) + own);
-        } catch (e) {
-          res.writeHead(500).end(`# collection failed: ${(e as Error).message}\n`);
-        }
-      })();
-    });
-    await new Promise<void>((resolve, reject) => {
-      server!.once("error", reject);
-      server!.listen(listen.port, listen.host, () => resolve());
-    });
-    const port = (server.address() as { port: number }).port;
-    url = `http://${listen.hostForClients}:${port}/metrics`;
-  }
+    })();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(listen.port, listen.host, () => resolve());
+  });
+  const port = (server.address() as { port: number }).port;
+  const url = `http://${listen.hostForClients}:${port}/metrics`;
 
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
@@ -93,10 +94,23 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
     },
     async shutdown() {
       loopDelay.disable();
-      await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
-      server?.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
       await provider.shutdown();
     },
+  };
+}
+
+/**
+ * The endpoint is off: instruments from the OpenTelemetry API's no-op meter (nothing is recorded
+ * or collected), so neither the SDK nor the exporter is loaded.
+ */
+function noopMetrics(): DaemonMetrics {
+  return {
+    meter: createNoopMeter(),
+    url: undefined,
+    setScrapeExposition() {},
+    async shutdown() {},
   };
 }
 

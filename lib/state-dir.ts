@@ -1,5 +1,7 @@
 import { accessSync, constants, mkdirSync, openSync, closeSync, writeSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
+import { errorMessage } from "./error-message.js";
+import { readProcStat } from "./proc-stat-parser.js";
 
 /**
  * Prepares a daemon's state directory: creates it, checks it is writable, and claims it with a
@@ -14,7 +16,7 @@ export function claimStateDir(dir: string, owner: string): { release(): void } {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     accessSync(dir, constants.W_OK | constants.R_OK | constants.X_OK);
   } catch (e) {
-    throw new Error(`state dir ${dir} is not usable: ${(e as Error).message}`);
+    throw new Error(`state dir ${dir} is not usable: ${errorMessage(e)}`);
   }
   const pidFile = join(dir, `${owner}.pid`);
   const mine = `${process.pid} ${startTimeOf(process.pid) ?? "?"}\n`;
@@ -33,7 +35,7 @@ export function claimStateDir(dir: string, owner: string): { release(): void } {
         },
       };
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw new Error(`state dir ${dir} is not usable: ${(e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw new Error(`state dir ${dir} is not usable: ${errorMessage(e)}`);
     }
     const holder = readHolder(pidFile);
     if (holder && holder.pid !== process.pid && startTimeOf(holder.pid) === holder.startTime && holder.startTime !== undefined) {
@@ -59,11 +61,10 @@ function readHolder(pidFile: string): { pid: number; startTime: string | undefin
   }
 }
 
-/** Field 22 of /proc/<pid>/stat (split after the last ')': comm may hold anything), or undefined. */
+/** The start time (/proc/<pid>/stat field 22) as written in pid files, or undefined. */
 function startTimeOf(pid: number): string | undefined {
   try {
-    const line = readFileSync(`/proc/${pid}/stat`, "latin1");
-    return line.slice(line.lastIndexOf(")") + 1).trim().split(/\s+/)[19];
+    return readProcStat(pid)?.startTimeTicks.toString();
   } catch {
     return undefined;
   }

@@ -30,6 +30,10 @@ if $want_test; then
   # for the image they import (no registry).
   command -v dockerd >/dev/null || missing+=(docker.io)
   [[ -x /bin/busybox ]] || missing+=(busybox-static)
+  # Python's grpcio (C-core's gRPC stack) is a second foreign client in the wire tests
+  # (test/e2e/rpc-wire.test.ts: error details, reflection v1 and v1alpha). Debian's package is
+  # for the system python3, not a pyenv one that may come first on PATH.
+  /usr/bin/python3 -c 'import grpc' 2>/dev/null || missing+=(python3-grpcio)
 fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

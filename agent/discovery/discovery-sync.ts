@@ -4,6 +4,7 @@ import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import { validateInstance, type ValidationOptions } from "../inventory/instance-validation.js";
 import { discoverHypervisors, type DiscoveredHypervisor } from "./hypervisor-discovery.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export const DISCOVERY_INTERVAL_MS = 5000;
 
@@ -29,7 +30,7 @@ export function startDiscovery(registry: InstanceRegistry, logger: Logger, valid
       try {
         next = discoveredInstance(h, previous, validation);
       } catch (e) {
-        logger.debug({ pid: h.pid, id: h.id, err: (e as Error).message }, "discovery: a hypervisor process's command line does not make a valid instance; skipped");
+        logger.debug({ pid: h.pid, id: h.id, err: errorMessage(e) }, "discovery: a hypervisor process's command line does not make a valid instance; skipped");
         continue;
       }
       if (previous && equals(InstanceSchema, { ...next, pidStartTime: previous.pidStartTime }, previous)) continue;
@@ -37,7 +38,7 @@ export function startDiscovery(registry: InstanceRegistry, logger: Logger, valid
     }
     for (const i of registry.list()) {
       if (i.source !== InstanceSource.DISCOVERED || seen.has(i.id)) continue;
-      writes.push(registry.remove(i.id).catch((e: Error) => logger.error({ instance_id: i.id, err: (e as Error).message }, "discovery: could not remove a vanished instance")));
+      writes.push(registry.remove(i.id).catch((e: Error) => logger.error({ instance_id: i.id, err: errorMessage(e) }, "discovery: could not remove a vanished instance")));
     }
     await Promise.all(writes);
   };

@@ -1,4 +1,3 @@
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { clone, equals, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
@@ -6,9 +5,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { InstanceSchema, SnapshotSchema, type Instance, type InstanceState, type Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { RegistryStore, type JournalRecord, type StoredMeter } from "./registry-store.js";
 import { DEFAULT_WATCH_HISTORY, InventoryFeed, type PreparedChanges } from "./inventory-feed.js";
-import { parseProcStat } from "../kernel/proc-stat-parser.js";
+import { readProcStat } from "../../lib/proc-stat-parser.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
 import { lifecycleEntries, snapshotRegisteredEntry, snapshotRemovedEntry, type LifecycleEntry, type LifecycleStep, type MeterState, type StepCause } from "../metering/lifecycle-entries.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /**
  * Where lifecycle entries go (the metering ledger; structural so this file does not depend on
@@ -103,7 +103,7 @@ export class InstanceRegistry {
       try {
         stored.push(fromJson(InstanceSchema, json));
       } catch (e) {
-        throw new Error(`${registry.path}: instance ${JSON.stringify(id)}: ${(e as Error).message}`);
+        throw new Error(`${registry.path}: instance ${JSON.stringify(id)}: ${errorMessage(e)}`);
       }
     }
     // Stored with the version of their last change (so a restart renumbers nothing); the
@@ -123,14 +123,14 @@ export class InstanceRegistry {
       try {
         registry.snapshots.set(id, fromJson(SnapshotSchema, json));
       } catch (e) {
-        throw new Error(`${registry.path}: snapshot ${JSON.stringify(id)}: ${(e as Error).message}`);
+        throw new Error(`${registry.path}: snapshot ${JSON.stringify(id)}: ${errorMessage(e)}`);
       }
     }
     if (state.pending) {
       try {
         registry.pending = { afterSeq: state.pending.afterSeq, entries: (state.pending.entries as unknown as SerializedEntry[]).map(deserializeEntry) };
       } catch (e) {
-        throw new Error(`${registry.path}: its pending metering entries do not parse (${(e as Error).message}); refusing to start over them`);
+        throw new Error(`${registry.path}: its pending metering entries do not parse (${errorMessage(e)}); refusing to start over them`);
       }
     }
     return registry;
@@ -418,7 +418,7 @@ export class InstanceRegistry {
     if (next.pid === undefined) return undefined;
     if (previous?.pid === next.pid && previous.pidStartTime !== undefined) return previous.pidStartTime;
     try {
-      return parseProcStat(readFileSync(`${this.roots.proc}/${next.pid}/stat`, "latin1")).startTimeTicks;
+      return readProcStat(next.pid, this.roots.proc)?.startTimeTicks;
     } catch {
       return undefined;
     }
@@ -478,7 +478,7 @@ export class InstanceRegistry {
         this.batch = undefined;
         for (const undo of [...(queued?.undo ?? [])].reverse()) undo();
         for (const undo of [...batch.undo].reverse()) undo();
-        const error = new ConnectError(`could not persist the registry: ${(e as Error).message}`, Code.Unavailable);
+        const error = new ConnectError(`could not persist the registry: ${errorMessage(e)}`, Code.Unavailable);
         for (const w of [...batch.waiters, ...(queued?.waiters ?? [])]) w.reject(error);
         return;
       }
@@ -496,7 +496,7 @@ export class InstanceRegistry {
         } catch (e) {
           // The change stays (it is committed); its entries are retried with the next write
           // and on restart. The callers hear that it is not fully durable yet.
-          const error = new ConnectError(`could not append to the metering ledger: ${(e as Error).message}`, Code.Unavailable);
+          const error = new ConnectError(`could not append to the metering ledger: ${errorMessage(e)}`, Code.Unavailable);
           for (const w of batch.waiters) w.reject(error);
           // Retried a second later (not at once: a full disk would make it spin).
           this.retryTimer = setTimeout(() => {

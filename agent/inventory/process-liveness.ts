@@ -1,8 +1,8 @@
-import { readFileSync } from "node:fs";
 import { InstanceKind, InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import type { Logger } from "../../lib/rpc/logger.js";
-import { parseProcStat } from "../kernel/proc-stat-parser.js";
+import { readProcStat, type ProcStat } from "../../lib/proc-stat-parser.js";
 import type { InstanceRegistry } from "./instance-registry.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export const LIVENESS_INTERVAL_MS = 2000;
 
@@ -26,7 +26,7 @@ export function watchProcessLiveness(registry: InstanceRegistry, logger: Logger,
         try {
           await registry.setState(i.id, InstanceState.STOPPED, "crash");
         } catch (e) {
-          logger.error({ instance_id: i.id, err: (e as Error).message }, "could not record the crash");
+          logger.error({ instance_id: i.id, err: errorMessage(e) }, "could not record the crash");
         }
       }
     } finally {
@@ -40,16 +40,11 @@ export function watchProcessLiveness(registry: InstanceRegistry, logger: Logger,
 
 /** The pid exists and, when its start time is known, is still the same process. */
 export function isAlive(procRoot: string, pid: number, startTime: bigint | undefined): boolean {
-  let text: string;
+  let stat: ProcStat | undefined;
   try {
-    text = readFileSync(`${procRoot}/${pid}/stat`, "latin1");
-  } catch {
-    return false;
-  }
-  if (startTime === undefined) return true;
-  try {
-    return parseProcStat(text).startTimeTicks === startTime;
+    stat = readProcStat(pid, procRoot);
   } catch {
     return true; // unreadable content is not proof of death
   }
+  return stat !== undefined && (startTime === undefined || stat.startTimeTicks === startTime);
 }

@@ -3,6 +3,7 @@ import fsp, { type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { writeFileAtomic } from "../../lib/atomic-file.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /** Open intervals of one instance as stored: [compute open, storage open, ever ran] as 0/1. */
 export type StoredMeter = [number, number, number];
@@ -106,7 +107,7 @@ export class RegistryStore {
     try {
       doc = JSON.parse(text) as typeof doc;
     } catch (e) {
-      throw new Error(`${path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
+      throw new Error(`${path}: not valid JSON (${errorMessage(e)}); refusing to start over it`);
     }
     if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw new Error(`${path}: not a JSON object; refusing to start over it`);
     if (doc.format !== 1 && doc.format !== FORMAT) throw new Error(`${path}: unknown format ${String(doc.format)}`);
@@ -242,7 +243,7 @@ function replayJournal(path: string, state: RegistryState): { torn: number; byte
       record = JSON.parse(buf.toString("utf8", start, nl)) as JournalRecord;
       if (typeof record.v !== "string") throw new Error("no version");
     } catch (e) {
-      throw new Error(`${path}: byte offset ${start}: unparseable journal record (${(e as Error).message}); refusing to start over it`);
+      throw new Error(`${path}: byte offset ${start}: unparseable journal record (${errorMessage(e)}); refusing to start over it`);
     }
     applyRecord(state, record, `${path}: byte offset ${start}`);
     start = nl + 1;

@@ -7,14 +7,10 @@
  * No RPC knowledge; fed raw datagram bytes, returns plain values.
  */
 
-export const NETLINK_NETFILTER = 12;
 export const NFNL_SUBSYS_CTNETLINK = 1;
 export const IPCTNL_MSG_CT_NEW = 0;
 export const IPCTNL_MSG_CT_GET = 1;
 export const IPCTNL_MSG_CT_DELETE = 2;
-export const NFNLGRP_CONNTRACK_NEW = 1;
-export const NFNLGRP_CONNTRACK_UPDATE = 2;
-export const NFNLGRP_CONNTRACK_DESTROY = 3;
 
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;

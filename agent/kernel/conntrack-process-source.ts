@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { decodeDatagram, dumpRequest, type ConntrackFlow } from "./conntrack-decoder.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /** Where setup.sh compiles native/conntrack-reader.c: next to this file in dist/. */
 export const CONNTRACK_READER = join(dirname(fileURLToPath(import.meta.url)), "conntrack-reader");
@@ -114,7 +115,7 @@ export class ConntrackProcessSource extends EventEmitter {
       // Could not read conntrack at all: no restarts, the caller reports UNSUPPORTED.
       const reason = await this.exitReason();
       this.close();
-      throw new Error(reason ? `${(e as Error).message}: ${reason}` : (e as Error).message);
+      throw new Error(reason ? `${errorMessage(e)}: ${reason}` : errorMessage(e));
     }
     this.started = true;
   }
@@ -282,7 +283,7 @@ export class ConntrackProcessSource extends EventEmitter {
       messages = decodeDatagram(datagram);
     } catch (e) {
       this.counters.decodeErrors++;
-      this.failDump(new Error(`conntrack dump: ${(e as Error).message}`));
+      this.failDump(new Error(`conntrack dump: ${errorMessage(e)}`));
       return;
     }
     for (const m of messages) {

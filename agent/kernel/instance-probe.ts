@@ -8,7 +8,7 @@ import {
   parseProcStatmBytes,
   type ProcStat,
   type ProcStatm,
-} from "./proc-stat-parser.js";
+} from "../../lib/proc-stat-parser.js";
 
 // Parse straight from the shared read buffer; the string path only for oversized content.
 function readStat(f: KeptFdFile): ProcStat {

@@ -1,3 +1,4 @@
+import { errorMessage } from "../../lib/error-message.js";
 /**
  * One metering ledger entry and its line (metering.md "Entry"): the line is a wire format that
  * downstream schemas read, so it is written by hand in the documented key order, and read back
@@ -183,7 +184,7 @@ export function parseLedgerLine(line: string): LedgerEntry {
   try {
     value = JSON.parse(line);
   } catch (e) {
-    fail(`not JSON: ${(e as Error).message}`);
+    fail(`not JSON: ${errorMessage(e)}`);
   }
   if (!isPlainObject(value)) fail("not a JSON object");
   const obj = value as Record<string, unknown>;
@@ -219,7 +220,7 @@ export function parseLedgerLine(line: string): LedgerEntry {
   try {
     canonical = encodeLedgerLine(entry.seq, entry);
   } catch (e) {
-    return fail((e as Error).message);
+    return fail(errorMessage(e));
   }
   if (canonical !== line) fail("not in canonical form (whitespace, escapes, duplicate keys, number or time format)");
   return entry;

@@ -2,6 +2,7 @@ import { existsSync, readFileSync, readdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic, writeFileAtomicSync } from "../../lib/atomic-file.js";
 import { LedgerCorruptError } from "./ledger-corrupt-error.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /**
  * `ledger.json` next to the segments: the ledger's identity (created with it, so a consumer
@@ -31,7 +32,7 @@ export function readLedgerMeta(dir: string): LedgerMeta | undefined {
   try {
     doc = JSON.parse(readFileSync(path, "utf8"));
   } catch (e) {
-    throw new LedgerCorruptError(path, 0, `not valid JSON (${(e as Error).message})`);
+    throw new LedgerCorruptError(path, 0, `not valid JSON (${errorMessage(e)})`);
   }
   const d = doc as { format?: unknown; ledger_id?: unknown; acknowledged_seq?: unknown } | null;
   if (typeof d !== "object" || d === null || d.format !== FORMAT) throw new LedgerCorruptError(path, 0, `unknown format ${JSON.stringify(d?.format)}`);

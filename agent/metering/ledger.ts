@@ -6,6 +6,7 @@ import { LedgerCorruptError } from "./ledger-corrupt-error.js";
 import { encodeLedgerFields, normalizeLedgerEntry, type LedgerEntry, type LedgerEntryInput } from "./ledger-entry.js";
 import { META_FILE, readLedgerMeta, writeLedgerMeta, writeLedgerMetaSync } from "./ledger-meta.js";
 import { SEGMENT_NAME_RE, noteLineOffset, readSegment, scanSegment, segmentFileName, type Segment } from "./ledger-segment.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export { LedgerCorruptError } from "./ledger-corrupt-error.js";
 
@@ -345,7 +346,7 @@ export class MeteringLedger {
         const written = await this.writeDurably(batch);
         this.commit(batch, written);
       } catch (e) {
-        const error = e === this.broken ? e : new Error(`could not write the metering ledger: ${(e as Error).message}`, { cause: e });
+        const error = e === this.broken ? e : new Error(`could not write the metering ledger: ${errorMessage(e)}`, { cause: e });
         for (const w of batch) w.reject(error);
       } finally {
         this.writing = false;
@@ -393,7 +394,7 @@ export class MeteringLedger {
         await fdatasyncAsync(active.fd);
       } catch (undoError) {
         this.broken = new Error(
-          `metering ledger ${active.segment.path}: a failed write (${(e as Error).message}) could not be undone (${(undoError as Error).message}); reopen the ledger`,
+          `metering ledger ${active.segment.path}: a failed write (${errorMessage(e)}) could not be undone (${errorMessage(undoError)}); reopen the ledger`,
         );
       }
       throw e;

@@ -4,6 +4,7 @@ import { MeteringEntrySchema, MeteringService, type MeteringEntry } from "../../
 import { invalidArgument } from "../../lib/rpc/field-error.js";
 import { followSource } from "../../lib/rpc/follow-source.js";
 import type { LifecycleEntry } from "./lifecycle-entries.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 const DEFAULT_LIMIT = 1000;
 const MAX_LIMIT = 10_000;
@@ -80,7 +81,7 @@ export function createMeteringService(ledger: LedgerReader): ServiceImpl<typeof 
       try {
         ledger.acknowledge(Number(req.seq));
       } catch (e) {
-        throw new ConnectError(`metering: ${(e as Error).message}`, Code.Unavailable); // closing
+        throw new ConnectError(`metering: ${errorMessage(e)}`, Code.Unavailable); // closing
       }
       return { acknowledgedSeq: req.seq };
     },

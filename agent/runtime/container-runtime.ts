@@ -24,7 +24,7 @@ import type {
  * it saw after a reconnect. 'containers' (no argument) fires whenever `containers()` changed.
  * 'connected' / 'disconnected' (Error) on connection changes.
  */
-export interface ContainerRuntime extends EventEmitter {
+export interface ContainerRuntime extends EventEmitter<ContainerRuntimeEvents> {
   /** "docker" or "kubernetes". */
   readonly name: string;
   /**
@@ -74,7 +74,7 @@ export interface LogBatch {
   end?: { reason: LogEndReason; detail: string };
 }
 
-/** Listener signatures, for implementations and users. */
+/** The events of a ContainerRuntime and their arguments: its EventEmitter's type. */
 export interface ContainerRuntimeEvents {
   event: [RuntimeEvent];
   containers: [];

@@ -13,6 +13,7 @@ import {
   type WatchRuntimeEventsResponse,
 } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
+import { mapBounded } from "../../lib/worker-pool.js";
 import { codeName } from "../../lib/rpc/status-codes.js";
 import type { ContainerRuntime } from "./container-runtime.js";
 import { CursorFormatError, type LoggedEvent, type RuntimeEventLog } from "./runtime-event-log.js";
@@ -88,25 +89,20 @@ export function createRuntimeService(runtimes: RuntimeSet, events: RuntimeEventL
           unavailable.push(`${r.name}: ${ConnectError.from(e).rawMessage}`);
         }
       }
-      const stats: (ContainerStats | undefined)[] = new Array(work.length);
       const errors: ContainerError[] = [];
       // Bounded concurrency, a deadline per container: one slow container costs its own
-      // timeout, never the whole answer.
-      let next = 0;
-      const worker = async () => {
-        while (next < work.length && !context.signal.aborted) {
-          const i = next++;
-          const { runtime, container } = work[i]!;
-          const signal = AbortSignal.any([context.signal, AbortSignal.timeout(timeoutMs)]);
-          try {
-            stats[i] = await runtime.stats(container.externalId, signal);
-          } catch (e) {
-            const err = signal.aborted && !context.signal.aborted ? new ConnectError(`no stats within ${timeoutMs} ms`, Code.DeadlineExceeded) : ConnectError.from(e);
-            errors.push(create(ContainerErrorSchema, { runtime: runtime.name, externalId: container.externalId, code: codeName(err.code), message: err.rawMessage }));
-          }
+      // timeout, never the whole answer. Once the call is cancelled, no further container is asked.
+      const stats = await mapBounded(work, STATS_CONCURRENCY, async ({ runtime, container }): Promise<ContainerStats | undefined> => {
+        if (context.signal.aborted) return undefined;
+        const signal = AbortSignal.any([context.signal, AbortSignal.timeout(timeoutMs)]);
+        try {
+          return await runtime.stats(container.externalId, signal);
+        } catch (e) {
+          const err = signal.aborted && !context.signal.aborted ? new ConnectError(`no stats within ${timeoutMs} ms`, Code.DeadlineExceeded) : ConnectError.from(e);
+          errors.push(create(ContainerErrorSchema, { runtime: runtime.name, externalId: container.externalId, code: codeName(err.code), message: err.rawMessage }));
+          return undefined;
         }
-      };
-      await Promise.all(Array.from({ length: Math.min(STATS_CONCURRENCY, work.length) }, worker));
+      });
       return { stats: stats.filter((s): s is ContainerStats => s !== undefined), errors, unavailable };
     },
 

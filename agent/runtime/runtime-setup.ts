@@ -4,10 +4,9 @@ import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import { ContainerInstanceSync } from "./container-instances.js";
 import type { ContainerRuntime } from "./container-runtime.js";
-import { createDockerRuntime } from "./docker/docker-runtime.js";
-import { createKubernetesRuntime } from "./kubernetes/kubernetes-runtime.js";
 import { RuntimeEventLog } from "./runtime-event-log.js";
 import { RUNTIME_NAMES, RuntimeSet, type RuntimeName } from "./runtime-set.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export const DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock";
 
@@ -51,17 +50,21 @@ export function parseRuntimeList(text: string): RuntimeOptions["runtimes"] {
 export async function setUpRuntimes(registry: InstanceRegistry, options: RuntimeOptions, logger: Logger): Promise<RuntimeSetup> {
   const wanted = resolve(options);
   const runtimes: ContainerRuntime[] = [];
+  // Each runtime's client library is loaded only when that runtime is configured: dockerode
+  // costs ~28 MB of RSS and @kubernetes/client-node ~86 MB (docs/benchmarks.md, P2).
   if (wanted.includes("docker")) {
+    const { createDockerRuntime } = await import("./docker/docker-runtime.js");
     try {
       runtimes.push(createDockerRuntime({ host: options.dockerHost, logger: logger.child({ runtime: "docker" }) }));
     } catch (e) {
       // An endpoint we cannot use (e.g. DOCKER_HOST=ssh://...): asked for explicitly, the agent
       // does not start (the CLI reports it); found by "auto", the agent runs without Docker.
-      if (options.runtimes !== "auto") throw new Error(`docker runtime: ${(e as Error).message}`);
-      logger.warn({ err: (e as Error).message }, "docker runtime left out: its endpoint is not usable");
+      if (options.runtimes !== "auto") throw new Error(`docker runtime: ${errorMessage(e)}`);
+      logger.warn({ err: errorMessage(e) }, "docker runtime left out: its endpoint is not usable");
     }
   }
   if (wanted.includes("kubernetes")) {
+    const { createKubernetesRuntime } = await import("./kubernetes/kubernetes-runtime.js");
     const inCluster = !options.kubeconfig && process.env.KUBERNETES_SERVICE_HOST !== undefined;
     runtimes.push(
       createKubernetesRuntime({

@@ -6,6 +6,7 @@ import { isActiveInbound, isActiveTcpState, type ClassifierTarget } from "./flow
 import { parseGoDuration } from "../../lib/go-duration.js";
 import { parseCidr, type ParsedCidr } from "./standby-policy.js";
 import type { StandbyRuntime } from "./standby-runtime-store.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /** The instance fields the controller needs (a view of the registry's Instance). */
 export interface StandbyInstance {
@@ -94,7 +95,6 @@ interface Track {
   executing: boolean;
   waking: boolean;
   lastError?: string;
-  failures: number;
 }
 
 const key = (f: ConntrackFlow) => `${f.srcIp}:${f.srcPort}>${f.dstIp}:${f.dstPort}`;
@@ -269,7 +269,7 @@ export class StandbyController {
     } catch (e) {
       this.counters.wake.failed++;
       this.deps.onWake?.(this.deps.clock.now() - started, false);
-      t.lastError = `wake: ${(e as Error).message}`;
+      t.lastError = `wake: ${errorMessage(e)}`;
       throw e;
     } finally {
       t.waking = false;
@@ -289,7 +289,7 @@ export class StandbyController {
     let t = this.tracks.get(id);
     if (!t) {
       const saved = this.deps.runtime.get(id);
-      t = { id, active: new Set(), queued: false, executing: false, waking: false, failures: 0, idleSince: saved?.idleSince, lastInboundAt: saved?.lastInboundAt, holdUntil: saved?.holdUntil };
+      t = { id, active: new Set(), queued: false, executing: false, waking: false, idleSince: saved?.idleSince, lastInboundAt: saved?.lastInboundAt, holdUntil: saved?.holdUntil };
       this.tracks.set(id, t);
     }
     return t;
@@ -301,7 +301,7 @@ export class StandbyController {
     try {
       flows = await this.deps.source.dump();
     } catch (e) {
-      this.observerError = `${why}: resync failed: ${(e as Error).message}`;
+      this.observerError = `${why}: resync failed: ${errorMessage(e)}`;
       this.deps.onError?.("resync", undefined, e);
       return;
     }
@@ -464,7 +464,6 @@ export class StandbyController {
           await this.deps.setState(id, InstanceState.STANDBY);
           this.counters.standby.ok++;
           t.lastError = undefined;
-          t.failures = 0;
           t.idleSince = undefined;
           // A client that connected while the driver was still working must not be stranded.
           const arrivedMeanwhile = t.active.size > 0;
@@ -477,8 +476,7 @@ export class StandbyController {
           }
         } catch (e) {
           this.counters.standby.failed++;
-          t.failures++;
-          t.lastError = `standby: ${(e as Error).message}`;
+          t.lastError = `standby: ${errorMessage(e)}`;
           this.deps.onError?.("standby", id, e);
           // Retried one timeout later.
           t.idleSince = this.deps.clock.now();

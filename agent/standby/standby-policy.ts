@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { StandbyPolicySchema, type StandbyPolicy } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { invalidArgument, truncate } from "../../lib/rpc/field-error.js";
 import { formatGoDuration, parseGoDuration } from "../../lib/go-duration.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export interface PolicyLimits {
   /** --standby-min-idle; default 5 s. */
@@ -30,7 +31,7 @@ export function normalizeStandbyPolicy(input: StandbyPolicy, prefix: string, lim
     try {
       ns = parseGoDuration(timeout);
     } catch (e) {
-      throw invalidArgument(`${prefix}.idle_timeout`, `${JSON.stringify(truncate(timeout))}: ${(e as Error).message} (e.g. 300s, 1h30m, 1.5h)`);
+      throw invalidArgument(`${prefix}.idle_timeout`, `${JSON.stringify(truncate(timeout))}: ${errorMessage(e)} (e.g. 300s, 1h30m, 1.5h)`);
     }
     if (ns <= 0) throw invalidArgument(`${prefix}.idle_timeout`, `${JSON.stringify(timeout)} must be greater than 0`);
     if (ns < limits.minIdleMs * 1e6) {

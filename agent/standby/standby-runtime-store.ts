@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "../../lib/atomic-file.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /** What survives an agent restart per instance (standby.md "Persisted runtime"), epoch ms. */
 export interface StandbyRuntime {
@@ -29,7 +30,7 @@ export class StandbyRuntimeStore {
       try {
         doc = JSON.parse(readFileSync(store.path, "utf8")) as typeof doc;
       } catch (e) {
-        throw new Error(`${store.path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
+        throw new Error(`${store.path}: not valid JSON (${errorMessage(e)}); refusing to start over it`);
       }
       for (const [id, r] of Object.entries(doc.runtimes ?? {})) store.runtimes.set(id, r);
     }

@@ -9,6 +9,7 @@ import {
   StandbyStatusSchema,
   type StandbyStatus,
 } from "../../gen/fleetlet/agent/v1/standby_pb.js";
+import { sleepUnlessAborted } from "../../lib/abort-race.js";
 import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import type { StandbyController, StandbyDescription } from "./standby-controller.js";
@@ -52,13 +53,7 @@ export function createStandbyService(
           last.set(id, fingerprint);
           yield { status: s };
         }
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, WATCH_POLL_MS);
-          context.signal.addEventListener("abort", () => {
-            clearTimeout(t);
-            resolve();
-          }, { once: true });
-        });
+        await sleepUnlessAborted(WATCH_POLL_MS, context.signal);
       }
     },
     async setStandbyPolicy(req) {

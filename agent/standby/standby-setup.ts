@@ -12,6 +12,7 @@ import { StandbyController, type StandbyInstance } from "./standby-controller.js
 import { StandbyRuntimeStore } from "./standby-runtime-store.js";
 import { registerStandbyInstruments } from "./standby-metrics.js";
 import type { Meter } from "@opentelemetry/api";
+import { errorMessage } from "../../lib/error-message.js";
 
 export interface StandbySetupOptions {
   stateDir: string;
@@ -53,7 +54,7 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     } catch (e) {
       socket?.close();
       socket = undefined;
-      unsupportedReason = `conntrack unavailable: ${(e as Error).message} (needs CAP_NET_ADMIN and conntrack active in this network namespace; see docs/operations.md)`;
+      unsupportedReason = `conntrack unavailable: ${errorMessage(e)} (needs CAP_NET_ADMIN and conntrack active in this network namespace; see docs/operations.md)`;
       options.logger.warn({ reason: unsupportedReason }, "standby unsupported on this host");
     }
   }
@@ -99,12 +100,12 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
       await registry.setState(id, state, state === InstanceState.STANDBY ? "standby" : "wake");
     },
     concurrency: options.concurrency,
-    onError: (operation, id, e) => options.logger.warn({ operation, instance_id: id, err: (e as Error).message }, "standby"),
+    onError: (operation, id, e) => options.logger.warn({ operation, instance_id: id, err: errorMessage(e) }, "standby"),
     onWake: (ms, ok) => instruments?.recordWake(ms, ok),
   });
   const instruments = options.meter ? registerStandbyInstruments(options.meter, controller, socket, () => registry.list().map((i) => i.id)) : undefined;
   const unsubscribe = registry.subscribe((change) => {
-    void controller.refresh(change.instance.id).catch((e) => options.logger.warn({ err: (e as Error).message }, "standby refresh"));
+    void controller.refresh(change.instance.id).catch((e) => options.logger.warn({ err: errorMessage(e) }, "standby refresh"));
   });
   await controller.start();
   return {

@@ -62,17 +62,3 @@ export abstract class HostFollowers<F extends HostFollow> {
     this.afterReconcile(present);
   }
 }
-
-/** Waits `ms`, or less if `signal` aborts first (a follower's backoff). */
-export function sleepUnlessAborted(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}

@@ -2,7 +2,9 @@ import { HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { ID_PATTERN } from "../../lib/rpc/field-error.js";
 import { parseHostPort } from "../../lib/listen-address.js";
 import { parseDurationMs } from "../../lib/duration.js";
-import { hostTimeoutProblem, type HostConfig } from "./host-connection.js";
+import { hostTimeoutProblem } from "../../lib/host-timeout.js";
+import type { HostConfig } from "./host-connection.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /** `--hosts NAME=ADDR,...`. Throws an Error naming the bad entry. */
 export function parseHostsFlag(value: string): HostConfig[] {
@@ -32,7 +34,7 @@ export function parseHostsFile(text: string, fileName: string): HostConfig[] {
       try {
         ms = parseDurationMs(m[1] ?? "");
       } catch (e) {
-        throw new Error(`${where}: ${(e as Error).message}`);
+        throw new Error(`${where}: ${errorMessage(e)}`);
       }
       const problem = hostTimeoutProblem(ms);
       if (problem) throw new Error(`${where}: timeout ${problem}`);
@@ -63,7 +65,7 @@ function parseEntry(entry: string, origin: HostOrigin, where: string): HostConfi
   try {
     port = parseHostPort(address).port;
   } catch (e) {
-    throw new Error(`${where}: ${(e as Error).message}`);
+    throw new Error(`${where}: ${errorMessage(e)}`);
   }
   if (port === 0) throw new Error(`${where}: port 0 cannot be dialled`);
   return { name, address, origin, perHostTimeoutMs: undefined };

@@ -4,6 +4,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { writeFileAtomicSync } from "../../lib/atomic-file.js";
 import { HostConnection, type HostConfig, type ReconnectBackoff } from "./host-connection.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 const FILE = "hosts.json";
 
@@ -29,7 +30,7 @@ export class HostRegistry {
     try {
       saved = (JSON.parse(readFileSync(path, "utf8")) as { hosts: typeof saved }).hosts;
     } catch (e) {
-      throw new Error(`${path}: not valid JSON (${(e as Error).message}); refusing to start over it`);
+      throw new Error(`${path}: not valid JSON (${errorMessage(e)}); refusing to start over it`);
     }
     if (!Array.isArray(saved) || saved.some((h) => typeof h?.name !== "string" || typeof h?.address !== "string")) {
       throw new Error(`${path}: expected {"hosts": [{"name", "address"}, ...]}; refusing to start over it`);
@@ -113,7 +114,7 @@ export class HostRegistry {
     try {
       writeFileAtomicSync(join(this.stateDir, FILE), `${JSON.stringify({ hosts }, null, 1)}\n`);
     } catch (e) {
-      throw new ConnectError(`could not persist the hosts: ${(e as Error).message}`, Code.Unavailable);
+      throw new ConnectError(`could not persist the hosts: ${errorMessage(e)}`, Code.Unavailable);
     }
   }
 }

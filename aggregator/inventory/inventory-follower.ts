@@ -3,11 +3,12 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { InstanceEventType, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { HostSyncState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { inventoryDigest } from "../../lib/inventory-digest.js";
+import { sleepUnlessAborted } from "../../lib/abort-race.js";
 import type { Logger } from "../../lib/rpc/logger.js";
 import { codeName, isConnectionTrouble } from "../../lib/rpc/status-codes.js";
 import type { HostConnection } from "../hosts/host-connection.js";
 import type { HostRegistry } from "../hosts/host-registry.js";
-import { HostFollowers, sleepUnlessAborted, type HostFollow } from "../hosts/host-followers.js";
+import { HostFollowers, type HostFollow } from "../hosts/host-followers.js";
 import type { MergedView } from "./merged-view.js";
 
 const BACKOFF_INITIAL_MS = 200;

@@ -4,6 +4,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { InstanceSchema, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { namedStoreError, openStoreDatabase } from "../metering/store-database.js";
 import type { Migration } from "../metering/store-migrations.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export const INVENTORY_STORE_FILE = "inventory.sqlite";
 
@@ -82,7 +83,7 @@ export class InventoryStore {
       try {
         views.get(row.host)?.instances.push(fromBinary(InstanceSchema, row.instance));
       } catch (e) {
-        throw namedStoreError(this.file, new Error(`host ${row.host}: an instance row does not decode (${(e as Error).message})`));
+        throw namedStoreError(this.file, new Error(`host ${row.host}: an instance row does not decode (${errorMessage(e)})`));
       }
     }
     return [...views.values()];

@@ -1,3 +1,4 @@
+import { errorMessage } from "../../lib/error-message.js";
 /**
  * The fields of an agent's ledger line (metering.md, "Entry") that the metering store keeps in
  * columns of their own for filtering. The line itself is stored verbatim; this only reads it.
@@ -24,7 +25,7 @@ export function ledgerLineFields(line: string, seq: number): LedgerLineFields {
   try {
     parsed = JSON.parse(line);
   } catch (e) {
-    throw new Error(`line is not JSON: ${(e as Error).message}`);
+    throw new Error(`line is not JSON: ${errorMessage(e)}`);
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error("line is not a JSON object");
   const o = parsed as Record<string, unknown>;

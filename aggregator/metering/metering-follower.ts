@@ -1,12 +1,14 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { HostMeteringSchema, type HostMetering } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { sleepUnlessAborted } from "../../lib/abort-race.js";
 import type { Logger } from "../../lib/rpc/logger.js";
 import { codeName, isConnectionTrouble } from "../../lib/rpc/status-codes.js";
 import type { HostConnection } from "../hosts/host-connection.js";
 import type { HostRegistry } from "../hosts/host-registry.js";
-import { HostFollowers, sleepUnlessAborted, type HostFollow } from "../hosts/host-followers.js";
+import { HostFollowers, type HostFollow } from "../hosts/host-followers.js";
 import { MeteringGapError, type MeteringStore } from "./metering-store.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 const BACKOFF_INITIAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
@@ -117,7 +119,7 @@ export class MeteringFollower extends HostFollowers<Follow> {
       conn.metering
         .acknowledgeMeteringEntries({ ledgerId: ackLedger, seq: BigInt(seq) }, { timeoutMs: 5000 })
         .then(() => (acked = Math.max(acked, seq)))
-        .catch((e: unknown) => this.logger.debug({ host: name, err: (e as Error).message }, "metering: acknowledgement failed (retried with the next)"))
+        .catch((e: unknown) => this.logger.debug({ host: name, err: errorMessage(e) }, "metering: acknowledgement failed (retried with the next)"))
         .finally(() => {
           acking = false;
           if (toAck > acked) trailing ??= setTimeout(sendAck, ACK_INTERVAL_MS);

@@ -2,6 +2,7 @@ import { join } from "node:path";
 import type Database from "better-sqlite3";
 import { ledgerLineFields, type LedgerLineFields } from "./ledger-line-fields.js";
 import { isCorruption, namedStoreError, openMeteringDatabase } from "./store-database.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /** The store's file in the aggregator's state dir (plus SQLite's -wal and -shm next to it). */
 export const METERING_STORE_FILE = "metering.sqlite";
@@ -214,7 +215,7 @@ export class MeteringStore {
       try {
         return ledgerLineFields(e.line, e.seq);
       } catch (err) {
-        throw new MeteringEntryError(`${where}: ${(err as Error).message}`);
+        throw new MeteringEntryError(`${where}: ${errorMessage(err)}`);
       }
     });
     const rows = this.guard(() => this.mergeTransaction.immediate(host, ledgerId, entries, fields, Date.now()));

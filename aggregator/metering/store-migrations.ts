@@ -1,4 +1,5 @@
 import type Database from "better-sqlite3";
+import { errorMessage } from "../../lib/error-message.js";
 
 /**
  * The metering store's schema, as an ordered list of migrations. The schema version lives in
@@ -121,7 +122,7 @@ export function migrate(db: Database.Database, file: string, migrations: readonl
         try {
           db.exec(m.sql);
         } catch (e) {
-          throw new Error(`${file}: schema migration ${m.version} (${m.description}) failed: ${(e as Error).message}`, { cause: e });
+          throw new Error(`${file}: schema migration ${m.version} (${m.description}) failed: ${errorMessage(e)}`, { cause: e });
         }
       }
       db.pragma(`user_version = ${known}`);

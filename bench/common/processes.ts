@@ -10,6 +10,8 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { Malfunction, parseBenchArgs, type BenchArgs } from "./report.js";
+import { errorMessage } from "../../lib/error-message.js";
+import { parseProcStat } from "../../lib/proc-stat-parser.js";
 
 /** The checkout root: this file runs as dist/bench/common/processes.js. */
 export const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
@@ -32,7 +34,7 @@ function cleanupAll(): Promise<void> {
       try {
         await fn();
       } catch (e) {
-        process.stderr.write(`cleanup: ${(e as Error).message}\n`);
+        process.stderr.write(`cleanup: ${errorMessage(e)}\n`);
       }
     }
   })();
@@ -58,7 +60,7 @@ export function runBench(main: (args: BenchArgs) => Promise<void>): void {
   try {
     args = parseBenchArgs();
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n`);
+    process.stderr.write(`${errorMessage(e)}\n`);
     process.exit(2);
   }
   // Once a signal is stopping the run, failures of the interrupted work are expected: not reported.
@@ -223,10 +225,8 @@ let clockTicks: number | undefined;
 /** User + system CPU of a whole process (all threads) so far, in ms. */
 export function processCpuMs(pid: number): number {
   clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
-  // Fields after the ")" that closes comm start at field 3 (state); utime and stime are 14 and 15.
-  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return ((Number(rest[11]) + Number(rest[12])) * 1000) / clockTicks;
+  const stat = parseProcStat(readFileSync(`/proc/${pid}/stat`, "latin1"));
+  return (Number(stat.utimeTicks + stat.stimeTicks) * 1000) / clockTicks;
 }
 
 /** VmRSS of a process in KiB. */

@@ -16,6 +16,7 @@ import { createInterface } from "node:readline";
 import { readFileSync } from "node:fs";
 import { ConntrackProcessSource } from "../../agent/kernel/conntrack-process-source.js";
 import { systemConstants } from "../../agent/kernel/system-constants.js";
+import { parseProcStat } from "../../lib/proc-stat-parser.js";
 
 export interface ProbeStats {
   port: number;
@@ -51,9 +52,8 @@ const { clockTicksPerSecond } = systemConstants();
 /** utime + stime of the reader process, in ms (0 once it is gone). */
 function readerCpu(): number {
   try {
-    const stat = readFileSync(`/proc/${socket.readerPid}/stat`, "latin1");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond;
+    const stat = parseProcStat(readFileSync(`/proc/${socket.readerPid}/stat`, "latin1"));
+    return (Number(stat.utimeTicks + stat.stimeTicks) * 1000) / clockTicksPerSecond;
   } catch {
     return 0;
   }

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ListInstanceStatsResponseSchema, MetricsService } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 import { rawClient, rawUnary, waitReady } from "./raw-grpc.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 const [file, calls, warmup, deadlineMs] = [process.argv[2] ?? "", Number(process.argv[3]), Number(process.argv[4]), Number(process.argv[5])];
 const path = `/${MetricsService.typeName}/${MetricsService.method.listInstanceStats.name}`;
@@ -40,6 +41,6 @@ try {
   );
   process.exit(0);
 } catch (e) {
-  process.stderr.write(`reference fan-out: ${(e as Error).message}\n`);
+  process.stderr.write(`reference fan-out: ${errorMessage(e)}\n`);
   process.exit(1);
 }

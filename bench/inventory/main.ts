@@ -20,6 +20,7 @@ import { InstanceState, InventoryService, ListInstancesResponseSchema as AgentLi
 import { compareMergedView } from "../../test/helpers/inventory-checker.js";
 import { FleetEventType, FleetService, HostSyncState, ListInstancesResponseSchema } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
+import { mapBounded } from "../../lib/worker-pool.js";
 import { logProblems, rssKiB, runBench, signal, sleep, startFleetletDaemon, tempDir } from "../common/processes.js";
 import { startFarm } from "../common/agent-farm-process.js";
 import { check, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
@@ -87,17 +88,8 @@ runBench(async ({ smoke }) => {
   const fanOutMs: number[] = [];
   for (let round = 0; round < Math.min(3, listCalls); round++) {
     const t = performance.now();
-    let next = 0;
-    let count = 0;
-    await Promise.all(
-      Array.from({ length: Math.min(512, hosts) }, async () => {
-        while (next < hosts) {
-          const i = next++;
-          const n = fromBinary(AgentListSchema, await rawUnary(agentClients[i]!, agentListPath, Buffer.alloc(0), 30_000)).instances.length;
-          count += n;
-        }
-      }),
-    );
+    const counts = await mapBounded(agentClients, 512, async (c) => fromBinary(AgentListSchema, await rawUnary(c, agentListPath, Buffer.alloc(0), 30_000)).instances.length);
+    const count = counts.reduce((sum, n) => sum + n, 0);
     fanOutMs.push(performance.now() - t);
     check(count === hosts * PER_HOST, `fan-out round ${round}: ${count} instances`);
   }

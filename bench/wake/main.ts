@@ -25,6 +25,8 @@ import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { FLEETLET_BIN, logProblems, onCleanup, readJsonLine, runBench, sleep, tempDir, type Child } from "../common/processes.js";
 import { check, fmt, Malfunction, median, percentile, printFigures, progress, verdict } from "../common/report.js";
 import { createNetns, enableConntrack, hasNsenter, missingPrerequisite, sh, shQuiet, skipBench, startInNetNsOnly, startInNs, uniqueTag } from "../conntrack/netns.js";
+import { errorMessage } from "../../lib/error-message.js";
+import { parseProcStat } from "../../lib/proc-stat-parser.js";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 const ECHO = join(HERE, "echo-server.js");
@@ -236,7 +238,7 @@ function createCgroup(tag: string): Cgroup {
         return;
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
-        if (i >= 40) throw new Error(`could not remove ${dir}: ${(e as Error).message}`);
+        if (i >= 40) throw new Error(`could not remove ${dir}: ${errorMessage(e)}`);
         await sleep(50);
       }
     }
@@ -268,8 +270,7 @@ async function asleep(t: Target): Promise<boolean> {
 }
 
 function procState(pid: number): string {
-  const line = readFileSync(`/proc/${pid}/stat`, "latin1");
-  return line.slice(line.lastIndexOf(")") + 2, line.lastIndexOf(")") + 3);
+  return parseProcStat(readFileSync(`/proc/${pid}/stat`, "latin1")).state;
 }
 
 /** `fleetlet agent` in the namespace's network, its log in a file; resolves with its address. */

@@ -16,12 +16,18 @@ import {
   type Transport,
   type UnaryResponse,
 } from "@connectrpc/connect";
+import { fromGrpcStatus, headersToMetadata, metadataToHeaders } from "./status-codes.js";
 
 /**
  * A Connect Transport over one grpc-js channel, so `createClient(Service, transport)` gives typed
  * clients while the connection itself is grpc-js's: one long-lived HTTP/2 channel per host with
  * its own reconnect backoff and an observable connectivity state (see host-channel usage in the
  * aggregator). Errors come back as ConnectError with the gRPC code and message.
+ *
+ * It keeps what Connect's own gRPC transport keeps: response headers reach `onHeader` and
+ * trailers `onTrailer` (a failed call's trailers and headers are its ConnectError's metadata, as
+ * in Connect, whose clients call no `onTrailer` then), `-bin` metadata travels both ways as base64 text in Headers, and error details come
+ * back from `grpc-status-details-bin` (see fromGrpcStatus).
  */
 export interface GrpcJsTransport extends Transport {
   readonly client: grpc.Client;
@@ -50,6 +56,8 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
 
   const callOptions = (timeoutMs: number | undefined): grpc.CallOptions =>
     timeoutMs !== undefined && timeoutMs > 0 ? { deadline: Date.now() + timeoutMs } : {};
+  const requestMetadata = (header: HeadersInit | undefined): grpc.Metadata =>
+    header === undefined ? new grpc.Metadata() : headersToMetadata(new Headers(header));
 
   const emptyMetadata = new grpc.Metadata();
   return {
@@ -57,7 +65,7 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
     close: () => client.close(),
 
     unaryRaw(method: DescMethodUnary, request: Buffer, timeoutMs: number, signal?: AbortSignal) {
-      const path = `/${method.parent.typeName}/${method.name}`;
+      const path = methodPath(method);
       return new Promise<Buffer>((resolve, reject) => {
         if (signal?.aborted) {
           reject(ConnectError.from(signal.reason));
@@ -66,7 +74,7 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
         const onAbort = () => call.cancel();
         const call = client.makeUnaryRequest<Buffer, Buffer>(path, identity, identity, request, emptyMetadata, { deadline: Date.now() + timeoutMs }, (err, value) => {
           signal?.removeEventListener("abort", onAbort);
-          if (err) reject(fromServiceError(err));
+          if (err) reject(fromGrpcStatus(err));
           else resolve(value ?? Buffer.alloc(0));
         });
         signal?.addEventListener("abort", onAbort, { once: true });
@@ -80,42 +88,49 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
       header: HeadersInit | undefined,
       input: MessageInitShape<I>,
     ): Promise<UnaryResponse<I, O>> {
-      const path = `/${method.parent.typeName}/${method.name}`;
-      const request = create(method.input, input);
       return new Promise((resolve, reject) => {
         if (signal?.aborted) {
           reject(ConnectError.from(signal.reason));
           return;
         }
+        const request = Buffer.from(toBinary(method.input, create(method.input, input)));
         const responseHeader = new Headers();
+        let response: Buffer | undefined;
         const call = client.makeUnaryRequest<Buffer, Buffer>(
-          path,
+          methodPath(method),
           identity,
           identity,
-          Buffer.from(toBinary(method.input, request)),
-          headersToMetadata(header),
+          request,
+          requestMetadata(header),
           callOptions(timeoutMs),
           (err, value) => {
-            signal?.removeEventListener("abort", onAbort);
+            // A failure's trailers come with it (err.metadata); a success's come with the
+            // 'status' event grpc-js emits right after this callback.
             if (err) {
-              reject(fromServiceError(err));
-              return;
-            }
-            try {
-              resolve({
-                stream: false,
-                service: method.parent,
-                method,
-                header: responseHeader,
-                trailer: new Headers(),
-                message: fromBinary(method.output, value ?? Buffer.alloc(0)),
-              });
-            } catch (e) {
-              reject(new ConnectError(`malformed ${method.output.typeName}: ${(e as Error).message}`, Code.Internal));
+              signal?.removeEventListener("abort", onAbort);
+              reject(withHeader(fromGrpcStatus(err), responseHeader));
+            } else {
+              response = value ?? Buffer.alloc(0);
             }
           },
         );
-        call.on("metadata", (md: grpc.Metadata) => copyMetadata(md, responseHeader));
+        call.on("metadata", (md: grpc.Metadata) => metadataToHeaders(md, responseHeader));
+        call.on("status", (status: grpc.StatusObject) => {
+          if (response === undefined) return;
+          signal?.removeEventListener("abort", onAbort);
+          try {
+            resolve({
+              stream: false,
+              service: method.parent,
+              method,
+              header: responseHeader,
+              trailer: metadataToHeaders(status.metadata),
+              message: decodeResponse(method, response),
+            });
+          } catch (e) {
+            reject(e);
+          }
+        });
         const onAbort = () => call.cancel();
         signal?.addEventListener("abort", onAbort, { once: true });
       });
@@ -128,12 +143,13 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
       header: HeadersInit | undefined,
       input: AsyncIterable<MessageInitShape<I>>,
     ): Promise<StreamResponse<I, O>> {
-      const path = `/${method.parent.typeName}/${method.name}`;
-      const metadata = headersToMetadata(header);
+      const path = methodPath(method);
+      const metadata = requestMetadata(header);
       const opts = callOptions(timeoutMs);
       const encode = (m: MessageInitShape<I>) => Buffer.from(toBinary(method.input, create(method.input, m)));
-      let call: grpc.ClientReadableStream<Buffer> | grpc.ClientDuplexStream<Buffer, Buffer>;
-      let unaryResult: Promise<Buffer> | undefined;
+      let call: grpc.ClientReadableStream<Buffer> | grpc.ClientWritableStream<Buffer> | grpc.ClientDuplexStream<Buffer, Buffer>;
+      // A client-streaming call's one response, handed over by grpc-js's callback.
+      let single: Buffer | undefined;
       switch (method.methodKind) {
         case "server_streaming": {
           // Connect's client hands a server-streaming request over as a one-element iterable.
@@ -145,46 +161,96 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
           call = client.makeServerStreamRequest(path, identity, identity, encode(first ?? ({} as MessageInitShape<I>)), metadata, opts);
           break;
         }
-        case "bidi_streaming": {
-          const duplex = client.makeBidiStreamRequest(path, identity, identity, metadata, opts);
-          void feed(duplex, input, encode);
-          call = duplex;
+        case "bidi_streaming":
+          call = client.makeBidiStreamRequest(path, identity, identity, metadata, opts);
           break;
-        }
-        case "client_streaming": {
-          let writable!: grpc.ClientWritableStream<Buffer>;
-          unaryResult = new Promise<Buffer>((resolve, reject) => {
-            writable = client.makeClientStreamRequest(path, identity, identity, metadata, opts, (err, value) =>
-              err ? reject(fromServiceError(err)) : resolve(value ?? Buffer.alloc(0)),
-            );
+        case "client_streaming":
+          call = client.makeClientStreamRequest(path, identity, identity, metadata, opts, (err, value) => {
+            // A failure is read from the 'status' event, with everything else.
+            if (!err) single = value ?? Buffer.alloc(0);
           });
-          void feed(writable, input, encode);
-          call = writable as unknown as grpc.ClientReadableStream<Buffer>;
           break;
-        }
       }
       const onAbort = () => call.cancel();
       if (signal?.aborted) call.cancel();
       signal?.addEventListener("abort", onAbort, { once: true });
-      const trailer = new Headers();
-      const responseHeader = new Headers();
-      call.on("metadata", (md: grpc.Metadata) => copyMetadata(md, responseHeader));
 
+      // The 'status' event ends every call, with the trailers. grpc-js also emits a non-OK status
+      // as an 'error' event, which would throw with no listener (it can come before anyone reads,
+      // e.g. a trailers-only answer while we wait for headers); the status is read from 'status'.
+      let finished = false;
+      const status = new Promise<grpc.StatusObject>((resolve) =>
+        call.on("status", (s: grpc.StatusObject) => {
+          finished = true;
+          resolve(s);
+        }),
+      );
+      call.on("error", () => undefined);
+      const responseHeader = new Headers();
+      const headerReceived = new Promise<void>((resolve) =>
+        call.on("metadata", (md: grpc.Metadata) => {
+          metadataToHeaders(md, responseHeader);
+          resolve();
+        }),
+      );
+
+      // Requests are written as the caller produces them, with the channel's back-pressure. When
+      // the caller's iterable throws, that error ends the call and is what the caller sees, not
+      // the CANCELLED the cancellation produces.
+      let feedError: ConnectError | undefined;
+      if (method.methodKind !== "server_streaming") {
+        const writable = call as grpc.ClientWritableStream<Buffer>;
+        void (async () => {
+          try {
+            for await (const m of input) {
+              // The server has answered: stop pulling requests nobody will read.
+              if (finished) return;
+              if (!writable.write(encode(m))) {
+                await new Promise<void>((resolve) => {
+                  const done = () => {
+                    writable.off("drain", done);
+                    resolve();
+                  };
+                  writable.on("drain", done);
+                  void status.then(done);
+                });
+              }
+            }
+            if (!finished) writable.end();
+          } catch (e) {
+            if (finished) return;
+            feedError = ConnectError.from(e);
+            call.cancel();
+          }
+        })();
+      }
+
+      // Connect's transports resolve once the response headers are in, so onHeader sees them.
+      await Promise.race([headerReceived, status]);
+
+      const trailer = new Headers();
+      const settle = (s: grpc.StatusObject): void => {
+        if (feedError) throw feedError;
+        if (s.code !== grpc.status.OK) throw withHeader(fromGrpcStatus(s), responseHeader);
+        metadataToHeaders(s.metadata, trailer);
+      };
       async function* messages(): AsyncGenerator<MessageShape<O>> {
         try {
-          if (unaryResult) {
-            yield fromBinary(method.output, await unaryResult);
+          if (method.methodKind === "client_streaming") {
+            settle(await status);
+            yield decodeResponse(method, single ?? Buffer.alloc(0));
             return;
           }
-          // A non-OK status arrives as an 'error' event, which makes the iteration throw.
-          const readable = call as NodeJS.ReadableStream;
           try {
-            for await (const chunk of readable as AsyncIterable<Buffer>) {
-              yield fromBinary(method.output, chunk);
+            for await (const chunk of call as AsyncIterable<Buffer>) {
+              yield decodeResponse(method, chunk);
             }
           } catch (e) {
-            throw e instanceof ConnectError ? e : fromServiceError(e as grpc.ServiceError);
+            // A malformed message is ours to report; grpc-js's error for a non-OK status says
+            // what the 'status' event says, which also carries the trailers.
+            if (e instanceof ConnectError) throw e;
           }
+          settle(await status);
         } finally {
           signal?.removeEventListener("abort", onAbort);
           call.cancel();
@@ -202,39 +268,30 @@ export function createGrpcJsTransport(target: string, options: GrpcJsTransportOp
   };
 }
 
-async function feed<T>(
-  writable: grpc.ClientWritableStream<Buffer> | grpc.ClientDuplexStream<Buffer, Buffer>,
-  input: AsyncIterable<T>,
-  encode: (m: T) => Buffer,
-): Promise<void> {
+/** Connect's gRPC transport gives a failed call's error the response headers too, after the trailers. */
+function withHeader(error: ConnectError, header: Headers): ConnectError {
+  header.forEach((value, key) => error.metadata.append(key, value));
+  return error;
+}
+
+function methodPath(method: DescMethodUnary | DescMethodStreaming): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
+/**
+ * A response that does not decode is INTERNAL (the server broke the contract, nothing the caller
+ * can fix), with the same message whatever the method's kind, naming the type and the method.
+ */
+function decodeResponse<O extends DescMessage>(
+  method: DescMethodUnary<DescMessage, O> | DescMethodStreaming<DescMessage, O>,
+  bytes: Uint8Array,
+): MessageShape<O> {
   try {
-    for await (const m of input) {
-      if (!writable.write(encode(m))) {
-        await new Promise((r) => writable.once("drain", r));
-      }
-    }
-    writable.end();
-  } catch {
-    writable.cancel();
-  }
-}
-
-/** grpc-js error → ConnectError with the same code, the server's message, and its trailers. */
-export function fromServiceError(err: Partial<grpc.ServiceError>): ConnectError {
-  const metadata = new Headers();
-  if (err.metadata) copyMetadata(err.metadata, metadata);
-  const code = typeof err.code === "number" && err.code > 0 && err.code <= 16 ? err.code : Code.Unknown;
-  return new ConnectError(err.details ?? err.message ?? "unknown error", code as number as Code, metadata);
-}
-
-function headersToMetadata(header: HeadersInit | undefined): grpc.Metadata {
-  const metadata = new grpc.Metadata();
-  if (header) new Headers(header).forEach((value, key) => metadata.add(key, value));
-  return metadata;
-}
-
-function copyMetadata(md: grpc.Metadata, into: Headers): void {
-  for (const [key, value] of Object.entries(md.getMap())) {
-    if (!key.endsWith("-bin")) into.append(key, String(value));
+    return fromBinary(method.output, bytes);
+  } catch (e) {
+    throw new ConnectError(
+      `malformed ${method.output.typeName} from ${methodPath(method)}: ${(e as Error).message}`,
+      Code.Internal,
+    );
   }
 }

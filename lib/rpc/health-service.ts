@@ -3,6 +3,7 @@ import {
   Health,
   HealthCheckResponse_ServingStatus as ServingStatus,
 } from "../../gen/grpc/health/v1/health_pb.js";
+import { followSource } from "./follow-source.js";
 
 export { ServingStatus };
 
@@ -49,26 +50,24 @@ export function createHealthRegistry(): HealthRegistry {
         for (const [service, status] of statuses) out[service] = { status };
         return { statuses: out };
       },
-      async *watch(req, context) {
+      watch(req, context) {
+        // The status table is the durable source: a stream reads the current status whenever
+        // something changed and sends it when it differs from what this stream sent last, so a
+        // slow client skips intermediate statuses instead of queueing them.
         let last: ServingStatus | undefined;
-        let wake: (() => void) | undefined;
-        const changed = () => wake?.();
-        watchers.add(changed);
-        try {
-          while (!context.signal.aborted) {
+        return followSource(
+          context.signal,
+          (notify) => {
+            watchers.add(notify);
+            return () => watchers.delete(notify);
+          },
+          () => {
             const current = lookup(req.service);
-            if (current !== last) {
-              last = current;
-              yield { status: current };
-            }
-            await new Promise<void>((resolve) => {
-              wake = resolve;
-              context.signal.addEventListener("abort", () => resolve(), { once: true });
-            });
-          }
-        } finally {
-          watchers.delete(changed);
-        }
+            if (current === last) return undefined;
+            last = current;
+            return { status: current };
+          },
+        );
       },
     },
   };

@@ -1,32 +1,36 @@
 import {
+  create,
   fromBinary,
   toBinary,
   type DescFile,
   type DescMessage,
   type DescService,
+  type MessageInitShape,
 } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
-  ServerReflection as ServerReflectionV1,
+  type ServerReflection as ServerReflectionV1,
   ServerReflectionRequestSchema as RequestV1,
   ServerReflectionResponseSchema as ResponseV1,
   type ServerReflectionRequest,
   type ServerReflectionResponse,
 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import {
-  ServerReflection as ServerReflectionV1alpha,
+  type ServerReflection as ServerReflectionV1alpha,
   ServerReflectionRequestSchema as RequestV1alpha,
   ServerReflectionResponseSchema as ResponseV1alpha,
 } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
 
 type ResponseInit = MessageInitShape<typeof ResponseV1>;
 
 /**
  * Server reflection (grpc.reflection.v1 and v1alpha) answered from the descriptors protoc-gen-es
  * embedded in gen/, so grpcurl and `buf curl` work with no .proto files at hand. v1alpha is the
- * same wire format under another package; it is served by re-reading its bytes as v1.
+ * same wire format under another package (the field numbers of grpc/reflection/v1alpha and v1
+ * are identical; v1alpha is for clients that still ask it first or only, such as Python's
+ * grpcio-reflection and older grpcurl), so it is served by re-reading its bytes as v1 and the
+ * answer's bytes as v1alpha.
  */
 export function createReflectionImpls(services: DescService[]): {
   v1: ServiceImpl<typeof ServerReflectionV1>;
@@ -84,8 +88,10 @@ export function createReflectionImpls(services: DescService[]): {
       async *serverReflectionInfo(requests) {
         for await (const req of requests) {
           const asV1 = fromBinary(RequestV1, toBinary(RequestV1alpha, req));
-          const out = answer(asV1) as ServerReflectionResponse;
-          yield fromBinary(ResponseV1alpha, toBinary(ResponseV1, { ...out, $typeName: ResponseV1.typeName } as ServerReflectionResponse));
+          // toBinary wants a message, not an init object: its nested values (the oneof's
+          // ListServiceResponse, ...) have no $typeName until create() builds them.
+          const answerV1: ServerReflectionResponse = create(ResponseV1, answer(asV1));
+          yield fromBinary(ResponseV1alpha, toBinary(ResponseV1, answerV1));
         }
       },
     },
@@ -127,7 +133,10 @@ function buildIndex(services: DescService[]): Index {
   };
 }
 
-/** The file and everything it imports, dependencies first, each once, as grpcurl expects. */
+/**
+ * The file first, then everything it imports (transitively), each once: a file always comes
+ * before its imports, the order grpc-go's reflection answers in and clients accept.
+ */
 function filesAnswer(
   base: Pick<ResponseInit, "validHost" | "originalRequest">,
   file: DescFile | undefined,

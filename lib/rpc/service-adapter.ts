@@ -1,4 +1,4 @@
-import * as grpc from "@grpc/grpc-js";
+import type * as grpc from "@grpc/grpc-js";
 import { once } from "node:events";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
@@ -19,7 +19,7 @@ import {
   type ServiceImpl,
 } from "@connectrpc/connect";
 import type { Logger } from "./logger.js";
-import { codeName } from "./status-codes.js";
+import { codeName, headersToMetadata, metadataToHeaders, toGrpcStatus } from "./status-codes.js";
 
 const CALL_COMPLETED = new ConnectError("call completed", Code.Canceled);
 
@@ -68,6 +68,11 @@ type AnyStreamImpl = (req: unknown, ctx: HandlerContext) => AsyncIterable<unknow
  * Messages cross grpc-js as raw bytes: we decode requests ourselves so a malformed message is
  * answered with INVALID_ARGUMENT naming the method (grpc-js would answer INTERNAL), and we
  * encode responses ourselves so an encoding failure is reported like any handler error.
+ *
+ * Everything else a Connect handler can say reaches the wire as Connect's own gRPC handler would
+ * put it there: request metadata becomes `context.requestHeader` (`-bin` values as base64 text),
+ * `context.responseHeader` and `context.responseTrailer` are sent, on success and on error, and a
+ * ConnectError's details travel in `grpc-status-details-bin` (see toGrpcStatus).
  */
 export function adaptService(
   registration: ServiceRegistration,
@@ -133,6 +138,24 @@ function makeHandler(
       requestHeader: metadataToHeaders(call.metadata),
     });
     const peer = call.getPeer();
+    // The handler's response headers go out once, before the first message or with the status
+    // (grpc-js would otherwise send its defaults and drop them).
+    let headerSent = false;
+    const sendHeader = () => {
+      if (headerSent) return;
+      headerSent = true;
+      if (context.responseHeader.keys().next().done) return;
+      call.sendMetadata(headersToMetadata(context.responseHeader));
+    };
+    /** The error as the call's status; response headers that cannot be encoded are logged. */
+    const statusOf = (error: ConnectError): grpc.StatusObject => {
+      try {
+        sendHeader();
+      } catch (e) {
+        options.logger.warn({ method: path, error: ConnectError.from(e).rawMessage }, "response header not sent");
+      }
+      return toGrpcStatus(error, context.responseTrailer);
+    };
     const finish = (error: ConnectError | undefined) => {
       done = true;
       // Ends the call's signal (Connect's contract: it fires on completion too, so handlers can
@@ -156,7 +179,7 @@ function makeHandler(
       }
       for (const interceptor of options.interceptors ?? []) interceptor(method, context, peer);
     };
-    return { context, finish, intercept };
+    return { context, finish, intercept, sendHeader, statusOf };
   };
 
   // The request side differs by kind (one decoded message, or a decoded stream); the response
@@ -169,17 +192,20 @@ function makeHandler(
 
   if (method.methodKind === "unary" || method.methodKind === "client_streaming") {
     return (call: AnyServerCall, callback: grpc.sendUnaryData<Buffer>) => {
-      const { context, finish, intercept } = begin(call);
+      const { context, finish, intercept, sendHeader, statusOf } = begin(call);
       contextOf.set(call, context);
       void (async () => {
         try {
           intercept();
           const response = await raceSignal((fn as AnyUnaryImpl)(requestOf(call), context), context.signal);
-          callback(null, encode(method.output, response), headersToMetadata(context.responseTrailer));
+          const bytes = encode(method.output, response);
+          const trailer = headersToMetadata(context.responseTrailer);
+          sendHeader();
+          callback(null, bytes, trailer);
           finish(undefined);
         } catch (e) {
           const error = toConnectError(e, context);
-          callback(toServiceError(error, context));
+          callback(statusOf(error));
           finish(error);
         }
       })();
@@ -187,17 +213,20 @@ function makeHandler(
   }
   return (call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>) => {
     const any = call as unknown as AnyServerCall;
-    const { context, finish, intercept } = begin(any);
+    const { context, finish, intercept, sendHeader, statusOf } = begin(any);
     contextOf.set(any, context);
     void (async () => {
       try {
         intercept();
-        await pump((fn as AnyStreamImpl)(requestOf(any), context), call, method, context);
-        endStream(call, undefined, context);
+        await pump((fn as AnyStreamImpl)(requestOf(any), context), call, method, context, sendHeader);
+        const trailer = headersToMetadata(context.responseTrailer);
+        sendHeader();
+        if (!call.cancelled) call.end(trailer);
         finish(undefined);
       } catch (e) {
         const error = toConnectError(e, context);
-        endStream(call, error, context);
+        // grpc-js turns an 'error' event on a server stream into the call's status.
+        if (!call.cancelled) call.emit("error", statusOf(error));
         finish(error);
       }
     })();
@@ -276,33 +305,22 @@ async function pump(
   call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>,
   method: DescMethod,
   context: HandlerContext,
+  sendHeader: () => void,
 ): Promise<void> {
   const iterator = responses[Symbol.asyncIterator]();
   try {
     for (;;) {
       const next = await raceSignal(iterator.next(), context.signal);
       if (next.done) return;
-      if (!call.write(encode(method.output, next.value))) {
+      const bytes = encode(method.output, next.value);
+      sendHeader();
+      if (!call.write(bytes)) {
         await raceSignal(once(call, "drain"), context.signal);
       }
     }
   } finally {
     // Lets the handler's generator run its finally blocks (unsubscribe, timers).
     void iterator.return?.();
-  }
-}
-
-function endStream(
-  call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>,
-  error: ConnectError | undefined,
-  context: HandlerContext,
-): void {
-  if (call.cancelled) return;
-  if (error) {
-    // grpc-js turns an 'error' event on a server stream into the call's status.
-    call.emit("error", toServiceError(error, context));
-  } else {
-    call.end(headersToMetadata(context.responseTrailer));
   }
 }
 
@@ -335,27 +353,6 @@ function toConnectError(e: unknown, context: HandlerContext): ConnectError {
   return ConnectError.from(e);
 }
 
-function toServiceError(error: ConnectError, context: HandlerContext): Partial<grpc.ServiceError> {
-  const metadata = headersToMetadata(context.responseTrailer);
-  error.metadata.forEach((value, key) => metadata.add(key, value));
-  return { code: error.code as number as grpc.status, details: error.rawMessage, metadata };
-}
-
 function isServerFault(code: Code): boolean {
   return code === Code.Unknown || code === Code.Internal || code === Code.DataLoss;
-}
-
-function metadataToHeaders(metadata: grpc.Metadata): Headers {
-  const headers = new Headers();
-  for (const [key, values] of Object.entries(metadata.getMap())) {
-    if (key.endsWith("-bin")) continue;
-    headers.append(key, String(values));
-  }
-  return headers;
-}
-
-function headersToMetadata(headers: Headers): grpc.Metadata {
-  const metadata = new grpc.Metadata();
-  headers.forEach((value, key) => metadata.add(key, value));
-  return metadata;
 }

@@ -15,6 +15,7 @@ import { tempDir } from "../helpers/temp-dir.js";
 import { prng, randomBytes, randomMessage } from "../helpers/random-message.js";
 import { agentClients } from "../helpers/clients.js";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { errorMessage } from "../../lib/error-message.js";
 
 // Random bytes and random field values to every method of both daemons. Every call must end
 // with a deliberate status: UNKNOWN or INTERNAL would mean an unhandled exception. The daemons
@@ -135,7 +136,7 @@ describe(`fuzzing every method (seed ${SEED})`, () => {
       seen = await fuzz(agent.address, [InventoryService, MetricsService, StandbyService, RuntimeService, MeteringService], agent.pid);
     } catch (e) {
       // The agent's last words say what killed it.
-      throw new Error(`${(e as Error).message}\nagent output:\n${agent.lines.slice(-15).join("\n")}`);
+      throw new Error(`${errorMessage(e)}\nagent output:\n${agent.lines.slice(-15).join("\n")}`);
     }
     assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")), "some inputs were rejected as invalid");
     assert.equal(agent.child.exitCode, null);
@@ -145,7 +146,7 @@ describe(`fuzzing every method (seed ${SEED})`, () => {
     try {
       seen = await fuzz(aggregator.address, [FleetService], aggregator.pid);
     } catch (e) {
-      throw new Error(`${(e as Error).message}\naggregator output:\n${aggregator.lines.slice(-15).join("\n")}`);
+      throw new Error(`${errorMessage(e)}\naggregator output:\n${aggregator.lines.slice(-15).join("\n")}`);
     }
     assert.ok([...seen.keys()].some((k) => k.endsWith(":INVALID_ARGUMENT")));
     assert.equal(aggregator.child.exitCode, null);

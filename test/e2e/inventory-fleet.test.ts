@@ -9,6 +9,7 @@ import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { startTcpProxy, type TcpProxy } from "../helpers/tcp-proxy-process.js";
 import { compareMergedView } from "../helpers/inventory-checker.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 // inventory.md end to end with separate processes: an aggregator following 3 agents, each
 // through a TCP proxy process (so a partition is a SIGSTOP of the proxy: the link is cut while
@@ -78,7 +79,7 @@ async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs
     } catch (e) {
       last = e;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${errorMessage(last)}` : ""}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

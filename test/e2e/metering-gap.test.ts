@@ -8,6 +8,7 @@ import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentLedgerLines, checkFleetFeed, type FleetRow } from "../helpers/metering-checker.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 // A lost aggregator store meets an agent that already dropped what the old store acknowledged
 // (retention 0, 4 KiB segments): the new aggregator merges nothing for the host and says where
@@ -59,7 +60,7 @@ describe("a lost aggregator store and an operator-accepted metering gap", () => 
         await metering.readMeteringEntries({ fromSeq: 1n, limit: 1 });
         return undefined; // seq 1 still there
       } catch (e) {
-        const m = /first_retained_seq=(\d+)/.exec((e as Error).message);
+        const m = /first_retained_seq=(\d+)/.exec(errorMessage(e));
         return m ? BigInt(m[1]!) : undefined;
       }
     });

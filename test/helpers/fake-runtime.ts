@@ -19,14 +19,14 @@ import {
   type RuntimeEvent,
   type RuntimeInfo,
 } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
-import type { ContainerRuntime, LogBatch, LogOptions } from "../../agent/runtime/container-runtime.js";
+import type { ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../../agent/runtime/container-runtime.js";
 
 /**
  * A ContainerRuntime whose containers, connection and timings a test sets: for the service,
  * the inventory sync and the aggregator, which must behave the same over any runtime. The
  * real runtimes have their own tests against a real dockerd and a recorded Kubernetes API.
  */
-export class FakeRuntime extends EventEmitter implements ContainerRuntime {
+export class FakeRuntime extends EventEmitter<ContainerRuntimeEvents> implements ContainerRuntime {
   connected = true;
   readonly known = new Map<string, Container>();
   /** Per external id: how long stats() takes (ms), to test per-container timeouts. */

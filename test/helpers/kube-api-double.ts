@@ -4,6 +4,7 @@ import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import { asTable, wantsTable } from "./kube-table.js";
 import { repoPath } from "./paths.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /**
  * A stand-in for a Kubernetes API server (testing.md "Kubernetes": none can run here): a local
@@ -401,7 +402,7 @@ current-context: double
         this.handle(req, res);
       } catch (e) {
         if (e instanceof KubeStatusError) this.json(res, e.status.code as number, e.status);
-        else this.json(res, 500, statusBody(500, "InternalError", `double: ${(e as Error).message}`));
+        else this.json(res, 500, statusBody(500, "InternalError", `double: ${errorMessage(e)}`));
       }
     });
     server.on("connection", (s) => {

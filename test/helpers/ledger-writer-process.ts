@@ -11,6 +11,7 @@
  */
 import { MeteringLedger } from "../../agent/metering/ledger.js";
 import type { LedgerEntryInput } from "../../agent/metering/ledger-entry.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export const LOOP_APPENDERS = 32;
 /** Long enough that a batch spans pages and a kill can land inside its write. */
@@ -56,7 +57,7 @@ async function fill(dir: string): Promise<void> {
     try {
       await ledger.append(Array.from({ length: 10 }, (_, i) => loopEntry(`fill-${n}-${i}`)));
     } catch (e) {
-      failure = (e as Error).message;
+      failure = errorMessage(e);
     }
   }
   const lastSeqAfterFailure = ledger.lastSeq;

@@ -14,6 +14,7 @@ import { negotiateApiVersion } from "./docker-endpoint.js";
 import { toConnectError } from "./docker-errors.js";
 import { parseDockerEventLine } from "./docker-events.js";
 import { dockerSince } from "./docker-time.js";
+import { errorMessage } from "../../../lib/error-message.js";
 
 /**
  * The Engine API calls this runtime makes, typed: dockerode's typings miss `abortSignal` and
@@ -84,7 +85,7 @@ export class DockerEngineClient {
     try {
       apiVersion = negotiateApiVersion(v);
     } catch (e) {
-      throw new ConnectError((e as Error).message, Code.Unavailable);
+      throw new ConnectError(errorMessage(e), Code.Unavailable);
     }
     const docker = new Dockerode({ ...endpoint.options, version: `v${apiVersion}` });
     return new DockerEngineClient(docker, v.Version ?? "", apiVersion);

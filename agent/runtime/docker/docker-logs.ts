@@ -116,7 +116,7 @@ export async function* streamDockerLogs(
     }
   } catch (e) {
     if (signal.aborted) return;
-    failure = `the log stream from the engine broke: ${errorMessage(e)}`;
+    failure = `the log stream from the engine broke: ${messageWithErrno(e)}`;
   } finally {
     // Also when the consumer stops early (return() on this generator): end the HTTP request.
     res.destroy();
@@ -160,7 +160,7 @@ async function readMissedEnd(docker: Dockerode, externalId: string, decoder: Doc
     out.errors.push(...last.errors);
     if (last.failure !== undefined) out.errors.push(last.failure);
   } catch (e) {
-    if (!signal.aborted) out.errors.push(`could not read the end of the log after the container exited: ${errorMessage(e)}`);
+    if (!signal.aborted) out.errors.push(`could not read the end of the log after the container exited: ${messageWithErrno(e)}`);
   } finally {
     res?.destroy();
   }
@@ -403,7 +403,7 @@ function dockerLogsError(e: unknown, externalId: string): ConnectError {
   if (e instanceof Error && e.name === "AbortError") return new ConnectError("log request cancelled", Code.Canceled, undefined, undefined, e);
   const status = statusCodeOf(e);
   if (status === undefined) {
-    return new ConnectError(`docker engine unreachable: ${errorMessage(e)}`, Code.Unavailable, undefined, undefined, e);
+    return new ConnectError(`docker engine unreachable: ${messageWithErrno(e)}`, Code.Unavailable, undefined, undefined, e);
   }
   const message = `docker: ${engineMessage(e)}`;
   switch (status) {
@@ -431,12 +431,13 @@ function statusCodeOf(e: unknown): number | undefined {
 function engineMessage(e: unknown): string {
   const json = (e as { json?: { message?: unknown } | null }).json;
   if (json && typeof json.message === "string") return json.message;
-  const text = errorMessage(e);
+  const text = messageWithErrno(e);
   const m = /^\(HTTP code \d+\) [^-]*- (.*)$/s.exec(text);
   return (m ? m[1]! : text).trim();
 }
 
-function errorMessage(e: unknown): string {
+/** The message with the errno code (ECONNRESET, EPIPE) when the message does not say it. */
+function messageWithErrno(e: unknown): string {
   if (e instanceof Error) {
     const code = (e as NodeJS.ErrnoException).code;
     return code && !e.message.includes(code) ? `${e.message} (${code})` : e.message;

@@ -13,7 +13,10 @@ import {
   type RuntimeEvent,
   type RuntimeInfo,
 } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
-import type { ContainerRuntime, LogBatch, LogOptions } from "../container-runtime.js";
+import { errorMessage } from "../../../lib/error-message.js";
+import { mapBounded } from "../../../lib/worker-pool.js";
+import type { ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../container-runtime.js";
+import { silentLogger, type RuntimeLogger } from "../runtime-logger.js";
 import type { DockerEventMessage, DockerInspect } from "./docker-api-types.js";
 import { DOCKER_RUNTIME, dockerState, inspectToContainer, inspectToHealth } from "./docker-container.js";
 import { resolveDockerReference } from "./docker-container-lookup.js";
@@ -42,17 +45,10 @@ import { nowNs, parseDockerTime, timestampFromNs } from "./docker-time.js";
  * event buffer, so then only the diff tells.
  */
 
-export interface DockerRuntimeLogger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-  debug(obj: object, msg?: string): void;
-}
-
 export interface DockerRuntimeOptions {
   /** "unix:///path" or "tcp://host:port"; default DOCKER_HOST, else unix:///var/run/docker.sock. */
   host?: string;
-  logger?: DockerRuntimeLogger;
+  logger?: RuntimeLogger;
 }
 
 export function createDockerRuntime(options: DockerRuntimeOptions = {}): ContainerRuntime {
@@ -70,12 +66,10 @@ const INSPECT_CONCURRENCY = 8;
 /** More than the engine's event buffer (256): every event a `since` replay can repeat is here. */
 const REMEMBERED_EVENTS = 1024;
 
-const QUIET_LOGGER: DockerRuntimeLogger = { info() {}, warn() {}, error() {}, debug() {} };
-
-class DockerRuntime extends EventEmitter implements ContainerRuntime {
+class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements ContainerRuntime {
   readonly name = DOCKER_RUNTIME;
   private readonly endpoint: DockerEndpoint;
-  private readonly logger: DockerRuntimeLogger;
+  private readonly logger: RuntimeLogger;
 
   private client: DockerEngineClient | undefined;
   private connected = false;
@@ -106,7 +100,7 @@ class DockerRuntime extends EventEmitter implements ContainerRuntime {
   constructor(options: DockerRuntimeOptions) {
     super();
     this.endpoint = parseDockerHost(options.host);
-    this.logger = options.logger ?? QUIET_LOGGER;
+    this.logger = options.logger ?? silentLogger;
   }
 
   async start(): Promise<void> {
@@ -473,22 +467,10 @@ class DockerRuntime extends EventEmitter implements ContainerRuntime {
 
   private async listAndInspect(client: DockerEngineClient, signal: AbortSignal): Promise<Map<string, DockerInspect>> {
     const ids = await client.listContainerIds(signal);
-    const out = new Map<string, DockerInspect>();
-    let next = 0;
-    const worker = async () => {
-      while (next < ids.length) {
-        const id = ids[next++]!;
-        const inspect = await this.inspectOrGone(client, id, signal);
-        if (inspect) out.set(inspect.Id, inspect);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(INSPECT_CONCURRENCY, ids.length) }, worker));
-    // Keep the engine's list order (newest first) rather than completion order.
+    // In the engine's list order (newest first), not completion order.
+    const inspects = await mapBounded(ids, INSPECT_CONCURRENCY, (id) => this.inspectOrGone(client, id, signal));
     const ordered = new Map<string, DockerInspect>();
-    for (const id of ids) {
-      const inspect = out.get(id);
-      if (inspect) ordered.set(id, inspect);
-    }
+    for (const inspect of inspects) if (inspect) ordered.set(inspect.Id, inspect);
     return ordered;
   }
 
@@ -502,11 +484,12 @@ class DockerRuntime extends EventEmitter implements ContainerRuntime {
     }
   }
 
-  private safeEmit(name: string, ...args: unknown[]): void {
+  private safeEmit<K extends keyof ContainerRuntimeEvents>(name: K, ...args: ContainerRuntimeEvents[K]): void {
     try {
-      this.emit(name, ...args);
+      // The emitter types its arguments with a conditional that a generic K leaves unresolved.
+      (this.emit as (name: K, ...args: ContainerRuntimeEvents[K]) => boolean).call(this, name, ...args);
     } catch (e) {
-      this.logger.error({ err: e instanceof Error ? e.message : String(e), listener: name }, "docker runtime listener threw");
+      this.logger.error({ err: errorMessage(e), listener: name }, "docker runtime listener threw");
     }
   }
 }

@@ -2,7 +2,8 @@ import type { KubeApiClient } from "./kube-api-client.js";
 import { KubeApiError } from "./kube-api-client.js";
 import { controllerOf, toObjectMeta, type Pod } from "./kube-objects.js";
 import type { ControllerRef } from "./pod-to-container.js";
-import type { KubeLogger } from "./kube-logger.js";
+import type { RuntimeLogger } from "../runtime-logger.js";
+import { errorMessage } from "../../../lib/error-message.js";
 
 // Enough for the ReplicaSets of the pods of one node or a large namespace; the oldest entry goes
 // first (a Deployment's old ReplicaSets stop being asked about once their pods are gone).
@@ -24,7 +25,7 @@ export class ControllerResolver {
 
   constructor(
     private readonly client: KubeApiClient,
-    private readonly logger: KubeLogger,
+    private readonly logger: RuntimeLogger,
     private readonly timeoutMs = 5_000,
   ) {}
 
@@ -59,7 +60,7 @@ export class ControllerResolver {
       if (!this.warned.has(key)) {
         this.warned.add(key);
         const level = e instanceof KubeApiError && e.httpStatus === 404 ? "debug" : "warn";
-        this.logger[level]({ replicaset: `${namespace}/${name}`, err: (e as Error).message }, "cannot read the ReplicaSet owning a pod; reporting the ReplicaSet as its controller");
+        this.logger[level]({ replicaset: `${namespace}/${name}`, err: errorMessage(e) }, "cannot read the ReplicaSet owning a pod; reporting the ReplicaSet as its controller");
       }
       return self;
     }

@@ -3,6 +3,7 @@ import http from "node:http";
 import https from "node:https";
 import type { KubeConfig } from "@kubernetes/client-node";
 import { toStatus } from "./kube-objects.js";
+import { errorMessage } from "../../../lib/error-message.js";
 
 /** The API server answered with an error status; `reason`/`message` come from its Status body. */
 export class KubeApiError extends Error {
@@ -82,7 +83,7 @@ export class KubeApiClient {
     try {
       this.loaded = this.config();
     } catch (e) {
-      throw new KubeTransportError(`kubeconfig: ${(e as Error).message}`);
+      throw new KubeTransportError(`kubeconfig: ${errorMessage(e)}`);
     }
     return this.loaded;
   }
@@ -92,7 +93,7 @@ export class KubeApiClient {
     try {
       return JSON.parse(text) as unknown;
     } catch (e) {
-      throw new KubeTransportError(`malformed JSON from GET ${req.path}: ${(e as Error).message}`);
+      throw new KubeTransportError(`malformed JSON from GET ${req.path}: ${errorMessage(e)}`);
     }
   }
 
@@ -128,7 +129,7 @@ export class KubeApiClient {
       await config.applyToHTTPSOptions(options);
     } catch (e) {
       // Exec plugins that fail, unreadable cert files, http:// without skip-verify.
-      throw new KubeTransportError(`kubeconfig: ${(e as Error).message}`);
+      throw new KubeTransportError(`kubeconfig: ${errorMessage(e)}`);
     }
     const timeoutMs = req.timeoutMs ?? this.defaultTimeoutMs;
     const mod = url.protocol === "https:" ? https : http;
@@ -219,7 +220,7 @@ async function readBody(res: http.IncomingMessage, maxBytes: number, path: strin
     }
   } catch (e) {
     if (e instanceof KubeTransportError || (e as Error).name === "AbortError") throw e;
-    throw new KubeTransportError(`connection to the API server lost while reading GET ${path}: ${(e as Error).message}`, (e as NodeJS.ErrnoException).code);
+    throw new KubeTransportError(`connection to the API server lost while reading GET ${path}: ${errorMessage(e)}`, (e as NodeJS.ErrnoException).code);
   }
   return Buffer.concat(chunks).toString("utf8");
 }

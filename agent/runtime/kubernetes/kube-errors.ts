@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { errorMessage } from "../../../lib/error-message.js";
 import { KubeApiError, KubeTransportError } from "./kube-api-client.js";
 
 /**
@@ -32,11 +33,11 @@ export function toConnectError(err: unknown, what: string): ConnectError {
   }
   if (err instanceof KubeTransportError) return new ConnectError(`kubernetes: ${what}: ${err.message}`, Code.Unavailable, undefined, undefined, err);
   if (err instanceof Error && err.name === "AbortError") return new ConnectError(`kubernetes: ${what}: cancelled`, Code.Canceled, undefined, undefined, err);
-  return new ConnectError(`kubernetes: ${what}: ${err instanceof Error ? err.message : String(err)}`, Code.Unavailable, undefined, undefined, err);
+  return new ConnectError(`kubernetes: ${what}: ${errorMessage(err)}`, Code.Unavailable, undefined, undefined, err);
 }
 
 /** A short description of why the API server is not usable, for RuntimeInfo.last_error. */
 export function describeFailure(err: unknown): string {
   if (err instanceof KubeApiError) return `${err.httpStatus} ${err.reason || "error"}: ${err.statusMessage || "(no message)"}`;
-  return err instanceof Error ? err.message : String(err);
+  return errorMessage(err);
 }

@@ -14,13 +14,14 @@ import {
   type LogLine,
   type RuntimeInfo,
 } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { raceAbort } from "../../../lib/abort-race.js";
 import { invalidArgument, truncate } from "../../../lib/rpc/field-error.js";
-import type { ContainerRuntime, LogBatch, LogOptions } from "../container-runtime.js";
+import type { ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../container-runtime.js";
+import { silentLogger, type RuntimeLogger } from "../runtime-logger.js";
 import { ControllerResolver } from "./controller-resolver.js";
 import { KubeApiClient, KubeApiError, type Query } from "./kube-api-client.js";
 import { describeSource, loadKubeConfig } from "./kube-config-loader.js";
 import { describeFailure, toConnectError } from "./kube-errors.js";
-import { silentLogger, type KubeLogger } from "./kube-logger.js";
 import { toPod, type Pod } from "./kube-objects.js";
 import { podActions, podEvent } from "./pod-events.js";
 import { PodListWatch, type ChangeSource, type PodChange } from "./pod-list-watch.js";
@@ -28,6 +29,7 @@ import { PodLogReader } from "./pod-log-reader.js";
 import { PodMetricsCache } from "./pod-metrics-cache.js";
 import { podStats } from "./pod-stats.js";
 import { defaultContainerOf, lastExitCode, podHealth, podKey, podToContainer, RUNTIME_NAME, type ControllerRef } from "./pod-to-container.js";
+import { errorMessage } from "../../../lib/error-message.js";
 
 export interface KubernetesRuntimeOptions {
   /** A kubeconfig file; else in-cluster when `inCluster`, else the library's defaults. */
@@ -39,7 +41,7 @@ export interface KubernetesRuntimeOptions {
   namespace?: string;
   /** Only pods scheduled to this node (an in-cluster agent: the node it runs on). */
   nodeName?: string;
-  logger?: KubeLogger;
+  logger?: RuntimeLogger;
   /** An already loaded configuration (wins over kubeconfig/inCluster). */
   kubeConfig?: KubeConfig;
   /** How old the shared metrics.k8s.io list may be (default 10 s, the metrics-server's pace). */
@@ -64,9 +66,9 @@ const POD_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
  * (ControllerResolver); stats from one shared metrics.k8s.io list (PodMetricsCache); logs from
  * pods/log; readiness as health. Pods cannot be paused.
  */
-export class KubernetesRuntime extends EventEmitter implements ContainerRuntime {
+export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> implements ContainerRuntime {
   readonly name = RUNTIME_NAME;
-  private readonly logger: KubeLogger;
+  private readonly logger: RuntimeLogger;
   private readonly client: KubeApiClient;
   private readonly listWatch: PodListWatch;
   /** Resolves Deployments through ReplicaSets (exposed for tests: `lookups`). */
@@ -153,7 +155,7 @@ export class KubernetesRuntime extends EventEmitter implements ContainerRuntime 
     this.requireConnected();
     const pod = this.requirePod(externalId);
     try {
-      const lookup = await abortable(this.metrics.get(pod.metadata.namespace, pod.metadata.name), signal);
+      const lookup = await raceAbort(this.metrics.get(pod.metadata.namespace, pod.metadata.name), signal, abortError);
       return podStats(pod, lookup);
     } catch (e) {
       throw toConnectError(e, `metrics of pod ${externalId}`);
@@ -181,7 +183,7 @@ export class KubernetesRuntime extends EventEmitter implements ContainerRuntime 
     } catch (e) {
       // Once lines were read, a stream that breaks off answers them and says so.
       if (signal?.aborted || kept.lines().length === 0) throw toConnectError(e, `logs of pod ${externalId}`);
-      errors.push(`the log could not be read to its end: ${(e as Error).message}`);
+      errors.push(`the log could not be read to its end: ${errorMessage(e)}`);
     } finally {
       res.destroy();
     }
@@ -364,26 +366,7 @@ export class KubernetesRuntime extends EventEmitter implements ContainerRuntime 
   }
 }
 
-/** Resolves like `promise`, or rejects with an AbortError when `signal` aborts first. */
-function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(abortError());
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(abortError());
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e instanceof Error ? e : new Error(String(e)));
-      },
-    );
-  });
-}
-
+/** What a request of this runtime rejects with when its caller aborts (toConnectError: CANCELED). */
 function abortError(): Error {
   const e = new Error("aborted");
   e.name = "AbortError";

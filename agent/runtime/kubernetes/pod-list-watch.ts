@@ -2,10 +2,11 @@ import { linkedSignal } from "../../../lib/linked-signal.js";
 import type { IncomingMessage } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import { KubeApiError, type KubeApiClient, type Query } from "./kube-api-client.js";
-import type { KubeLogger } from "./kube-logger.js";
+import type { RuntimeLogger } from "../runtime-logger.js";
 import { KubeObjectError, toList, toPod, type Pod } from "./kube-objects.js";
 import { podKey } from "./pod-to-container.js";
 import { parseWatchLine, WatchLineError, WatchLineReader, type WatchEvent } from "./watch-line-parser.js";
+import { errorMessage } from "../../../lib/error-message.js";
 
 export type PodChange =
   | { type: "added"; pod: Pod }
@@ -29,7 +30,7 @@ export interface PodListWatchHandler {
 export interface PodListWatchOptions {
   client: KubeApiClient;
   handler: PodListWatchHandler;
-  logger: KubeLogger;
+  logger: RuntimeLogger;
   /** Only this namespace (else all). */
   namespace?: string;
   /** Only pods scheduled to this node. */
@@ -291,7 +292,7 @@ export class PodListWatch {
       if (e instanceof WatchLineError) {
         this.options.logger.warn({ err: e.message, resourceVersion: this.resourceVersion }, "unreadable pod watch event; watching again from the last version");
       } else {
-        this.options.logger.debug({ err: (e as Error).message }, "pod watch connection ended");
+        this.options.logger.debug({ err: errorMessage(e) }, "pod watch connection ended");
       }
       return "ended";
     } finally {

@@ -1,4 +1,5 @@
 import { toStatus, type KubeStatus } from "./kube-objects.js";
+import { errorMessage } from "../../../lib/error-message.js";
 
 /** A watch stream line that is not a watch event. */
 export class WatchLineError extends Error {
@@ -27,7 +28,7 @@ export function parseWatchLine(line: string): WatchEvent {
   try {
     value = JSON.parse(line);
   } catch (e) {
-    throw new WatchLineError(`watch line is not JSON (${(e as Error).message}): ${preview(line)}`);
+    throw new WatchLineError(`watch line is not JSON (${errorMessage(e)}): ${preview(line)}`);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) throw new WatchLineError(`watch line is not a JSON object: ${preview(line)}`);
   const { type, object } = value as { type?: unknown; object?: unknown };

@@ -1,5 +1,6 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { DriverError, requirePid, type DriverTarget, type StandbyDriver } from "./standby-driver.js";
+import { errorMessage } from "../../../lib/error-message.js";
 
 /**
  * Freezes the instance's cgroup: cgroup v2 `cgroup.freeze` (1/0), or the v1 freezer's
@@ -14,7 +15,7 @@ export function createCgroupDriver(procRoot = "/proc", cgroupRoot = "/sys/fs/cgr
     try {
       text = readFileSync(`${procRoot}/${pid}/cgroup`, "utf8");
     } catch (e) {
-      throw new DriverError(`cgroup driver: pid ${pid}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new DriverError(`cgroup driver: pid ${pid}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
     }
     for (const line of text.split("\n")) {
       const [, controllers, path] = line.split(":");
@@ -32,7 +33,7 @@ export function createCgroupDriver(procRoot = "/proc", cgroupRoot = "/sys/fs/cgr
     try {
       writeFileSync(file, value);
     } catch (e) {
-      throw new DriverError(`cgroup driver: ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new DriverError(`cgroup driver: ${file}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
     }
   };
   return {

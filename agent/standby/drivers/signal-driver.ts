@@ -1,5 +1,6 @@
-import { readFileSync } from "node:fs";
 import { DriverError, requirePid, type DriverTarget, type StandbyDriver } from "./standby-driver.js";
+import { errorMessage } from "../../../lib/error-message.js";
+import { readProcStat } from "../../../lib/proc-stat-parser.js";
 
 /**
  * SIGSTOP / SIGCONT. A process that leads its own process group is stopped as a group (its
@@ -13,7 +14,7 @@ export function createSignalDriver(procRoot = "/proc"): StandbyDriver {
     try {
       process.kill(leader ? -pid : pid, signal);
     } catch (e) {
-      throw new DriverError(`signal driver: ${signal} to ${leader ? "group " : ""}${pid}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new DriverError(`signal driver: ${signal} to ${leader ? "group " : ""}${pid}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
     }
   };
   return {
@@ -27,11 +28,10 @@ export function createSignalDriver(procRoot = "/proc"): StandbyDriver {
   };
 }
 
-/** Field 5 (pgrp) of /proc/<pid>/stat, after the last ')'. */
+/** The process group of `pid`, or undefined when it cannot be read (gone). */
 function processGroupOf(procRoot: string, pid: number): number | undefined {
   try {
-    const line = readFileSync(`${procRoot}/${pid}/stat`, "latin1");
-    return Number(line.slice(line.lastIndexOf(")") + 1).trim().split(/\s+/)[2]);
+    return readProcStat(pid, procRoot)?.processGroup;
   } catch {
     return undefined;
   }

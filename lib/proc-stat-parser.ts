@@ -1,6 +1,10 @@
-/** The fields of /proc/<pid>/stat the agent uses (proc(5)); times are in clock ticks. */
+import { readFileSync } from "node:fs";
+
+/** The fields of /proc/<pid>/stat the daemons use (proc(5)); times are in clock ticks. */
 export interface ProcStat {
   state: string;
+  /** Field 5 (pgrp): the process group; equal to the pid for a group leader. */
+  processGroup: number;
   utimeTicks: bigint;
   stimeTicks: bigint;
   /** Field 22: when the process started, in ticks since boot; identifies the process, not just the pid. */
@@ -34,6 +38,7 @@ export function parseProcStatBytes(buf: Uint8Array, length: number): ProcStat {
   if (close < 0) throw new ProcParseError("stat: no ')' closing the comm field");
   let i = close + 1;
   let state = "";
+  let pgrp = -1n;
   let utime = -1n;
   let stime = -1n;
   let start = -1n;
@@ -44,6 +49,7 @@ export function parseProcStatBytes(buf: Uint8Array, length: number): ProcStat {
     const from = i;
     while (i < length && !isSpace(buf[i]!)) i++;
     if (field === 3) state = latin1(buf, from, i);
+    else if (field === 5) pgrp = number(buf, from, i, `stat: field 5 (pgrp)`);
     else if (field === 14) utime = number(buf, from, i, `stat: field 14 (utime)`);
     else if (field === 15) stime = number(buf, from, i, `stat: field 15 (stime)`);
     else if (field === 22) start = number(buf, from, i, `stat: field 22 (starttime)`);
@@ -52,7 +58,7 @@ export function parseProcStatBytes(buf: Uint8Array, length: number): ProcStat {
     const count = latin1(buf, close + 1, length).trim().split(/\s+/).filter((t) => t !== "").length;
     throw new ProcParseError(`stat: ${count} fields after comm, need at least 20`);
   }
-  return { state, utimeTicks: utime, stimeTicks: stime, startTimeTicks: start };
+  return { state, processGroup: Number(pgrp), utimeTicks: utime, stimeTicks: stime, startTimeTicks: start };
 }
 
 export function parseProcStatmBytes(buf: Uint8Array, length: number): ProcStatm {
@@ -83,6 +89,22 @@ export function parseCounterBytes(buf: Uint8Array, length: number, what: string)
 export function parseProcStat(line: string): ProcStat {
   const b = Buffer.from(line, "latin1");
   return parseProcStatBytes(b, b.length);
+}
+
+/**
+ * /proc/<pid>/stat of `pid` for one-off reads (a pid file's owner, a process group, a start
+ * time at registration), or undefined when it cannot be read: there is no such process.
+ * Content that does not parse throws ProcParseError, since an unreadable line is not proof that
+ * the process is gone.
+ */
+export function readProcStat(pid: number, procRoot = "/proc"): ProcStat | undefined {
+  let line: string;
+  try {
+    line = readFileSync(`${procRoot}/${pid}/stat`, "latin1");
+  } catch {
+    return undefined;
+  }
+  return parseProcStat(line);
 }
 
 export function parseProcStatm(text: string): ProcStatm {

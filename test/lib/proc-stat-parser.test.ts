@@ -1,7 +1,9 @@
 import { describe, it } from "vitest";
 import assert from "node:assert/strict";
-import { statLine } from "./proc-fixture-tree.js";
-import { parseCounter, parseProcStat, parseProcStatm, ProcParseError } from "../../../agent/kernel/proc-stat-parser.js";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { fixtureTree, statLine } from "../agent/kernel/proc-fixture-tree.js";
+import { parseCounter, parseProcStat, parseProcStatm, ProcParseError, readProcStat } from "../../lib/proc-stat-parser.js";
 
 describe("parseProcStat", () => {
   it("check 1: splits at the last ')' so comm may hold spaces and parentheses", () => {
@@ -10,6 +12,7 @@ describe("parseProcStat", () => {
     assert.equal(s.stimeTicks, 50n);
     assert.equal(s.startTimeTicks, 4242n);
     assert.equal(s.state, "R");
+    assert.equal(s.processGroup, 42);
   });
   it("reads fields from the real kernel's own line", async () => {
     const { readFileSync } = await import("node:fs");
@@ -32,6 +35,35 @@ describe("parseProcStat", () => {
   it("keeps 64-bit tick counts exact", () => {
     const big = statLine("x", 0, 0).replace(/^(42 \(x\) R(?: \S+){10}) 0 0/, "$1 18446744073709551615 1");
     assert.equal(parseProcStat(big).utimeTicks, 18446744073709551615n);
+  });
+});
+
+describe("readProcStat", () => {
+  it("reads a live process; undefined for a pid that does not exist; a bad line is an error", () => {
+    const tree = fixtureTree();
+    try {
+      tree.setProcess(7, statLine("vm", 1, 2, 999, 7));
+      assert.equal(readProcStat(7, tree.proc)?.startTimeTicks, 999n);
+      assert.equal(readProcStat(8, tree.proc), undefined);
+      tree.setProcess(9, "9 (broken");
+      assert.throws(() => readProcStat(9, tree.proc), ProcParseError);
+    } finally {
+      tree.remove();
+    }
+  });
+  it("gives the kernel's process group: a detached child leads its own, a plain one is in ours", async () => {
+    const own = readProcStat(process.pid);
+    assert.ok(own && own.processGroup > 0);
+    const leader = spawn("sleep", ["10"], { detached: true, stdio: "ignore" });
+    const member = spawn("sleep", ["10"], { stdio: "ignore" });
+    try {
+      await Promise.all([once(leader, "spawn"), once(member, "spawn")]);
+      assert.equal(readProcStat(leader.pid!)?.processGroup, leader.pid);
+      assert.equal(readProcStat(member.pid!)?.processGroup, own.processGroup);
+    } finally {
+      leader.kill();
+      member.kill();
+    }
   });
 });
 
@@ -62,7 +94,7 @@ describe("parseCounter", () => {
 
 describe("parser fuzz", () => {
   it("random and mutated lines either parse or throw ProcParseError, never anything else", async () => {
-    const { prng } = await import("../../helpers/random-message.js");
+    const { prng } = await import("../helpers/random-message.js");
     const seed = Date.now() % 1e9;
     const rnd = prng(seed);
     const base = statLine("x y) z", 150, 50);
