@@ -3,7 +3,7 @@ import { durationMs, timestampFromMs, type Duration } from "@bufbuild/protobuf/w
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
   FleetMeteringEntrySchema,
-  FleetService,
+  type FleetService,
   type FleetMeteringEntry,
   ListInstanceStatsResponseSchema,
   HostOrigin,

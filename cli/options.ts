@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { Command, InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { parseHostPort, type ListenAddress } from "../lib/listen-address.js";
 import { parseDurationMs } from "../lib/duration.js";
 import { hostTimeoutProblem } from "../lib/host-timeout.js";

@@ -9,7 +9,7 @@ started=$SECONDS
 bash scripts/setup.sh --test
 
 echo "== lint (biome) and types"
-npx biome ci --reporter=summary .
+npx biome ci --error-on-warnings .
 npx tsc -p tsconfig.json --noEmit
 
 echo "== buf lint"

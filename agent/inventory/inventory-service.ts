@@ -1,7 +1,7 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { clone } from "@bufbuild/protobuf";
-import { InstanceSchema, InstanceSource, InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, InstanceSource, InstanceState, type InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "./instance-registry.js";
 import { validateInstance, type ValidationOptions } from "./instance-validation.js";

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { MeteringEntrySchema, MeteringService, type MeteringEntry } from "../../gen/fleetlet/agent/v1/metering_pb.js";
+import { MeteringEntrySchema, type MeteringService, type MeteringEntry } from "../../gen/fleetlet/agent/v1/metering_pb.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
 import { followSource } from "../../lib/rpc/follow-source.js";
 import type { LifecycleEntry } from "./lifecycle-entries.js";

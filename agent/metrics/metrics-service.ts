@@ -4,7 +4,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { create } from "@bufbuild/protobuf";
 import {
   ListInstanceStatsResponseSchema,
-  MetricsService,
+  type MetricsService,
   type InstanceStats,
   type ListInstanceStatsResponse,
 } from "../../gen/fleetlet/agent/v1/metrics_pb.js";

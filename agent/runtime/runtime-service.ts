@@ -4,7 +4,7 @@ import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@conn
 import {
   ContainerErrorSchema,
   ContainerState,
-  RuntimeService,
+  type RuntimeService,
   WatchRuntimeEventsResponseSchema,
   WatchRuntimeEventsResponseType,
   type Container,

@@ -4,7 +4,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { InstanceSchema } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import {
   StandbyReason,
-  StandbyService,
+  type StandbyService,
   StandbyState,
   StandbyStatusSchema,
   type StandbyStatus,

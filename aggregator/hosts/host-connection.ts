@@ -4,7 +4,7 @@ import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { StandbyService } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { RuntimeService } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { MeteringService } from "../../gen/fleetlet/agent/v1/metering_pb.js";
-import { ConnectionState, HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { ConnectionState, type HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 
 export interface ReconnectBackoff {

@@ -3,7 +3,7 @@
  * at a time and waiting for it to be durable before the next, the way lifecycle transitions
  * arrive in the agent. Measured through MeteringLedger itself (group commit, fdatasync).
  */
-import { MeteringLedger } from "../../agent/metering/ledger.js";
+import type { MeteringLedger } from "../../agent/metering/ledger.js";
 import type { LedgerEntryInput } from "../../agent/metering/ledger-entry.js";
 
 export interface AppendRun {
@@ -36,7 +36,9 @@ export async function measureLedgerAppends(ledger: MeteringLedger, appenders: nu
   // The measured window opens when the counters are read, wherever the warm-up ended.
   let window: { at: number; syncs: number; seq: number } | undefined;
   const openWindow = () => (window = { at: performance.now(), syncs: ledger.syncs, seq: ledger.lastSeq });
-  const timer = warmupMs > 0 ? setTimeout(openWindow, warmupMs) : (openWindow(), undefined);
+  let timer: NodeJS.Timeout | undefined;
+  if (warmupMs > 0) timer = setTimeout(openWindow, warmupMs);
+  else openWindow();
   const latenciesMs: number[] = [];
   await Promise.all(
     Array.from({ length: appenders }, async (_, caller) => {

@@ -16,6 +16,7 @@ import {
   type Transport,
   type UnaryResponse,
 } from "@connectrpc/connect";
+import { errorMessage } from "../error-message.js";
 import { fromGrpcStatus, headersToMetadata, metadataToHeaders } from "./status-codes.js";
 
 /**
@@ -290,7 +291,7 @@ function decodeResponse<O extends DescMessage>(
     return fromBinary(method.output, bytes);
   } catch (e) {
     throw new ConnectError(
-      `malformed ${method.output.typeName} from ${methodPath(method)}: ${(e as Error).message}`,
+      `malformed ${method.output.typeName} from ${methodPath(method)}: ${errorMessage(e)}`,
       Code.Internal,
     );
   }

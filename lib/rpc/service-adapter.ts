@@ -18,6 +18,8 @@ import {
   type HandlerContext,
   type ServiceImpl,
 } from "@connectrpc/connect";
+import { raceAbort } from "../abort-race.js";
+import { errorMessage } from "../error-message.js";
 import type { Logger } from "./logger.js";
 import { codeName, headersToMetadata, metadataToHeaders, toGrpcStatus } from "./status-codes.js";
 
@@ -114,13 +116,17 @@ function makeHandler(
     const deadline = call.getDeadline();
     const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
     // grpc-js emits 'cancelled' both for a client's cancellation and for its own deadline
-    // timer, which usually fires before Connect's: tell the two apart by the clock.
+    // timer, which usually fires before Connect's: tell the two apart by the clock. The client's
+    // own deadline timer fires first and its RST_STREAM can arrive before ours ends (our deadline
+    // counts from when the request reached us, later under load), so a cancel within a slack of
+    // the deadline (10% of the timeout, at least 20 ms, at most 1 s) is the deadline.
+    const slackMs = Number.isFinite(deadlineMs) ? Math.min(1000, Math.max(20, (deadlineMs - Date.now()) / 10)) : 0;
     let done = false;
     call.on("cancelled", () => {
       // grpc-js also reports 'cancelled' when the stream closes after a completed call.
       if (done) return;
       const reason =
-        Number.isFinite(deadlineMs) && Date.now() >= deadlineMs - 5
+        Number.isFinite(deadlineMs) && Date.now() >= deadlineMs - slackMs
           ? new ConnectError("the call's deadline expired", Code.DeadlineExceeded)
           : new ConnectError("call cancelled by the client", Code.Canceled);
       requestAbort.abort(reason);
@@ -197,7 +203,7 @@ function makeHandler(
       void (async () => {
         try {
           intercept();
-          const response = await raceSignal((fn as AnyUnaryImpl)(requestOf(call), context), context.signal);
+          const response = await raceAbort((fn as AnyUnaryImpl)(requestOf(call), context), context.signal);
           const bytes = encode(method.output, response);
           const trailer = headersToMetadata(context.responseTrailer);
           sendHeader();
@@ -238,7 +244,7 @@ function decode<T extends DescMessage>(schema: T, bytes: Buffer, path: string): 
     return fromBinary(schema, bytes);
   } catch (e) {
     throw new ConnectError(
-      `malformed ${schema.typeName} for ${path}: ${(e as Error).message}`,
+      `malformed ${schema.typeName} for ${path}: ${errorMessage(e)}`,
       Code.InvalidArgument,
     );
   }
@@ -310,38 +316,18 @@ async function pump(
   const iterator = responses[Symbol.asyncIterator]();
   try {
     for (;;) {
-      const next = await raceSignal(iterator.next(), context.signal);
+      const next = await raceAbort(iterator.next(), context.signal);
       if (next.done) return;
       const bytes = encode(method.output, next.value);
       sendHeader();
       if (!call.write(bytes)) {
-        await raceSignal(once(call, "drain"), context.signal);
+        await raceAbort(once(call, "drain"), context.signal);
       }
     }
   } finally {
     // Lets the handler's generator run its finally blocks (unsubscribe, timers).
     void iterator.return?.();
   }
-}
-
-/** Settles with the promise, or rejects with the signal's reason (deadline, cancel, shutdown). */
-function raceSignal<T>(value: T | Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  if (!(value instanceof Promise)) return Promise.resolve(value);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    value.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
 }
 
 function toConnectError(e: unknown, context: HandlerContext): ConnectError {

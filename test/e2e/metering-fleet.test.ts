@@ -29,7 +29,7 @@ afterAll(async () => {
 const startAgent = (i: number) =>
   startDaemon(["agent", "--listen", `127.0.0.1:${ports[i] ?? 0}`, "--state-dir", agentDirs[i]!.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off"]);
 const startAggregator = () =>
-  startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", aggDir.path, "--metrics-listen", "off", "--hosts", agents.map((a, i) => `h${i}=127.0.0.1:${ports[i]}`).join(",")]);
+  startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", aggDir.path, "--metrics-listen", "off", "--hosts", agents.map((_, i) => `h${i}=127.0.0.1:${ports[i]}`).join(",")]);
 
 describe("the merged metering feed under crashes", () => {
   it("every agent's ledger equals its slice of the feed: none lost, none duplicated, fleet_seq gapless", async () => {
@@ -44,7 +44,7 @@ describe("the merged metering feed under crashes", () => {
     // One writer per agent, flipping its instances between RUNNING and STOPPED (2 entries per
     // round trip), reconnecting whenever its agent is restarted.
     const writers = agents.map(async (_, i) => {
-      for (let round = 0; !stop; round++) {
+      while (!stop) {
         const a = agents[i];
         if (!a) {
           await new Promise((r) => setTimeout(r, 50));

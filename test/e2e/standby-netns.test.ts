@@ -7,7 +7,7 @@ import { createInterface } from "node:readline";
 import { createClient, type Client } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { StandbyPolicySchema, StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
+import { type StandbyPolicySchema, StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { FLEETLET_BIN } from "../helpers/daemon-process.js";
 import { mustRunInCi, rootSkipReason } from "../helpers/root.js";

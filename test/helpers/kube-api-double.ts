@@ -26,7 +26,7 @@ import { errorMessage } from "../../lib/error-message.js";
  */
 
 // Raw API JSON, read and written field by field.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: recorded API objects are raw JSON, served and patched as such
 type Json = Record<string, any>;
 
 export const KUBE_FIXTURES = repoPath("test", "fixtures", "kubernetes");

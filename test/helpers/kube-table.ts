@@ -7,7 +7,7 @@
 
 // Raw API JSON of fixture objects, read field by field with fallbacks: `any` here saves a cast
 // per field in a test helper; the runtime's own code reads JSON through checked types.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: kubectl's table rows are raw JSON
 type Json = Record<string, any>;
 
 export function wantsTable(accept: string | undefined): boolean {

@@ -127,6 +127,7 @@ describe("docker stats → ContainerStats", () => {
   });
 
   it("unlimited: the kernel's page-rounded 2^63 (cgroup v1) or ≥ 2^62; a configured limit is reported", () => {
+    // biome-ignore lint/correctness/noPrecisionLoss: 2^63 - 4096, what cgroup v1 reports for "no limit"; exact as a double
     const huge: DockerStatsJson = { ...statsFixture("v1-unlimited"), memory_stats: { usage: 1, limit: 9223372036854771712, stats: {} } };
     const a = dockerStatsToContainerStats(input(huge, { configuredMemoryBytes: undefined, hostMemoryBytes: undefined })).stats;
     assert.equal(a.memoryUnlimited, true);

@@ -10,7 +10,8 @@ import { createKubernetesRuntime, type KubernetesRuntime, type KubernetesRuntime
 import { forbiddenStatus, KubeApiDouble, type KubeApiDoubleOptions } from "../../../helpers/kube-api-double.js";
 import { tempDir } from "../../../helpers/temp-dir.js";
 
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- fixture pods are raw JSON
+// biome-ignore lint/suspicious/noExplicitAny: fixture pods are raw JSON, read field by field
+type Json = Record<string, any>;
 
 interface Harness {
   double: KubeApiDouble;
