@@ -6,7 +6,7 @@
 // inside, as `--max-semi-space-size=4` on the command line would, which v8.setFlagsFromString
 // cannot do once the heap exists (lib/young-generation.ts).
 const { capYoungGeneration } = await import("../dist/lib/young-generation.js");
-capYoungGeneration(Number(process.env.XSEMI ?? 4));
+capYoungGeneration(4);
 
 const { main } = await import("../dist/cli/main.js");
 await main(process.argv);

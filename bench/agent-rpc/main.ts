@@ -24,7 +24,7 @@ import {
   tempDir,
 } from "../common/processes.js";
 import { H2GrpcClient } from "./h2-client.js";
-import { check, fmt, median, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, median, printFigures, progress, verdict } from "../common/report.js";
 
 const INSTANCES = 200;
 const RSS_INSTANCES = 1000;
@@ -164,6 +164,15 @@ runBench(async ({ smoke }) => {
     ["agent log", logProblems(agent.logPath)],
     ["target P2 rate", `>= ${TARGET_RATIO}x: ${verdict(ratio >= TARGET_RATIO)}`],
     ["target P2 RSS", `<= ${TARGET_RSS_MB} MB at ${RSS_INSTANCES} instances: ${verdict(rssMb <= TARGET_RSS_MB)}`],
+  ], [
+    figure("agent_calls_per_s", agentRate, "calls/s", "higher"),
+    figure("agent_server_cpu_us_per_call", a.serverUsPerCall, "us", "lower"),
+    figure("echo_calls_per_s", echoRate, "calls/s", "higher"),
+    figure("echo_server_cpu_us_per_call", e.serverUsPerCall, "us", "lower"),
+    figure("ratio_agent_to_echo", ratio, "x", "higher"),
+    figure("agent_rss_idle_mb", rssIdleKiB / 1024, "MB", "lower"),
+    figure(`agent_rss_${INSTANCES}_after_load_mb`, rss200KiB / 1024, "MB", "lower"),
+    figure(`agent_rss_${RSS_INSTANCES}_mb`, rssMb, "MB", "lower"),
   ]);
 });
 

@@ -19,7 +19,7 @@ import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { processCpuMs, readJsonLine, runBench, signal, sleep, tempDir, type Child } from "../common/processes.js";
-import { check, fmt, Malfunction, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, Malfunction, printFigures, progress, verdict, type Figure } from "../common/report.js";
 import { createNetns, enableConntrack, missingPrerequisite, sh, skipBench, startInNs, uniqueTag } from "./netns.js";
 import type { ProbeStats } from "./probe.js";
 import { DEFAULT_RECEIVE_BUFFER_BYTES } from "../../agent/kernel/conntrack-process-source.js";
@@ -262,6 +262,12 @@ runBench(async ({ smoke }) => {
   // Conservative: the low end of the offered range (6 events per connection).
   const atTarget = offered(flPaced.load, EVENTS_PER_CONNECTION[0]) >= TARGET_EVENTS_PER_S;
   const crashes = [flPaced, flMax].filter((r) => r.crashed).length;
+  const flFigures = (label: string, r: FleetletRound): Figure[] => [
+    figure(`${label}_offered_events_per_s`, offered(r.load, EVENTS_PER_CONNECTION[0]), "events/s", "higher"),
+    figure(`${label}_new_lost`, Math.max(0, r.load.made - r.stats.newSynSent), "connections", "lower"),
+    figure(`${label}_cpu_us_per_event`, (r.stats.cpuMs * 1000) / Math.max(1, r.stats.events), "us", "lower"),
+    figure(`${label}_event_loop_p99_ms`, r.stats.eventLoopP99Ms, "ms", "lower"),
+  ];
   printFigures(title, [
     ["namespace", `${ns}: conntrack via an iptables INPUT rule, TIME_WAIT 1 s; server, ${GENERATORS} Node generators (${CONCURRENCY} in flight) and the reader in it, 127.0.0.1`],
     ["reader", `fleetlet: the agent's conntrack source (reader process, SO_RCVBUFFORCE ${fmt(flPaced.stats.receiveBufferBytes / 1048576, 1)} MiB as granted, our decoder), a resync dump per overflow; reference: conntrack -E -p tcp --dport PORT > file`],
@@ -275,6 +281,10 @@ runBench(async ({ smoke }) => {
     ["target P4 lost", `0 NEW lost: paced ${verdict(okRound(flPaced))}, max ${verdict(okRound(flMax))} (conntrack -E lost ${refPaced.load.made - refPaced.newLines} / ${refMax.load.made - refMax.newLines}; with the agent's buffer ${refMaxBig.load.made - refMaxBig.newLines} at max)`],
     ["target P4 resync", `a resync per overflow (and the reader alive): paced ${verdict(resynced(flPaced))}, max ${verdict(resynced(flMax))}`],
     ["target P4 event loop", `p99 <= ${TARGET_LOOP_P99_MS} ms: paced ${verdict(flPaced.stats.eventLoopP99Ms <= TARGET_LOOP_P99_MS)}, max ${verdict(flMax.stats.eventLoopP99Ms <= TARGET_LOOP_P99_MS)}`],
+  ], [
+    ...flFigures("paced", flPaced),
+    ...flFigures("max", flMax),
+    figure("conntrack_e_paced_new_lost", Math.max(0, refPaced.load.made - refPaced.newLines), "connections", "lower"),
   ]);
   // A reader that kills its process is a malfunction, not a missed target (figures first).
   if (crashes > 0) throw new Malfunction(`the probe holding the agent's conntrack source died in ${crashes} round(s): ${[flPaced, flMax].find((r) => r.crashed)!.crashed}`);

@@ -28,7 +28,7 @@ import {
 } from "../common/processes.js";
 import { rawClient, rawUnary, waitReady } from "./raw-grpc.js";
 import { startFarm } from "../common/agent-farm-process.js";
-import { check, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, median, percentile, printFigures, progress, verdict, type Figure } from "../common/report.js";
 
 const INSTANCES_PER_HOST = 5;
 const DEADLINE_MS = 2000;
@@ -71,10 +71,12 @@ runBench(async ({ smoke }) => {
   const baselineKiB = await baselineRss(dir);
 
   const rows: [string, string][] = [];
+  const figures: Figure[] = [figure("aggregator_rss_no_hosts_mb", baselineKiB / 1024, "MB", "lower")];
   const rss: { n: number; connectedKiB: number; afterCallsKiB: number }[] = [];
   for (const n of sizes) {
     const result = await runSize(n, { calls, warmupCalls, hungCalls, dir, agentAddresses, hungAddress, hungPid: hungFarm.child.pid, farmPids: farms.map((f) => f.child.pid), baselineKiB });
     rows.push(...result.rows);
+    figures.push(...result.figures);
     rss.push({ n, ...result.rss });
   }
   if (rss.length >= 2) {
@@ -90,7 +92,7 @@ runBench(async ({ smoke }) => {
     ["setup", `${regular} agents in ${farmProcesses} farm processes + 1 hung; ${INSTANCES_PER_HOST} instances per agent; 1 in ${SLOW_EVERY} hosts behind a proxy delaying each chunk ${SLOW_DELAY_MS.min}-${SLOW_DELAY_MS.max} ms; per-host deadline ${DEADLINE_MS} ms`],
     ["aggregator RSS, no hosts", `${fmt(baselineKiB / 1024, 1)} MB`],
     ...rows,
-  ]);
+  ], figures);
 });
 
 interface SizeContext {
@@ -107,6 +109,7 @@ interface SizeContext {
 
 interface SizeResult {
   rows: [string, string][];
+  figures: Figure[];
   rss: { connectedKiB: number; afterCallsKiB: number };
 }
 
@@ -246,7 +249,19 @@ async function runSize(n: number, ctx: SizeContext): Promise<SizeResult> {
         [`${t} target RSS`, `<= ${TARGET_RSS_KIB_PER_HOST} KB per host (after calls): ${verdict(rssPerHostAfterCalls <= TARGET_RSS_KIB_PER_HOST)}`],
         [`${t} target hung host`, `DEADLINE_EXCEEDED at its deadline +-25 ms: ${verdict(hungExact)}`],
       ];
-      return { rows, rss: { connectedKiB, afterCallsKiB } };
+      const figures = [
+        figure(`h${n}_fanout_ms_p50`, median(walls), "ms", "lower"),
+        figure(`h${n}_fanout_ms_p99`, percentile(walls, 99), "ms", "lower"),
+        figure(`h${n}_fanout_minus_slowest_ms_p50`, median(overheads), "ms", "lower"),
+        figure(`h${n}_fanout_minus_slowest_ms_p99`, p99Overhead, "ms", "lower"),
+        figure(`h${n}_reference_fanout_ms_p50`, median(refWalls), "ms", "lower"),
+        figure(`h${n}_aggregator_cpu_ms_per_host_call`, cpuPerHostCall, "ms", "lower"),
+        figure(`h${n}_reference_cpu_ms_per_host_call`, refCpuPerHostCall, "ms", "lower"),
+        figure(`h${n}_aggregator_rss_connected_mb`, connectedKiB / 1024, "MB", "lower"),
+        figure(`h${n}_aggregator_rss_after_calls_mb`, afterCallsKiB / 1024, "MB", "lower"),
+        figure(`h${n}_hung_host_ms_max`, Math.max(...hungLatencies), "ms", "lower"),
+      ];
+      return { rows, figures, rss: { connectedKiB, afterCallsKiB } };
     } finally {
       raw.close();
       transport.close();

@@ -23,7 +23,7 @@ import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { mapBounded } from "../../lib/worker-pool.js";
 import { logProblems, rssKiB, runBench, signal, sleep, startFleetletDaemon, tempDir } from "../common/processes.js";
 import { startFarm } from "../common/agent-farm-process.js";
-import { check, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
 import { rawClient, rawUnary, waitReady } from "../fanout/raw-grpc.js";
 
 const PER_HOST = 100;
@@ -222,6 +222,16 @@ runBench(async ({ smoke }) => {
     ["target P8 resume without relist", verdict(relistsDuring === 0)],
     ["checker", `the merged view equals the union of the ${hosts} agents' own lists: ${after.instances.length} instances, 0 missing, 0 ghosts, 0 differing`],
     ["aggregator log", logProblems(aggregator.logPath)],
+  ], [
+    figure("initial_sync_s", initialSyncMs / 1000, "s", "lower"),
+    figure("merged_list_ms_p50", median(listMs), "ms", "lower"),
+    figure("reference_fanout_list_ms_p50", median(fanOutMs), "ms", "lower"),
+    figure("change_to_fleet_watch_ms_p50", median(fleetLatency), "ms", "lower"),
+    figure("change_to_fleet_watch_ms_p99", percentile(fleetLatency, 99), "ms", "lower"),
+    figure("agent_watch_ms_p99", percentile(agentLatency, 99), "ms", "lower"),
+    figure("aggregator_rss_mib", rssMiB, "MiB", "lower"),
+    figure("resume_after_sigcont_s", resumeMs / 1000, "s", "lower"),
+    figure("relists_after_disconnect", relistsDuring, "relists", "lower"),
   ]);
   await aggregator.stop();
   await Promise.all(farms.map((f) => f.child.stop()));

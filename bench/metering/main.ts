@@ -9,7 +9,7 @@
 import { execFileSync } from "node:child_process";
 import { MeteringLedger } from "../../agent/metering/ledger.js";
 import { runBench, tempDir } from "../common/processes.js";
-import { check, fmt, percentile, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, percentile, printFigures, progress, verdict, type Figure } from "../common/report.js";
 import { measureLedgerAppends, type AppendRun } from "./ledger-appends.js";
 import { measureMergeRate } from "./merge-rate.js";
 import { measureRawAppends, type RawRun } from "./raw-reference.js";
@@ -64,7 +64,8 @@ runBench(async ({ smoke }) => {
   await reopened.close();
 
   // ---- P7 second half: merge rate into the aggregator's store (merge-rate.ts) ----
-  const mergeRows = await measureMergeRate({ smoke, dir });
+  const mergeFigures: Figure[] = [];
+  const mergeRows = await measureMergeRate({ smoke, dir, figures: mergeFigures });
 
   const perS = run.entries / run.seconds;
   const rawPerS = raw.entries / raw.seconds;
@@ -84,6 +85,14 @@ runBench(async ({ smoke }) => {
     ["reopen (reads and checks every line)", `${fmt(reopenMs, 0)} ms for ${lastSeq} entries (${fmt((reopenMs * 1000) / lastSeq, 2)} us/entry)`],
     ["target P7 appends", `>= ${TARGET_PER_S.toLocaleString("en-US")}/s durable on one ledger: ${verdict(perS >= TARGET_PER_S)}`],
     ...mergeRows,
+  ], [
+    figure("ledger_entries_per_s", perS, "entries/s", "higher"),
+    figure("append_latency_ms_p50", percentile(run.latenciesMs, 50), "ms", "lower"),
+    figure("append_latency_ms_p99", percentile(run.latenciesMs, 99), "ms", "lower"),
+    figure("raw_loop_entries_per_s", rawPerS, "entries/s", "higher"),
+    figure("ratio_ledger_to_raw", perS / rawPerS, "x", "higher"),
+    figure("reopen_us_per_entry", (reopenMs * 1000) / lastSeq, "us", "lower"),
+    ...mergeFigures,
   ]);
 });
 

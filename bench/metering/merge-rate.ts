@@ -10,7 +10,7 @@ import { mkdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { MeteringStore, METERING_STORE_FILE } from "../../aggregator/metering/metering-store.js";
 import { openMeteringDatabase } from "../../aggregator/metering/store-database.js";
-import { check, fmt, percentile, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, percentile, progress, verdict, type Figure } from "../common/report.js";
 
 const TARGET_ENTRIES_PER_S = 50_000;
 const HOSTS = 10;
@@ -73,8 +73,9 @@ function fileBytes(dir: string): number {
 /**
  * Runs the merge measurement in `opts.dir` (two subdirectories, removed afterwards) and returns
  * figure rows. `sampleLines`: real ledger lines to merge (else synthetic ones of the same shape).
+ * `figures`: the machine-readable figures are pushed onto it (printFigures' --json output).
  */
-export async function measureMergeRate(opts: { smoke: boolean; dir: string; sampleLines?: readonly string[] }): Promise<[string, string][]> {
+export async function measureMergeRate(opts: { smoke: boolean; dir: string; sampleLines?: readonly string[]; figures?: Figure[] }): Promise<[string, string][]> {
   const entry = entryMaker(opts.sampleLines);
   const lineSource = opts.sampleLines && entry !== syntheticEntry ? `${opts.sampleLines.length} ledger lines as templates` : "synthetic lines";
   const total = opts.smoke ? 50_000 : 1_000_000;
@@ -145,6 +146,12 @@ export async function measureMergeRate(opts: { smoke: boolean; dir: string; samp
   rmSync(storeDir, { recursive: true, force: true });
   rmSync(referenceDir, { recursive: true, force: true });
 
+  opts.figures?.push(
+    figure("merge_entries_per_s", storeRate, "entries/s", "higher"),
+    figure("merge_reference_entries_per_s", referenceRate, "entries/s", "higher"),
+    figure("merge_ratio_store_to_reference", storeRate / referenceRate, "x", "higher"),
+    figure("merge_batch_ms_p99", percentile(storeMs, 99), "ms", "lower"),
+  );
   const rate = (r: number) => `${Math.round(r).toLocaleString("en-US")} entries/s`;
   return [
     ["merge: entries, hosts, per transaction", `${total.toLocaleString("en-US")}, ${HOSTS}, ${BATCH} (${lineSource}; WAL, synchronous=FULL: one fsync per batch)`],

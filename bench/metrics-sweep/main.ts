@@ -14,7 +14,7 @@ import { InstanceRegistry } from "../../agent/inventory/instance-registry.js";
 import { validateInstance } from "../../agent/inventory/instance-validation.js";
 import { StatsCollector } from "../../agent/metrics/stats-collector.js";
 import { REPO_ROOT, runBench, startSleepers, tempDir } from "../common/processes.js";
-import { check, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, median, percentile, printFigures, progress, verdict, type Figure } from "../common/report.js";
 
 const INTERFACE = "lo";
 const TARGET_MS_AT_1000 = 20;
@@ -125,9 +125,15 @@ runBench(async ({ smoke }) => {
     ["fleetlet CPU us/instance", fmt((nodeMedian * 1000) / n, 1)],
     ["Node readSync-only CPU ms/sweep", `median ${fmt(median(floorCpuMs))}  p99 ${fmt(percentile(floorCpuMs, 99))}  (same preads, no parsing)`],
   ];
+  const figures: Figure[] = [
+    figure("fleetlet_cpu_ms_per_sweep_median", nodeMedian, "ms", "lower"),
+    figure("fleetlet_cpu_ms_per_sweep_p99", nodeP99, "ms", "lower"),
+    figure("node_readsync_cpu_ms_per_sweep_median", median(floorCpuMs), "ms", "lower"),
+  ];
   if (reference) {
     const cMedian = median(cCpuMs);
     const ratio = nodeMedian / cMedian;
+    figures.push(figure("c_reference_cpu_ms_per_sweep_median", cMedian, "ms", "lower"), figure("ratio_fleetlet_to_c", ratio, "x", "lower"));
     rows.push(
       ["C reference CPU ms/sweep", `median ${fmt(cMedian)}  p99 ${fmt(percentile(cCpuMs, 99))}`],
       ["ratio fleetlet/C (median)", `${fmt(ratio)}x  (Node readSync-only/C ${fmt(median(floorCpuMs) / cMedian)}x)`],
@@ -143,7 +149,7 @@ runBench(async ({ smoke }) => {
       ["target P1", `<= ${fmt(targetMs, 0)} ms: ${verdict(nodeMedian <= targetMs)}; ratio not measured`],
     );
   }
-  printFigures(`metrics-sweep (P1)${smoke ? " --smoke" : ""}`, rows);
+  printFigures(`metrics-sweep (P1)${smoke ? " --smoke" : ""}`, rows, figures);
 });
 
 /** Builds reference.c with gcc -O2 into the temp dir; undefined when gcc is not installed. */

@@ -18,7 +18,7 @@ import { ContainerState, RuntimeService, WatchRuntimeEventsResponseType } from "
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { TEST_IMAGE, TestDockerd, dockerdSkipReason } from "../../test/helpers/dockerd.js";
 import { onCleanup, runBench, sleep, startFleetletDaemon, tempDir } from "../common/processes.js";
-import { check, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, median, percentile, printFigures, progress, verdict } from "../common/report.js";
 import { skipBench } from "../conntrack/netns.js";
 
 const TITLE = "runtime (P6)";
@@ -119,5 +119,11 @@ runBench(async ({ smoke }) => {
     ["events pause/unpause", `${latencies.length} delivered: p50 ${fmt(percentile(latencies, 50), 1)} ms, p99 ${fmt(percentile(latencies, 99), 1)} ms, max ${fmt(Math.max(...latencies), 1)} ms (engine timestamp -> client)`],
     ["target P6 stats", `<= ${TARGET_RATIO}x docker stats --no-stream: ${verdict(ratio <= TARGET_RATIO)} (${fmt(ratio, 3)}x)`],
     ["target P6 events", `p99 <= ${TARGET_EVENT_P99_MS} ms: ${verdict(percentile(latencies, 99) <= TARGET_EVENT_P99_MS)}`],
+  ], [
+    figure("list_container_stats_ms_median", median(fleetletMs), "ms", "lower"),
+    figure("docker_stats_cli_ms_median", median(cliMs), "ms", "lower"),
+    figure("ratio_fleetlet_to_cli", ratio, "x", "lower"),
+    figure("event_ms_p50", percentile(latencies, 50), "ms", "lower"),
+    figure("event_ms_p99", percentile(latencies, 99), "ms", "lower"),
   ]);
 });

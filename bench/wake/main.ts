@@ -23,7 +23,7 @@ import { InstanceKind, InstanceState, InventoryService } from "../../gen/fleetle
 import { StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { FLEETLET_BIN, logProblems, onCleanup, readJsonLine, runBench, sleep, tempDir, type Child } from "../common/processes.js";
-import { check, fmt, Malfunction, median, percentile, printFigures, progress, verdict } from "../common/report.js";
+import { check, figure, fmt, Malfunction, median, percentile, printFigures, progress, verdict, type Figure } from "../common/report.js";
 import { createNetns, enableConntrack, hasNsenter, missingPrerequisite, sh, shQuiet, skipBench, startInNetNsOnly, startInNs, uniqueTag } from "../conntrack/netns.js";
 import { errorMessage } from "../../lib/error-message.js";
 import { parseProcStat } from "../../lib/proc-stat-parser.js";
@@ -199,10 +199,15 @@ runBench(async ({ smoke }) => {
       [`[${t.driver}] really asleep`, `${t.reallyAsleep} of ${rounds} standbys (${t.driver === "signal" ? "process state T" : `${t.cgroup!.stateFile} frozen`} when IN_STANDBY was seen)`],
     );
   }
+  const figures: Figure[] = targets.flatMap((t) => [
+    figure(`${t.driver}_wake_ms_p50`, median(t.wakeMs), "ms", "lower"),
+    figure(`${t.driver}_wake_ms_p99`, percentile(t.wakeMs, 99), "ms", "lower"),
+    figure(`${t.driver}_reference_ms_p50`, median(t.referenceMs), "ms", "lower"),
+  ]);
   rows.push(["agent log", logProblems(logPath)]);
   for (const t of targets) rows.push([`target P5 ${t.driver}`, `wake p99 <= ${TARGET_P99_MS} ms: ${verdict(percentile(t.wakeMs, 99) <= TARGET_P99_MS)}`]);
   if (cgroupSkip !== undefined) rows.push(["target P5 cgroup", `not measured: ${cgroupSkip}`]);
-  printFigures(title, rows);
+  printFigures(title, rows, figures);
   for (const t of targets) check(t.reallyAsleep === rounds, `${t.id}: IN_STANDBY reported but the process was not stopped/frozen in ${rounds - t.reallyAsleep} round(s)`);
 });
 

@@ -54,8 +54,7 @@ describe("a lost aggregator store and an operator-accepted metering gap", () => 
     await flips(120);
     const agentT = createGrpcJsTransport(agent.address);
     const metering = createClient(MeteringService, agentT);
-    // The first aggregator merges and acknowledges; the agent then drops the old segments.
-    const firstRetained = await until("the agent dropped acknowledged segments", async () => {
+    const firstRetainedNow = async () => {
       try {
         await metering.readMeteringEntries({ fromSeq: 1n, limit: 1 });
         return undefined; // seq 1 still there
@@ -63,8 +62,18 @@ describe("a lost aggregator store and an operator-accepted metering gap", () => 
         const m = /first_retained_seq=(\d+)/.exec(errorMessage(e));
         return m ? BigInt(m[1]!) : undefined;
       }
-    });
+    };
+    // The first aggregator merges and acknowledges; the agent then drops the old segments.
+    await until("the agent dropped acknowledged segments", firstRetainedNow);
     await aggregator.stop();
+    // Its last (trailing) acknowledgement may still move retention on: wait until it rests.
+    let firstRetained = (await until("the first retained seq", firstRetainedNow))!;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 1500));
+      const again = await until("the first retained seq", firstRetainedNow);
+      if (again === firstRetained) break;
+      firstRetained = again;
+    }
     // The store is lost: a new aggregator with an empty state dir.
     aggregator = await startAggregator(secondStore.path);
     const fleetT = createGrpcJsTransport(aggregator.address);
