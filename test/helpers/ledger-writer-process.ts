@@ -4,12 +4,13 @@
  *
  * - `loop [SEGMENT_BYTES]`: opens the ledger, prints `open <lastSeq> <tornLinesRepaired>`, then appenders
  *   append 1..3 entries per call forever; after each append resolves it prints
- *   `ack <seq> <vm_id>` for every entry (one write per call; stdout to a pipe is synchronous on
- *   Linux, so a line printed is a line the parent gets even after SIGKILL). The parent kills it.
+ *   `ack <seq> <vm_id>` for every entry (written to stdout before the next append, reportSync,
+ *   so a line printed is a line the parent gets even after SIGKILL). The parent kills it.
  * - `fill`: meant to run under `ulimit -f`: appends 10-entry batches until one fails (the file
  *   size limit hits in the middle of its write), then one small entry, and prints a JSON result.
  */
 import { MeteringLedger } from "../../agent/metering/ledger.js";
+import { reportSync } from "./sync-report.js";
 import type { LedgerEntryInput } from "../../agent/metering/ledger-entry.js";
 import { errorMessage } from "../../lib/error-message.js";
 
@@ -35,14 +36,14 @@ export const loopEntry = (vmId: string): LedgerEntryInput => ({
 
 async function loop(dir: string, segmentBytes: number | undefined): Promise<void> {
   const ledger = MeteringLedger.open(dir, { segmentBytes });
-  process.stdout.write(`open ${ledger.lastSeq} ${ledger.tornLinesRepaired}\n`);
+  reportSync(`open ${ledger.lastSeq} ${ledger.tornLinesRepaired}`);
   await Promise.all(
     Array.from({ length: LOOP_APPENDERS }, async (_, w) => {
       for (let n = 0; ; n++) {
         const count = 1 + ((w + n) % 3);
         const entries = Array.from({ length: count }, (_, i) => loopEntry(`p${process.pid}-w${w}-n${n}-${i}`));
         const done = await ledger.append(entries);
-        process.stdout.write(done.map((e) => `ack ${e.seq} ${e.vmId}\n`).join(""));
+        reportSync(done.map((e) => `ack ${e.seq} ${e.vmId}\n`).join(""));
       }
     }),
   );

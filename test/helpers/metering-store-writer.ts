@@ -2,14 +2,15 @@
  * A child process for the metering store's kill -9 test: opens the store, then merges batches
  * for a few hosts in a loop, as a follower would, until it is killed. Before each merge it
  * reports the batch it is about to merge ("intent") and after merge() returned ("committed"),
- * one JSON line each on stdout (synchronous on Linux pipes, so a reported line was reported
- * before the kill). Some batches start below the cursor (a redelivery overlap).
+ * one JSON line each on stdout, written before merge goes on (reportSync), so a reported line
+ * was reported before the kill. Some batches start below the cursor (a redelivery overlap).
  *
  *   node metering-store-writer.js <stateDir> <json: {hosts: [{host, ledgerId}], seed}>
  *
  * The lines are a function of (host, ledger_id, seq), so the test can check every stored row.
  */
 import { prng } from "./random-message.js";
+import { reportSync } from "./sync-report.js";
 import { fileURLToPath } from "node:url";
 import { MeteringStore } from "../../aggregator/metering/metering-store.js";
 
@@ -35,7 +36,7 @@ export function writerLine(host: string, ledgerId: string, seq: number): string 
 
 
 function report(r: WriterReport): void {
-  process.stdout.write(`${JSON.stringify(r)}\n`);
+  reportSync(JSON.stringify(r));
 }
 
 function main(stateDir: string, config: WriterConfig): void {
