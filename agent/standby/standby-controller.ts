@@ -7,6 +7,7 @@ import { parseGoDuration } from "../../lib/go-duration.js";
 import { parseCidr, type ParsedCidr } from "./standby-policy.js";
 import type { StandbyRuntime } from "./standby-runtime-store.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { DriverError } from "./drivers/standby-driver.js";
 
 /** The instance fields the controller needs (a view of the registry's Instance). */
 export interface StandbyInstance {
@@ -270,7 +271,10 @@ export class StandbyController {
       this.counters.wake.failed++;
       this.deps.onWake?.(this.deps.clock.now() - started, false);
       t.lastError = `wake: ${errorMessage(e)}`;
-      throw e;
+      // Services throw ConnectError (docs/architecture.md "The error rule"): a driver's refusal
+      // (no pid, no runtime for it) is the instance's setup, anything else ours.
+      if (e instanceof ConnectError) throw e;
+      throw new ConnectError(`wake ${id}: ${errorMessage(e)}`, e instanceof DriverError ? Code.FailedPrecondition : Code.Internal, undefined, undefined, e);
     } finally {
       t.waking = false;
     }

@@ -33,27 +33,41 @@ export function engineMessage(err: unknown): string {
   return (fromEngine || e.message || String(err)).trim();
 }
 
+/**
+ * The code for an engine failure, the same for every Docker call (logs word their messages
+ * differently, not their codes): 404 NOT_FOUND, 409 and 501 FAILED_PRECONDITION (the
+ * container's state or setup: "configured logging driver does not support reading"), 400
+ * INVALID_ARGUMENT, other answers INTERNAL; no answer: UNAVAILABLE when the engine cannot be
+ * reached, CANCELLED for an abort, else UNKNOWN.
+ */
+export function dockerErrorCode(err: unknown): Code {
+  const e = (err ?? {}) as DockerodeError;
+  switch (e.statusCode) {
+    case 404:
+      return Code.NotFound;
+    case 409:
+    case 501:
+      return Code.FailedPrecondition;
+    case 400:
+      return Code.InvalidArgument;
+    case undefined:
+      break;
+    default:
+      return Code.Internal;
+  }
+  if (isConnectionError(err)) return Code.Unavailable;
+  if (e.name === "AbortError") return Code.Canceled;
+  return Code.Unknown;
+}
+
 export function toConnectError(err: unknown, what: string, signal?: AbortSignal): ConnectError {
   if (err instanceof ConnectError) return err;
   if (signal?.aborted) {
     const reason: unknown = signal.reason;
     return reason instanceof ConnectError ? reason : new ConnectError(`${what}: cancelled`, Code.Canceled);
   }
-  const e = (err ?? {}) as DockerodeError;
-  const message = `${what}: ${engineMessage(err)}`;
-  switch (e.statusCode) {
-    case 404:
-      return new ConnectError(message, Code.NotFound);
-    case 409:
-      return new ConnectError(message, Code.FailedPrecondition);
-    case 400:
-      return new ConnectError(message, Code.InvalidArgument);
-    case undefined:
-      break;
-    default:
-      return new ConnectError(message, Code.Internal);
-  }
-  if (isConnectionError(err)) return new ConnectError(`${what}: docker engine unreachable: ${engineMessage(err)}`, Code.Unavailable);
-  if (e.name === "AbortError") return new ConnectError(`${what}: cancelled`, Code.Canceled);
-  return new ConnectError(message, Code.Unknown);
+  const code = dockerErrorCode(err);
+  if (code === Code.Unavailable) return new ConnectError(`${what}: docker engine unreachable: ${engineMessage(err)}`, code);
+  if (code === Code.Canceled) return new ConnectError(`${what}: cancelled`, code);
+  return new ConnectError(`${what}: ${engineMessage(err)}`, code);
 }

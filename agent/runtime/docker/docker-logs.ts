@@ -7,6 +7,7 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { LogEndReason, LogStream, type LogLine } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import type { LogBatch, LogOptions } from "../container-runtime.js";
 import { LogLineAssembler, parseRfc3339Nano } from "../log-line-assembler.js";
+import { dockerErrorCode } from "./docker-errors.js";
 import { DockerFrameStream, DockerLogFrameError, DockerLogFrameParser, type DockerLogFrame } from "./docker-log-frames.js";
 
 // Container logs from the Engine API (GET /containers/{id}/logs), runtime.md "Logs".
@@ -400,22 +401,17 @@ async function whyFollowEnded(docker: Dockerode, externalId: string, openedAtNs:
  */
 function dockerLogsError(e: unknown, externalId: string): ConnectError {
   if (e instanceof ConnectError) return e;
-  if (e instanceof Error && e.name === "AbortError") return new ConnectError("log request cancelled", Code.Canceled, undefined, undefined, e);
-  const status = statusCodeOf(e);
-  if (status === undefined) {
-    return new ConnectError(`docker engine unreachable: ${messageWithErrno(e)}`, Code.Unavailable, undefined, undefined, e);
-  }
-  const message = `docker: ${engineMessage(e)}`;
-  switch (status) {
-    case 404:
-      return new ConnectError(`docker: no such container: ${externalId}`, Code.NotFound, undefined, undefined, e);
-    case 400:
-      return new ConnectError(message, Code.InvalidArgument, undefined, undefined, e);
-    case 501:
-      // e.g. "configured logging driver does not support reading": the container's setup.
-      return new ConnectError(message, Code.FailedPrecondition, undefined, undefined, e);
+  // The codes are docker-errors.ts's, as for every other Docker call; the words are the logs'.
+  const code = dockerErrorCode(e);
+  switch (code) {
+    case Code.Canceled:
+      return new ConnectError("log request cancelled", code, undefined, undefined, e);
+    case Code.Unavailable:
+      return new ConnectError(`docker engine unreachable: ${messageWithErrno(e)}`, code, undefined, undefined, e);
+    case Code.NotFound:
+      return new ConnectError(`docker: no such container: ${externalId}`, code, undefined, undefined, e);
     default:
-      return new ConnectError(message, Code.Internal, undefined, undefined, e);
+      return new ConnectError(`docker: ${statusCodeOf(e) === undefined ? messageWithErrno(e) : engineMessage(e)}`, code, undefined, undefined, e);
   }
 }
 

@@ -6,6 +6,8 @@ import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.j
 import { StandbyController, type StandbyInstance } from "../../../agent/standby/standby-controller.js";
 import type { StandbyRuntime } from "../../../agent/standby/standby-runtime-store.js";
 import { FakeClock, FakeFlowSource, settle } from "./fake-clock.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { DriverError } from "../../../agent/standby/drivers/standby-driver.js";
 
 const IP = "192.168.100.10";
 const MIN = 60_000;
@@ -16,6 +18,7 @@ let instances: Map<string, StandbyInstance>;
 let runtime: Map<string, StandbyRuntime>;
 let driverCalls: string[];
 let failStandby: number;
+let failWake: Error | undefined;
 let controller: StandbyController;
 
 function vm(overrides: Partial<StandbyInstance> = {}): StandbyInstance {
@@ -44,7 +47,10 @@ function build(supported = true, syncMs = 24 * 60 * MIN): StandbyController {
         throw new Error("driver failed: exit status 1");
       }
     },
-    wake: async (i) => void driverCalls.push(`wake:${i.id}`),
+    wake: async (i) => {
+      driverCalls.push(`wake:${i.id}`);
+      if (failWake) throw failWake;
+    },
     setState: async (id, state) => {
       const i = instances.get(id)!;
       instances.set(id, { ...i, state });
@@ -61,6 +67,7 @@ beforeEach(() => {
   runtime = new Map();
   driverCalls = [];
   failStandby = 0;
+  failWake = undefined;
   controller = build();
 });
 
@@ -204,6 +211,23 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
   it("WakeInstance on a running instance is FAILED_PRECONDITION", async () => {
     await controller.start();
     await assert.rejects(controller.wake("vm1"), /is not on standby/);
+  });
+
+  it("a wake whose driver fails is a ConnectError (FAILED_PRECONDITION for a driver's refusal, INTERNAL otherwise), not UNKNOWN", async () => {
+    await controller.start();
+    await clock.advance(10 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY);
+    failWake = new DriverError("signal driver: instance vm1 has no pid");
+    await assert.rejects(controller.wake("vm1"), (e: unknown) => {
+      assert.ok(e instanceof ConnectError);
+      assert.equal(e.code, Code.FailedPrecondition);
+      assert.equal(e.rawMessage, "wake vm1: signal driver: instance vm1 has no pid");
+      return true;
+    });
+    failWake = new Error("EPERM: operation not permitted, write");
+    await assert.rejects(controller.wake("vm1"), (e: unknown) => e instanceof ConnectError && e.code === Code.Internal);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY, "still on standby");
+    assert.match(controller.describe("vm1").lastError ?? "", /^wake: EPERM/);
   });
 
   it("HoldStandby postpones the standby; ResetIdle restarts the countdown", async () => {
