@@ -7,6 +7,7 @@
  *
  *   node dist/bench/quick.js                    run, compare, write the figures to a temp file
  *   node dist/bench/quick.js --write-baseline   run and make this run the baseline
+ *                                               (with --only: replace just those benchmarks)
  *   node dist/bench/quick.js --only agent-rpc,metering   a subset
  *   node dist/bench/quick.js --compare FILE     no run: compare a results file written before
  *
@@ -66,6 +67,8 @@ interface BenchResult {
   /** "ok", "skipped: reason" or "failed: reason". */
   status: string;
   figures: Record<string, FigureValue>;
+  /** The rows the benchmark printed (results file only, not the baseline). */
+  rows?: [string, string][];
 }
 
 interface Results {
@@ -164,7 +167,7 @@ async function runOne(entry: PlanEntry, dir: string, verbose: boolean): Promise<
     const lastError = stderrTail.split("\n").find((l) => /^(MALFUNCTION|ERROR)/.test(l)) ?? stderrTail.trim().split("\n").pop() ?? "";
     status = `failed: exit ${code}${lastError ? ` (${lastError.slice(0, 200)})` : ""}`;
   } else if (Object.keys(figures).length === 0) status = `failed: no figures written${stdout ? "" : " and nothing printed"}`;
-  return { args: entry.args, seconds: seconds(), status, figures };
+  return { args: entry.args, seconds: seconds(), status, figures, rows: written.rows };
 }
 
 interface Row {
@@ -292,9 +295,12 @@ async function main(): Promise<void> {
     resultsPath = o.out ?? join(os.tmpdir(), `fleetlet-bench-quick-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
     writeFileSync(resultsPath, `${JSON.stringify(now, null, 2)}\n`);
     if (o.writeBaseline) {
-      const note = "Figures of `npm run bench:quick` (bench/quick.ts) on the machine below; it prints every figure that moved more than 20% from these. Refresh with `npm run bench:quick -- --write-baseline` on the same machine class.";
-      writeFileSync(o.baseline, `${JSON.stringify({ note, ...now, command: "npm run bench:quick -- --write-baseline" }, null, 2)}\n`);
-      log(`baseline written: ${o.baseline}`);
+      const note = "Figures of `npm run bench:quick` (bench/quick.ts) on the machine below; it prints every figure that moved more than 20% from these. Refresh with `npm run bench:quick -- --write-baseline` on the same machine class (with --only, only those benchmarks are replaced).";
+      // With --only, the other benchmarks keep their baseline figures.
+      const lean = Object.fromEntries(Object.entries(now.benches).map(([name, { rows: _rows, ...r }]) => [name, r]));
+      const benches = o.only && baseline ? { ...baseline.benches, ...lean } : lean;
+      writeFileSync(o.baseline, `${JSON.stringify({ note, ...now, command: "npm run bench:quick -- --write-baseline", benches }, null, 2)}\n`);
+      log(`baseline written: ${o.baseline}${o.only && baseline ? ` (${[...o.only].join(", ")} replaced)` : ""}`);
     }
   }
   report(o.writeBaseline ? undefined : baseline, o.baseline, now, resultsPath);

@@ -135,7 +135,11 @@ runBench(async ({ smoke }) => {
   await sleep(500);
   const rss1000KiB = rssKiB(agent.pid);
   // The high-water mark: VmRSS depends on how long ago the last full GC ran, the peak less so.
-  const peakKiB = Number(/^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${agent.pid}/status`, "latin1"))?.[1] ?? NaN);
+  const hwmKiB = (pid: number) => Number(/^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"))?.[1] ?? NaN);
+  const peakKiB = hwmKiB(agent.pid);
+  // For scale: the bare grpc-js server's own memory after the same load.
+  const echoRssKiB = rssKiB(echo.pid);
+  const echoPeakKiB = hwmKiB(echo.pid);
   transport.close();
 
   const rate = (r: LoadResult) => (r.calls * 1000) / r.wallMs;
@@ -165,6 +169,7 @@ runBench(async ({ smoke }) => {
     ["server CPU per call agent/echo", `${fmt(a.serverUsPerCall / e.serverUsPerCall, 1)}x`],
     ["agent RSS", `${fmt(rssIdleKiB / 1024, 1)} MB idle, ${fmt(rss200KiB / 1024, 1)} MB at ${INSTANCES} after load, ${fmt(rssMb, 1)} MB at ${RSS_INSTANCES}`],
     ["agent peak RSS", `${fmt(peakKiB / 1024, 1)} MB (VmHWM over the whole run)`],
+    ["echo reference RSS", `${fmt(echoRssKiB / 1024, 1)} MB after its load, peak ${fmt(echoPeakKiB / 1024, 1)} MB`],
     ["agent log", logProblems(agent.logPath)],
     ["target P2 rate", `>= ${TARGET_RATIO}x: ${verdict(ratio >= TARGET_RATIO)}`],
     ["target P2 RSS", `<= ${TARGET_RSS_MB} MB at ${RSS_INSTANCES} instances: ${verdict(rssMb <= TARGET_RSS_MB)}`],
@@ -178,6 +183,7 @@ runBench(async ({ smoke }) => {
     figure(`agent_rss_${INSTANCES}_after_load_mb`, rss200KiB / 1024, "MB", "lower"),
     figure(`agent_rss_${RSS_INSTANCES}_mb`, rssMb, "MB", "lower"),
     figure("agent_rss_peak_mb", peakKiB / 1024, "MB", "lower"),
+    figure("echo_rss_peak_mb", echoPeakKiB / 1024, "MB", "lower"),
   ]);
 });
 
