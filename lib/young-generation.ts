@@ -14,8 +14,10 @@ import v8 from "node:v8";
  * shrinks the new space by itself when allocation slows down; the next garbage collection sees it
  * below the cap and lets it grow again.
  *
- * Checked after every garbage collection (a `gc` performance observer). Returns a function that
- * stops the observer (the factor stays as it was last set).
+ * Checked after every garbage collection (a `gc` performance observer). The observer runs between
+ * tasks of the event loop, so one long synchronous burst of allocation can still grow the new
+ * space past the cap before it runs; V8 shrinks it again once allocation slows down. Returns a
+ * function that stops the observer (the factor stays as it was last set).
  */
 export function capYoungGeneration(semiSpaceMiB: number): () => void {
   const capBytes = 2 * semiSpaceMiB * 1024 * 1024;
