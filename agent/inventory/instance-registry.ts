@@ -245,7 +245,9 @@ export class InstanceRegistry {
   async setState(id: string, state: InstanceState, cause: StepCause = "request"): Promise<Instance> {
     const current = this.instances.get(id);
     if (!current) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
-    if (current.state === state) return current;
+    // Already in that state goes through upsert's same-content path too: memory may be ahead of
+    // the disk (a write carrying the change in flight, or failing and rolled back), and a call
+    // is acknowledged only once the state it reports is durable.
     const next = clone(InstanceSchema, current);
     next.state = state;
     return this.upsert(next, { cause });

@@ -4,7 +4,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "nod
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InstanceSchema } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
 import { validateInstance } from "../../../agent/inventory/instance-validation.js";
 import { tempDir } from "../../helpers/temp-dir.js";
@@ -92,5 +92,21 @@ describe("InstanceRegistry", () => {
     const second = r.upsert(inst("a"));
     await Promise.all([first, second]);
     assert.equal(InstanceRegistry.open(dir.path).size, 1);
+  });
+  it("two identical SetInstanceState calls on a failing disk: neither is acknowledged before the write that carries the change", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a", { state: InstanceState.RUNNING, pid: process.pid }));
+    rmSync(dir.path, { recursive: true, force: true });
+    // A changes memory and waits for its write; B finds memory already STOPPED. B must not be
+    // acknowledged from memory: the write fails and A's change is rolled back.
+    const a = r.setState("a", InstanceState.STOPPED);
+    const b = r.setState("a", InstanceState.STOPPED);
+    const unavailable = (e: unknown) => e instanceof ConnectError && e.code === Code.Unavailable;
+    await assert.rejects(a, unavailable);
+    await assert.rejects(b, unavailable, "acknowledged a state that never reached the disk");
+    assert.equal(r.get("a")!.state, InstanceState.RUNNING, "rolled back");
+    mkdirSync(dir.path);
+    await r.setState("a", InstanceState.STOPPED);
+    assert.equal(InstanceRegistry.open(dir.path).get("a")!.state, InstanceState.STOPPED);
   });
 });
