@@ -51,6 +51,15 @@ export interface StandbyControllerDeps {
   onError?: (operation: string, id: string | undefined, e: unknown) => void;
   /** Every wake's duration, from its trigger (the flow's event or the RPC) to RUNNING. */
   onWake?: (ms: number, ok: boolean) => void;
+  /**
+   * Bytes received plus sent so far on the instance's host-side interface (TAP / veth), or
+   * undefined when it has none or it cannot be read. Idleness needs these to stay still too:
+   * conntrack can be blind (the kernel tracks flows in a namespace only once a rule there uses
+   * conntrack) or lossy, and neither may put a busy instance to sleep.
+   */
+  interfaceBytes?: (id: string) => bigint | undefined;
+  /** Traffic above this many bytes per second over an idle window is activity (default 1024). */
+  interfaceIdleBytesPerSecond?: number;
 }
 
 export type Phase =
@@ -60,7 +69,7 @@ export type Phase =
 export type Reason =
   | "UNSUPPORTED_PLATFORM" | "POLICY_MISSING" | "POLICY_DISABLED" | "STANDBY" | "WAKING"
   | "INSTANCE_NOT_RUNNING" | "NETWORK_DISABLED" | "MISSING_IP" | "HAS_VGPU" | "READY_FOR_STANDBY"
-  | "OBSERVER_ERROR" | "ACTIVE_INBOUND_CONNECTIONS" | "HOLD" | "IDLE_TIMEOUT_NOT_ELAPSED";
+  | "OBSERVER_ERROR" | "ACTIVE_INBOUND_CONNECTIONS" | "HOLD" | "IDLE_TIMEOUT_NOT_ELAPSED" | "INTERFACE_TRAFFIC";
 
 /** The Describe table of standby.md, one instance. */
 export interface StandbyDescription {
@@ -96,6 +105,11 @@ interface Track {
   executing: boolean;
   waking: boolean;
   lastError?: string;
+  /** The interface's byte count when the idle window being watched began. */
+  trafficMark?: { at: number; bytes: bigint };
+  /** The last idle window ended with traffic on the interface but no tracked connection. */
+  untrackedTrafficAt?: number;
+  untrackedTrafficBytesPerSecond?: number;
 }
 
 const key = (f: ConntrackFlow) => `${f.srcIp}:${f.srcPort}>${f.dstIp}:${f.dstPort}`;
@@ -120,7 +134,7 @@ export class StandbyController {
   private syncTimer: unknown;
   private observerError: string | undefined;
   private closed = false;
-  readonly counters = { standby: { ok: 0, failed: 0 }, wake: { ok: 0, failed: 0 }, confirmFoundFlows: 0, resyncs: 0 };
+  readonly counters = { standby: { ok: 0, failed: 0 }, wake: { ok: 0, failed: 0 }, confirmFoundFlows: 0, confirmFoundTraffic: 0, resyncs: 0 };
 
   constructor(private readonly deps: StandbyControllerDeps) {}
 
@@ -222,6 +236,10 @@ export class StandbyController {
     if (t && (t.queued || t.executing)) return row("STANDBY_REQUESTED", "READY_FOR_STANDBY");
     if (this.observerError !== undefined) return { ...row("ERROR", "OBSERVER_ERROR"), lastError: this.observerError };
     if (t && t.active.size > 0) return row("ACTIVE", "ACTIVE_INBOUND_CONNECTIONS");
+    if (t?.untrackedTrafficAt !== undefined && t.idleSince !== undefined && t.untrackedTrafficAt >= t.idleSince) {
+      const why = `${t.untrackedTrafficBytesPerSecond ?? 0} bytes/s on the instance's interface and no tracked inbound connection in the last idle window (outbound traffic, or the kernel is not tracking flows here: docs/operations.md); the countdown starts again`;
+      return { ...row("ACTIVE", "INTERFACE_TRAFFIC"), lastError: t.lastError ?? why };
+    }
     if (t?.holdUntil !== undefined && t.holdUntil > now) return row("IDLE_COUNTDOWN", "HOLD");
     if (next !== undefined && next > now) return row("IDLE_COUNTDOWN", "IDLE_TIMEOUT_NOT_ELAPSED");
     if (next !== undefined) return row("READY_FOR_STANDBY", "READY_FOR_STANDBY");
@@ -398,6 +416,9 @@ export class StandbyController {
     this.clearIdleTimer(t);
     const at = this.deadline(t);
     if (at === undefined || this.closed) return;
+    // The interface's count at the start of the window the timer watches (or as close to it as
+    // we get: after a restart the window is measured from now, which only makes it shorter).
+    if (t.trafficMark === undefined || (t.idleSince !== undefined && t.trafficMark.at < t.idleSince)) this.markTraffic(t);
     t.idleTimer = this.deps.clock.setTimeout(() => void this.onIdleTimer(t.id), Math.max(0, at - this.deps.clock.now()));
   }
 
@@ -415,6 +436,21 @@ export class StandbyController {
     // Stale timer, clock step, activity or a hold since it was armed: re-arm, nothing else.
     if (t.active.size > 0 || at === undefined || this.deps.clock.now() < at || !this.isEligible(instance)) {
       if (t.active.size === 0) this.armIdle(t);
+      return;
+    }
+    // Traffic on the interface during the window is activity whatever conntrack says (blind or
+    // lossy tracking must never put a busy instance to sleep): the window starts again.
+    const traffic = this.interfaceTraffic(t);
+    if (traffic !== undefined && traffic > (this.deps.interfaceIdleBytesPerSecond ?? 1024)) {
+      this.counters.confirmFoundTraffic++;
+      const now = this.deps.clock.now();
+      t.untrackedTrafficAt = now;
+      t.untrackedTrafficBytesPerSecond = Math.round(traffic);
+      t.idleSince = now;
+      t.lastInboundAt = now;
+      this.markTraffic(t);
+      this.persist(t);
+      this.armIdle(t);
       return;
     }
     // Confirm with a fresh dump: lost NEW events must never put a busy instance to sleep.
@@ -442,6 +478,25 @@ export class StandbyController {
     t.queued = true;
     this.queue.push(id);
     this.pump();
+  }
+
+  private markTraffic(t: Track): void {
+    const bytes = this.deps.interfaceBytes?.(t.id);
+    t.trafficMark = bytes === undefined ? undefined : { at: this.deps.clock.now(), bytes };
+  }
+
+  /**
+   * Bytes per second on the interface since the window's mark; undefined when unmeasured (no
+   * interface, unreadable). A counter that went back (the interface was recreated) is
+   * Infinity: what happened in the window is unknown, so it is not idle.
+   */
+  private interfaceTraffic(t: Track): number | undefined {
+    const mark = t.trafficMark;
+    if (!mark) return undefined;
+    const bytes = this.deps.interfaceBytes?.(t.id);
+    if (bytes === undefined) return undefined;
+    if (bytes < mark.bytes) return Number.POSITIVE_INFINITY;
+    return Number(bytes - mark.bytes) / Math.max(1, (this.deps.clock.now() - mark.at) / 1000);
   }
 
   private unqueue(t: Track): void {

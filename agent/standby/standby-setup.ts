@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { InstanceKind, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
@@ -24,6 +25,22 @@ export interface StandbySetupOptions {
   meter?: Meter;
   /** The docker runtime, when configured (the docker driver pauses through it). */
   dockerRuntime?: () => ContainerRuntime | undefined;
+  /** Where interface counters are read (tests point it at a tree of their own). */
+  sysClassNet?: string;
+}
+
+/**
+ * rx + tx bytes of a host-side interface (the kernel's own counters, as the stats collector
+ * reads them), or undefined when the instance has none or it is gone.
+ */
+function interfaceBytes(name: string, sysClassNet: string): bigint | undefined {
+  if (name === "") return undefined;
+  try {
+    const read = (which: string) => BigInt(readFileSync(`${sysClassNet}/${name}/statistics/${which}_bytes`, "latin1").trim());
+    return read("rx") + read("tx");
+  } catch {
+    return undefined;
+  }
 }
 
 export interface StandbySetup {
@@ -102,6 +119,7 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     concurrency: options.concurrency,
     onError: (operation, id, e) => options.logger.warn({ operation, instance_id: id, err: errorMessage(e) }, "standby"),
     onWake: (ms, ok) => instruments?.recordWake(ms, ok),
+    interfaceBytes: (id) => interfaceBytes(registry.get(id)?.tapDevice ?? "", options.sysClassNet ?? "/sys/class/net"),
   });
   const instruments = options.meter ? registerStandbyInstruments(options.meter, controller, socket, () => registry.list().map((i) => i.id)) : undefined;
   const unsubscribe = registry.subscribe((change) => {

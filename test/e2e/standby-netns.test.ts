@@ -7,7 +7,7 @@ import { createInterface } from "node:readline";
 import { createClient, type Client } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { type StandbyPolicySchema, StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
+import { type StandbyPolicySchema, StandbyReason, StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { FLEETLET_BIN } from "../helpers/daemon-process.js";
 import { mustRunInCi, rootSkipReason } from "../helpers/root.js";
@@ -29,16 +29,20 @@ afterAll(() => {
 
 interface Env {
   hostNs: string;
+  /** The instance's host-side veth (its "TAP"): the interface whose counters the agent reads. */
+  hostIf: string;
   instIp: string;
   hostIp: string;
   server: ChildProcess;
   inventory: Client<typeof InventoryService>;
   standby: Client<typeof StandbyService>;
   client(port: number, holdMs: number, message?: string): Promise<string>;
+  /** A client streaming to the echo server for `ms`; resolves with its exit code. */
+  stream(port: number, ms: number): Promise<number | null>;
   teardown(): void;
 }
 
-async function setUp(agentEnv: Record<string, string> = {}): Promise<Env> {
+async function setUp(agentEnv: Record<string, string> = {}, { conntrackRule = true } = {}): Promise<Env> {
   const tag = randomBytes(2).toString("hex");
   const hostNs = `flt-sbh-${tag}`;
   const instNs = `flt-sbi-${tag}`;
@@ -49,7 +53,7 @@ async function setUp(agentEnv: Record<string, string> = {}): Promise<Env> {
   const children: ChildProcess[] = [];
   const state = tempDir("standby-e2e");
   let transport: GrpcJsTransport | undefined;
-  const env = { hostNs, instIp, hostIp } as Env;
+  const env = { hostNs, instIp, hostIp, hostIf: `vi-${tag}` } as Env;
   env.teardown = () => {
     transport?.close();
     for (const c of children) c.kill("SIGKILL");
@@ -80,9 +84,12 @@ async function setUp(agentEnv: Record<string, string> = {}): Promise<Env> {
   sh("ip", "link", "set", `vr-${tag}`, "up");
   sh("ip", "-n", hostNs, "addr", "add", `${agentIp}/30`, "dev", `va-${tag}`);
   sh("ip", "-n", hostNs, "link", "set", `va-${tag}`, "up");
-  // Conntrack active in the host namespace (testing.md).
-  sh("ip", "netns", "exec", hostNs, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT");
-  sh("ip", "netns", "exec", hostNs, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1");
+  // Conntrack active in the host namespace (testing.md) — or not: a host with no rule that uses
+  // conntrack, where the kernel tracks nothing and every instance looks idle to it.
+  if (conntrackRule) {
+    sh("ip", "netns", "exec", hostNs, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT");
+    sh("ip", "netns", "exec", hostNs, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1");
+  }
 
   env.server = spawn("ip", ["netns", "exec", instNs, process.execPath, "-e",
     `for (const p of [7000, 7001]) require("net").createServer((s) => { s.on("error", () => {}); s.pipe(s); }).listen(p, "${instIp}"); setTimeout(() => console.log("up"), 100);`], { stdio: ["ignore", "pipe", "inherit"] });
@@ -105,6 +112,14 @@ async function setUp(agentEnv: Record<string, string> = {}): Promise<Env> {
   transport = createGrpcJsTransport(address);
   env.inventory = createClient(InventoryService, transport);
   env.standby = createClient(StandbyService, transport);
+  env.stream = (port, ms) => {
+    // ~200 KB/s to the echo server for `ms`, then a clean close.
+    const script = `const s = require("net").connect(${port}, "${instIp}"); s.on("data", () => {}); s.on("error", () => process.exit(1));
+      const t = setInterval(() => s.write(Buffer.alloc(4096)), 20); setTimeout(() => { clearInterval(t); s.end(); }, ${ms}); s.on("close", () => process.exit(0));`;
+    const c = spawn("ip", ["netns", "exec", hostNs, process.execPath, "-e", script], { stdio: ["ignore", "ignore", "inherit"] });
+    children.push(c);
+    return new Promise((res) => c.on("exit", (code) => res(code)));
+  };
   env.client = (port, holdMs, message = "ping") => {
     const script = `const s = require("net").connect(${port}, "${instIp}"); let got = "";
       s.on("data", (d) => { got += d; if (got.length >= ${message.length}) setTimeout(() => s.end(), ${holdMs}); });
@@ -136,9 +151,9 @@ async function until<T>(what: string, get: () => Promise<T>, ok: (v: T) => boole
   }
 }
 
-async function register(env: Env, policy: MessageInitShape<typeof StandbyPolicySchema>): Promise<() => Promise<StandbyState>> {
+async function register(env: Env, policy: MessageInitShape<typeof StandbyPolicySchema>, tapDevice?: string): Promise<() => Promise<StandbyState>> {
   await env.inventory.registerInstance({
-    instance: { id: "web", pid: env.server.pid, ip: env.instIp, networkEnabled: true, kind: 3, standbyPolicy: { enabled: true, idleTimeout: "5s", wakeOnTraffic: true, driver: "signal", ...policy } },
+    instance: { id: "web", pid: env.server.pid, ip: env.instIp, networkEnabled: true, kind: 3, ...(tapDevice ? { tapDevice } : {}), standbyPolicy: { enabled: true, idleTimeout: "5s", wakeOnTraffic: true, driver: "signal", ...policy } },
   });
   const s = (await env.standby.getStandbyStatus({ instanceId: "web" })).status!;
   assert.equal(s.supported, true, s.unsupportedReason);
@@ -186,6 +201,26 @@ describe.skipIf(skip)("auto-standby in network namespaces", () => {
     await until("IN_STANDBY despite a connection from an ignored source", status, (s) => s === StandbyState.IN_STANDBY, 12_000);
     env.server.kill("SIGCONT");
     await Promise.all([toIgnoredPort, fromIgnoredNet]);
+    env.teardown();
+  });
+
+  it("on a host where the kernel tracks no flows, a busy instance never sleeps (its interface carries traffic); once quiet, it does", async () => {
+    const env = await setUp({}, { conntrackRule: false });
+    const pid = env.server.pid!;
+    const status = await register(env, {}, env.hostIf);
+    const streaming = env.stream(7000, 16_000);
+    // Three idle windows of 5 s with ~200 KB/s on the veth and nothing in conntrack.
+    await until("ACTIVE from the interface's traffic", status, (s) => s === StandbyState.ACTIVE, 9000);
+    const seen = (await env.standby.getStandbyStatus({ instanceId: "web" })).status!;
+    assert.equal(StandbyReason[seen.reason], "INTERFACE_TRAFFIC");
+    assert.equal(seen.activeInboundCount, 0, "conntrack saw nothing");
+    for (let k = 0; k < 10; k++) {
+      await new Promise((r) => setTimeout(r, 700));
+      assert.notEqual(procState(pid), "T", "never stopped while traffic flows");
+    }
+    assert.equal(await streaming, 0, "the client was served throughout");
+    await until("IN_STANDBY once the interface is quiet", status, (s) => s === StandbyState.IN_STANDBY, 15_000);
+    assert.equal(procState(pid), "T");
     env.teardown();
   });
 

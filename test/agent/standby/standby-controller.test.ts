@@ -19,6 +19,8 @@ let runtime: Map<string, StandbyRuntime>;
 let driverCalls: string[];
 let failStandby: number;
 let failWake: Error | undefined;
+/** The interface's rx+tx byte counter per instance (undefined: none). */
+let ifBytes: Map<string, bigint>;
 let controller: StandbyController;
 
 function vm(overrides: Partial<StandbyInstance> = {}): StandbyInstance {
@@ -55,6 +57,7 @@ function build(supported = true, syncMs = 24 * 60 * MIN): StandbyController {
       const i = instances.get(id)!;
       instances.set(id, { ...i, state });
     },
+    interfaceBytes: (id) => ifBytes.get(id),
   });
 }
 
@@ -68,6 +71,7 @@ beforeEach(() => {
   driverCalls = [];
   failStandby = 0;
   failWake = undefined;
+  ifBytes = new Map();
   controller = build();
 });
 
@@ -228,6 +232,51 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     await assert.rejects(controller.wake("vm1"), (e: unknown) => e instanceof ConnectError && e.code === Code.Internal);
     assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY, "still on standby");
     assert.match(controller.describe("vm1").lastError ?? "", /^wake: EPERM/);
+  });
+
+  it("blind conntrack (no flows at all) never sleeps an instance whose interface carries traffic; once it is quiet, standby", async () => {
+    ifBytes.set("vm1", 0n);
+    await controller.start();
+    // 250 KB/s for 30 minutes, in 1-minute steps, and not one conntrack event (the demo's
+    // namespace without a conntrack rule).
+    for (let m = 0; m < 30; m++) {
+      ifBytes.set("vm1", ifBytes.get("vm1")! + 250_000n * 60n);
+      await clock.advance(MIN);
+      assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING, `minute ${m + 1}: still running`);
+    }
+    assert.deepEqual(driverCalls, [], "no standby while the interface was busy");
+    assert.ok(controller.counters.confirmFoundTraffic >= 2);
+    const d = controller.describe("vm1");
+    assert.equal(d.status, "ACTIVE");
+    assert.equal(d.reason, "INTERFACE_TRAFFIC");
+    assert.match(d.lastError ?? "", /^250000 bytes\/s on the instance's interface and no tracked inbound connection/);
+    // Quiet from now on (a little ARP is below the threshold): one window later, standby.
+    for (let m = 0; m < 21; m++) {
+      ifBytes.set("vm1", ifBytes.get("vm1")! + 60n);
+      await clock.advance(MIN);
+    }
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY);
+  });
+
+  it("a burst on the interface inside the window restarts it; an interface recreated (counter back) is not idle", async () => {
+    ifBytes.set("vm1", 1_000_000n);
+    await controller.start();
+    await clock.advance(5 * MIN);
+    ifBytes.set("vm1", 1_000_000n + 5_000_000n); // 5 MB once, in the middle of the window
+    await clock.advance(5 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING, "the window with the burst is not idle");
+    ifBytes.set("vm1", 10n); // the veth was recreated: its counters start again
+    await clock.advance(10 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING, "unknown traffic is not idleness");
+    await clock.advance(10 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY, "a quiet window after that: standby");
+  });
+
+  it("without interface counters (no TAP / veth known) idleness is conntrack's alone, as before", async () => {
+    await controller.start();
+    await clock.advance(10 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY);
   });
 
   it("HoldStandby postpones the standby; ResetIdle restarts the countdown", async () => {
