@@ -212,8 +212,9 @@ export class InstanceRegistry {
     next.pidStartTime = this.startTimeFor(next, previous);
     if (previous && equals(InstanceSchema, previous, next)) {
       // Same content: acknowledge only once it is on disk (it may be in a write still pending,
-      // or in one that failed and was rolled back: then this call writes it).
-      if (this.changeCount !== this.durableChangeCount || this.batch) await this.commit();
+      // or in one that failed and was rolled back: then this call writes it), its metering
+      // entries included (a failed ledger append leaves them pending: the write retries it).
+      if (this.changeCount !== this.durableChangeCount || this.batch || this.pending) await this.commit();
       return this.instances.get(input.id) ?? previous;
     }
     this.set(next.id, next, previous);

@@ -9,6 +9,12 @@ import type { StandbyRuntime } from "./standby-runtime-store.js";
 import { errorMessage } from "../../lib/error-message.js";
 import { DriverError } from "./drivers/standby-driver.js";
 
+/** An interface's cumulative rx + tx bytes, and which interface that was. */
+export interface InterfaceReading {
+  device: string;
+  bytes: bigint;
+}
+
 /** The instance fields the controller needs (a view of the registry's Instance). */
 export interface StandbyInstance {
   id: string;
@@ -57,9 +63,11 @@ export interface StandbyControllerDeps {
    * conntrack can be blind (the kernel tracks flows in a namespace only once a rule there uses
    * conntrack) or lossy, and neither may put a busy instance to sleep.
    */
-  interfaceBytes?: (id: string) => bigint | undefined;
-  /** Traffic above this many bytes per second over an idle window is activity (default 1024). */
+  interfaceBytes?: (id: string) => InterfaceReading | undefined;
+  /** Traffic above this many bytes per second between two samples is activity (default 1024). */
   interfaceIdleBytesPerSecond?: number;
+  /** How often the counters of instances counting down are sampled (default 2 s). */
+  interfaceSampleMs?: number;
 }
 
 export type Phase =
@@ -105,8 +113,13 @@ interface Track {
   executing: boolean;
   waking: boolean;
   lastError?: string;
-  /** The interface's byte count when the idle window being watched began. */
-  trafficMark?: { at: number; bytes: bigint };
+  /**
+   * The interface's last sample, and since when every interval between samples was quiet. The
+   * standby deadline is never before quietSince + timeout: traffic at any point of a window (not
+   * its average) restarts it, and a window only counts from the first sample (after a restart,
+   * a new interface, or counters that became readable), so it is never shorter than the timeout.
+   */
+  traffic?: { device: string; at: number; bytes: bigint; quietSince: number };
   /** The last idle window ended with traffic on the interface but no tracked connection. */
   untrackedTrafficAt?: number;
   untrackedTrafficBytesPerSecond?: number;
@@ -132,6 +145,7 @@ export class StandbyController {
   private running = 0;
   private reconcileTimer: unknown;
   private syncTimer: unknown;
+  private trafficTimer: unknown;
   private observerError: string | undefined;
   private closed = false;
   readonly counters = { standby: { ok: 0, failed: 0 }, wake: { ok: 0, failed: 0 }, confirmFoundFlows: 0, confirmFoundTraffic: 0, resyncs: 0 };
@@ -161,6 +175,7 @@ export class StandbyController {
     for (const t of this.tracks.values()) this.clearIdleTimer(t);
     if (this.reconcileTimer) this.deps.clock.clearTimeout(this.reconcileTimer);
     if (this.syncTimer) this.deps.clock.clearTimeout(this.syncTimer);
+    if (this.trafficTimer) this.deps.clock.clearTimeout(this.trafficTimer);
   }
 
   /**
@@ -219,7 +234,7 @@ export class StandbyController {
       idleSince: t?.idleSince,
       lastInboundActivityAt: t?.lastInboundAt,
       holdUntil: t?.holdUntil !== undefined && t.holdUntil > now ? t.holdUntil : undefined,
-      trackingMode: this.supported ? "conntrack_netlink_v4_tcp" : "none",
+      trackingMode: !this.supported ? "none" : t?.traffic ? "conntrack_netlink_v4_tcp+interface_bytes" : "conntrack_netlink_v4_tcp",
       lastError: t?.lastError,
     };
     const next = t ? this.deadline(t) : undefined;
@@ -237,7 +252,7 @@ export class StandbyController {
     if (this.observerError !== undefined) return { ...row("ERROR", "OBSERVER_ERROR"), lastError: this.observerError };
     if (t && t.active.size > 0) return row("ACTIVE", "ACTIVE_INBOUND_CONNECTIONS");
     if (t?.untrackedTrafficAt !== undefined && t.idleSince !== undefined && t.untrackedTrafficAt >= t.idleSince) {
-      const why = `${t.untrackedTrafficBytesPerSecond ?? 0} bytes/s on the instance's interface and no tracked inbound connection in the last idle window (outbound traffic, or the kernel is not tracking flows here: docs/operations.md); the countdown starts again`;
+      const why = `${t.untrackedTrafficBytesPerSecond ?? 0} bytes/s on the instance's interface and no tracked inbound connection (outbound traffic, or the kernel is not tracking flows here: docs/operations.md); the countdown started again`;
       return { ...row("ACTIVE", "INTERFACE_TRAFFIC"), lastError: t.lastError ?? why };
     }
     if (t?.holdUntil !== undefined && t.holdUntil > now) return row("IDLE_COUNTDOWN", "HOLD");
@@ -409,16 +424,19 @@ export class StandbyController {
 
   private deadline(t: Track): number | undefined {
     if (t.idleSince === undefined || t.timeoutMs === undefined) return undefined;
-    return Math.max(t.idleSince + t.timeoutMs, t.holdUntil ?? 0);
+    return Math.max(t.idleSince + t.timeoutMs, t.holdUntil ?? 0, t.traffic ? t.traffic.quietSince + t.timeoutMs : 0);
   }
 
   private armIdle(t: Track): void {
     this.clearIdleTimer(t);
     const at = this.deadline(t);
     if (at === undefined || this.closed) return;
-    // The interface's count at the start of the window the timer watches (or as close to it as
-    // we get: after a restart the window is measured from now, which only makes it shorter).
-    if (t.trafficMark === undefined || (t.idleSince !== undefined && t.trafficMark.at < t.idleSince)) this.markTraffic(t);
+    if (!t.traffic) {
+      // The first sample of a window starts it (quietSince = now): re-read the deadline.
+      this.sampleTraffic(t);
+      if (t.traffic) return this.armIdle(t);
+    }
+    this.armTrafficSampler();
     t.idleTimer = this.deps.clock.setTimeout(() => void this.onIdleTimer(t.id), Math.max(0, at - this.deps.clock.now()));
   }
 
@@ -438,19 +456,11 @@ export class StandbyController {
       if (t.active.size === 0) this.armIdle(t);
       return;
     }
-    // Traffic on the interface during the window is activity whatever conntrack says (blind or
-    // lossy tracking must never put a busy instance to sleep): the window starts again.
-    const traffic = this.interfaceTraffic(t);
-    if (traffic !== undefined && traffic > (this.deps.interfaceIdleBytesPerSecond ?? 1024)) {
-      this.counters.confirmFoundTraffic++;
-      const now = this.deps.clock.now();
-      t.untrackedTrafficAt = now;
-      t.untrackedTrafficBytesPerSecond = Math.round(traffic);
-      t.idleSince = now;
-      t.lastInboundAt = now;
-      this.markTraffic(t);
-      this.persist(t);
-      this.armIdle(t);
+    // Traffic on the interface is activity whatever conntrack says (blind or lossy tracking
+    // must never put a busy instance to sleep): the last interval is sampled now.
+    if (this.sampleTraffic(t) === "busy") return;
+    if (t.traffic && this.deps.clock.now() < (this.deadline(t) ?? 0)) {
+      this.armIdle(t); // the window counts from the first sample, not from idle_since
       return;
     }
     // Confirm with a fresh dump: lost NEW events must never put a busy instance to sleep.
@@ -480,23 +490,58 @@ export class StandbyController {
     this.pump();
   }
 
-  private markTraffic(t: Track): void {
-    const bytes = this.deps.interfaceBytes?.(t.id);
-    t.trafficMark = bytes === undefined ? undefined : { at: this.deps.clock.now(), bytes };
+  /**
+   * Samples the interface of an instance counting down. "busy": more than the threshold's bytes
+   * per second since the last sample (or the counter went back: the interface was recreated, what
+   * happened is unknown), and the countdown has started again. "unmeasured": no interface or it
+   * cannot be read; conntrack decides alone (Describe's tracking_mode says which).
+   */
+  private sampleTraffic(t: Track): "busy" | "quiet" | "unmeasured" {
+    const reading = this.deps.interfaceBytes?.(t.id);
+    const now = this.deps.clock.now();
+    if (!reading) {
+      t.traffic = undefined;
+      return "unmeasured";
+    }
+    const prev = t.traffic;
+    if (!prev || prev.device !== reading.device) {
+      t.traffic = { device: reading.device, at: now, bytes: reading.bytes, quietSince: now };
+      return "quiet";
+    }
+    const seconds = (now - prev.at) / 1000;
+    const rate = reading.bytes < prev.bytes ? Number.POSITIVE_INFINITY : Number(reading.bytes - prev.bytes) / Math.max(1, seconds);
+    if (rate <= (this.deps.interfaceIdleBytesPerSecond ?? 1024)) {
+      // Short intervals keep accumulating into the next one instead of diluting it.
+      if (seconds >= 1) t.traffic = { ...prev, at: now, bytes: reading.bytes };
+      return "quiet";
+    }
+    t.traffic = { device: reading.device, at: now, bytes: reading.bytes, quietSince: now };
+    this.counters.confirmFoundTraffic++;
+    t.untrackedTrafficAt = now;
+    t.untrackedTrafficBytesPerSecond = Math.round(rate);
+    t.lastInboundAt = now;
+    if (t.active.size === 0) t.idleSince = now;
+    this.unqueue(t);
+    this.persist(t);
+    this.armIdle(t);
+    return "busy";
   }
 
-  /**
-   * Bytes per second on the interface since the window's mark; undefined when unmeasured (no
-   * interface, unreadable). A counter that went back (the interface was recreated) is
-   * Infinity: what happened in the window is unknown, so it is not idle.
-   */
-  private interfaceTraffic(t: Track): number | undefined {
-    const mark = t.trafficMark;
-    if (!mark) return undefined;
-    const bytes = this.deps.interfaceBytes?.(t.id);
-    if (bytes === undefined) return undefined;
-    if (bytes < mark.bytes) return Number.POSITIVE_INFINITY;
-    return Number(bytes - mark.bytes) / Math.max(1, (this.deps.clock.now() - mark.at) / 1000);
+  /** One timer samples every instance counting down (idle, no tracked connection). */
+  private armTrafficSampler(): void {
+    if (this.trafficTimer !== undefined || this.closed || !this.deps.interfaceBytes) return;
+    this.trafficTimer = this.deps.clock.setTimeout(() => {
+      this.trafficTimer = undefined;
+      let counting = false;
+      for (const t of this.tracks.values()) {
+        if (t.idleSince === undefined || t.active.size > 0 || t.executing || t.waking) continue;
+        const instance = this.deps.instances.get(t.id);
+        if (!instance || !this.isEligible(instance)) continue;
+        counting = true;
+        this.sampleTraffic(t);
+      }
+      if (counting) this.armTrafficSampler();
+    }, this.deps.interfaceSampleMs ?? 2000);
   }
 
   private unqueue(t: Track): void {
@@ -515,6 +560,8 @@ export class StandbyController {
       const instance = this.deps.instances.get(id);
       if (!t || !instance || !t.queued) continue;
       t.queued = false;
+      // It may have waited in the queue: traffic since the confirm calls it off.
+      if (this.sampleTraffic(t) === "busy") continue;
       t.executing = true;
       this.running++;
       void (async () => {

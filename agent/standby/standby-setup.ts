@@ -9,7 +9,7 @@ import type { ContainerRuntime } from "../runtime/container-runtime.js";
 import { createExecDriver, type ExecDriverCommands } from "./drivers/exec-driver.js";
 import { createSignalDriver } from "./drivers/signal-driver.js";
 import { DriverError, type DriverTarget, type StandbyDriver } from "./drivers/standby-driver.js";
-import { StandbyController, type StandbyInstance } from "./standby-controller.js";
+import { type InterfaceReading, StandbyController, type StandbyInstance } from "./standby-controller.js";
 import { StandbyRuntimeStore } from "./standby-runtime-store.js";
 import { registerStandbyInstruments } from "./standby-metrics.js";
 import type { Meter } from "@opentelemetry/api";
@@ -33,11 +33,11 @@ export interface StandbySetupOptions {
  * rx + tx bytes of a host-side interface (the kernel's own counters, as the stats collector
  * reads them), or undefined when the instance has none or it is gone.
  */
-function interfaceBytes(name: string, sysClassNet: string): bigint | undefined {
+function interfaceBytes(name: string, sysClassNet: string): InterfaceReading | undefined {
   if (name === "") return undefined;
   try {
     const read = (which: string) => BigInt(readFileSync(`${sysClassNet}/${name}/statistics/${which}_bytes`, "latin1").trim());
-    return read("rx") + read("tx");
+    return { device: name, bytes: read("rx") + read("tx") };
   } catch {
     return undefined;
   }

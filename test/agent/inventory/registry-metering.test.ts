@@ -90,6 +90,21 @@ describe("registry + metering", () => {
     assert.equal(ledger.entries.length, 3);
   });
 
+  it("a repeat of a change whose ledger append failed is acknowledged only with its entries in the ledger", async () => {
+    const ledger = new MemoryLedger();
+    const r = InstanceRegistry.open(dir.path);
+    await r.attachLedger(ledger);
+    await r.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
+    ledger.failNext = true;
+    await assert.rejects(r.setState("a", InstanceState.STOPPED), /could not append to the metering ledger/);
+    assert.equal(ledger.entries.length, 2, "the stop is committed but not metered yet");
+    // The same request again: the state is already STOPPED in memory and on disk, but its entry
+    // is only pending. OK must mean metered.
+    await r.setState("a", InstanceState.STOPPED);
+    assert.deepEqual(kr(ledger), ["vm.storage.start boot a", "vm.compute.start boot a", "vm.compute.stop stop-user a"]);
+    r.close();
+  });
+
   it("a crash mid-append that left part of a batch: the rest is appended on restart", async () => {
     const ledger = new MemoryLedger();
     const r = InstanceRegistry.open(dir.path);

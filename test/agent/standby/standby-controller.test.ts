@@ -21,6 +21,7 @@ let failStandby: number;
 let failWake: Error | undefined;
 /** The interface's rx+tx byte counter per instance (undefined: none). */
 let ifBytes: Map<string, bigint>;
+let ifDevice: string;
 let controller: StandbyController;
 
 function vm(overrides: Partial<StandbyInstance> = {}): StandbyInstance {
@@ -57,7 +58,10 @@ function build(supported = true, syncMs = 24 * 60 * MIN): StandbyController {
       const i = instances.get(id)!;
       instances.set(id, { ...i, state });
     },
-    interfaceBytes: (id) => ifBytes.get(id),
+    interfaceBytes: (id) => {
+      const bytes = ifBytes.get(id);
+      return bytes === undefined ? undefined : { device: ifDevice, bytes };
+    },
   });
 }
 
@@ -72,6 +76,7 @@ beforeEach(() => {
   failStandby = 0;
   failWake = undefined;
   ifBytes = new Map();
+  ifDevice = "vi-vm1";
   controller = build();
 });
 
@@ -249,7 +254,8 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     const d = controller.describe("vm1");
     assert.equal(d.status, "ACTIVE");
     assert.equal(d.reason, "INTERFACE_TRAFFIC");
-    assert.match(d.lastError ?? "", /^250000 bytes\/s on the instance's interface and no tracked inbound connection/);
+    assert.match(d.lastError ?? "", /^\d{6,} bytes\/s on the instance's interface and no tracked inbound connection/);
+    assert.equal(d.trackingMode, "conntrack_netlink_v4_tcp+interface_bytes");
     // Quiet from now on (a little ARP is below the threshold): one window later, standby.
     for (let m = 0; m < 21; m++) {
       ifBytes.set("vm1", ifBytes.get("vm1")! + 60n);
@@ -271,6 +277,47 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING, "unknown traffic is not idleness");
     await clock.advance(10 * MIN);
     assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY, "a quiet window after that: standby");
+  });
+
+  it("traffic in the last minute of a long window is not averaged away (20 KB/s for 60 s of a 10-minute window)", async () => {
+    ifBytes.set("vm1", 0n);
+    await controller.start();
+    await clock.advance(9 * MIN);
+    for (let s = 0; s < 60; s += 2) {
+      ifBytes.set("vm1", ifBytes.get("vm1")! + 40_000n);
+      await clock.advance(2000);
+    }
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING);
+    assert.equal(controller.describe("vm1").reason, "INTERFACE_TRAFFIC");
+    await clock.advance(10 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY, "quiet for a whole timeout: standby");
+  });
+
+  it("after a restart with a long-past idle_since, a busy instance is measured for a whole timeout before anything", async () => {
+    runtime.set("vm1", { idleSince: clock.now() - 60 * MIN });
+    ifBytes.set("vm1", 0n);
+    await controller.start();
+    for (let m = 0; m < 15; m++) {
+      // 100 KB/s, in steps the fake clock's timers see.
+      for (let s = 0; s < 60; s += 2) {
+        ifBytes.set("vm1", ifBytes.get("vm1")! + 200_000n);
+        await clock.advance(2000);
+      }
+      assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING, `minute ${m + 1} after the restart`);
+    }
+    assert.deepEqual(driverCalls, []);
+  });
+
+  it("a new interface (tap_device changed) starts the window again instead of being compared with the old counter", async () => {
+    ifBytes.set("vm1", 50_000_000n);
+    await controller.start();
+    await clock.advance(5 * MIN);
+    ifDevice = "vi-new";
+    ifBytes.set("vm1", 50_300_000n); // the new veth's own count, from zero: real traffic
+    await clock.advance(5 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING, "not judged against the old interface's mark");
+    await clock.advance(6 * MIN);
+    assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY, "a whole quiet timeout on the new interface");
   });
 
   it("without interface counters (no TAP / veth known) idleness is conntrack's alone, as before", async () => {
