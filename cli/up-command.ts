@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, openSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
@@ -180,23 +180,56 @@ async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetSer
   }
 }
 
+/** Where each daemon's log started for this run (the files are appended to across runs). */
+const logStart = new WeakMap<ChildProcess, number>();
+
 function spawnDaemon(args: string[], logFile: string): ChildProcess {
   mkdirSync(dirname(logFile), { recursive: true });
+  const start = existsSync(logFile) ? statSync(logFile).size : 0;
   const log = openSync(logFile, "a");
-  return spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", log, log] });
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", log, log] });
+  logStart.set(child, start);
+  return child;
 }
 
+/** This run's lines of a daemon's log. */
+function logSince(child: ChildProcess, log: string): string[] {
+  try {
+    return readFileSync(log, "utf8").slice(logStart.get(child) ?? 0).split("\n").filter((l) => l !== "");
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Ready = our own daemon said "<name> serving" (pino puts its pid on every line) and answers.
+ * An answer alone is not enough: another `fleetlet up` already on the same ports would answer,
+ * and this one would then re-register and later deregister the running fleet's instances.
+ */
 async function waitReady(name: string, probe: () => Promise<unknown>, child: ChildProcess, log: string): Promise<void> {
   const deadline = Date.now() + 15_000;
+  const serving = (l: string) => l.includes(`"msg":"${name} serving"`) && l.includes(`"pid":${child.pid},`);
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`${name} exited with code ${child.exitCode}; see ${log}`);
+    if (child.exitCode !== null || child.signalCode !== null) {
+      const last = logSince(child, log).at(-1);
+      let why = last ?? "";
+      try {
+        why = (JSON.parse(last ?? "") as { msg?: string; err?: { message?: string } }).err?.message ?? (JSON.parse(last ?? "") as { msg?: string }).msg ?? why;
+      } catch {
+        // not a JSON line: printed as it is
+      }
+      throw new Error(`${name} exited with code ${child.exitCode ?? child.signalCode}${why ? `: ${why}` : ""} (is another fleetlet up running on ${dirname(log)}?); see ${log}`);
+    }
     try {
-      await probe();
-      return;
+      if (logSince(child, log).some(serving)) {
+        await probe();
+        return;
+      }
     } catch (e) {
       if (Date.now() > deadline) throw new Error(`${name} not ready after 15s: ${errorMessage(e)}; see ${log}`);
-      await new Promise((r) => setTimeout(r, 100));
     }
+    if (Date.now() > deadline) throw new Error(`${name} did not start serving within 15s; see ${log}`);
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

@@ -5,6 +5,9 @@ import { runFleetlet } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { mustRunInCi, rootSkipReason } from "../helpers/root.js";
 import { execFileSync } from "node:child_process";
+import { createClient } from "@connectrpc/connect";
+import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 
 // `fleetlet up`, the main job: both daemons start, demo instances are registered (this machine
 // runs no hypervisors), the live table shows the host and real measurements, and Ctrl-C
@@ -20,6 +23,39 @@ function freePort(): Promise<number> {
 }
 
 describe("fleetlet up", () => {
+  it("a second `fleetlet up` on the same state dir and ports refuses, says why, and touches nothing of the running one", async () => {
+    const d = tempDir("up-twice");
+    const [aggPort, agentPort] = [await freePort(), await freePort()];
+    const args = ["up", "--state-dir", d.path, "--aggregator-listen", `127.0.0.1:${aggPort}`, "--agent-listen", `127.0.0.1:${agentPort}`,
+      "--agent-metrics-listen", "off", "--aggregator-metrics-listen", "off", "--refresh", "1s"];
+    try {
+      const first = runFleetlet([...args, "--duration", "14s"], 60_000);
+      const transport = createGrpcJsTransport(`127.0.0.1:${agentPort}`);
+      const inventory = createClient(InventoryService, transport);
+      const demos = async () => {
+        const l = await inventory.listInstances({});
+        return l.instances.filter((i) => i.labels["fleetlet.dev/demo"] === "true").map((i) => `${i.id}@${i.pid}:${i.resourceVersion}`).sort();
+      };
+      let before: string[] = [];
+      for (let k = 0; k < 100 && before.length < 3; k++) {
+        await new Promise((r) => setTimeout(r, 200));
+        before = await demos().catch(() => []);
+      }
+      assert.equal(before.length, 3, "the first fleetlet up registered its demos");
+      const second = await runFleetlet([...args, "--duration", "3s"], 60_000);
+      assert.equal(second.code, 1, second.stdout + second.stderr);
+      assert.match(second.stderr, /agent exited with code 2: fleetlet agent: state dir .* is in use by another agent \(pid \d+\)/);
+      assert.doesNotMatch(second.stdout, /demo instances/, "it started nothing");
+      assert.deepEqual(await demos(), before, "the running fleet's demos: same pids, not one change");
+      transport.close();
+      const r = await first;
+      assert.equal(r.code, 0, r.stderr);
+    } finally {
+      d.remove();
+    }
+  });
+
+
   it("shows the fleet with the local host and its demo instances, then stops cleanly", async () => {
     const d = tempDir("up");
     const [aggPort, agentPort] = [await freePort(), await freePort()];
