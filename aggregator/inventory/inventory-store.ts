@@ -75,8 +75,24 @@ export class InventoryStore {
     return new InventoryStore(openStoreDatabase(file, INVENTORY_MIGRATIONS, "NORMAL"), file);
   }
 
+  /**
+   * Runs a statement; SQLite's own errors ("database disk image is malformed") name no file, so
+   * they are rethrown naming this store's.
+   */
+  private named<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      throw namedStoreError(this.file, e);
+    }
+  }
+
   /** Every host's stored view (for the aggregator's start). */
   load(): StoredHostView[] {
+    return this.named(() => this.loadViews());
+  }
+
+  private loadViews(): StoredHostView[] {
     const views = new Map<string, StoredHostView>();
     for (const h of this.stmts.hosts.all()) views.set(h.host, { ...h, instances: [] });
     for (const row of this.stmts.instances.iterate()) {
@@ -91,15 +107,17 @@ export class InventoryStore {
 
   /** One applied batch of a host and its new cursor, atomically. */
   apply(host: string, cursor: { incarnation: string; resourceVersion: number; lastSeenMs: number }, put: Instance[], del: string[]): void {
-    this.db.transaction(() => {
-      this.stmts.upsertHost.run(host, cursor.incarnation, cursor.resourceVersion, cursor.lastSeenMs);
-      for (const i of put) this.stmts.putInstance.run(host, i.id, toBinary(InstanceSchema, i));
-      for (const id of del) this.stmts.deleteInstance.run(host, id);
-    })();
+    this.named(() =>
+      this.db.transaction(() => {
+        this.stmts.upsertHost.run(host, cursor.incarnation, cursor.resourceVersion, cursor.lastSeenMs);
+        for (const i of put) this.stmts.putInstance.run(host, i.id, toBinary(InstanceSchema, i));
+        for (const id of del) this.stmts.deleteInstance.run(host, id);
+      })(),
+    );
   }
 
   removeHost(host: string): void {
-    this.stmts.deleteHost.run(host);
+    this.named(() => this.stmts.deleteHost.run(host));
   }
 
   close(): void {
