@@ -145,14 +145,15 @@ export class ContainerInstanceSync {
 }
 
 /**
- * Why a container's instance changes state, for metering: an exit with code 0 is taken as
- * asked for (stop-user), any other exit or an OOM kill as a crash; pause/unpause as standby and
- * wake (the docker driver's, or anyone's: the compute really stopped).
+ * Why a container's instance changes state, for metering: an exit with code 0, or any exit the
+ * engine was asked for (docker stop / kill: `stop_requested`), is stop-user; any other exit or
+ * an OOM kill a crash; pause/unpause standby and wake (the docker driver's, or anyone's: the
+ * compute really stopped).
  */
 export function causeOf(previous: Instance | undefined, c: Container): StepCause {
   const next = instanceStateOf(c.state);
   if (next === InstanceState.STANDBY) return "standby";
   if (previous?.state === InstanceState.STANDBY && next === InstanceState.RUNNING) return "wake";
-  if (next === InstanceState.STOPPED || next === InstanceState.ERROR) return c.exitCode === 0 && !c.oomKilled ? "request" : "crash";
+  if (next === InstanceState.STOPPED || next === InstanceState.ERROR) return (c.exitCode === 0 || c.stopRequested) && !c.oomKilled ? "request" : "crash";
   return "request";
 }

@@ -9,6 +9,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ContainerState, HealthStatus, type Container, type RuntimeEvent } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
 import type { ContainerRuntime } from "../../agent/runtime/container-runtime.js";
 import { createDockerRuntime } from "../../agent/runtime/docker/docker-runtime.js";
+import { causeOf } from "../../agent/runtime/container-instances.js";
 import { TEST_IMAGE, TestDockerd, dockerdSkipReason } from "../helpers/dockerd.js";
 import { mustRunInCi } from "../helpers/root.js";
 import { tempDir } from "../helpers/temp-dir.js";
@@ -275,6 +276,33 @@ describe.skipIf(skip)("docker runtime against a real dockerd", () => {
     assert.equal(c.oomKilled, true);
     assert.equal(c.exitCode, 137);
     assert.equal(c.state, ContainerState.EXITED);
+  });
+
+  it("docker stop (exit 137 after the engine's SIGKILL) is a requested stop; an exit on its own is not; a restart clears it", async () => {
+    const mark = rec.mark;
+    // busybox sleep as pid 1 ignores SIGTERM: `docker stop -t 1` ends it with SIGKILL, 137.
+    run("--name", "stopped-by-user", TEST_IMAGE, "sleep", "1000");
+    run("--name", "exits-alone", TEST_IMAGE, "sh", "-c", "sleep 1; exit 3");
+    await rec.waitFor("start", is("stopped-by-user", "start"), mark);
+    d.docker("stop", "-t", "1", "stopped-by-user");
+    const die = await rec.waitFor("die", is("stopped-by-user", "die"), mark);
+    assert.equal(die.exitCode, 137);
+    await rec.waitFor("die", is("exits-alone", "die"), mark);
+    for (let i = 0; i < 100 && byName(rt, "stopped-by-user")?.state !== ContainerState.EXITED; i++) await new Promise((r) => setTimeout(r, 50));
+    const stopped = byName(rt, "stopped-by-user")!;
+    assert.equal(stopped.exitCode, 137);
+    assert.equal(stopped.stopRequested, true);
+    assert.equal(causeOf(undefined, stopped), "request", "metered stop-user");
+    const alone = byName(rt, "exits-alone")!;
+    assert.equal(alone.exitCode, 3);
+    assert.equal(alone.stopRequested, false);
+    assert.equal(causeOf(undefined, alone), "crash", "metered stop-crash");
+    const restarted = rec.mark;
+    d.docker("start", "stopped-by-user");
+    await rec.waitFor("start", is("stopped-by-user", "start"), restarted);
+    for (let i = 0; i < 100 && byName(rt, "stopped-by-user")?.state !== ContainerState.RUNNING; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(byName(rt, "stopped-by-user")!.stopRequested, false);
+    d.docker("rm", "-f", "stopped-by-user", "exits-alone");
   });
 
   it("health transitions: unhealthy → healthy → unhealthy as the probe flips; health() follows", async () => {

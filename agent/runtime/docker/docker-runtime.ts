@@ -351,13 +351,14 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
       if (!this.remember(message)) continue;
       const event = normaliseDockerEvent(message);
       if (event.action === "die") event.errorDetail = inspects.get(event.externalId)?.State?.Error ?? "";
+      this.noteStopRequest(event);
       applyEventToTold(told, event);
       events.push(event);
     }
     const containers = new Map<string, Container>();
     this.configuredMemory.clear();
     for (const [id, inspect] of inspects) {
-      containers.set(id, inspectToContainer(inspect));
+      containers.set(id, this.containerOf(id, inspect));
       this.configuredMemory.set(id, inspect.HostConfig?.Memory ?? 0);
     }
     const synthetic = reconnecting ? diffTold(told, containers.values(), nowNs()) : [];
@@ -403,13 +404,14 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
     const event = normaliseDockerEvent(message);
     const id = event.externalId;
     if (event.resourceType === "container" && id !== "") {
+      this.noteStopRequest(event);
       if (event.action === "destroy") {
         this.forget(id);
       } else {
         // An Unavailable here ends the session before the event is remembered: it is replayed.
         const inspect = await this.inspectOrGone(client, id, signal);
         if (inspect) {
-          this.known.set(id, inspectToContainer(inspect));
+          this.known.set(id, this.containerOf(id, inspect));
           this.configuredMemory.set(id, inspect.HostConfig?.Memory ?? 0);
           if (event.action === "die") event.errorDetail = inspect.State?.Error ?? "";
         } else {
@@ -422,7 +424,25 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
     this.safeEmit("containers");
   }
 
+  /**
+   * Containers the engine was asked to stop or kill (its "kill"/"stop" events) and that have not
+   * started again since: their exit is a requested stop, not a crash, whatever its code.
+   */
+  private readonly stopRequests = new Set<string>();
+
+  private noteStopRequest(event: RuntimeEvent): void {
+    if (event.action === "kill" || event.action === "stop") this.stopRequests.add(event.externalId);
+    else if (event.action === "start" || event.action === "restart" || event.action === "create") this.stopRequests.delete(event.externalId);
+  }
+
+  private containerOf(id: string, inspect: DockerInspect): Container {
+    const c = inspectToContainer(inspect);
+    c.stopRequested = c.state !== ContainerState.RUNNING && c.state !== ContainerState.PAUSED && this.stopRequests.has(id);
+    return c;
+  }
+
   private forget(id: string): void {
+    this.stopRequests.delete(id);
     this.known.delete(id);
     this.configuredMemory.delete(id);
     this.cpuSamples.delete(id);
