@@ -26,6 +26,15 @@ export function createStandbyService(
   unsupportedReason: string | undefined,
 ): ServiceImpl<typeof StandbyService> {
   const status = (id: string): StandbyStatus => toStatus(controller.describe(id), unsupportedReason);
+  /**
+   * Calls that change what standby would do answer FAILED_PRECONDITION where standby cannot run
+   * at all: succeeding with no effect would let a caller believe a policy or a hold is in force.
+   */
+  const requireSupported = (what: string) => {
+    if (!controller.supported) {
+      throw new ConnectError(`${what}: standby is not supported on this agent: ${unsupportedReason ?? "conntrack unavailable"}`, Code.FailedPrecondition);
+    }
+  };
   const known = (field: string, id: string) => {
     requireId(field, id);
     if (!registry.get(id)) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
@@ -59,6 +68,7 @@ export function createStandbyService(
     async setStandbyPolicy(req) {
       known("instance_id", req.instanceId);
       if (!req.policy) throw invalidArgument("policy", "is required");
+      requireSupported("SetStandbyPolicy");
       const policy = normalizeStandbyPolicy(req.policy, "policy", limits);
       const next = clone(InstanceSchema, registry.get(req.instanceId)!);
       next.standbyPolicy = policy;
@@ -69,10 +79,12 @@ export function createStandbyService(
       known("instance_id", req.instanceId);
       const ms = req.duration ? durationMs(req.duration) : 0;
       if (!(ms > 0) || ms > MAX_HOLD_MS) throw invalidArgument("duration", `must be > 0 and <= 720h, got ${ms} ms`);
+      requireSupported("HoldStandby");
       return { holdUntil: timestampFromMs(controller.hold(req.instanceId, ms)) };
     },
     resetIdle(req) {
       known("instance_id", req.instanceId);
+      requireSupported("ResetIdle");
       controller.resetIdle(req.instanceId);
       return { status: status(req.instanceId) };
     },

@@ -5,7 +5,7 @@ import { createInterface } from "node:readline";
 import { FLEETLET_BIN } from "../helpers/daemon-process.js";
 import { agentClients } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 
@@ -40,6 +40,20 @@ describe.skipIf(skip)("an agent without CAP_NET_ADMIN", () => {
         assert.equal(s.status, StandbyState.UNSUPPORTED);
         assert.equal(s.supported, false);
         assert.match(s.unsupportedReason, /^conntrack unavailable: .*CAP_NET_ADMIN/);
+        // Nothing that would change standby pretends to work (seed 002 edge cases).
+        const sb = createClient(StandbyService, t);
+        for (const [what, call] of [
+          ["SetStandbyPolicy", () => sb.setStandbyPolicy({ instanceId: "u-1", policy: { enabled: true, idleTimeout: "10m" } })],
+          ["HoldStandby", () => sb.holdStandby({ instanceId: "u-1", duration: { seconds: 60n } })],
+          ["ResetIdle", () => sb.resetIdle({ instanceId: "u-1" })],
+        ] as const) {
+          await assert.rejects(call(), (e: unknown) => {
+            assert.ok(e instanceof ConnectError, what);
+            assert.equal(e.code, Code.FailedPrecondition, what);
+            assert.match(e.rawMessage, new RegExp(`^${what}: standby is not supported on this agent: conntrack unavailable: `));
+            return true;
+          });
+        }
         const stats = (await c.metrics.getInstanceStats({ instanceId: "u-1" })).stats!;
         assert.ok(stats.cpuUsec !== undefined, "metrics still work");
       } finally {
