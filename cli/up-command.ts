@@ -211,7 +211,11 @@ async function waitReady(name: string, probe: () => Promise<unknown>, child: Chi
   const serving = (l: string) => l.includes(`"msg":"${name} serving"`) && l.includes(`"pid":${child.pid},`);
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      const last = logSince(child, log).at(-1);
+      // The log file may be shared with a daemon already running on this state dir: only our
+      // own lines (its pid, or plain stderr text) say why ours stopped.
+      const last = logSince(child, log)
+        .filter((l) => !l.startsWith("{") || l.includes(`"pid":${child.pid},`))
+        .at(-1);
       let why = last ?? "";
       try {
         why = (JSON.parse(last ?? "") as { msg?: string; err?: { message?: string } }).err?.message ?? (JSON.parse(last ?? "") as { msg?: string }).msg ?? why;
