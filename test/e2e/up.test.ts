@@ -1,10 +1,11 @@
 import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { runFleetlet } from "../helpers/daemon-process.js";
+import { FLEETLET_BIN, runFleetlet } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { mustRunInCi, rootSkipReason } from "../helpers/root.js";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createClient } from "@connectrpc/connect";
 import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
@@ -28,8 +29,11 @@ describe("fleetlet up", () => {
     const [aggPort, agentPort] = [await freePort(), await freePort()];
     const args = ["up", "--state-dir", d.path, "--aggregator-listen", `127.0.0.1:${aggPort}`, "--agent-listen", `127.0.0.1:${agentPort}`,
       "--agent-metrics-listen", "off", "--aggregator-metrics-listen", "off", "--refresh", "1s"];
+    const first = spawn(process.execPath, [FLEETLET_BIN, ...args, "--duration", "14s"], { stdio: ["ignore", "pipe", "pipe"] });
+    let firstErr = "";
+    first.stderr!.on("data", (b: Buffer) => (firstErr += b.toString()));
+    const firstExit = new Promise<number | null>((r) => first.once("exit", (code) => r(code)));
     try {
-      const first = runFleetlet([...args, "--duration", "14s"], 60_000);
       const transport = createGrpcJsTransport(`127.0.0.1:${agentPort}`);
       const inventory = createClient(InventoryService, transport);
       const demos = async () => {
@@ -48,9 +52,22 @@ describe("fleetlet up", () => {
       assert.doesNotMatch(second.stdout, /demo instances/, "it started nothing");
       assert.deepEqual(await demos(), before, "the running fleet's demos: same pids, not one change");
       transport.close();
-      const r = await first;
-      assert.equal(r.code, 0, r.stderr);
+      assert.equal(await firstExit, 0, firstErr);
     } finally {
+      // Also when an assertion failed: the first up stops its daemons on SIGTERM; anything still
+      // holding the state dir after that is killed by the pid in its claim file.
+      if (first.exitCode === null) first.kill("SIGTERM");
+      await firstExit;
+      for (const daemon of ["agent", "aggregator"]) {
+        try {
+          // A daemon that stopped cleanly removed its claim; one still claiming is re-identified
+          // by its command line (this test's state dir) before it is killed.
+          const pid = Number.parseInt(readFileSync(`${d.path}/${daemon}/${daemon}.pid`, "utf8").split(" ")[0] ?? "", 10);
+          if (pid > 0 && readFileSync(`/proc/${pid}/cmdline`, "latin1").includes(`${d.path}/${daemon}`)) process.kill(pid, "SIGKILL");
+        } catch {
+          // no claim, or the process is gone: nothing left behind
+        }
+      }
       d.remove();
     }
   });
