@@ -571,6 +571,8 @@ export class StandbyController {
           this.counters.standby.ok++;
           t.lastError = undefined;
           t.idleSince = undefined;
+          // Its last sample is from before the standby: after a wake, the window starts afresh.
+          t.traffic = undefined;
           // A client that connected while the driver was still working must not be stranded.
           const arrivedMeanwhile = t.active.size > 0;
           t.active.clear();
