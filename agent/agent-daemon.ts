@@ -28,6 +28,7 @@ import { StatsCollector } from "./metrics/stats-collector.js";
 import { RuntimeService } from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { createRuntimeService } from "./runtime/runtime-service.js";
 import { setUpRuntimes, type RuntimeOptions } from "./runtime/runtime-setup.js";
+import type { StreamLimits } from "../lib/rpc/stream-budget.js";
 
 /** Sweeps younger than this serve a watch tick without reading /proc again. */
 const SAMPLER_SHARE_MS = 50;
@@ -57,6 +58,8 @@ export interface AgentOptions {
   standbyExec?: ExecDriverCommands;
   /** Container runtimes (runtime.md); default "auto". */
   runtime?: RuntimeOptions;
+  /** Per-stream byte budget and stall cut (default 64 KiB, 30 s). */
+  streamLimits?: StreamLimits;
 }
 
 export interface RunningAgent {
@@ -106,6 +109,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const server = await startGrpcServer({
       listen: options.listen,
       logger,
+      streamLimits: options.streamLimits,
       services: [
         serviceRegistration(InventoryService, createInventoryService(registry, validation)),
         serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),

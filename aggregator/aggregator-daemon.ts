@@ -13,6 +13,7 @@ import { InventoryFollower, type InventoryFollowerOptions } from "./inventory/in
 import { InventoryStore } from "./inventory/inventory-store.js";
 import { MergedView } from "./inventory/merged-view.js";
 import type { HostConfig, ReconnectBackoff } from "./hosts/host-connection.js";
+import type { StreamLimits } from "../lib/rpc/stream-budget.js";
 
 export interface AggregatorOptions {
   listen: ListenAddress;
@@ -25,6 +26,8 @@ export interface AggregatorOptions {
   /** The merged inventory (inventory.md); defaults: stale after 30 s, digest every 60 s. */
   inventory?: Partial<InventoryFollowerOptions> & { watchBuffer?: number };
   logger?: Logger;
+  /** Per-stream byte budget and stall cut (default 64 KiB, 30 s). */
+  streamLimits?: StreamLimits;
 }
 
 export interface RunningAggregator {
@@ -84,6 +87,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
     const server = await startGrpcServer({
       listen: options.listen,
       logger,
+      streamLimits: options.streamLimits,
       services: [
         serviceRegistration(
           FleetService,

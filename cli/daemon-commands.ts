@@ -8,6 +8,7 @@ import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger } from "../lib/rpc/logger.js";
 import { applyConfigFile, configurable, parse } from "./options.js";
 import { errorMessage } from "../lib/error-message.js";
+import { DEFAULT_STREAM_LIMITS } from "../lib/rpc/stream-budget.js";
 
 /** Default state location: /var/lib/fleetlet as root, ./.fleetlet otherwise (architecture.md). */
 export function defaultStateBase(): string {
@@ -60,6 +61,8 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--docker-host <url>", "Docker Engine API: unix:///path (default DOCKER_HOST, else unix:///var/run/docker.sock)"))
     .addOption(configurable("AGENT", "--kubeconfig <file>", "Kubernetes: kubeconfig to use (default: in-cluster, else KUBECONFIG / ~/.kube/config)"))
     .addOption(configurable("AGENT", "--kube-node <name>", "Kubernetes: only pods on this node (default in a cluster: NODE_NAME, else the hostname; outside: all pods)"))
+    .addOption(configurable("AGENT", "--stream-buffer <bytes>", "encoded bytes one server stream may hold for a client that does not read; the producer waits past it").default(DEFAULT_STREAM_LIMITS.maxPendingBytes).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--stream-stall-timeout <duration>", "a server stream whose client took none of its buffered bytes for this long is cut (RESOURCE_EXHAUSTED)").default(DEFAULT_STREAM_LIMITS.stallTimeoutMs, "30s").argParser(parse.durationMs))
     .addOption(configurable("AGENT", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
     .action(async (_opts, command: Command) => {
@@ -80,6 +83,8 @@ export function agentCommand(): Command {
         standbyExec?: string;
         wakeExec?: string;
         runtime: string;
+        streamBuffer: number;
+        streamStallTimeout: number;
         dockerHost?: string;
         kubeconfig?: string;
         kubeNode?: string;
@@ -117,6 +122,7 @@ export function agentCommand(): Command {
           meteringSegmentBytes: o.meteringSegmentBytes,
           standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },
           runtime: { runtimes, dockerHost: o.dockerHost, kubeconfig: o.kubeconfig, kubeNode: o.kubeNode },
+          streamLimits: { maxPendingBytes: o.streamBuffer, stallTimeoutMs: o.streamStallTimeout },
           logger: createLogger("fleetlet-agent", o.logLevel),
         }),
       );
@@ -138,6 +144,8 @@ export function aggregatorCommand(): Command {
     .addOption(configurable("AGGREGATOR", "--stale-after <duration>", "a host not heard from for this long is STALE in the merged inventory").default(30_000, "30s").argParser(parse.durationMs))
     .addOption(configurable("AGGREGATOR", "--digest-interval <duration>", "how often each host's inventory digest is compared with the merged view's").default(60_000, "60s").argParser(parse.durationMs))
     .addOption(configurable("AGGREGATOR", "--watch-buffer <n>", "merged inventory changes kept for WatchInstances cursors").default(65_536).argParser(parse.positiveInt))
+    .addOption(configurable("AGGREGATOR", "--stream-buffer <bytes>", "encoded bytes one server stream may hold for a client that does not read; the producer waits past it").default(DEFAULT_STREAM_LIMITS.maxPendingBytes).argParser(parse.positiveInt))
+    .addOption(configurable("AGGREGATOR", "--stream-stall-timeout <duration>", "a server stream whose client took none of its buffered bytes for this long is cut (RESOURCE_EXHAUSTED)").default(DEFAULT_STREAM_LIMITS.stallTimeoutMs, "30s").argParser(parse.durationMs))
     .addOption(configurable("AGGREGATOR", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGGREGATOR_* win over it")
     .action(async (_opts, command: Command) => {
@@ -154,6 +162,8 @@ export function aggregatorCommand(): Command {
         perHostTimeout: number;
         fanOutConcurrency: number;
         reconnectBackoffMax: number;
+        streamBuffer: number;
+        streamStallTimeout: number;
         logLevel: string;
       }>();
       checkLevel(command, o.logLevel);
@@ -177,6 +187,7 @@ export function aggregatorCommand(): Command {
           fanOutConcurrency: o.fanOutConcurrency,
           backoff: { initialMs: Math.min(1000, o.reconnectBackoffMax), maxMs: o.reconnectBackoffMax },
           inventory: { staleAfterMs: o.staleAfter, digestIntervalMs: o.digestInterval, watchBuffer: o.watchBuffer, dropEventOf: process.env.FLEETLET_TEST_DROP_INVENTORY_EVENT || undefined },
+          streamLimits: { maxPendingBytes: o.streamBuffer, stallTimeoutMs: o.streamStallTimeout },
           logger: createLogger("fleetlet-aggregator", o.logLevel),
         }),
       );

@@ -2,6 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  type Instance,
+  InstanceSchema,
   InstanceEventSchema,
   InstanceEventType,
   type InstanceEvent,
@@ -10,14 +12,13 @@ import {
   WatchInstancesResponseSchema,
 } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
+import { encodedSize, WATCH_PAGE } from "../../lib/rpc/encoded-size.js";
 import { followSource } from "../../lib/rpc/follow-source.js";
 import type { InventoryFeed } from "./inventory-feed.js";
 
 const DEFAULT_BOOKMARK_MS = 5000;
 const MIN_BOOKMARK_MS = 100;
 const MAX_BOOKMARK_MS = 3_600_000;
-/** Events per message: far below gRPC's 4 MiB default limit even for large instances. */
-const PAGE = 1000;
 
 /**
  * WatchInstances (inventory.md): changes after the client's version, in order, paged, then live
@@ -25,6 +26,9 @@ const PAGE = 1000;
  * none was sent for `bookmark_interval` — also at the end of the first message, so a client
  * knows at once where it stands. Reads from the feed's ring with its own cursor (no queue per
  * stream): a client slower than the ring is ended with OUT_OF_RANGE, never skipped ahead.
+ * The current state is read lazily, a page at a time as the client takes them, from the feed's
+ * sorted list at the watch's start (an array the feed never modifies; shared by every watch
+ * started at that version): a stream costs one index, not a copy of the inventory.
  */
 export async function* watchInventory(feed: InventoryFeed, req: WatchInstancesRequest, signal: AbortSignal): AsyncGenerator<WatchInstancesResponse> {
   let bookmarkMs = DEFAULT_BOOKMARK_MS;
@@ -34,10 +38,11 @@ export async function* watchInventory(feed: InventoryFeed, req: WatchInstancesRe
   }
   let cursor: number;
   // The current state first (a watch without version): sent as ADDED events, paged.
-  let initial: InstanceEvent[] = [];
+  let snapshot: readonly Instance[] | undefined;
+  let at = 0;
   if (req.resourceVersion === 0n && req.incarnation === "") {
     cursor = feed.version;
-    initial = feed.list().map((instance) => create(InstanceEventSchema, { type: InstanceEventType.ADDED, instance, resourceVersion: instance.resourceVersion }));
+    snapshot = feed.list();
   } else {
     if (req.incarnation !== feed.incarnation) {
       throw new ConnectError(`incarnation ${JSON.stringify(req.incarnation.slice(0, 40))} is not the agent's current incarnation ${feed.incarnation} (the agent restarted): relist`, Code.OutOfRange);
@@ -58,14 +63,27 @@ export async function* watchInventory(feed: InventoryFeed, req: WatchInstancesRe
     };
   };
   yield* followSource(signal, subscribe, () => {
-    const events = initial.slice(0, PAGE);
-    initial = initial.slice(events.length);
-    if (initial.length > 0) return create(WatchInstancesResponseSchema, { events });
-    const changes = feed.changesAfter(cursor, PAGE - events.length);
-    if (!changes) throw new ConnectError(`this watch fell behind: changes after resource_version ${cursor} are no longer kept (oldest ${feed.oldestResumable}): relist`, Code.OutOfRange);
-    for (const { seq, item } of changes) {
-      events.push(create(InstanceEventSchema, { type: item.type, instance: item.instance, resourceVersion: BigInt(seq) }));
-      cursor = seq;
+    const events: InstanceEvent[] = [];
+    let bytes = 0;
+    const full = () => events.length >= WATCH_PAGE.events || bytes >= WATCH_PAGE.bytes;
+    if (snapshot) {
+      while (at < snapshot.length && !full()) {
+        const instance = snapshot[at++]!;
+        bytes += encodedSize(InstanceSchema, instance);
+        events.push(create(InstanceEventSchema, { type: InstanceEventType.ADDED, instance, resourceVersion: instance.resourceVersion }));
+      }
+      if (at < snapshot.length) return create(WatchInstancesResponseSchema, { events });
+      snapshot = undefined;
+    }
+    if (!full()) {
+      const changes = feed.changesAfter(cursor, WATCH_PAGE.events - events.length);
+      if (!changes) throw new ConnectError(`this watch fell behind: changes after resource_version ${cursor} are no longer kept (oldest ${feed.oldestResumable}): relist`, Code.OutOfRange);
+      for (const { seq, item } of changes) {
+        if (full()) break;
+        bytes += encodedSize(InstanceSchema, item.instance);
+        events.push(create(InstanceEventSchema, { type: item.type, instance: item.instance, resourceVersion: BigInt(seq) }));
+        cursor = seq;
+      }
     }
     const now = performance.now();
     // A bookmark describes the state at `cursor`: only once the stream has caught up.

@@ -1,5 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import {
+  type FleetInstance,
+  FleetInstanceSchema,
   FleetEventType,
   FleetInstanceEventSchema,
   WatchInstancesResponseSchema,
@@ -8,11 +10,9 @@ import {
 } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { splitCursor } from "../../lib/event-ring.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
+import { encodedSize, WATCH_PAGE } from "../../lib/rpc/encoded-size.js";
 import { followSource } from "../../lib/rpc/follow-source.js";
 import { matches, type FleetChange, type InstanceFilter, type MergedView } from "./merged-view.js";
-
-/** Events per message (well below gRPC's 4 MiB default even for large instances). */
-const PAGE = 1000;
 
 /** A cursor of another aggregator incarnation, older than what is kept, or malformed. */
 export interface CursorProblem {
@@ -36,17 +36,19 @@ export function parseFleetCursor(view: MergedView, cursor: string): number | Cur
  * queue per client): a client that falls behind the ring, or brings a cursor the ring cannot
  * serve, gets RESYNC with the reason and the stream ends. Filters apply per event; an instance
  * that moves out of the filter is DELETED for this client, one that moves in is ADDED.
+ * Pages are cut by count and bytes (WATCH_PAGE); the state is turned into events a page at a
+ * time as the client takes them (the stream holds the matching instances' references only).
  */
 export async function* watchFleetInventory(view: MergedView, cursorText: string, filter: InstanceFilter, signal: AbortSignal): AsyncGenerator<WatchInstancesResponse> {
   const cursorOf = (seq: number) => `${view.incarnation}.${seq}`;
   let seq: number;
-  let initial: FleetInstanceEvent[] = [];
+  // The state first, when there is no cursor: HOST_SYNCs, then ADDED per instance, then SYNCED.
+  let initial: { hostSyncs: FleetInstanceEvent[]; instances: readonly FleetInstance[]; at: number; cursor: string } | undefined;
   if (cursorText === "") {
     seq = view.lastSeq;
     const cursor = cursorOf(seq);
-    for (const hostSync of view.hostSyncs(filter.hosts as ReadonlySet<string> | undefined)) initial.push(create(FleetInstanceEventSchema, { type: FleetEventType.HOST_SYNC, hostSync, cursor }));
-    for (const instance of view.list(filter)) initial.push(create(FleetInstanceEventSchema, { type: FleetEventType.ADDED, instance, cursor }));
-    initial.push(create(FleetInstanceEventSchema, { type: FleetEventType.SYNCED, cursor }));
+    const hostSyncs = view.hostSyncs(filter.hosts as ReadonlySet<string> | undefined).map((hostSync) => create(FleetInstanceEventSchema, { type: FleetEventType.HOST_SYNC, hostSync, cursor }));
+    initial = { hostSyncs, instances: view.list(filter), at: 0, cursor };
   } else {
     const parsed = parseFleetCursor(view, cursorText);
     if (typeof parsed !== "number") {
@@ -56,15 +58,35 @@ export async function* watchFleetInventory(view: MergedView, cursorText: string,
     seq = parsed;
   }
   const pages = followSource(signal, (notify) => view.subscribe(notify), (): { response: WatchInstancesResponse; end?: true } | undefined => {
-    const events = initial.slice(0, PAGE);
-    initial = initial.slice(events.length);
-    if (initial.length > 0) return { response: create(WatchInstancesResponseSchema, { events }) };
-    const changes = view.changesAfter(seq, PAGE);
-    if (!changes) return { response: resync(`this watch fell behind: the changes after ${cursorOf(seq)} are no longer kept (--watch-buffer): relist`), end: true };
-    for (const { seq: s, item } of changes) {
-      seq = s;
-      const e = toEvent(item, filter);
-      if (e) events.push(create(FleetInstanceEventSchema, { ...e, cursor: cursorOf(s) }));
+    const events: FleetInstanceEvent[] = [];
+    let bytes = 0;
+    const full = () => events.length >= WATCH_PAGE.events || bytes >= WATCH_PAGE.bytes;
+    if (initial) {
+      // Host syncs are one per host, small: all in the first page.
+      events.push(...initial.hostSyncs);
+      initial.hostSyncs = [];
+      while (initial.at < initial.instances.length && !full()) {
+        const instance = initial.instances[initial.at++]!;
+        bytes += encodedSize(FleetInstanceSchema, instance);
+        events.push(create(FleetInstanceEventSchema, { type: FleetEventType.ADDED, instance, cursor: initial.cursor }));
+      }
+      if (initial.at < initial.instances.length) return { response: create(WatchInstancesResponseSchema, { events }) };
+      events.push(create(FleetInstanceEventSchema, { type: FleetEventType.SYNCED, cursor: initial.cursor }));
+      initial = undefined;
+    }
+    if (!full()) {
+      const changes = view.changesAfter(seq, WATCH_PAGE.events - events.length);
+      // What this page already holds goes out first; the next call says RESYNC.
+      if (!changes && events.length > 0) return { response: create(WatchInstancesResponseSchema, { events }) };
+      if (!changes) return { response: resync(`this watch fell behind: the changes after ${cursorOf(seq)} are no longer kept (--watch-buffer): relist`), end: true };
+      for (const { seq: s, item } of changes) {
+        if (full()) break;
+        seq = s;
+        const e = toEvent(item, filter);
+        if (!e) continue;
+        if (e.instance) bytes += encodedSize(FleetInstanceSchema, e.instance);
+        events.push(create(FleetInstanceEventSchema, { ...e, cursor: cursorOf(s) }));
+      }
     }
     return events.length > 0 ? { response: create(WatchInstancesResponseSchema, { events }) } : undefined;
   });

@@ -9,6 +9,7 @@ import { createHealthRegistry, ServingStatus, type HealthRegistry } from "./heal
 import { createReflectionImpls } from "./reflection-service.js";
 import { adaptService, type CallInterceptor, type ServiceRegistration } from "./service-adapter.js";
 import type { Logger } from "./logger.js";
+import type { StreamLimits } from "./stream-budget.js";
 import type { ListenAddress } from "../listen-address.js";
 
 export interface GrpcServerOptions {
@@ -18,6 +19,8 @@ export interface GrpcServerOptions {
   interceptors?: CallInterceptor[];
   /** TLS slots in here later; plaintext until then (loopback by default). */
   credentials?: grpc.ServerCredentials;
+  /** Per-stream byte budget and stall cut for clients that do not read (default: 64 KiB, 30 s). */
+  streamLimits?: StreamLimits;
 }
 
 export interface RunningGrpcServer {
@@ -66,6 +69,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       shutdownSignal: shutdown.signal,
       interceptors: options.interceptors,
       quietMethods,
+      streamLimits: options.streamLimits,
     });
     server.addService(definition, handlers);
   }

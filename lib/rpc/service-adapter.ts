@@ -1,5 +1,4 @@
 import type * as grpc from "@grpc/grpc-js";
-import { once } from "node:events";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
 import {
@@ -21,6 +20,7 @@ import {
 import { raceAbort } from "../abort-race.js";
 import { errorMessage } from "../error-message.js";
 import type { Logger } from "./logger.js";
+import { BudgetedStreamWriter, DEFAULT_STREAM_LIMITS, type StreamLimits } from "./stream-budget.js";
 import { codeName, headersToMetadata, metadataToHeaders, toGrpcStatus } from "./status-codes.js";
 
 const CALL_COMPLETED = new ConnectError("call completed", Code.Canceled);
@@ -52,6 +52,8 @@ export interface AdapterOptions {
   interceptors?: CallInterceptor[];
   /** Methods whose per-call log line is written at debug level (health checks). */
   quietMethods?: ReadonlySet<string>;
+  /** Bytes a server stream may hold for a client that does not read, and when it is cut. */
+  streamLimits?: StreamLimits;
 }
 
 // Any handler's calls share these few operations; grpc-js has one type per method kind.
@@ -224,7 +226,8 @@ function makeHandler(
     void (async () => {
       try {
         intercept();
-        await pump((fn as AnyStreamImpl)(requestOf(any), context), call, method, context, sendHeader);
+        const writer = new BudgetedStreamWriter(call, options.streamLimits ?? DEFAULT_STREAM_LIMITS, context.signal);
+        await pump((fn as AnyStreamImpl)(requestOf(any), context), writer, method, context, sendHeader);
         const trailer = headersToMetadata(context.responseTrailer);
         sendHeader();
         if (!call.cancelled) call.end(trailer);
@@ -302,13 +305,13 @@ async function* decodeStream<T extends DescMessage>(
 }
 
 /**
- * Writes a handler's responses to the call. When grpc-js's buffer is full (write returns false)
- * we wait for 'drain' before pulling the next message, so a slow reader slows the producer down
- * instead of growing memory (back-pressure).
+ * Writes a handler's responses to the call, pulling the next message only when the stream's
+ * byte budget allows (BudgetedStreamWriter): a slow reader slows the producer down instead of
+ * growing memory, and one that reads nothing at all is cut.
  */
 async function pump(
   responses: AsyncIterable<unknown>,
-  call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>,
+  writer: BudgetedStreamWriter,
   method: DescMethod,
   context: HandlerContext,
   sendHeader: () => void,
@@ -320,9 +323,7 @@ async function pump(
       if (next.done) return;
       const bytes = encode(method.output, next.value);
       sendHeader();
-      if (!call.write(bytes)) {
-        await raceAbort(once(call, "drain"), context.signal);
-      }
+      await writer.write(bytes);
     }
   } finally {
     // Lets the handler's generator run its finally blocks (unsubscribe, timers).

@@ -25,6 +25,7 @@ export const ROOT_FILES = [
 
 /**
  * Test files that must run alone, after everything else: multi-process crash and partition runs
- * whose timings (stale-after, bookmark intervals, SIGKILL at random moments) assume both cores.
+ * whose timings (stale-after, bookmark intervals, SIGKILL at random moments) assume both cores,
+ * and the 2,000-stream slow-consumer run (its memory bound is the agent's alone).
  */
-export const ALONE_FILES = ["test/e2e/metering-fleet.test.ts", "test/e2e/inventory-fleet.test.ts"];
+export const ALONE_FILES = ["test/e2e/metering-fleet.test.ts", "test/e2e/inventory-fleet.test.ts", "test/e2e/slow-watch-consumers.test.ts"];

@@ -1,10 +1,10 @@
 import { afterEach, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { mkdirSync, rmSync } from "node:fs";
-import { create, equals } from "@bufbuild/protobuf";
+import { create, equals, toBinary } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InstanceEventType, InstanceSchema, InstanceState, WatchInstancesRequestSchema, type Instance, type InstanceEvent, type WatchInstancesResponse } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceEventType, InstanceSchema, InstanceState, WatchInstancesRequestSchema, WatchInstancesResponseSchema, type Instance, type InstanceEvent, type WatchInstancesResponse } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
 import { validateInstance } from "../../../agent/inventory/instance-validation.js";
 import { watchInventory } from "../../../agent/inventory/inventory-watch.js";
@@ -98,6 +98,44 @@ describe("WatchInstances on the agent", () => {
     assert.deepEqual(next.events.map((e: InstanceEvent) => `${InstanceEventType[e.type]}:${e.instance?.id ?? ""}@${e.resourceVersion}`), ["MODIFIED:a@3"]);
     abort.abort();
     await it.return(undefined);
+  });
+
+  it("pages the state by bytes, lazily: every page at most ~32 KiB, the state as it was when the watch began, changes during paging after it", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    const labels = Object.fromEntries(Array.from({ length: 4 }, (_, k) => [`example.com/l-${k}`, "x".repeat(240)]));
+    await Promise.all(Array.from({ length: 300 }, (_, k) => r.upsert(inst(`vm-${String(k).padStart(3, "0")}`, { labels }))));
+    const startVersion = r.resourceVersion;
+    const abort = new AbortController();
+    const it = watchInventory(r.feed, create(WatchInstancesRequestSchema, {}), abort.signal);
+    const sizes: number[] = [];
+    const added: string[] = [];
+    const later: string[] = [];
+    let first = true;
+    try {
+      for (;;) {
+        const m = (await it.next()).value as WatchInstancesResponse;
+        sizes.push(toBinary(WatchInstancesResponseSchema, m).length);
+        for (const e of m.events) {
+          if (e.type === InstanceEventType.BOOKMARK) continue;
+          (e.resourceVersion <= startVersion ? added : later).push(`${InstanceEventType[e.type]}:${e.instance!.id}`);
+        }
+        if (first) {
+          // Changes while the state is being paged: not in the state, delivered after it.
+          first = false;
+          await r.remove("vm-299");
+          await r.upsert(inst("vm-new"));
+        }
+        if (m.events.some((e) => e.type === InstanceEventType.BOOKMARK && e.resourceVersion === r.resourceVersion)) break;
+      }
+    } finally {
+      abort.abort();
+      await it.return(undefined);
+    }
+    assert.deepEqual(added, Array.from({ length: 300 }, (_, k) => `ADDED:vm-${String(k).padStart(3, "0")}`));
+    assert.deepEqual(later, ["DELETED:vm-299", "ADDED:vm-new"]);
+    // 300 instances of ~1.1 KB: one page of 1,000 events held all of them (~330 KB) before.
+    assert.ok(sizes.length >= 10, `${sizes.length} pages`);
+    for (const size of sizes) assert.ok(size <= 32 * 1024 + 2048, `a page of ${size} bytes`);
   });
 
   it("OUT_OF_RANGE for an expired version, a version ahead, another incarnation; INVALID_ARGUMENT for a bad bookmark_interval", async () => {

@@ -1,8 +1,8 @@
 import { afterEach, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { InstanceKind, InstanceSchema, InstanceState, type Instance } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { FleetEventType, HostSyncState, type WatchInstancesResponse } from "../../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { FleetEventType, HostSyncState, WatchInstancesResponseSchema, type WatchInstancesResponse } from "../../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { MergedView } from "../../../aggregator/inventory/merged-view.js";
 import { InventoryStore } from "../../../aggregator/inventory/inventory-store.js";
 import { watchFleetInventory } from "../../../aggregator/inventory/fleet-inventory-watch.js";
@@ -79,6 +79,29 @@ describe("MergedView", () => {
     // From no cursor: the state first (host syncs, matching instances, SYNCED), then live.
     const first = await events(view, "", { hosts: new Set(["h1"]), ...running }, 4);
     assert.deepEqual(first, ["HOST_SYNC:h1=LOADING", "ADDED:h1/a", "ADDED:h1/b", "SYNCED"]);
+  });
+
+  it("pages the state by bytes as the client reads: every message at most ~32 KiB, each instance once, then SYNCED", async () => {
+    const view = new MergedView(undefined);
+    const labels = Object.fromEntries(Array.from({ length: 4 }, (_, k) => [`example.com/l-${k}`, "x".repeat(240)]));
+    view.replace("h", "i", 300, Array.from({ length: 300 }, (_, k) => inst(`vm-${String(k).padStart(3, "0")}`, k + 1, { labels })), 0);
+    const abort = new AbortController();
+    const it = watchFleetInventory(view, "", {}, abort.signal);
+    const sizes: number[] = [];
+    const seen: string[] = [];
+    try {
+      while (!seen.includes("SYNCED")) {
+        const m = (await it.next()).value as WatchInstancesResponse;
+        sizes.push(toBinary(WatchInstancesResponseSchema, m).length);
+        for (const e of m.events) seen.push(e.instance ? e.instance.id : FleetEventType[e.type]);
+      }
+    } finally {
+      abort.abort();
+      await it.return(undefined);
+    }
+    assert.deepEqual(seen, ["HOST_SYNC", ...Array.from({ length: 300 }, (_, k) => `vm-${String(k).padStart(3, "0")}`), "SYNCED"]);
+    assert.ok(sizes.length >= 10, `${sizes.length} messages`);
+    for (const size of sizes) assert.ok(size <= 32 * 1024 + 2048, `a message of ${size} bytes`);
   });
 
   it("a cursor the ring cannot serve is RESYNC, then the stream ends; a malformed one is INVALID_ARGUMENT", async () => {
