@@ -8,6 +8,13 @@ import { errorMessage } from "../lib/error-message.js";
  * the same family and id — vm.compute and vm.storage by vm_id, snap.storage by snapshot_id — per
  * host and ledger, since ids are only unique on their host and a replaced ledger is never mixed
  * with its successor. Pure: entries in, intervals out; the command does the reading.
+ *
+ * Resizes (metering.md "shape changed"): the agent closes each open interval with reason
+ * `resize` and the old shape and reopens it with the new one at the same `emitted_at`, so an
+ * interval is split at every resize and each piece carries its own shape; the pieces' durations
+ * add up to the unsplit interval's. A closed interval whose stop carries another shape than its
+ * start is a shape change that was not metered (agents before resizes were): it is billed at
+ * the start's shape and reported (`stopShape`), never silently.
  */
 
 /** One entry of the merged feed (FleetMeteringEntry), or of one agent's ledger (host ""). */
@@ -71,6 +78,8 @@ export interface MeteringInterval {
   stop?: IntervalEnd;
   /** The resources the interval bills: the start's shape (the stop's when there is no start). */
   shape: MeteringShape;
+  /** closed only: the stop's shape when it differs from the start's (an unmetered resize). */
+  stopShape?: MeteringShape;
   hypervisor?: string;
   /** closed: stop − start; open: asOf − start (never negative); otherwise undefined. */
   durationMs?: number;
@@ -199,7 +208,8 @@ export class IntervalPairer {
     }
     this.open.delete(key);
     const durationMs = Math.round(Number(ns - pending.startNs) / 1e6);
-    this.done.push({ order: pending.order, interval: { ...pending.interval, hypervisor: pending.interval.hypervisor ?? line.hypervisor, status: "closed", stop: end, durationMs } });
+    const stopShape = sameShape(pending.interval.shape, line.shape) ? undefined : line.shape;
+    this.done.push({ order: pending.order, interval: { ...pending.interval, hypervisor: pending.interval.hypervisor ?? line.hypervisor, status: "closed", stop: end, durationMs, stopShape } });
   }
 
   /** Every interval seen, in the order of its first entry; open ones measured up to `asOfMs`. */
@@ -215,6 +225,10 @@ export class IntervalPairer {
     }
     return all.sort((a, b) => a.order - b.order).map((x) => clean(x.interval));
   }
+}
+
+function sameShape(a: MeteringShape, b: MeteringShape): boolean {
+  return a.cpu === b.cpu && a.mem_bytes === b.mem_bytes && a.storage_bytes === b.storage_bytes;
 }
 
 /** Drops undefined fields, so results compare and print cleanly. */
@@ -245,7 +259,7 @@ export function intervalsTable(intervals: MeteringInterval[]): string {
       i.start?.emittedAt ?? "-",
       i.stop?.emittedAt ?? (i.status === "open" ? "open" : "-"),
       formatIntervalDuration(i.durationMs),
-      formatShape(i.shape),
+      i.stopShape ? `${formatShape(i.shape)} (stopped as ${formatShape(i.stopShape)})` : formatShape(i.shape),
       reasons(i),
     ]),
   );
@@ -258,6 +272,10 @@ export function intervalsSummary(intervals: MeteringInterval[], fromFleetSeq = 1
   if (n("no-start")) parts.push(`${n("no-start")} stopped without a start${fromFleetSeq > 1 ? ` (started before fleet_seq ${fromFleetSeq})` : ""}`);
   if (n("no-stop")) parts.push(`${n("no-stop")} started again without a stop`);
   if (n("ledger-replaced")) parts.push(`${n("ledger-replaced")} left open in a replaced ledger`);
+  const resized = intervals.filter((i) => i.stop?.reason === "resize").length;
+  if (resized) parts.push(`${resized} split by a resize`);
+  const unmetered = intervals.filter((i) => i.stopShape).length;
+  if (unmetered) parts.push(`${unmetered} stopped with another shape than started (a resize not metered; billed at the start's shape)`);
   return parts.join(", ");
 }
 
@@ -281,6 +299,7 @@ export function intervalJson(i: MeteringInterval): Record<string, unknown> {
     ...(i.stop ? { stop: end(i.stop) } : {}),
     ...(i.durationMs !== undefined ? { duration_ms: i.durationMs } : {}),
     shape: i.shape,
+    ...(i.stopShape ? { stop_shape: i.stopShape } : {}),
     ...(i.hypervisor ? { hypervisor: i.hypervisor } : {}),
   };
 }

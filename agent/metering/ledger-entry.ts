@@ -26,6 +26,7 @@ export const METERING_REASONS = [
   "vm-rm",
   "snap-rm",
   "standby",
+  "resize",
 ] as const;
 export type MeteringReason = (typeof METERING_REASONS)[number];
 

@@ -11,7 +11,7 @@ export interface LifecycleEntry {
   vmId?: string;
   snapshotId?: string;
   sourceSnapshotId?: string;
-  reason?: "boot" | "restart" | "clone" | "restore" | "hibernate-wake" | "stop-user" | "stop-crash" | "vm-rm" | "snap-rm" | "standby";
+  reason?: "boot" | "restart" | "clone" | "restore" | "hibernate-wake" | "stop-user" | "stop-crash" | "vm-rm" | "snap-rm" | "standby" | "resize";
   hypervisor?: string;
   shape: { cpu?: number; memBytes?: number; storageBytes?: number };
   emittedAtNs: bigint;
@@ -90,19 +90,43 @@ export function lifecycleEntries(step: LifecycleStep, nowNs: bigint): StepResult
     return { entries: out, meter: m };
   }
 
-  if (running && !m.computeOpen) {
+  const computeStarts = running && !m.computeOpen;
+  // Leaving RUNNING closes compute (not for ERROR: that interval stays open until a stop or removal).
+  const computeStops = !running && m.computeOpen && next.state !== InstanceState.ERROR;
+  // metering.md "shape changed": every vm entry carries the full shape, so a change of vCPUs,
+  // memory or storage changes the shape of every interval open across this step; each closes
+  // with the old shape and reopens with the new one. Only open intervals are resized: in
+  // STANDBY, STOPPED or CREATED that is storage alone, and compute's next start carries the new
+  // shape anyway. An interval this step closes (compute on a stop) is not resized first: its
+  // stop already carries the old shape. Order nests like restore's: compute closes first,
+  // reopens last, so compute is never open without storage.
+  const resized = !sameShape(shapeOf(previous), shapeOf(next));
+  const resizeCompute = resized && m.computeOpen && !computeStops;
+  const resizeStorage = resized && m.storageOpen;
+
+  if (computeStops) {
+    const reason = step.cause === "crash" ? "stop-crash" : step.cause === "standby" || next.state === InstanceState.STANDBY ? "standby" : "stop-user";
+    entry(previous, "vm.compute.stop", reason);
+    m.computeOpen = false;
+  }
+  if (resizeCompute) entry(previous, "vm.compute.stop", "resize");
+  if (resizeStorage) {
+    entry(previous, "vm.storage.stop", "resize");
+    entry(next, "vm.storage.start", "resize");
+  }
+  if (resizeCompute) entry(next, "vm.compute.start", "resize");
+  if (computeStarts) {
     // → RUNNING: boot the first time, hibernate-wake out of standby, restart otherwise.
     const reason = previous.state === InstanceState.STANDBY || step.cause === "wake" ? "hibernate-wake" : m.everRan ? "restart" : "boot";
     entry(next, "vm.compute.start", reason);
     m.computeOpen = true;
     m.everRan = true;
-  } else if (!running && m.computeOpen && next.state !== InstanceState.ERROR) {
-    // Leaving RUNNING (not for ERROR: that interval stays open until a stop or removal).
-    const reason = step.cause === "crash" ? "stop-crash" : step.cause === "standby" || next.state === InstanceState.STANDBY ? "standby" : "stop-user";
-    entry(previous, "vm.compute.stop", reason);
-    m.computeOpen = false;
   }
   return { entries: out, meter: m };
+}
+
+function sameShape(a: LifecycleEntry["shape"], b: LifecycleEntry["shape"]): boolean {
+  return a.cpu === b.cpu && a.memBytes === b.memBytes && a.storageBytes === b.storageBytes;
 }
 
 /** Snapshot registered: one snap.storage.start, no reason. */

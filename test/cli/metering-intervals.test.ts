@@ -14,6 +14,9 @@ import {
   type FeedEntry,
 } from "../../cli/metering-intervals.js";
 import { formatTable } from "../../cli/table.js";
+import { create } from "@bufbuild/protobuf";
+import { InstanceSchema, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { lifecycleEntries, type MeterState } from "../../agent/metering/lifecycle-entries.js";
 
 // `fleetlet metering intervals`' pairing, on real ledger lines (the agent's own encoder).
 
@@ -111,6 +114,85 @@ describe("pairing starts with stops", () => {
     assert.equal(formatShape(r.intervals[3]!.shape), "8cpu 2Gi 20Gi");
     assert.equal(r.intervals[3]!.start?.sourceSnapshotId, "s1");
     assert.equal(r.intervals[1]!.stop?.sourceSnapshotId, "s1");
+  });
+
+  it("a resize splits the open intervals: each piece carries its own shape, the pieces add up", () => {
+    const big = { cpu: 8, memBytes: 1 << 30, storageBytes: 10 * 2 ** 30 };
+    const f = feed()
+      .h1(0, { kind: "vm.storage.start", vmId: "vm1", reason: "boot", shape: SHAPE })
+      .h1(0, { kind: "vm.compute.start", vmId: "vm1", reason: "boot", shape: SHAPE })
+      .h1(60_000, { kind: "vm.compute.stop", vmId: "vm1", reason: "resize", shape: SHAPE })
+      .h1(60_000, { kind: "vm.storage.stop", vmId: "vm1", reason: "resize", shape: SHAPE })
+      .h1(60_000, { kind: "vm.storage.start", vmId: "vm1", reason: "resize", shape: big })
+      .h1(60_000, { kind: "vm.compute.start", vmId: "vm1", reason: "resize", shape: big })
+      .h1(90_000, { kind: "vm.compute.stop", vmId: "vm1", reason: "stop-user", shape: big });
+    const r = pairIntervals(f.entries, T0 + 100_000);
+    assert.deepEqual(r.problems, []);
+    assert.deepEqual(compact(r), [
+      "h1 vm.storage vm1 closed boot/resize 60000",
+      "h1 vm.compute vm1 closed boot/resize 60000",
+      "h1 vm.storage vm1 open resize/ 40000",
+      "h1 vm.compute vm1 closed resize/stop-user 30000",
+    ]);
+    assert.deepEqual(r.intervals.map((i) => i.shape.cpu), [4, 4, 8, 8]);
+    assert.ok(r.intervals.every((i) => i.stopShape === undefined));
+    assert.equal(r.intervals.filter((i) => i.family === "vm.compute").reduce((a, i) => a + i.shape.cpu! * i.durationMs!, 0), 4 * 60_000 + 8 * 30_000);
+    assert.equal(intervalsSummary(r.intervals), "3 closed, 1 open, 2 split by a resize");
+    assert.match(intervalsTable(r.intervals).split("\n")[4]!, / 8cpu 1Gi 10Gi +resize\/stop-user$/);
+  });
+
+  it("a stop with another shape than its start (an agent that did not meter resizes) is billed at the start's shape and reported", () => {
+    const f = feed()
+      .h1(0, { kind: "vm.compute.start", vmId: "vm1", reason: "boot", shape: { cpu: 2 } })
+      .h1(10_000, { kind: "vm.compute.stop", vmId: "vm1", reason: "stop-user", shape: { cpu: 6 } });
+    const r = pairIntervals(f.entries, T0 + 20_000);
+    assert.deepEqual([r.intervals[0]!.shape, r.intervals[0]!.stopShape], [{ cpu: 2 }, { cpu: 6 }]);
+    assert.equal(intervalsSummary(r.intervals), "1 closed, 0 open, 1 stopped with another shape than started (a resize not metered; billed at the start's shape)");
+    assert.match(intervalsTable(r.intervals).split("\n")[1]!, / 2cpu - - \(stopped as 6cpu - -\) +boot\/stop-user$/);
+    assert.deepEqual(intervalJson(r.intervals[0]!).stop_shape, { cpu: 6 });
+  });
+
+  it("acceptance: over random lives with resizes, the intervals' vCPU- and byte-seconds equal the instance's, integrated independently", () => {
+    let seed = 11;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    const pick = <X,>(xs: readonly X[]) => xs[Math.floor(rand() * xs.length)]!;
+    const S = InstanceState;
+    for (let life = 0; life < 50; life++) {
+      const f = feed();
+      let seq = 0;
+      let previous: Instance | undefined;
+      let meter: MeterState | undefined;
+      let atMs = 0;
+      // The independent account: what the instance had, step by step.
+      let cpuMs = 0;
+      let memMs = 0;
+      let diskMs = 0;
+      let computeOpen = false;
+      const steps = 5 + Math.floor(rand() * 20);
+      for (let step = 0; step < steps; step++) {
+        const state = step === 0 ? pick([S.CREATED, S.RUNNING]) : pick([S.RUNNING, S.RUNNING, S.STANDBY, S.STOPPED, S.ERROR]);
+        const next = create(InstanceSchema, { id: "vm1", state, allocatedVcpus: pick([1, 2, 4, 16]), allocatedMemoryBytes: pick([1n, 3n]) << 30n, allocatedStorageBytes: pick([10n, 50n]) << 30n });
+        const r = lifecycleEntries({ type: "upsert", previous, meter, next, cause: state === S.STANDBY ? "standby" : "request" }, ns(T0 + atMs));
+        for (const e of r.entries) f.entries.push({ fleetSeq: f.entries.length + 1, host: "h1", ledgerId: "L1", line: encodeLedgerLine(++seq, e) });
+        const forMs = 1 + Math.floor(rand() * 100_000);
+        computeOpen = state === S.RUNNING || (state === S.ERROR && computeOpen);
+        if (computeOpen) {
+          cpuMs += next.allocatedVcpus * forMs;
+          memMs += Number(next.allocatedMemoryBytes >> 30n) * forMs;
+        }
+        diskMs += Number(next.allocatedStorageBytes >> 30n) * forMs;
+        atMs += forMs;
+        previous = next;
+        meter = r.meter;
+      }
+      const { intervals, problems } = pairIntervals(f.entries, T0 + atMs);
+      assert.deepEqual(problems, []);
+      const sum = (family: string, v: (i: (typeof intervals)[number]) => number) => intervals.filter((i) => i.family === family).reduce((a, i) => a + v(i) * i.durationMs!, 0);
+      assert.equal(sum("vm.compute", (i) => i.shape.cpu ?? 0), cpuMs, `life ${life}: vCPU-ms`);
+      assert.equal(sum("vm.compute", (i) => (i.shape.mem_bytes ?? 0) / 2 ** 30), memMs, `life ${life}: GiB-ms of memory`);
+      assert.equal(sum("vm.storage", (i) => (i.shape.storage_bytes ?? 0) / 2 ** 30), diskMs, `life ${life}: GiB-ms of storage`);
+      assert.ok(intervals.every((i) => i.stopShape === undefined && (i.status === "closed" || i.status === "open")), `life ${life}: every interval pairs cleanly`);
+    }
   });
 
   it("snapshots pair by snapshot_id, never with a VM of the same id", () => {

@@ -89,6 +89,11 @@ describe("ledger entry: encode/parse round trip", () => {
     const line = encodeLedgerLine(3, { kind: "vm.compute.stop", vmId, reason: "stop-crash", shape: {}, emittedAtNs: 5n });
     assert.equal(parseLedgerLine(line).vmId, vmId);
   });
+  it("a resize line (metering.md's extension, like standby) is written and read back", () => {
+    const line = '{"seq":12,"kind":"vm.compute.stop","vm_id":"vm1","reason":"resize","hypervisor":"qemu","shape":{"cpu":2},"emitted_at":"2026-05-20T01:02:03Z"}';
+    assert.equal(encodeLedgerLine(12, parseLedgerLine(line)), line);
+    assert.equal(parseLedgerLine(line).reason, "resize");
+  });
   it("every kind and reason round-trips", () => {
     for (const kind of METERING_KINDS) {
       for (const reason of METERING_REASONS) {

@@ -79,7 +79,7 @@ export type MeteringEntry = Message<"fleetlet.agent.v1.MeteringEntry"> & {
 
   /**
    * "boot", "restart", "clone", "restore", "hibernate-wake", "stop-user", "stop-crash", "vm-rm",
-   * "snap-rm", "standby".
+   * "snap-rm", "standby", "resize" (a shape change closes and reopens the open intervals).
    *
    * @generated from field: string reason = 6;
    */
