@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { durationMs, timestampFromMs, type Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
@@ -5,6 +6,7 @@ import {
   FleetMeteringEntrySchema,
   type FleetService,
   type FleetMeteringEntry,
+  type FleetInstance,
   ListInstanceStatsResponseSchema,
   HostOrigin,
   HostSyncState,
@@ -19,6 +21,7 @@ import { InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_
 import { watchFleetInventory } from "./inventory/fleet-inventory-watch.js";
 import { framedInstance, type InstanceFilter, type MergedView } from "./inventory/merged-view.js";
 import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
+import { countWithinBytes, fieldBytes, ListPager } from "../lib/paging/list-pager.js";
 import { parseHostPort } from "../lib/listen-address.js";
 import { fanOut, type HostOutcome } from "./fan-out.js";
 import { RUNTIME_NAMES } from "../lib/runtime-names.js";
@@ -72,6 +75,13 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
     const callMs = override ? checkedTimeout(override, field) : undefined;
     return (host: HostConnection) => callMs ?? host.config.perHostTimeoutMs ?? options.defaultPerHostTimeoutMs;
   };
+
+  // Pages of the merged view: hosts sort before ids, and host names never hold a NUL.
+  const instancePages = new ListPager<FleetInstance, Uint8Array>({
+    scope: "fleetlet.aggregator.v1.FleetService/ListInstances",
+    keyOf: (i) => `${i.host}\u0000${i.id}`,
+    itemBytes: (i) => framedInstance(i).length,
+  });
 
   return {
     listHosts() {
@@ -198,7 +208,10 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       const limit = req.limit === 0 ? 1000 : req.limit;
       if (limit > 10_000) throw invalidArgument("limit", `must be at most 10000, got ${limit}`);
       const from = fleetCursor(req.fromFleetSeq);
-      const entries = store.read(from, limit).map(toFleetEntry);
+      // At most `limit` entries and under 2 MiB (long ids make 10,000 entries pass the 4 MiB a
+      // default client accepts); next_fleet_seq says where to go on either way.
+      const read = store.read(from, limit).map(toFleetEntry);
+      const entries = read.slice(0, countWithinBytes(read, (e) => fieldBytes(toBinary(FleetMeteringEntrySchema, e).length)));
       return { entries, nextFleetSeq: entries.length ? entries.at(-1)!.fleetSeq + 1n : BigInt(from), lastFleetSeq: BigInt(store.lastFleetSeq()) };
     },
     async *watchMeteringEntries(req, context) {
@@ -214,21 +227,31 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
     listInstances(req) {
       const view = requireInventory();
       const filter = instanceFilter(req, selectHosts);
-      const hostSyncs = view.hostSyncs(filter.hosts);
-      const rest = create(ListInstancesResponseSchema, {
-        hosts: hostSyncs,
-        // Partial views are normal: OK for a SYNCED host, the reason for any other.
-        hostResults: hostSyncs.map((h) => create(HostResultSchema, {
-          host: h.host,
-          code: h.state === HostSyncState.SYNCED ? "OK" : "UNAVAILABLE",
-          message: h.state === HostSyncState.SYNCED ? "" : `${HostSyncState[h.state]}${h.lastError ? `: ${h.lastError}` : ""}`,
-        })),
-        cursor: view.cursor,
-      });
+      const page = instancePages.page(
+        req,
+        () => {
+          const hostSyncs = view.hostSyncs(filter.hosts);
+          const rest = create(ListInstancesResponseSchema, {
+            hosts: hostSyncs,
+            // Partial views are normal: OK for a SYNCED host, the reason for any other.
+            hostResults: hostSyncs.map((h) => create(HostResultSchema, {
+              host: h.host,
+              code: h.state === HostSyncState.SYNCED ? "OK" : "UNAVAILABLE",
+              message: h.state === HostSyncState.SYNCED ? "" : `${HostSyncState[h.state]}${h.lastError ? `: ${h.lastError}` : ""}`,
+            })),
+            cursor: view.cursor,
+          });
+          // Encoded once per listed state: every page of it carries the same.
+          const meta = toBinary(ListInstancesResponseSchema, rest);
+          return { version: view.cursor, items: view.list(filter), meta, metaBytes: meta.length };
+        },
+        filterFingerprint(filter),
+      );
       // Each instance's bytes were made when it entered the view: the answer is their
       // concatenation plus the rest (protobuf merges repeated fields across concatenation).
-      const parts = view.list(filter).map(framedInstance);
-      parts.push(toBinary(ListInstancesResponseSchema, rest));
+      const parts = page.items.map(framedInstance);
+      parts.push(page.meta);
+      if (page.nextPageToken !== "") parts.push(toBinary(ListInstancesResponseSchema, create(ListInstancesResponseSchema, { nextPageToken: page.nextPageToken })));
       return wireResponse(ListInstancesResponseSchema, Buffer.concat(parts));
     },
     watchInstances(req, context) {
@@ -255,6 +278,17 @@ function instanceFilter(
     if (k === InstanceKind.UNSPECIFIED || !(k in InstanceKind)) throw invalidArgument(`kinds[${i}]`, `must be one of VM, CONTAINER, PROCESS, got ${k}`);
   });
   return { hosts, labels: Object.keys(req.labels).length > 0 ? req.labels : undefined, states: new Set(req.states), kinds: new Set(req.kinds) };
+}
+
+/** The filters a page_token is bound to, in a canonical form. */
+function filterFingerprint(f: InstanceFilter): string {
+  const canonical = JSON.stringify([
+    f.hosts ? [...f.hosts].sort() : null,
+    f.labels ? Object.entries(f.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) : null,
+    [...(f.states ?? [])].sort((a, b) => a - b),
+    [...(f.kinds ?? [])].sort((a, b) => a - b),
+  ]);
+  return createHash("sha256").update(canonical).digest("base64url").slice(0, 16);
 }
 
 function checkedTimeout(d: Duration, field: string): number {

@@ -31,6 +31,7 @@ import {
   type Container,
 } from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { readAllPages } from "../lib/paging/read-all-pages.js";
 import { getMetering, meteringFromOption, meteringLimitOption } from "./metering-command.js";
 import { parse } from "./options.js";
 import { formatAge, formatBytes, formatPercent, formatTable } from "./table.js";
@@ -79,7 +80,10 @@ export function getCommand(): Command {
             const res = await createClient(StandbyService, transport).listStandbyStatus({}, call);
             print(opts, AgentStandbySchema, res, () => standbyTable(res.statuses.map((status) => ({ host: "", status })), false));
           } else if (what === "instances") {
-            const res = await createClient(InventoryService, transport).listInstances({}, call);
+            const inventory = createClient(InventoryService, transport);
+            const pages = await readAllPages((pageToken) => inventory.listInstances({ pageToken }, call));
+            // One answer of the whole list (every page carries the same version and digest).
+            const res = { ...pages[0]!, instances: pages.flatMap((p) => p.instances), nextPageToken: "" };
             print(opts, ListInstancesResponseSchema, res, () =>
               instancesTable(res.instances.map((i) => ({ host: "", ...i })), false),
             );
@@ -120,7 +124,9 @@ export function getCommand(): Command {
               [standbyTable(res.statuses.map((s) => ({ host: s.host, status: s.status! })), true), hostResultLines(res.hostResults)].join("\n\n"),
             );
           } else if (what === "instances") {
-            const res = await fleet.listInstances({}, call);
+            const pages = await readAllPages((pageToken) => fleet.listInstances({ pageToken }, call));
+            // One answer of the whole view (every page carries the same hosts and cursor).
+            const res = { ...pages[0]!, instances: pages.flatMap((p) => p.instances), nextPageToken: "" };
             print(opts, FleetInstancesSchema, res, () =>
               [
                 instancesTable(res.instances, true),

@@ -8,6 +8,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { InventoryService, InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
 import { ConnectionState, FleetService, HostSyncState } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { readAllPages } from "../lib/paging/read-all-pages.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { discoverHypervisors } from "../agent/discovery/hypervisor-discovery.js";
 import { startDemoInstances, stopDemoInstances, type DemoInstance } from "./demo-instances.js";
@@ -93,8 +94,8 @@ async function runUp(opts: UpOptions): Promise<number> {
       out.write(`agent on ${agentAddr}${metricsNote}, aggregator on ${aggAddr}\n`);
 
       // Demo instances of an earlier run point at processes that are gone: drop them first.
-      const existing = await inventory.listInstances({});
-      for (const i of existing.instances) {
+      const existing = await readAllPages((pageToken) => inventory.listInstances({ pageToken }));
+      for (const i of existing.flatMap((p) => p.instances)) {
         if (i.labels["fleetlet.dev/demo"] === "true") await inventory.deregisterInstance({ instanceId: i.id });
       }
       const found = discoverHypervisors();

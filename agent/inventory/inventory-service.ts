@@ -1,7 +1,20 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { clone } from "@bufbuild/protobuf";
-import { InstanceSchema, InstanceSource, InstanceState, type InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { randomBytes } from "node:crypto";
+import { clone, create, type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import {
+  type Instance,
+  InstanceSchema,
+  InstanceSource,
+  InstanceState,
+  type InventoryDigest,
+  InventoryDigestSchema,
+  type InventoryService,
+  ListInstancesResponseSchema,
+  type Snapshot,
+  SnapshotSchema,
+} from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { fieldBytes, ListPager } from "../../lib/paging/list-pager.js";
 import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "./instance-registry.js";
 import { validateInstance, type ValidationOptions } from "./instance-validation.js";
@@ -26,6 +39,16 @@ export function createInventoryService(
     }
     return instance;
   };
+  const instancePages = new ListPager<Instance, { resourceVersion: bigint; incarnation: string; digest: InventoryDigest }>({
+    scope: "fleetlet.agent.v1.InventoryService/ListInstances",
+    keyOf: (i) => i.id,
+    itemBytes: (i) => encodedBytes(InstanceSchema, i),
+  });
+  const snapshotPages = new ListPager<Snapshot, undefined>({
+    scope: "fleetlet.agent.v1.InventoryService/ListSnapshots",
+    keyOf: (s) => s.id,
+    itemBytes: (s) => encodedBytes(SnapshotSchema, s),
+  });
   return {
     async registerInstance(req) {
       if (req.sourceSnapshotId !== "") requireId("source_snapshot_id", req.sourceSnapshotId);
@@ -62,8 +85,11 @@ export function createInventoryService(
       requireId("snapshot_id", req.snapshotId);
       return { snapshot: await registry.removeSnapshot(req.snapshotId) };
     },
-    listSnapshots() {
-      return { snapshots: registry.snapshotList() };
+    listSnapshots(req) {
+      // Snapshots have no version of their own: each first page names its state afresh, so a
+      // list continues only from its kept state (OUT_OF_RANGE once that expired).
+      const page = snapshotPages.page(req, () => ({ version: randomBytes(8).toString("hex"), items: registry.snapshotList(), meta: undefined, metaBytes: 0 }));
+      return { snapshots: [...page.items], nextPageToken: page.nextPageToken };
     },
     async deregisterInstance(req) {
       findWritable(req.instanceId);
@@ -72,18 +98,31 @@ export function createInventoryService(
     getInstance(req) {
       return { instance: find(req.instanceId) };
     },
-    listInstances() {
-      // The published (durable) state: exactly what a watch from this version builds on.
+    listInstances(req) {
+      // The published (durable) state: exactly what a watch from this version builds on. Its
+      // sorted array is immutable (a change makes a new one), so a paged list keeps it as is.
       const feed = registry.feed;
-      return {
-        instances: [...feed.list()],
-        resourceVersion: BigInt(feed.version),
-        incarnation: feed.incarnation,
-        digest: feed.digest(),
-      };
+      const page = instancePages.page(req, () => {
+        const meta = { resourceVersion: BigInt(feed.version), incarnation: feed.incarnation, digest: create(InventoryDigestSchema, feed.digest()) };
+        return { version: `${feed.incarnation}.${feed.version}`, items: feed.list(), meta, metaBytes: toBinary(ListInstancesResponseSchema, create(ListInstancesResponseSchema, meta)).length };
+      });
+      return { instances: [...page.items], ...page.meta, nextPageToken: page.nextPageToken };
     },
     watchInstances(req, context) {
       return watchInventory(registry.feed, req, context.signal);
     },
   };
+}
+
+/** Encoded sizes of published (immutable) messages, each computed once. */
+const sizes = new WeakMap<object, number>();
+
+/** Bytes a message adds to a list answer as one repeated field entry. */
+function encodedBytes<S extends DescMessage>(schema: S, m: MessageShape<S>): number {
+  let n = sizes.get(m);
+  if (n === undefined) {
+    n = fieldBytes(toBinary(schema, m).length);
+    sizes.set(m, n);
+  }
+  return n;
 }
