@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { toJsonString } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { FleetService, ReadMeteringEntriesResponseSchema as FleetReadSchema, type FleetMeteringEntry } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { MeteringService, ReadMeteringEntriesResponseSchema as AgentReadSchema } from "../gen/fleetlet/agent/v1/metering_pb.js";
 import { formatDurationMs } from "../lib/duration.js";
@@ -88,16 +89,20 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
           ),
           "",
           formatTable(
-            ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "LEDGER-CHANGES", "GAPS", "LAST-ERROR"],
+            ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "AGENT-REPORTED", "LEDGER-CHANGES", "GAPS", "LAST-ERROR"],
             hosts.map((h) => {
               const m = h.metering;
+              // Never a LAG 0 that is not known: an agent not heard from since the aggregator
+              // started has no last seq ("?"), and an old report says how old it is.
+              const reported = m?.agentReportedAt ? Date.now() - Number(timestampMs(m.agentReportedAt)) : undefined;
               return [
                 h.name,
                 m?.ledgerId || "-",
                 m ? m.mergedSeq.toString() : "-",
-                m ? m.agentLastSeq.toString() : "-",
-                m ? m.lagEntries.toString() : "-",
+                m ? (reported === undefined ? "?" : m.agentLastSeq.toString()) : "-",
+                m ? (reported === undefined ? "?" : `${reported > STALE_REPORT_MS ? ">=" : ""}${m.lagEntries}`) : "-",
                 m ? formatDurationMs(Math.round(m.lagSeconds) * 1000) : "-",
+                reported === undefined ? "never" : `${formatDurationMs(Math.max(0, Math.round(reported / 1000)) * 1000)} ago`,
                 m ? String(m.ledgerChanges) : "-",
                 m ? String(m.acceptedGaps) : "-",
                 // When the agent no longer has what we need, say where it now starts.
@@ -120,6 +125,9 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
   process.stdout.write(`${out}\n`);
   return true;
 }
+
+/** An agent's report older than this (three of its 5 s heartbeats): its LAG is a lower bound (">=N"). */
+const STALE_REPORT_MS = 15_000;
 
 const ENTRY_HEADERS = ["SEQ", "KIND", "VM/SNAPSHOT", "REASON", "SHAPE", "EMITTED-AT"];
 

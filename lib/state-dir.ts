@@ -1,5 +1,5 @@
-import { accessSync, constants, mkdirSync, openSync, closeSync, writeSync, readFileSync, unlinkSync } from "node:fs";
-import { join } from "node:path";
+import { accessSync, constants, existsSync, mkdirSync, openSync, closeSync, writeSync, readFileSync, unlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { errorMessage } from "./error-message.js";
 import { readProcStat } from "./proc-stat-parser.js";
 
@@ -14,6 +14,10 @@ import { readProcStat } from "./proc-stat-parser.js";
 export function claimStateDir(dir: string, owner: string): { release(): void } {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new Error(`state dir ${dir} is not usable: ${mkdirFailure(dir, e)}`);
+  }
+  try {
     accessSync(dir, constants.W_OK | constants.R_OK | constants.X_OK);
   } catch (e) {
     throw new Error(`state dir ${dir} is not usable: ${errorMessage(e)}`);
@@ -49,6 +53,27 @@ export function claimStateDir(dir: string, owner: string): { release(): void } {
     }
   }
   throw new Error(`state dir ${dir}: could not claim ${pidFile} (another ${owner} starting at the same time?)`);
+}
+
+/**
+ * Why a recursive mkdir failed. Node's recursive mkdir reports ENOENT for the path when a
+ * missing parent cannot be created (a read-only filesystem, no permission), which reads as "a
+ * typo in the path": retry the first missing component alone to get the kernel's own reason
+ * (EROFS, EACCES, ENOTDIR, ENOSPC) and name the directory it concerns.
+ */
+function mkdirFailure(dir: string, error: unknown): string {
+  if ((error as NodeJS.ErrnoException).code !== "ENOENT") return errorMessage(error);
+  let missing = dir;
+  while (dirname(missing) !== missing && !existsSync(dirname(missing))) missing = dirname(missing);
+  try {
+    mkdirSync(missing, { mode: 0o700 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EROFS") return `cannot create ${missing}: ${dirname(missing)} is on a read-only filesystem (EROFS)`;
+    if (code === "EACCES" || code === "EPERM") return `cannot create ${missing}: no permission to write ${dirname(missing)} (${code})`;
+    return `cannot create ${missing}: ${errorMessage(e)}`;
+  }
+  return errorMessage(error);
 }
 
 function readHolder(pidFile: string): { pid: number; startTime: string | undefined } | undefined {

@@ -10,6 +10,8 @@ const DEFAULT_LIMIT = 1000;
 const MAX_LIMIT = 10_000;
 /** Entries per WatchMeteringEntries message. */
 const WATCH_PAGE = 1000;
+/** A quiet WatchMeteringEntries stream sends an empty message with last_seq this often. */
+export const WATCH_HEARTBEAT_MS = 5000;
 
 /** A durable ledger entry as the service reads it (the ledger's LedgerEntry). */
 export type LedgerEntryView = LifecycleEntry & { seq: number; line: string };
@@ -65,12 +67,28 @@ export function createMeteringService(ledger: LedgerReader): ServiceImpl<typeof 
 
     async *watchMeteringEntries(req, context) {
       let next = start(req.fromSeq, req.ledgerId);
-      yield* followSource(context.signal, (notify) => ledger.subscribe(notify), () => {
-        if (next > ledger.lastSeq) return undefined;
+      let lastSent = performance.now();
+      const subscribe = (notify: () => void) => {
+        const unsubscribe = ledger.subscribe(notify);
+        const timer = setInterval(notify, WATCH_HEARTBEAT_MS / 2);
+        return () => {
+          unsubscribe();
+          clearInterval(timer);
+        };
+      };
+      yield* followSource(context.signal, subscribe, () => {
+        if (next > ledger.lastSeq) {
+          // A quiet ledger still says where it stands now and then, so the aggregator's
+          // "agent last seq" (and the lag it shows) is known to be current, not just old.
+          if (performance.now() - lastSent < WATCH_HEARTBEAT_MS) return undefined;
+          lastSent = performance.now();
+          return { entries: [], ledgerId: ledger.ledgerId, lastSeq: BigInt(ledger.lastSeq) };
+        }
         const page = ledger.read(next, WATCH_PAGE);
         // Retention moved past where this stream stood (it was too slow for too long).
         if (page.length === 0 || page[0]!.seq !== next) throw outOfRange(`seq ${next} is no longer retained`);
         next = page.at(-1)!.seq + 1;
+        lastSent = performance.now();
         return { entries: page.map(toMessage), ledgerId: ledger.ledgerId, lastSeq: BigInt(ledger.lastSeq) };
       });
     },

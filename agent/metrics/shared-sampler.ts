@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { InstanceStats } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
+import { monotonicMs } from "../../lib/monotonic-clock.js";
 
 export const MIN_INTERVAL_MS = 100;
 export const DEFAULT_INTERVAL_MS = 1000;
@@ -9,6 +10,7 @@ export const WATCH_QUEUE_LIMIT = 8;
 export const MAX_WATCHERS = 1024;
 
 export interface SampleBatch {
+  /** Wall-clock epoch ms (reported as sampled_at). */
   sampledAtMs: number;
   stats: InstanceStats[];
   /** Batches dropped for this watcher just before this one because it read too slowly. */
@@ -18,6 +20,7 @@ export interface SampleBatch {
 interface Watcher {
   intervalMs: number;
   ids: ReadonlySet<string>;
+  /** Monotonic ms: when a watcher is due is a duration, whatever the wall clock does. */
   lastDeliveredMs: number;
   queue: SampleBatch[];
   dropped: number;
@@ -38,7 +41,8 @@ export class SharedSampler {
 
   constructor(
     private readonly sweep: (extraIds: string[]) => InstanceStats[],
-    private readonly nowMs: () => number = Date.now,
+    private readonly monoMs: () => number = monotonicMs,
+    private readonly wallMs: () => number = () => Date.now(),
   ) {}
 
   /** Streams batches until `signal` aborts. */
@@ -103,7 +107,7 @@ export class SharedSampler {
   }
 
   private tick(only?: Set<Watcher>): void {
-    const now = this.nowMs();
+    const now = this.monoMs();
     // Due when at least its interval has passed, minus half a tick of timer jitter.
     const due = [...(only ?? this.watchers)].filter(
       (w) => only !== undefined || now - w.lastDeliveredMs >= w.intervalMs - this.tickMs / 2,
@@ -111,6 +115,7 @@ export class SharedSampler {
     if (due.length === 0) return;
     const extra = new Set<string>();
     for (const w of due) for (const id of w.ids) extra.add(id);
+    const sampledAtMs = this.wallMs();
     const all = this.sweep([...extra]);
     this.sweeps++;
     for (const w of due) {
@@ -120,7 +125,7 @@ export class SharedSampler {
         const shifted = w.queue.shift()!;
         w.dropped += 1 + shifted.dropped;
       }
-      w.queue.push({ sampledAtMs: now, stats, dropped: w.dropped });
+      w.queue.push({ sampledAtMs, stats, dropped: w.dropped });
       w.dropped = 0;
       w.lastDeliveredMs = now;
       w.wake?.();

@@ -1,10 +1,10 @@
-import { performance } from "node:perf_hooks";
 import { timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import type { InstanceStats } from "../../gen/fleetlet/agent/v1/metrics_pb.js";
 import { InstanceProbe, DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
 import { systemConstants, type SystemConstants } from "../kernel/system-constants.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
+import { monotonicMs } from "../../lib/monotonic-clock.js";
 
 interface ProbeEntry {
   probe: InstanceProbe;
@@ -45,8 +45,11 @@ export class StatsCollector {
   private readonly nowUsec: () => number;
   private readonly monoUsec: () => number;
   private readonly unsubscribe: () => void;
-  /** The last sweep of all RUNNING instances, for callers that accept a recent answer. */
-  private lastSweep: { atMs: number; stats: InstanceStats[] } | undefined;
+  /**
+   * The last sweep of all RUNNING instances, for callers that accept a recent answer; its age is
+   * on the monotonic clock (a wall-clock step back must not keep serving it).
+   */
+  private lastSweep: { atMonoUsec: number; stats: InstanceStats[] } | undefined;
   /** Called when a measured instance's process turned out gone (exited or pid reused). */
   onProcessGone: ((instance: Instance) => void) | undefined;
 
@@ -57,7 +60,7 @@ export class StatsCollector {
     this.roots = options.roots ?? DEFAULT_ROOTS;
     this.constants = options.constants ?? systemConstants();
     this.nowUsec = options.nowUsec ?? (() => Date.now() * 1000);
-    this.monoUsec = options.monoUsec ?? options.nowUsec ?? (() => performance.now() * 1000);
+    this.monoUsec = options.monoUsec ?? options.nowUsec ?? (() => monotonicMs() * 1000);
     this.unsubscribe = registry.subscribe((change) => {
       // A registration or removal must show in the very next answer.
       this.lastSweep = undefined;
@@ -148,7 +151,7 @@ export class StatsCollector {
     for (const instance of this.registry.list()) {
       if (instance.state === InstanceState.RUNNING || wanted.has(instance.id)) out.push(this.measure(instance, wallUsec, sampledAt));
     }
-    if (wanted.size === 0) this.lastSweep = { atMs: this.nowUsec() / 1000, stats: out };
+    if (wanted.size === 0) this.lastSweep = { atMonoUsec: this.monoUsec(), stats: out };
     return out;
   }
 
@@ -161,7 +164,7 @@ export class StatsCollector {
    */
   recentSweep(maxAgeMs: number, extraIds: readonly string[] = []): InstanceStats[] {
     const last = this.lastSweep;
-    if (maxAgeMs <= 0 || !last || this.nowUsec() / 1000 - last.atMs > maxAgeMs) {
+    if (maxAgeMs <= 0 || !last || (this.monoUsec() - last.atMonoUsec) / 1000 > maxAgeMs) {
       const fresh = this.sweep();
       return extraIds.length === 0 ? fresh : this.withExtras(fresh, extraIds);
     }

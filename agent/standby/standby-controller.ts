@@ -8,6 +8,7 @@ import { parseCidr, type ParsedCidr } from "./standby-policy.js";
 import type { StandbyRuntime } from "./standby-runtime-store.js";
 import { errorMessage } from "../../lib/error-message.js";
 import { DriverError } from "./drivers/standby-driver.js";
+import { monotonicMs, WallClockAnchor } from "../../lib/monotonic-clock.js";
 
 /** An interface's cumulative rx + tx bytes, and which interface that was. */
 export interface InterfaceReading {
@@ -25,11 +26,27 @@ export interface StandbyInstance {
   policy: StandbyPolicy | undefined;
 }
 
+/**
+ * Two clocks: every deadline, countdown and interval is kept on the monotonic one (a wall-clock
+ * step must neither put an instance to sleep early nor keep it awake); the wall clock only
+ * turns those moments into the timestamps Describe reports and the runtime file keeps.
+ */
 export interface StandbyClock {
+  /** Monotonic milliseconds. */
   now(): number;
+  /** Wall-clock epoch milliseconds. */
+  wallNow(): number;
   setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(handle: unknown): void;
 }
+
+/** The agent's clock: performance.now() for durations, Date.now() for timestamps. */
+export const SYSTEM_STANDBY_CLOCK: StandbyClock = {
+  now: monotonicMs,
+  wallNow: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
 
 /** Conntrack as the controller sees it: dumps, and 'flow' / 'overflow' / 'error' events. */
 export interface FlowSource {
@@ -79,7 +96,7 @@ export type Reason =
   | "INSTANCE_NOT_RUNNING" | "NETWORK_DISABLED" | "MISSING_IP" | "HAS_VGPU" | "READY_FOR_STANDBY"
   | "OBSERVER_ERROR" | "ACTIVE_INBOUND_CONNECTIONS" | "HOLD" | "IDLE_TIMEOUT_NOT_ELAPSED" | "INTERFACE_TRAFFIC";
 
-/** The Describe table of standby.md, one instance. */
+/** The Describe table of standby.md, one instance; its moments are wall-clock epoch ms. */
 export interface StandbyDescription {
   instanceId: string;
   supported: boolean;
@@ -99,6 +116,7 @@ export interface StandbyDescription {
   lastError?: string;
 }
 
+/** One instance's state; its moments are on the monotonic clock (StandbyClock.now). */
 interface Track {
   id: string;
   /** Active inbound flows by "srcIp:srcPort>dstIp:dstPort". */
@@ -148,9 +166,12 @@ export class StandbyController {
   private trafficTimer: unknown;
   private observerError: string | undefined;
   private closed = false;
+  private readonly anchor: WallClockAnchor;
   readonly counters = { standby: { ok: 0, failed: 0 }, wake: { ok: 0, failed: 0 }, confirmFoundFlows: 0, confirmFoundTraffic: 0, resyncs: 0 };
 
-  constructor(private readonly deps: StandbyControllerDeps) {}
+  constructor(private readonly deps: StandbyControllerDeps) {
+    this.anchor = new WallClockAnchor(() => deps.clock.now(), () => deps.clock.wallNow());
+  }
 
   get supported(): boolean {
     return this.deps.source !== undefined;
@@ -231,14 +252,14 @@ export class StandbyController {
       eligible: this.isEligible(instance),
       activeInboundCount: t?.active.size ?? 0,
       idleTimeout: p?.idleTimeout ?? "",
-      idleSince: t?.idleSince,
-      lastInboundActivityAt: t?.lastInboundAt,
-      holdUntil: t?.holdUntil !== undefined && t.holdUntil > now ? t.holdUntil : undefined,
+      idleSince: this.wall(t?.idleSince),
+      lastInboundActivityAt: this.wall(t?.lastInboundAt),
+      holdUntil: t?.holdUntil !== undefined && t.holdUntil > now ? this.wall(t.holdUntil) : undefined,
       trackingMode: !this.supported ? "none" : t?.traffic ? "conntrack_netlink_v4_tcp+interface_bytes" : "conntrack_netlink_v4_tcp",
       lastError: t?.lastError,
     };
     const next = t ? this.deadline(t) : undefined;
-    const withNext = { ...base, nextStandbyAt: next, countdownRemainingMs: next !== undefined ? Math.max(0, next - now) : undefined };
+    const withNext = { ...base, nextStandbyAt: this.wall(next), countdownRemainingMs: next !== undefined ? Math.max(0, Math.round(next - now)) : undefined };
     const row = (status: Phase, reason: Reason): StandbyDescription => ({ ...withNext, status, reason });
     if (!this.supported) return { ...row("UNSUPPORTED", "UNSUPPORTED_PLATFORM"), supported: false };
     if (!configured) return row("DISABLED", "POLICY_MISSING");
@@ -261,7 +282,10 @@ export class StandbyController {
     return row("IDLE_COUNTDOWN", "IDLE_TIMEOUT_NOT_ELAPSED");
   }
 
-  /** No standby before now + ms (the newest hold wins). FAILED_PRECONDITION while one runs. */
+  /**
+   * No standby before now + ms (the newest hold wins); answers that moment in wall-clock ms.
+   * FAILED_PRECONDITION while one runs.
+   */
   hold(id: string, ms: number): number {
     const t = this.trackOf(id);
     if (t.executing) throw new ConnectError(`standby of ${JSON.stringify(id)} is in progress`, Code.FailedPrecondition);
@@ -269,7 +293,7 @@ export class StandbyController {
     this.unqueue(t);
     this.persist(t);
     this.armIdle(t);
-    return t.holdUntil;
+    return this.wall(t.holdUntil)!;
   }
 
   /** The idle countdown starts again from now. */
@@ -325,8 +349,10 @@ export class StandbyController {
     if (!this.deps.instances.get(id)) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
     let t = this.tracks.get(id);
     if (!t) {
+      // The persisted moments are wall time (all that survives a restart): converted to the
+      // monotonic clock once, here; a later wall-clock step does not move them.
       const saved = this.deps.runtime.get(id);
-      t = { id, active: new Set(), queued: false, executing: false, waking: false, idleSince: saved?.idleSince, lastInboundAt: saved?.lastInboundAt, holdUntil: saved?.holdUntil };
+      t = { id, active: new Set(), queued: false, executing: false, waking: false, idleSince: this.mono(saved?.idleSince), lastInboundAt: this.mono(saved?.lastInboundAt), holdUntil: this.mono(saved?.holdUntil) };
       this.tracks.set(id, t);
     }
     return t;
@@ -640,7 +666,17 @@ export class StandbyController {
   }
 
   private persist(t: Track): void {
-    this.deps.runtime.set(t.id, { idleSince: t.idleSince, lastInboundAt: t.lastInboundAt, holdUntil: t.holdUntil });
+    this.deps.runtime.set(t.id, { idleSince: this.wall(t.idleSince), lastInboundAt: this.wall(t.lastInboundAt), holdUntil: this.wall(t.holdUntil) });
+  }
+
+  /** A monotonic moment as a wall-clock timestamp (reported, persisted). */
+  private wall(mono: number | undefined): number | undefined {
+    return mono === undefined ? undefined : this.anchor.toWall(mono);
+  }
+
+  /** A persisted wall-clock timestamp as a monotonic moment. */
+  private mono(wall: number | undefined): number | undefined {
+    return wall === undefined ? undefined : this.anchor.toMonotonic(wall);
   }
 
   private index(t: Track): void {

@@ -9,7 +9,7 @@ import type { ContainerRuntime } from "../runtime/container-runtime.js";
 import { createExecDriver, type ExecDriverCommands } from "./drivers/exec-driver.js";
 import { createSignalDriver } from "./drivers/signal-driver.js";
 import { DriverError, type DriverTarget, type StandbyDriver } from "./drivers/standby-driver.js";
-import { type InterfaceReading, StandbyController, type StandbyInstance } from "./standby-controller.js";
+import { type InterfaceReading, StandbyController, type StandbyInstance, SYSTEM_STANDBY_CLOCK } from "./standby-controller.js";
 import { StandbyRuntimeStore } from "./standby-runtime-store.js";
 import { registerStandbyInstruments } from "./standby-metrics.js";
 import type { Meter } from "@opentelemetry/api";
@@ -99,7 +99,7 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     policy: i.standbyPolicy,
   });
   const controller = new StandbyController({
-    clock: { now: Date.now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) },
+    clock: SYSTEM_STANDBY_CLOCK,
     source: socket,
     unsupportedReason,
     instances: { list: () => registry.list().map(view), get: (id) => (registry.get(id) ? view(registry.get(id)!) : undefined) },

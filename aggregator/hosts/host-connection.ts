@@ -41,6 +41,7 @@ export class HostConnection {
   readonly standby: Client<typeof StandbyService>;
   readonly runtime: Client<typeof RuntimeService>;
   readonly metering: Client<typeof MeteringService>;
+  /** Wall-clock epoch ms, reported as last_seen (a timestamp; nothing measures a duration on it). */
   lastSeenMs: number | undefined;
   lastError = "";
   incarnation = "";

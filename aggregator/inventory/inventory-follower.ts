@@ -1,9 +1,12 @@
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InstanceEventType, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceEventType, type Instance, type ListInstancesResponse } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { HostSyncState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { inventoryDigest } from "../../lib/inventory-digest.js";
+import { MAX_PAGE_SIZE } from "../../lib/paging/list-pager.js";
+import { readAllPages } from "../../lib/paging/read-all-pages.js";
 import { sleepUnlessAborted } from "../../lib/abort-race.js";
+import { monotonicMs } from "../../lib/monotonic-clock.js";
 import type { Logger } from "../../lib/rpc/logger.js";
 import { codeName, isConnectionTrouble } from "../../lib/rpc/status-codes.js";
 import type { HostConnection } from "../hosts/host-connection.js";
@@ -31,8 +34,15 @@ export interface InventoryFollowerOptions {
 /** The digest of a host did not match ours at the same version: relist. */
 class DigestMismatch extends Error {}
 
+/**
+ * Its moments are monotonic ms: how long a host has been quiet, or since its digest was
+ * compared, must not jump with the wall clock (the view's last_seen is wall time: reported
+ * and persisted).
+ */
 interface Follow extends HostFollow {
   lastDigestCheckMs: number;
+  /** The last list or watch message from the host (undefined: none yet). */
+  lastHeardMs: number | undefined;
 }
 
 /**
@@ -69,7 +79,12 @@ export class InventoryFollower extends HostFollowers<Follow> {
 
   protected newFollow(name: string): Follow {
     this.view.ensureHost(name);
-    return { stop: new AbortController(), done: Promise.resolve(), lastDigestCheckMs: Date.now() };
+    // A host already heard from (a follow started again) keeps its age: its wall-clock
+    // last_seen is converted once, here.
+    const lastSeen = this.view.host(name)?.lastSeenMs;
+    const now = monotonicMs();
+    const lastHeardMs = lastSeen === undefined ? undefined : now - Math.max(0, Date.now() - lastSeen);
+    return { stop: new AbortController(), done: Promise.resolve(), lastDigestCheckMs: now, lastHeardMs };
   }
 
   protected override hostRemoved(name: string): void {
@@ -79,12 +94,13 @@ export class InventoryFollower extends HostFollowers<Follow> {
   /** Stored views of hosts no longer configured are dropped; SYNCED hosts gone quiet are STALE. */
   protected override afterReconcile(present: ReadonlySet<string>): void {
     for (const name of this.view.hostNames()) if (!present.has(name)) this.view.removeHost(name);
-    const now = Date.now();
+    const now = monotonicMs();
     for (const name of present) {
       const v = this.view.host(name)!;
+      const heard = this.follows.get(name)?.lastHeardMs;
       // Only a synced host goes STALE (it has data that is aging); one that never listed stays
       // LOADING / DEGRADED with its reason.
-      if (v.state === HostSyncState.SYNCED && (v.lastSeenMs === undefined || now - v.lastSeenMs > this.options.staleAfterMs)) {
+      if (v.state === HostSyncState.SYNCED && (heard === undefined || now - heard > this.options.staleAfterMs)) {
         this.view.setState(name, HostSyncState.STALE, v.lastError || `no message for more than ${this.options.staleAfterMs} ms`);
       }
     }
@@ -133,7 +149,7 @@ export class InventoryFollower extends HostFollowers<Follow> {
     if (v.state !== HostSyncState.STALE) this.view.setState(name, HostSyncState.LOADING, v.lastError);
     let res;
     try {
-      res = await conn.inventory.listInstances({}, { signal: f.stop.signal, timeoutMs: LIST_TIMEOUT_MS });
+      res = await listWholeInventory(conn, f.stop.signal);
     } catch (e) {
       const err = ConnectError.from(e);
       // Not authoritative: nothing is deleted, the host is DEGRADED until a list succeeds.
@@ -150,7 +166,7 @@ export class InventoryFollower extends HostFollowers<Follow> {
     const counts = this.view.replace(name, res.incarnation, Number(res.resourceVersion), res.instances, Date.now());
     v.relists++;
     this.relists++;
-    f.lastDigestCheckMs = Date.now();
+    f.lastDigestCheckMs = f.lastHeardMs = monotonicMs();
     this.logger.debug({ host: name, version: res.resourceVersion, ...counts }, "inventory: host listed");
   }
 
@@ -177,7 +193,8 @@ export class InventoryFollower extends HostFollowers<Follow> {
       );
       for await (const m of stream) {
         arm();
-        const now = Date.now();
+        const now = Date.now(); // last_seen: reported and persisted
+        const nowMono = (f.lastHeardMs = monotonicMs());
         const upserts: Instance[] = [];
         const deletes: string[] = [];
         let version = v.version;
@@ -214,8 +231,8 @@ export class InventoryFollower extends HostFollowers<Follow> {
           if (Number(bookmark.resourceVersion) !== v.version) throw new ConnectError(`bookmark at ${bookmark.resourceVersion} while the view is at ${v.version}`, Code.OutOfRange);
           if (v.state !== HostSyncState.SYNCED) this.view.setState(name, HostSyncState.SYNCED, "");
           else v.lastError = "";
-          if (bookmark.digest && now - f.lastDigestCheckMs >= this.options.digestIntervalMs) {
-            f.lastDigestCheckMs = now;
+          if (bookmark.digest && nowMono - f.lastDigestCheckMs >= this.options.digestIntervalMs) {
+            f.lastDigestCheckMs = nowMono;
             const ours = this.view.digest(name);
             if (ours.count !== bookmark.digest.count || ours.hash !== bookmark.digest.hash) {
               v.digestMismatches++;
@@ -233,6 +250,29 @@ export class InventoryFollower extends HostFollowers<Follow> {
       clearTimeout(silence);
       f.stop.signal.removeEventListener("abort", onStop);
       call.abort();
+    }
+  }
+}
+
+/** A list that changed and expired between its pages is read again from the start this often. */
+const LIST_RESTARTS = 3;
+
+/**
+ * Every page of the host's ListInstances (all of one state: their digest is the whole list's),
+ * as one answer. The largest pages the agent gives, to take few round trips.
+ */
+async function listWholeInventory(conn: HostConnection, signal: AbortSignal): Promise<ListInstancesResponse> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const pages = await readAllPages((pageToken) => conn.inventory.listInstances({ pageSize: MAX_PAGE_SIZE, pageToken }, { signal, timeoutMs: LIST_TIMEOUT_MS }));
+      const first = pages[0]!;
+      if (pages.some((p) => p.resourceVersion !== first.resourceVersion || p.incarnation !== first.incarnation)) {
+        throw new ConnectError("the pages of one list are of different versions", Code.Internal);
+      }
+      return { ...first, instances: pages.flatMap((p) => p.instances), nextPageToken: "" };
+    } catch (e) {
+      if (attempt < LIST_RESTARTS && ConnectError.from(e).code === Code.OutOfRange && !signal.aborted) continue;
+      throw e;
     }
   }
 }

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { HostMeteringSchema, type HostMetering } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { sleepUnlessAborted } from "../../lib/abort-race.js";
@@ -9,6 +10,7 @@ import type { HostRegistry } from "../hosts/host-registry.js";
 import { HostFollowers, type HostFollow } from "../hosts/host-followers.js";
 import { MeteringGapError, type MeteringStore } from "./metering-store.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { monotonicMs } from "../../lib/monotonic-clock.js";
 
 const BACKOFF_INITIAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
@@ -17,7 +19,7 @@ const ACK_INTERVAL_MS = 1000;
 
 interface Follow extends HostFollow {
   status: HostMetering;
-  /** When the oldest entry not yet merged was first seen behind (for lag_seconds). */
+  /** When the oldest entry not yet merged was first seen behind (for lag_seconds; monotonic ms). */
   behindSinceMs: number | undefined;
 }
 
@@ -46,7 +48,7 @@ export class MeteringFollower extends HostFollowers<Follow> {
   status(host: string): HostMetering | undefined {
     const f = this.follows.get(host);
     if (!f) return undefined;
-    const lagSeconds = f.behindSinceMs === undefined ? 0 : (Date.now() - f.behindSinceMs) / 1000;
+    const lagSeconds = f.behindSinceMs === undefined ? 0 : (monotonicMs() - f.behindSinceMs) / 1000;
     return create(HostMeteringSchema, {
       ...f.status,
       lagSeconds,
@@ -102,8 +104,9 @@ export class MeteringFollower extends HostFollowers<Follow> {
     // Acknowledge what is durably merged (store.merge committed it) at most once a second, and
     // once more a second after the last merge (a trailing ack): without it, a burst that ends
     // inside the second is never fully acknowledged and the agent's retention waits for the
-    // next entry, however long that takes.
-    let lastAck = 0;
+    // next entry, however long that takes. Paced on the monotonic clock: a wall clock stepped
+    // back would hold the next acknowledgement (and the agent's retention) for the step.
+    let lastAck = Number.NEGATIVE_INFINITY;
     let acking = false;
     let acked = 0;
     let toAck = 0;
@@ -114,7 +117,7 @@ export class MeteringFollower extends HostFollowers<Follow> {
       trailing = undefined;
       if (acking || toAck <= acked || f.stop.signal.aborted) return;
       acking = true;
-      lastAck = Date.now();
+      lastAck = monotonicMs();
       const seq = toAck;
       conn.metering
         .acknowledgeMeteringEntries({ ledgerId: ackLedger, seq: BigInt(seq) }, { timeoutMs: 5000 })
@@ -127,29 +130,44 @@ export class MeteringFollower extends HostFollowers<Follow> {
     };
     try {
       for await (const m of conn.metering.watchMeteringEntries({ fromSeq, ledgerId }, { signal: f.stop.signal })) {
+        // What the agent says of itself counts before the merge: a merge that fails (a full
+        // store) must show the agent ahead, not LAG 0 from the last message merged.
+        if (m.ledgerId === f.status.ledgerId || f.status.ledgerId === "") {
+          f.status.agentLastSeq = m.lastSeq;
+          f.status.agentReportedAt = timestampNow();
+          this.updateLag(f);
+        }
         const entries = m.entries.map((e) => ({ seq: Number(e.seq), line: e.line }));
-        const rows = this.store.merge(name, m.ledgerId, entries);
+        // A heartbeat (no entries) of the ledger already followed has nothing to merge.
+        const rows = entries.length === 0 && m.ledgerId === f.status.ledgerId ? [] : this.store.merge(name, m.ledgerId, entries);
         this.merged += rows.length;
         const merged = entries.at(-1)?.seq ?? Number(f.status.mergedSeq);
         f.status.ledgerId = m.ledgerId;
         f.status.mergedSeq = BigInt(merged);
         f.status.agentLastSeq = m.lastSeq;
-        f.status.lagEntries = m.lastSeq > BigInt(merged) ? m.lastSeq - BigInt(merged) : 0n;
+        f.status.agentReportedAt = timestampNow();
         f.status.lastError = "";
         f.status.agentFirstRetainedSeq = 0n;
-        if (f.status.lagEntries === 0n) f.behindSinceMs = undefined;
-        else f.behindSinceMs ??= Date.now();
+        this.updateLag(f);
         if (merged > toAck) {
           toAck = merged;
           ackLedger = m.ledgerId;
         }
-        if (Date.now() - lastAck >= ACK_INTERVAL_MS) sendAck();
-        else trailing ??= setTimeout(sendAck, ACK_INTERVAL_MS - (Date.now() - lastAck));
+        const sinceAck = monotonicMs() - lastAck;
+        if (sinceAck >= ACK_INTERVAL_MS) sendAck();
+        else trailing ??= setTimeout(sendAck, ACK_INTERVAL_MS - sinceAck);
       }
     } finally {
       clearTimeout(trailing);
     }
     throw new ConnectError("the agent ended the metering stream", Code.Unavailable);
+  }
+
+  /** lag_entries from what the agent last said and what is merged; lag_seconds' start. */
+  private updateLag(f: Follow): void {
+    f.status.lagEntries = f.status.agentLastSeq > f.status.mergedSeq ? f.status.agentLastSeq - f.status.mergedSeq : 0n;
+    if (f.status.lagEntries === 0n) f.behindSinceMs = undefined;
+    else f.behindSinceMs ??= monotonicMs();
   }
 
   /**

@@ -103,9 +103,12 @@ describe("fleetlet get metering", () => {
       ["FLEET-SEQ", "HOST", "SEQ", "KIND", "VM/SNAPSHOT", "REASON", "SHAPE", "EMITTED-AT"],
       EXPECTED.map((cells, i) => [String(i + 1), "h1", String(i + 1), ...cells, emitted(feed[i]!)]),
     );
+    // The agent's last report: its entries or, when quiet, its 5 s heartbeat.
+    const reported = /h1 .* (\d+s ago) /.exec(r.stdout)?.[1] ?? "missing";
+    assert.ok(Number.parseInt(reported) <= 6, `agent reported ${reported}`);
     const hosts = formatTable(
-      ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "LEDGER-CHANGES", "GAPS", "LAST-ERROR"],
-      [["h1", ledgerId, "10", "10", "0", "0s", "0", "0", "-"]],
+      ["HOST", "LEDGER", "MERGED-SEQ", "AGENT-LAST-SEQ", "LAG", "LAG-AGE", "AGENT-REPORTED", "LEDGER-CHANGES", "GAPS", "LAST-ERROR"],
+      [["h1", ledgerId, "10", "10", "0", "0s", reported, "0", "0", "-"]],
     );
     assert.equal(r.stdout, `${entries}\n\n${hosts}\n\nfleet_seq 1..10 of 10\n`);
   });
@@ -157,6 +160,34 @@ describe("fleetlet get metering", () => {
       refuses(["get", "hosts", "--from", "3"], /--from and --limit apply to get metering only/),
       refuses(["get", "metering", "--agent", "127.0.0.1:1", "--aggregator", "127.0.0.1:2"], /give --agent or --aggregator, not both/),
     ]);
+  });
+});
+
+describe("fleetlet get metering: honest status", () => {
+  it("an agent not heard from since the aggregator started (SIGSTOPped): AGENT-LAST-SEQ and LAG '?', reported 'never', then numbers once it is back", async () => {
+    const dir = tempDir("mcli-agg2");
+    agent.child.kill("SIGSTOP");
+    let second: DaemonProcess | undefined;
+    try {
+      second = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dir.path, "--metrics-listen", "off", "--hosts", `h1=${agent.address}`]);
+      const r = await runFleetlet(["get", "metering", "--aggregator", second.address]);
+      assert.equal(r.code, 0, r.stderr);
+      const row = r.stdout.split("\n").find((l) => l.startsWith("h1 "));
+      assert.match(row ?? "", /^h1 +- +0 +\? +\? +0s +never /, r.stdout);
+      agent.child.kill("SIGCONT");
+      let after = "";
+      for (let tries = 0; tries < 100; tries++) {
+        const again = await runFleetlet(["get", "metering", "--aggregator", second.address]);
+        after = again.stdout.split("\n").find((l) => l.startsWith("h1 ")) ?? "";
+        if (/ 10 +10 +0 +0s +\d+s ago /.test(after)) break;
+        await pause(200);
+      }
+      assert.match(after, new RegExp(`^h1 +${ledgerId} +10 +10 +0 +0s +\\d+s ago `));
+    } finally {
+      agent.child.kill("SIGCONT");
+      await second?.stop();
+      dir.remove();
+    }
   });
 });
 

@@ -20,6 +20,7 @@ export const ROOT_FILES = [
   "test/e2e/runtime-fleet.test.ts",
   "test/e2e/standby-netns.test.ts",
   "test/e2e/standby-unsupported.test.ts",
+  "test/e2e/state-dir-errors.test.ts",
   "test/e2e/up.test.ts",
 ];
 

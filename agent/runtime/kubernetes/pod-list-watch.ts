@@ -7,6 +7,7 @@ import { KubeObjectError, toList, toPod, type Pod } from "./kube-objects.js";
 import { podKey } from "./pod-to-container.js";
 import { parseWatchLine, WatchLineError, WatchLineReader, type WatchEvent } from "./watch-line-parser.js";
 import { errorMessage } from "../../../lib/error-message.js";
+import { monotonicMs } from "../../../lib/monotonic-clock.js";
 
 export type PodChange =
   | { type: "added"; pod: Pod }
@@ -125,7 +126,8 @@ export class PodListWatch {
           await this.list();
           firstAttempt();
         }
-        const opened = Date.now();
+        // Monotonic: a wall-clock step must not make a quick end look long (a reconnect loop).
+        const opened = monotonicMs();
         const outcome = await this.watch();
         if (outcome === "expired") {
           this.counters.expired++;
@@ -138,7 +140,7 @@ export class PodListWatch {
           continue;
         }
         expiredInARow = 0;
-        if (Date.now() - opened < QUICK_END_MS) {
+        if (monotonicMs() - opened < QUICK_END_MS) {
           await sleep(delay, undefined, { signal: this.stop.signal });
           delay = Math.min(delay * 2, maxMs);
         } else {

@@ -1,5 +1,6 @@
 import { KubeApiError, type KubeApiClient } from "./kube-api-client.js";
 import { KubeObjectError, toPodMetricsList, type PodMetrics } from "./kube-objects.js";
+import { monotonicMs } from "../../../lib/monotonic-clock.js";
 
 /** What the cache knows about one pod's usage. */
 export interface PodMetricsLookup {
@@ -9,6 +10,7 @@ export interface PodMetricsLookup {
 }
 
 interface Snapshot {
+  /** Monotonic ms: the snapshot's age must not jump with the wall clock. */
   at: number;
   byPod: Map<string, PodMetrics>;
   unavailable?: string;
@@ -42,7 +44,7 @@ export class PodMetricsCache {
   }
 
   private now(): number {
-    return this.options.now?.() ?? Date.now();
+    return this.options.now?.() ?? monotonicMs();
   }
 
   private async current(): Promise<Snapshot> {

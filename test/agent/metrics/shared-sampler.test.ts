@@ -1,4 +1,4 @@
-import { describe, it } from "vitest";
+import { afterEach, describe, it, vi } from "vitest";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { InstanceStatsSchema } from "../../../gen/fleetlet/agent/v1/metrics_pb.js";
@@ -90,5 +90,28 @@ describe("SharedSampler", () => {
     sampler.close();
     assert.equal(delivered, WATCH_QUEUE_LIMIT);
     assert.equal(dropped + delivered, ticks, "every tick's batch is either delivered or counted as dropped");
+  });
+});
+
+describe("SharedSampler across a wall-clock step", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("keeps delivering at its interval when the wall clock steps back an hour; batches carry wall time", async () => {
+    // Only Date is faked: the wall clock jumps back, the monotonic clock and the timers do not.
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const sampler = new SharedSampler(sweepOf(["a"]));
+    const stop = new AbortController();
+    const it = sampler.watch(100, [], stop.signal)[Symbol.asyncIterator]();
+    await it.next(); // the immediate first batch
+    vi.setSystemTime(Date.now() - 3_600_000);
+    const steppedAt = Date.now();
+    const next = await Promise.race([it.next(), new Promise<undefined>((r) => setTimeout(() => r(undefined), 1000))]);
+    stop.abort();
+    await it.return?.(undefined);
+    sampler.close();
+    assert.ok(next?.value, "a batch within 1 s of a 100 ms interval");
+    assert.ok(Math.abs(next.value.sampledAtMs - steppedAt) < 1000, `sampled_at on the stepped wall clock: ${next.value.sampledAtMs} vs ${steppedAt}`);
   });
 });

@@ -221,6 +221,22 @@ describe("recentSweep", () => {
     assert.equal(later[0]!.cpuUsec, 2_000_000n);
     assert.notEqual(collector.recentSweep(0), later, "0 always sweeps anew");
   });
+  it("ages the shared sweep on the monotonic clock: a wall-clock step neither keeps it nor drops it", async () => {
+    let wall = 1_800_000_000_000_000;
+    let mono = 5_000_000;
+    const c = new StatsCollector(registry, { roots: tree, constants: { clockTicksPerSecond: 100, pageSizeBytes: 4096 }, nowUsec: () => wall, monoUsec: () => mono });
+    tree.setProcess(42, statLine("x", 100, 0), "1 1");
+    await register({ id: "a", pid: 42 });
+    const first = c.recentSweep(500);
+    wall += 3_600_000_000; // an hour forward, no time passed
+    assert.equal(c.recentSweep(500), first, "still fresh: no time passed");
+    wall -= 2 * 3_600_000_000; // an hour back from the start
+    mono += 600_000;
+    const later = c.recentSweep(500);
+    c.close();
+    assert.notEqual(later, first, "600 ms old: swept anew although the wall clock went back");
+    assert.equal(later[0]!.sampledAt?.seconds, BigInt(Math.floor(wall / 1e6)), "sampled_at is wall time");
+  });
   it("a registry change invalidates the shared sweep; ids outside it are measured now", async () => {
     tree.setProcess(42, statLine("x", 1, 0), "1 1");
     await register({ id: "a", pid: 42 });

@@ -2,16 +2,28 @@ import { EventEmitter } from "node:events";
 import type { ConntrackFlow } from "../../../agent/kernel/conntrack-decoder.js";
 import type { StandbyClock } from "../../../agent/standby/standby-controller.js";
 
-/** A clock whose timers run only when the test advances it. */
+/**
+ * A clock whose timers run only when the test advances it. Its wall clock reads `wallStart` at
+ * the monotonic `start` (the same by default) and moves with it unless stepped.
+ */
 export class FakeClock implements StandbyClock {
   private t: number;
+  private wallOffset: number;
   private timers = new Map<number, { at: number; fn: () => void }>();
   private nextId = 1;
-  constructor(start = Date.UTC(2026, 10, 22, 11, 0, 0)) {
+  constructor(start = Date.UTC(2026, 10, 22, 11, 0, 0), wallStart = start) {
     this.t = start;
+    this.wallOffset = wallStart - start;
   }
   now(): number {
     return this.t;
+  }
+  wallNow(): number {
+    return this.t + this.wallOffset;
+  }
+  /** Steps the wall clock only (NTP, `date -s`): no time passes, no timer fires. */
+  stepWall(ms: number): void {
+    this.wallOffset += ms;
   }
   setTimeout(fn: () => void, ms: number): unknown {
     const id = this.nextId++;

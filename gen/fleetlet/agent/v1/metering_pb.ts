@@ -217,7 +217,8 @@ export const WatchMeteringEntriesRequestSchema: GenMessage<WatchMeteringEntriesR
  */
 export type WatchMeteringEntriesResponse = Message<"fleetlet.agent.v1.WatchMeteringEntriesResponse"> & {
   /**
-   * Entries in seq order, gapless within and across messages of one stream.
+   * Entries in seq order, gapless within and across messages of one stream. Empty in the
+   * heartbeat a quiet stream sends every 5 s (so last_seq is known to be current).
    *
    * @generated from field: repeated fleetlet.agent.v1.MeteringEntry entries = 1;
    */
