@@ -49,6 +49,7 @@ const PLAN: PlanEntry[] = [
   { name: "agent-rpc", args: [] },
   { name: "metering", args: [] },
   { name: "fanout", args: ["--smoke"] },
+  { name: "slow-consumers", args: [] },
   { name: "inventory", args: ["--smoke"], optional: true },
   { name: "conntrack", args: [], needs: "root, network namespaces" },
   { name: "runtime", args: [], needs: "root, dockerd" },
