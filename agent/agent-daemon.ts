@@ -82,9 +82,15 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     // The metering ledger, made to agree with the registry before anything can change state
     // (a corrupt ledger or one that is not this registry's stops the agent: never skip data).
     const ledger = MeteringLedger.open(join(options.stateDir, "metering"), { retainAcknowledgedEntries: options.meteringRetain, segmentBytes: options.meteringSegmentBytes });
-    if (registry.store.tornRecords > 0) logger.warn({ torn_records: registry.store.tornRecords }, "instance registry: a torn last journal record (a crash mid-write, never acknowledged) was cut off");
+    if (registry.store.tornRecords > 0) logger.warn({ torn_records: registry.store.tornRecords }, "instance registry: a torn last journal record (a crash mid-write, never acknowledged) is cut off before the next write");
     if (ledger.tornLinesRepaired > 0) logger.warn({ torn_lines: ledger.tornLinesRepaired }, "metering ledger: a torn last line (a crash mid-write, never acknowledged) was cut off");
+    if (ledger.checksumsAdded > 0) logger.warn({ lines: ledger.checksumsAdded }, "metering ledger: lines without a checksum (the newest, cut by a crash, or a ledger from before checksums) were checksummed as they are");
     await registry.attachLedger(ledger);
+    // A ledger outage (its disk full): said once when it begins and once when it ends.
+    registry.onLedgerTrouble = (e) =>
+      e.kind === "start"
+        ? logger.warn({ error: e.error, pending_entries: e.pendingEntries }, "metering ledger: appends fail; changes are applied but not yet metered, retried with backoff")
+        : logger.info({ failures: e.failures, seconds: e.seconds, pending_entries: e.pendingEntries }, "metering ledger: appends work again; the pending entries are in");
     const collector = new StatsCollector(registry, { roots });
     // A RUNNING instance whose process is gone becomes STOPPED (metering's stop-crash).
     const stopLiveness = watchProcessLiveness(registry, logger, roots.proc);

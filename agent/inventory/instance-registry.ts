@@ -18,6 +18,10 @@ export interface LifecycleLedger {
   readonly lastSeq: number;
   append(entries: LifecycleEntry[]): Promise<unknown>;
   read(fromSeq: number, limit: number): readonly LifecycleEntry[];
+  /** Where entry `seq` is stored ("<file> at byte offset N"), for refusals to name. */
+  locate?(seq: number): string;
+  /** Its identity (a replaced ledger has a new one). */
+  readonly ledgerId?: string;
 }
 
 /** Options of a change: why it happens (metering.md distinguishes them), clone source. */
@@ -58,7 +62,19 @@ export class InstanceRegistry {
   private pending: PendingMetering | undefined;
   /** Instances loaded from a file written before metering existed: their intervals open on attach. */
   private unmetered: string[] = [];
+  /**
+   * What the registry on disk says the ledger's last seq is once its entries are all in
+   * (registry-store.ts RegistryState.ledgerSeq; undefined: written before it was recorded),
+   * where it says so, and whether there was a registry on disk at all.
+   */
+  private committedLedgerSeq: { seq: number | undefined; at: string; existed: boolean; ledgerId?: string } = { seq: 0, at: "", existed: false };
   private retryTimer: NodeJS.Timeout | undefined;
+  /** The current ledger outage (appends failing), if any: when it began, the next retry delay. */
+  private ledgerTrouble: { since: number; retryMs: number; failures: number } | undefined;
+  /** Failed ledger appends since start (a metric). */
+  ledgerAppendFailures = 0;
+  /** Told once when a ledger outage begins and once when it ends (the daemon logs at warn). */
+  onLedgerTrouble: ((event: LedgerTroubleEvent) => void) | undefined;
   private writing = false;
   private writeScheduled = false;
   /** Completed writes of the registry file (group commit makes this far fewer than changes). */
@@ -98,6 +114,7 @@ export class InstanceRegistry {
     const { store, state } = RegistryStore.open(stateDir);
     const registry = new InstanceRegistry(join(stateDir, "instances.json"), roots, store, options.watchHistory ?? DEFAULT_WATCH_HISTORY);
     if (!state) return registry;
+    registry.committedLedgerSeq = { seq: state.ledgerSeq, at: state.ledgerSeqAt, existed: true, ledgerId: state.ledgerId };
     const stored: Instance[] = [];
     for (const [id, json] of state.instances) {
       try {
@@ -147,13 +164,14 @@ export class InstanceRegistry {
    */
   async attachLedger(ledger: LifecycleLedger): Promise<void> {
     this.ledger = ledger;
+    // Pending entries may be in the ledger in part or not at all (a crash between the two).
+    const replaced = this.checkLedgerEnd(ledger, this.pending?.afterSeq, this.pending ? this.pending.afterSeq + this.pending.entries.length : this.committedLedgerSeq.seq);
+    // Entries pending for a replaced ledger had their seqs there: they are not moved to the new one.
+    if (replaced) this.pending = undefined;
     const pending = this.pending;
     if (pending) {
       const n = pending.entries.length;
       const have = ledger.lastSeq - pending.afterSeq;
-      if (have < 0 || have > n) {
-        throw new Error(`${this.path}: its last change's ${n} metering entries follow seq ${pending.afterSeq}, but the ledger ends at ${ledger.lastSeq}: registry and ledger do not belong together; refusing to start`);
-      }
       // A crash mid-append may have left the first `have` entries: they must be ours, the rest
       // is appended now.
       const written = have > 0 ? ledger.read(pending.afterSeq + 1, have) : [];
@@ -185,6 +203,45 @@ export class InstanceRegistry {
         await this.commit();
       }
     }
+  }
+
+  /**
+   * The start-up cross-check (docs/architecture.md, "registry and ledger agree"): every record
+   * says how far the ledger reaches once its entries are in (`seq`); with entries pending, the
+   * ledger may also end before them, at `low`. Beyond `seq`, the ledger holds entries of a
+   * change the registry no longer has (its record was lost: a later stop would write a second
+   * stop); short of `low`, the ledger lost entries. Either way a refusal naming both files and
+   * offsets, with nothing changed. A registry from before `ls` was recorded (seq undefined)
+   * is checked from its next commit on.
+   */
+  private checkLedgerEnd(ledger: LifecycleLedger, low: number | undefined, seq: number | undefined): boolean {
+    const { at, existed, ledgerId } = this.committedLedgerSeq;
+    const last = ledger.lastSeq;
+    const where = (s: number) => ledger.locate?.(s) ?? `the ledger's seq ${s}`;
+    if (!existed && last > 0) {
+      throw new Error(`${this.path}: missing, but the metering ledger holds entries 1..${last} (seq 1 at ${where(1)}): the registry that wrote them is gone; refusing to start with an empty one`);
+    }
+    if (ledgerId !== undefined && ledger.ledgerId !== undefined && ledger.ledgerId !== ledgerId) {
+      // A new, empty ledger is one an operator replaced (metering/ deleted: docs/operations.md,
+      // "A replaced ledger"); one that already holds entries is some other registry's.
+      if (last === 0) return true;
+      throw new Error(`registry and metering ledger disagree: the registry's last record (${at}) counts in ledger ${ledgerId}, but the ledger is ${ledger.ledgerId} with entries up to ${last}: registry and ledger do not belong together; refusing to start`);
+    }
+    if (seq === undefined || (last <= seq && last >= (low ?? seq))) return false;
+    if (last > seq) {
+      const e = ledger.read(seq + 1, 1)[0];
+      const what = e ? ` (${e.kind}${e.vmId ? ` ${e.vmId}` : ""}${e.snapshotId ? ` ${e.snapshotId}` : ""})` : "";
+      throw new Error(
+        `registry and metering ledger disagree: the registry's last record (${at}) says the ledger ends at seq ${seq}, ` +
+          `but it holds entries up to ${last}, the first of them${what} at ${where(seq + 1)}; ` +
+          `a registry record was lost after ${this.store.journalEnd}: the change those entries meter is gone from the registry; refusing to start (docs/operations.md, "registry and ledger disagree")`,
+      );
+    }
+    throw new Error(
+      `registry and metering ledger disagree: the registry's last record (${at}) says the ledger ends at seq ${low ?? seq}, ` +
+        `but it ends at ${last}${last > 0 ? ` (${where(last)})` : ""}: metering entries the registry committed are missing from the ledger ` +
+        `(or registry and ledger do not belong together); refusing to start (docs/operations.md, "registry and ledger disagree")`,
+    );
   }
 
   get(id: string): Instance | undefined {
@@ -457,11 +514,26 @@ export class InstanceRegistry {
     if (!batch) return;
     this.batch = undefined;
     const changeCount = this.changeCount;
-    // Entries a failed append left behind come first: they are older and already committed.
-    const entries = this.ledger ? [...(this.pending?.entries ?? []), ...batch.entries] : [];
-    const pending: PendingMetering | undefined = entries.length > 0 ? { afterSeq: this.pending?.afterSeq ?? this.ledger!.lastSeq, entries } : undefined;
+    // Entries a failed append left behind come first: they are older and already committed —
+    // in the registry's last durable record, so this record adds only the batch's own (`pm`)
+    // instead of writing them all again (a full ledger disk made every change rewrite them).
+    const carried = this.pending;
+    const entries = this.ledger ? [...(carried?.entries ?? []), ...batch.entries] : [];
+    const pending: PendingMetering | undefined = entries.length > 0 ? { afterSeq: carried?.afterSeq ?? this.ledger!.lastSeq, entries } : undefined;
     const pendingJson = pending ? { afterSeq: pending.afterSeq, entries: pending.entries.map(serializeEntry) as unknown as JsonValue[] } : undefined;
-    const { record, prepared } = this.takeRecord(pendingJson);
+    if (carried && this.dirty.size === 0 && this.dirtySnapshots.size === 0 && batch.entries.length === 0 && changeCount === this.durableChangeCount) {
+      // Nothing new for the registry (a retry, or a repeat of a change waiting for its
+      // entries): only the ledger append is tried again.
+      await this.appendPending(batch, carried);
+      return;
+    }
+    const { record, prepared } = this.takeRecord(carried ? undefined : pendingJson);
+    if (carried && this.ledger) record.pm = batch.entries.map(serializeEntry) as unknown as JsonValue[];
+    // How far the ledger reaches once this record's entries are in: checked on every start.
+    const ledgerSeq = this.ledger ? (pending ? pending.afterSeq + pending.entries.length : this.ledger.lastSeq) : undefined;
+    if (ledgerSeq !== undefined) record.ls = ledgerSeq;
+    const ledgerId = this.ledger?.ledgerId;
+    if (ledgerSeq !== undefined && ledgerId !== undefined) record.lid = ledgerId;
     const full = () => {
       const versioned = this.versioned(prepared);
       return {
@@ -470,6 +542,8 @@ export class InstanceRegistry {
         snapshots: [...this.snapshots.values()].map((x) => toJson(SnapshotSchema, x)),
         meter: Object.fromEntries([...this.meter].map(([id, m]) => [id, storedMeter(m)])),
         ...(pendingJson ? { pendingMetering: pendingJson } : {}),
+        ...(ledgerSeq !== undefined ? { ledgerSeq } : {}),
+        ...(record.lid !== undefined ? { ledgerId: record.lid } : {}),
       };
     };
     this.writing = true;
@@ -481,7 +555,7 @@ export class InstanceRegistry {
         this.batch = undefined;
         for (const undo of [...(queued?.undo ?? [])].reverse()) undo();
         for (const undo of [...batch.undo].reverse()) undo();
-        const error = new ConnectError(`could not persist the registry: ${errorMessage(e)}`, Code.Unavailable);
+        const error = new ConnectError(`not applied: could not persist the registry: ${errorMessage(e)}`, Code.Unavailable);
         for (const w of [...batch.waiters, ...(queued?.waiters ?? [])]) w.reject(error);
         return;
       }
@@ -493,22 +567,8 @@ export class InstanceRegistry {
       // fdatasync for the whole batch); callers are acknowledged once both are durable.
       if (pending) {
         this.pending = pending;
-        try {
-          await this.ledger!.append(pending.entries);
-          this.pending = undefined;
-        } catch (e) {
-          // The change stays (it is committed); its entries are retried with the next write
-          // and on restart. The callers hear that it is not fully durable yet.
-          const error = new ConnectError(`could not append to the metering ledger: ${errorMessage(e)}`, Code.Unavailable);
-          for (const w of batch.waiters) w.reject(error);
-          // Retried a second later (not at once: a full disk would make it spin).
-          this.retryTimer = setTimeout(() => {
-            this.batch ??= { undo: [], waiters: [], entries: [] };
-            this.scheduleWrite();
-          }, 1000);
-          this.retryTimer.unref();
-          return;
-        }
+        await this.appendPending(batch, pending);
+        return;
       }
       for (const w of batch.waiters) w.resolve();
     } finally {
@@ -516,7 +576,69 @@ export class InstanceRegistry {
       if (this.batch) this.scheduleWrite();
     }
   }
+
+  /**
+   * Appends the entries the registry holds as pending (one write + fdatasync for all). On
+   * failure the change stays (it is committed; its entries are appended on restart if not
+   * before): the callers hear exactly that, and the append is retried with backoff (1 s
+   * doubling to 60 s) — with no registry write: the registry has them already. The first
+   * failure of an episode and its end are told to `onLedgerTrouble` (the daemon logs them).
+   */
+  private async appendPending(batch: { waiters: { resolve: () => void; reject: (e: unknown) => void }[] }, pending: PendingMetering): Promise<void> {
+    this.writing = true;
+    try {
+      try {
+        await this.ledger!.append(pending.entries);
+      } catch (e) {
+        this.ledgerAppendFailures++;
+        const now = performance.now();
+        this.ledgerTrouble ??= { since: now, retryMs: LEDGER_RETRY_FIRST_MS, failures: 0 };
+        const trouble = this.ledgerTrouble;
+        if (trouble.failures++ === 0) this.onLedgerTrouble?.({ kind: "start", error: errorMessage(e), pendingEntries: pending.entries.length });
+        const error = new ConnectError(
+          `applied, not yet metered: the change is durable in the registry, but could not append to the metering ledger: ${errorMessage(e)}; ` +
+            "its entries are retried in the background and on restart — the same request returns OK once they are in",
+          Code.Unavailable,
+        );
+        for (const w of batch.waiters) w.reject(error);
+        clearTimeout(this.retryTimer);
+        const delay = trouble.retryMs;
+        trouble.retryMs = Math.min(2 * delay, LEDGER_RETRY_MAX_MS);
+        this.retryTimer = setTimeout(() => {
+          this.batch ??= { undo: [], waiters: [], entries: [] };
+          this.scheduleWrite();
+        }, delay);
+        this.retryTimer.unref();
+        return;
+      }
+      this.pending = undefined;
+      const trouble = this.ledgerTrouble;
+      if (trouble) {
+        this.ledgerTrouble = undefined;
+        clearTimeout(this.retryTimer);
+        this.onLedgerTrouble?.({ kind: "end", failures: trouble.failures, seconds: (performance.now() - trouble.since) / 1000, pendingEntries: pending.entries.length });
+      }
+      for (const w of batch.waiters) w.resolve();
+    } finally {
+      this.writing = false;
+      if (this.batch) this.scheduleWrite();
+    }
+  }
+
+  /** Entries committed in the registry and not yet in the ledger (a metric: > 0 = not metered yet). */
+  get pendingMeteringEntries(): number {
+    return this.pending?.entries.length ?? 0;
+  }
 }
+
+/** Backoff of the ledger append retry after a failure (a full disk must not make it spin). */
+const LEDGER_RETRY_FIRST_MS = 1000;
+const LEDGER_RETRY_MAX_MS = 60_000;
+
+/** A ledger outage began (first failed append) or ended (the pending entries are in). */
+export type LedgerTroubleEvent =
+  | { kind: "start"; error: string; pendingEntries: number }
+  | { kind: "end"; failures: number; seconds: number; pendingEntries: number };
 
 /** The registry file keeps pending entries as JSON (emittedAtNs as a string). */
 type SerializedEntry = Omit<LifecycleEntry, "emittedAtNs"> & { emittedAtNs: string };

@@ -1,6 +1,7 @@
-import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, statSync, unlinkSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, statSync, unlinkSync } from "node:fs";
 import fsp, { type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
+import { crc32 } from "node:zlib";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { writeFileAtomic } from "../../lib/atomic-file.js";
 import { errorMessage } from "../../lib/error-message.js";
@@ -22,6 +23,15 @@ export interface RegistryState {
   /** Undefined for a file from before metering: its instances' intervals open on attach. */
   meter: Map<string, StoredMeter> | undefined;
   pending: StoredPending | undefined;
+  /**
+   * The metering ledger's last seq once every entry this state carries is appended (its pending
+   * entries included); undefined for a file from before it was recorded. With `ledgerSeqAt`:
+   * the file and byte offset of the record that said so (for a refusal to name).
+   */
+  ledgerSeq: number | undefined;
+  ledgerSeqAt: string;
+  /** The ledger_id `ledgerSeq` is a seq of. */
+  ledgerId: string | undefined;
 }
 
 /**
@@ -37,10 +47,25 @@ export interface JournalRecord {
   snapPut?: JsonValue[];
   snapDel?: string[];
   pending?: StoredPending;
+  /** RegistryState.ledgerSeq after this record (absent: a record from before it existed). */
+  ls?: number;
+  /** The ledger_id of the ledger `ls` counts in (a replaced ledger starts again at 0). */
+  lid?: string;
+  /**
+   * Entries added to the pending ones the state already holds (the previous record's or the
+   * snapshot's), instead of `pending` with all of them again: a ledger outage must not make
+   * every change rewrite every entry waiting for it. Present (maybe empty) = still pending.
+   */
+  pm?: JsonValue[];
 }
 
 const SNAPSHOT = "instances.json";
-const FORMAT = 2;
+/** 3: the snapshot ends with its CRC-32 and every journal line starts with its own. */
+const FORMAT = 3;
+/** `<crc32 of the JSON, 8 hex> <JSON>`: a line without the prefix is from format 2 (no checksum). */
+const CHECKED_LINE_RE = /^([0-9a-f]{8}) /;
+/** The snapshot's last key: the CRC-32 of the text before it with "}" in its place. */
+const SNAPSHOT_CRC_RE = /,"crc32":"([0-9a-f]{8})"\}\n$/;
 const JOURNAL_RE = /^instances-(\d+)\.journal$/;
 /** The journal is folded into a new snapshot once it outgrows both of these. */
 const MIN_COMPACT_BYTES = 256 * 1024;
@@ -48,6 +73,10 @@ const COMPACT_FACTOR = 2;
 
 function journalName(gen: number): string {
   return `instances-${gen}.journal`;
+}
+
+function crcHex(data: string | Buffer): string {
+  return crc32(data).toString(16).padStart(8, "0");
 }
 
 /**
@@ -60,8 +89,16 @@ function journalName(gen: number): string {
  *
  * Crash safety: the new journal file is created before the snapshot that names it, so the
  * snapshot's directory fsync makes both durable; a snapshot never names a journal that does not
- * exist. On open, a torn last journal line (a crash mid-append: never acknowledged) is cut off;
- * any other bad line stops the agent with the file and byte offset.
+ * exist. On open, a torn last journal line (a crash mid-append: never acknowledged) is set
+ * aside and cut off before the next append — not at open, so that the registry/ledger
+ * cross-check (instance-registry.ts attachLedger) can still refuse a "torn" line whose entries
+ * the ledger has (it was acknowledged, so the cut is corruption, not a crash) with nothing
+ * deleted. Any other bad line stops the agent with the file and byte offset.
+ *
+ * Checksums (format 3): every journal line is `<crc32 hex> <JSON>` and the snapshot carries
+ * the CRC-32 of its text, so a flipped byte (vCPUs 2 → 9) is refused, not loaded. Lines and
+ * snapshots of format 2 (no checksum) still load; a format-2 line after a checksummed one in
+ * the same journal cannot be written by any version and is refused.
  */
 export class RegistryStore {
   private journal: FileHandle | undefined;
@@ -77,12 +114,20 @@ export class RegistryStore {
   /** Told the duration of every durable commit and whether it was a compaction (metrics). */
   commitObserver: ((seconds: number, compaction: boolean) => void) | undefined;
 
+  /** Where a torn last journal line starts, until the next append cuts it off. */
+  private tornOffset: number | undefined;
+
   private constructor(
     private readonly dir: string,
     private gen: number,
     tornRecords: number,
   ) {
     this.tornRecords = tornRecords;
+  }
+
+  /** Where the next journal record goes: the journal's file and the byte offset of its end. */
+  get journalEnd(): string {
+    return `${join(this.dir, journalName(this.gen))} at byte offset ${this.journalBytes}`;
   }
 
   /** Loads the state; undefined state = no registry yet. Throws on anything but a torn tail. */
@@ -103,27 +148,50 @@ export class RegistryStore {
       return { store, state: undefined };
     }
     const text = readFileSync(path, "utf8");
-    let doc: { format?: number; journal?: number; resourceVersion?: string; instances?: JsonValue[]; snapshots?: JsonValue[]; meter?: Record<string, StoredMeter>; pendingMetering?: StoredPending };
+    let doc: {
+      format?: number;
+      journal?: number;
+      resourceVersion?: string;
+      instances?: JsonValue[];
+      snapshots?: JsonValue[];
+      meter?: Record<string, StoredMeter>;
+      pendingMetering?: StoredPending;
+      ledgerSeq?: number;
+      ledgerId?: string;
+      crc32?: string;
+    };
+    // Checked on the bytes as written, before parsing, whatever the format says (a flipped
+    // format digit must not turn the check off): the CRC is the text's with its own key cut off.
+    const m = SNAPSHOT_CRC_RE.exec(text);
+    if (m && crcHex(`${text.slice(0, m.index)}}`) !== m[1]) {
+      throw new Error(`${path}: byte offset 0: the snapshot does not match its crc32 ${m[1]} (a changed byte in bytes 0..${m.index}); refusing to start over it`);
+    }
     try {
       doc = JSON.parse(text) as typeof doc;
     } catch (e) {
-      throw new Error(`${path}: not valid JSON (${errorMessage(e)}); refusing to start over it`);
+      throw new Error(`${path}: not valid JSON (${errorMessage(e)}) at byte offset 0; refusing to start over it`);
     }
-    if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw new Error(`${path}: not a JSON object; refusing to start over it`);
-    if (doc.format !== 1 && doc.format !== FORMAT) throw new Error(`${path}: unknown format ${String(doc.format)}`);
-    if (doc.format === FORMAT ? !(Number.isSafeInteger(doc.journal) && (doc.journal ?? 0) >= 1) : doc.journal !== undefined) throw new Error(`${path}: journal is not a generation number; refusing to start over it`);
-    checkRecord({ v: doc.resourceVersion ?? "0", put: doc.instances, snapPut: doc.snapshots, meter: doc.meter, pending: doc.pendingMetering }, path);
+    if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw new Error(`${path}: byte offset 0: not a JSON object; refusing to start over it`);
+    if (doc.format !== 1 && doc.format !== 2 && doc.format !== FORMAT) throw new Error(`${path}: byte offset 0: unknown format ${String(doc.format)}`);
+    if ((doc.format === FORMAT || doc.crc32 !== undefined) && !(m && doc.crc32 === m[1])) {
+      throw new Error(`${path}: byte offset ${Math.max(0, text.length - 20)}: no crc32 at the end of a format-${FORMAT} snapshot; refusing to start over it`);
+    }
+    if (doc.format !== 1 ? !(Number.isSafeInteger(doc.journal) && (doc.journal ?? 0) >= 1) : doc.journal !== undefined) throw new Error(`${path}: byte offset 0: journal is not a generation number; refusing to start over it`);
+    checkRecord({ v: doc.resourceVersion ?? "0", put: doc.instances, snapPut: doc.snapshots, meter: doc.meter, pending: doc.pendingMetering, ls: doc.ledgerSeq, lid: doc.ledgerId }, `${path}: byte offset 0`);
     const state: RegistryState = {
       resourceVersion: doc.resourceVersion ?? "0",
       instances: new Map(),
       snapshots: new Map(),
       meter: doc.meter ? new Map(Object.entries(doc.meter)) : undefined,
       pending: doc.pendingMetering,
+      ledgerSeq: doc.ledgerSeq,
+      ledgerSeqAt: path,
+      ledgerId: doc.ledgerId,
     };
-    for (const [i, json] of (doc.instances ?? []).entries()) state.instances.set(idOf(json, `${path}: instance ${i}`), json);
-    for (const [i, json] of (doc.snapshots ?? []).entries()) state.snapshots.set(idOf(json, `${path}: snapshot ${i}`), json);
+    for (const [i, json] of (doc.instances ?? []).entries()) state.instances.set(idOf(json, `${path}: byte offset 0: instance ${i}`), json);
+    for (const [i, json] of (doc.snapshots ?? []).entries()) state.snapshots.set(idOf(json, `${path}: byte offset 0: snapshot ${i}`), json);
     const gen = doc.journal;
-    let torn = 0;
+    let torn: number | undefined;
     let journalBytes = 0;
     if (gen !== undefined) {
       const jpath = join(dir, journalName(gen));
@@ -135,10 +203,11 @@ export class RegistryStore {
     if (gen !== undefined) {
       const jpath = join(dir, journalName(gen));
       const replay = replayJournal(jpath, state);
-      torn = replay.torn;
+      torn = replay.tornOffset;
       journalBytes = replay.bytes;
     }
-    const store = new RegistryStore(dir, gen ?? 0, torn);
+    const store = new RegistryStore(dir, gen ?? 0, torn === undefined ? 0 : 1);
+    store.tornOffset = torn;
     store.snapshotBytes = Buffer.byteLength(text);
     store.journalBytes = journalBytes;
     // A format-1 file has no journal: the first commit writes a snapshot that starts one.
@@ -161,10 +230,16 @@ export class RegistryStore {
   }
 
   private async append(record: JournalRecord): Promise<void> {
-    const line = Buffer.from(`${JSON.stringify(record)}\n`);
+    const json = JSON.stringify(record);
+    const line = Buffer.from(`${crcHex(json)} ${json}\n`);
     // Opened on the first append (open() stays synchronous); positional writes, not O_APPEND,
     // so a failed write can be cut off exactly.
     this.journal ??= await fsp.open(join(this.dir, journalName(this.gen)), "r+");
+    if (this.tornOffset !== undefined) {
+      // The torn line open() set aside: cut off now, so no shorter record leaves its end behind.
+      await this.journal.truncate(this.tornOffset);
+      this.tornOffset = undefined;
+    }
     try {
       await this.journal!.write(line, 0, line.length, this.journalBytes);
       await this.journal!.datasync();
@@ -190,12 +265,19 @@ export class RegistryStore {
     const jpath = join(this.dir, journalName(gen));
     // Created (empty) before the snapshot that names it: the snapshot's directory sync covers it.
     const journal = await fsp.open(jpath, "w", 0o600);
-    const text = `${JSON.stringify({ format: FORMAT, journal: gen, ...doc })}\n`;
+    const body = JSON.stringify({ format: FORMAT, journal: gen, ...doc });
+    const text = `${body.slice(0, -1)},"crc32":"${crcHex(body)}"}\n`;
     try {
       await writeFileAtomic(join(this.dir, SNAPSHOT), text);
     } catch (e) {
       await journal.close();
       await fsp.rm(jpath, { force: true });
+      // A compaction needs room for a whole new snapshot next to the old one (and its journal)
+      // until the rename: say how much, so a full disk is not a mystery.
+      const bytes = Buffer.byteLength(text);
+      if ((e as NodeJS.ErrnoException).code === "ENOSPC") {
+        throw new Error(`${join(this.dir, SNAPSHOT)}: writing a new snapshot (${bytes} bytes) failed: ${errorMessage(e)}; compaction needs that much free space next to the current one until it replaces it`, { cause: e });
+      }
       throw e;
     }
     const old = this.journal;
@@ -231,34 +313,42 @@ function removeJournals(dir: string, keep: number | undefined): void {
   }
 }
 
-/** Applies every journal line to `state`; cuts off a torn last line. */
-function replayJournal(path: string, state: RegistryState): { torn: number; bytes: number } {
+/**
+ * Applies every journal line to `state`. A torn last line (no final newline) is not applied
+ * and not cut here: its offset is returned (see the class comment).
+ */
+function replayJournal(path: string, state: RegistryState): { tornOffset: number | undefined; bytes: number } {
   const buf = readFileSync(path);
   let start = 0;
+  let checked = false;
   for (;;) {
     const nl = buf.indexOf(0x0a, start);
     if (nl < 0) break;
+    const where = `${path}: byte offset ${start}`;
+    let text = buf.toString("utf8", start, nl);
+    const m = CHECKED_LINE_RE.exec(text);
+    if (m) {
+      // The CRC covers the bytes as written, so a flipped byte anywhere in the JSON is caught.
+      const json = buf.subarray(start + m[0].length, nl);
+      if (crcHex(json) !== m[1]) throw new Error(`${where}: journal record does not match its crc32 ${m[1]} (a changed byte in bytes ${start}..${nl}); refusing to start over it`);
+      text = json.toString("utf8");
+      checked = true;
+    } else if (checked) {
+      throw new Error(`${where}: journal record without a crc32 after checksummed ones; refusing to start over it`);
+    }
     let record: JournalRecord;
     try {
-      record = JSON.parse(buf.toString("utf8", start, nl)) as JournalRecord;
+      record = JSON.parse(text) as JournalRecord;
       if (typeof record.v !== "string") throw new Error("no version");
     } catch (e) {
-      throw new Error(`${path}: byte offset ${start}: unparseable journal record (${errorMessage(e)}); refusing to start over it`);
+      throw new Error(`${where}: unparseable journal record (${errorMessage(e)}); refusing to start over it`);
     }
-    applyRecord(state, record, `${path}: byte offset ${start}`);
+    applyRecord(state, record, where);
+    state.ledgerSeqAt = where;
     start = nl + 1;
   }
-  if (start < buf.length) {
-    // A crash mid-append: the record was never acknowledged.
-    const fd = openSync(path, "r+");
-    try {
-      ftruncateSync(fd, start);
-    } finally {
-      closeSync(fd);
-    }
-    return { torn: 1, bytes: start };
-  }
-  return { torn: 0, bytes: start };
+  // Bytes after the last newline: a crash mid-append, the record was never acknowledged.
+  return { tornOffset: start < buf.length ? start : undefined, bytes: start };
 }
 
 export function applyRecord(state: RegistryState, record: JournalRecord, where: string): void {
@@ -275,7 +365,15 @@ export function applyRecord(state: RegistryState, record: JournalRecord, where: 
   }
   for (const json of record.snapPut ?? []) state.snapshots.set(idOf(json, where), json);
   for (const id of record.snapDel ?? []) state.snapshots.delete(id);
-  state.pending = record.pending;
+  if (record.pm !== undefined) {
+    if (!state.pending) throw new Error(`${where}: pm (more pending entries) without pending ones before it; refusing to start over it`);
+    // In place: a long outage replays many such records.
+    state.pending.entries.push(...record.pm);
+  } else {
+    state.pending = record.pending;
+  }
+  state.ledgerSeq = record.ls;
+  state.ledgerId = record.lid;
 }
 
 /** A record's shape, checked before anything of it is applied: a bad one names where it is. */
@@ -301,4 +399,7 @@ function checkRecord(r: JournalRecord, where: string): void {
     const p = r.pending as Partial<StoredPending> | null;
     if (typeof p !== "object" || p === null || !Number.isSafeInteger(p.afterSeq) || (p.afterSeq ?? -1) < 0 || !objects(p.entries)) fail("pending is not {afterSeq, entries}");
   }
+  if (r.ls !== undefined && !(Number.isSafeInteger(r.ls) && r.ls >= 0)) fail("ls is not a ledger seq");
+  if (r.lid !== undefined && typeof r.lid !== "string") fail("lid is not a ledger id");
+  if (r.pm !== undefined && (r.pending !== undefined || !objects(r.pm))) fail("pm is not a list of entries (or comes with pending)");
 }

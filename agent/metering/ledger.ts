@@ -1,11 +1,25 @@
-import { close, closeSync, fdatasync, fstat, fsync, fsyncSync, ftruncate, ftruncateSync, mkdirSync, open, openSync, readdirSync, unlink, write } from "node:fs";
+import { close, closeSync, existsSync, fdatasync, fstat, fsync, fsyncSync, ftruncate, ftruncateSync, mkdirSync, open, openSync, readFileSync, readdirSync, unlink, unlinkSync, write } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { LedgerCorruptError } from "./ledger-corrupt-error.js";
 import { encodeLedgerFields, normalizeLedgerEntry, type LedgerEntry, type LedgerEntryInput } from "./ledger-entry.js";
 import { META_FILE, readLedgerMeta, writeLedgerMeta, writeLedgerMetaSync } from "./ledger-meta.js";
-import { SEGMENT_NAME_RE, noteLineOffset, readSegment, scanSegment, segmentFileName, type Segment } from "./ledger-segment.js";
+import {
+  CHECKPOINT_EVERY,
+  CHECKSUM_BYTES,
+  CHECKSUM_NAME_RE,
+  SEGMENT_NAME_RE,
+  checksumFileName,
+  lineChecksum,
+  noteLineOffset,
+  readChecksums,
+  readSegment,
+  scanSegment,
+  segmentFileName,
+  type Segment,
+} from "./ledger-segment.js";
+import { writeFileAtomicSync } from "../../lib/atomic-file.js";
 import { errorMessage } from "../../lib/error-message.js";
 
 export { LedgerCorruptError } from "./ledger-corrupt-error.js";
@@ -49,10 +63,11 @@ interface Waiter {
   reject(error: unknown): void;
 }
 
-/** The segment appends go to, with its O_APPEND fd. */
+/** The segment appends go to, with its O_APPEND fd and its checksum file's. */
 interface ActiveSegment {
   segment: Segment;
   fd: number;
+  crcFd: number;
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -81,6 +96,13 @@ export class MeteringLedger {
   readonly ledgerId: string;
   /** Torn last lines (no final "\n": a crash mid-write) truncated by open(). */
   readonly tornLinesRepaired: number;
+  /**
+   * Lines at the end of the last segment whose checksums open() wrote because the .crc file
+   * did not have them: a crash between the two files' writes, so never acknowledged (an append
+   * resolves only once both are synced), but accepted without a check. Also every line of a
+   * ledger from before checksums, checksummed on its first open.
+   */
+  readonly checksumsAdded: number;
   /** Completed fdatasyncs of segment data; fewer than appends when group commit works. */
   syncs = 0;
   /** Entries made durable since open. */
@@ -112,10 +134,11 @@ export class MeteringLedger {
     private readonly segmentBytes: number,
     private readonly retain: number,
     private readonly maxPending: number,
-    init: { ledgerId: string; torn: number; segments: Segment[]; lastSeq: number; ack: number; recent: LedgerEntry[] },
+    init: { ledgerId: string; torn: number; checksumsAdded: number; segments: Segment[]; lastSeq: number; ack: number; recent: LedgerEntry[] },
   ) {
     this.ledgerId = init.ledgerId;
     this.tornLinesRepaired = init.torn;
+    this.checksumsAdded = init.checksumsAdded;
     this.segments = init.segments;
     this.durableSeq = init.lastSeq;
     this.ackSeq = this.persistedAckSeq = init.ack;
@@ -145,12 +168,23 @@ export class MeteringLedger {
       writeLedgerMetaSync(dir, meta);
     }
 
+    // Checksums (ledger-segment.ts): format-2 metas promise a .crc file per segment; a format-1
+    // ledger (from before checksums) gets them now, computed from its lines as they are.
+    const legacy = !meta.checksummed;
+    // Temp files of a checksum rewrite interrupted by a crash: the target is rewritten again.
+    for (const name of readdirSync(dir)) {
+      if (/^\.ledger-\d{20}\.crc\.tmp-/.test(name)) unlinkSync(join(dir, name));
+    }
     const segments: Segment[] = [];
     let recent: LedgerEntry[] = [];
     let torn = 0;
+    let checksumsAdded = 0;
+    // Repairs are made only once every file has been checked: a refusal leaves all untouched.
+    const repairs: (() => void)[] = [];
     for (const [i, name] of names.entries()) {
       const path = join(dir, name);
       const firstSeq = Number(SEGMENT_NAME_RE.exec(name)![1]);
+      const crcPath = join(dir, checksumFileName(firstSeq));
       const previous = segments.at(-1);
       if (firstSeq < 1 || !Number.isSafeInteger(firstSeq)) throw new LedgerCorruptError(path, 0, `segment name gives first seq ${firstSeq}`);
       if (previous && firstSeq !== previous.lastSeq + 1) {
@@ -158,25 +192,56 @@ export class MeteringLedger {
       }
       if (previous && previous.lastSeq < previous.firstSeq) throw new LedgerCorruptError(previous.path, 0, "empty segment that is not the last");
       const isLast = i === names.length - 1;
-      const { segment, tornOffset } = scanSegment(path, firstSeq, (entry) => {
+      const crcExists = !legacy && existsSync(crcPath);
+      const stored = crcExists ? readChecksums(crcPath, readFileSync(crcPath)) : undefined;
+      const { segment, tornOffset, checksums, checkedLines } = scanSegment(path, crcPath, firstSeq, legacy ? undefined : (stored?.records ?? []), (entry) => {
         if (!isLast) return;
         recent.push(entry);
         if (recent.length >= 2 * RECENT_ENTRIES) recent = recent.slice(-RECENT_ENTRIES);
       });
-      if (tornOffset !== undefined) {
-        if (!isLast) throw new LedgerCorruptError(path, tornOffset, "line without its final newline in a segment that is not the last");
-        const fd = openSync(path, "r+");
-        try {
-          ftruncateSync(fd, tornOffset);
-          fsyncSync(fd);
-        } finally {
-          closeSync(fd);
+      const lines = checksums.length;
+      if (tornOffset !== undefined && !isLast) throw new LedgerCorruptError(path, tornOffset, "line without its final newline in a segment that is not the last");
+      if (!legacy) {
+        // Only the last segment can be mid-write at a crash: its .crc may lack the newest lines'
+        // checksums or hold ones of lines never written. Anywhere else the counts must match.
+        if (!crcExists && lines > 0) throw new LedgerCorruptError(crcPath, 0, `missing, but ${path} holds ${lines} line(s)`);
+        const have = stored?.records.length ?? 0;
+        if (!isLast && (have !== lines || (stored?.tornBytes ?? 0) > 0)) {
+          throw new LedgerCorruptError(crcPath, Math.min(have, lines) * CHECKSUM_BYTES, `holds ${have} checksum(s) for the ${lines} line(s) of ${path}`);
         }
+      }
+      const crcRight = !legacy && crcExists && stored!.records.length === lines && stored!.tornBytes === 0;
+      if (!crcRight) {
+        checksumsAdded += lines - checkedLines;
+        repairs.push(() => writeFileAtomicSync(crcPath, checksums.join("")));
+      }
+      if (tornOffset !== undefined) {
+        repairs.push(() => {
+          const fd = openSync(path, "r+");
+          try {
+            ftruncateSync(fd, tornOffset);
+            fsyncSync(fd);
+          } finally {
+            closeSync(fd);
+          }
+        });
         torn++;
       }
       segments.push(segment);
     }
-
+    // A .crc without its segment: left by retention (segment deleted first) or by a crash
+    // between creating the two (the .crc is created first, empty). Anything else is refused.
+    const segmentSeqs = new Set(segments.map((x) => x.firstSeq));
+    for (const name of readdirSync(dir)) {
+      const m = CHECKSUM_NAME_RE.exec(name);
+      if (!m || segmentSeqs.has(Number(m[1]))) continue;
+      const seq = Number(m[1]);
+      const path = join(dir, name);
+      const below = segments[0] !== undefined && seq < segments[0].firstSeq;
+      const emptyNext = seq === (segments.at(-1)?.lastSeq ?? 0) + 1 && readFileSync(path).length === 0;
+      if (!below && !emptyNext) throw new LedgerCorruptError(path, 0, `checksums of seq ${seq} onwards, but there is no ${segmentFileName(seq)}`);
+      repairs.push(() => unlinkSync(path));
+    }
     const ack = meta.acknowledgedSeq;
     const first = segments[0];
     const last = segments.at(-1);
@@ -186,17 +251,35 @@ export class MeteringLedger {
       throw new LedgerCorruptError(first.path, 0, `first retained seq is ${first.firstSeq} but only ${ack} were acknowledged: unacknowledged entries are missing`);
     }
     if (ack > lastSeq) throw new LedgerCorruptError(metaPath, 0, `acknowledged_seq ${ack} is beyond the last entry (${lastSeq}): entries are missing`);
+    for (const repair of repairs) repair();
+    if (legacy) writeLedgerMetaSync(dir, meta);
 
     const ledger = new MeteringLedger(dir, segmentBytes, retain, maxPending, {
       ledgerId: meta.ledgerId,
       torn,
+      checksumsAdded,
       segments,
       lastSeq,
       ack,
       recent: recent.slice(-RECENT_ENTRIES).map(freezeEntry),
     });
-    if (last) ledger.active = { segment: last, fd: openSync(last.path, "a") };
+    if (last) ledger.active = { segment: last, fd: openSync(last.path, "a"), crcFd: openSync(last.crcPath, "a") };
     return ledger;
+  }
+
+  /**
+   * Where entry `seq` is stored: "<segment file> at byte offset N" (for refusals to name);
+   * "seq N (not stored)" when it is not retained or not written.
+   */
+  locate(seq: number): string {
+    if (!Number.isSafeInteger(seq) || seq < this.firstRetainedSeq || seq > this.durableSeq) return `ledger seq ${seq} (not stored in ${this.dir})`;
+    const segment = this.segments[this.segmentIndexOf(seq)]!;
+    // From the nearest checkpoint, counting newlines: at most CHECKPOINT_EVERY lines read.
+    const k = Math.floor((seq - segment.firstSeq) / CHECKPOINT_EVERY);
+    let offset = segment.checkpoints[k]!;
+    const buf = readFileSync(segment.path).subarray(0, segment.size);
+    for (let s = segment.firstSeq + k * CHECKPOINT_EVERY; s < seq; s++) offset = buf.indexOf(10, offset) + 1;
+    return `${segment.path} at byte offset ${offset}`;
   }
 
   /** Highest durable seq (0 when empty). */
@@ -314,7 +397,10 @@ export class MeteringLedger {
       await this.ackPersisting;
       const active = this.active;
       this.active = undefined;
-      if (active) await closeAsync(active.fd);
+      if (active) {
+        await closeAsync(active.fd);
+        await closeAsync(active.crcFd);
+      }
     })();
     return this.closing;
   }
@@ -367,6 +453,8 @@ export class MeteringLedger {
     const entries: LedgerEntry[] = [];
     const offsets: number[] = [];
     const lines: string[] = [];
+    const checksums: string[] = [];
+    const crcBefore = (active.segment.lastSeq - active.segment.firstSeq + 1) * CHECKSUM_BYTES;
     let offset = before;
     let seq = firstSeq;
     for (const w of batch) {
@@ -379,19 +467,28 @@ export class MeteringLedger {
         offsets.push(offset);
         offset += Buffer.byteLength(entry.line) + 1;
         lines.push(entry.line);
+        checksums.push(lineChecksum(entry.line));
       }
     }
     lines.push("");
     const buf = Buffer.from(lines.join("\n"));
+    const crcBuf = Buffer.from(checksums.join(""), "latin1");
     const started = performance.now();
     try {
-      // O_APPEND: every write lands at the end; loop over short writes.
-      for (let done = 0; done < buf.length; ) done += (await writeAsync(active.fd, buf, done, buf.length - done, null)).bytesWritten;
-      await fdatasyncAsync(active.fd);
+      // O_APPEND: every write lands at the end; loop over short writes. The lines and their
+      // checksums are synced together (two fdatasyncs in parallel): resolved only once both are
+      // durable, so no acknowledged line is ever without its checksum.
+      const writeAll = async (fd: number, b: Buffer) => {
+        for (let done = 0; done < b.length; ) done += (await writeAsync(fd, b, done, b.length - done, null)).bytesWritten;
+        await fdatasyncAsync(fd);
+      };
+      await Promise.all([writeAll(active.fd, buf), writeAll(active.crcFd, crcBuf)]);
     } catch (e) {
       try {
         await ftruncateAsync(active.fd, before);
         await fdatasyncAsync(active.fd);
+        await ftruncateAsync(active.crcFd, crcBefore);
+        await fdatasyncAsync(active.crcFd);
       } catch (undoError) {
         this.broken = new Error(
           `metering ledger ${active.segment.path}: a failed write (${errorMessage(e)}) could not be undone (${errorMessage(undoError)}); reopen the ledger`,
@@ -410,21 +507,30 @@ export class MeteringLedger {
     const current = this.active;
     if (current && current.segment.size < this.segmentBytes) return current;
     const path = join(this.dir, segmentFileName(firstSeq));
-    const fd = await openAsync(path, "a", 0o644);
+    const crcPath = join(this.dir, checksumFileName(firstSeq));
+    // The checksum file first: a segment never exists without it (open() relies on that).
+    const crcFd = await openAsync(crcPath, "a", 0o644);
+    let fd: number | undefined;
     try {
+      if ((await fstatAsync(crcFd)).size !== 0) throw new Error(`${crcPath} exists and is not empty`);
+      fd = await openAsync(path, "a", 0o644);
       const { size } = await fstatAsync(fd);
       if (size !== 0) throw new Error(`${path} exists and is not empty`);
-      // The new name must survive a crash for the fdatasync of its data to mean anything.
+      // The new names must survive a crash for the fdatasync of their data to mean anything.
       await fsyncDir(this.dir);
     } catch (e) {
-      await closeAsync(fd);
+      if (fd !== undefined) await closeAsync(fd);
+      await closeAsync(crcFd);
       throw e;
     }
-    const next: ActiveSegment = { segment: { firstSeq, path, size: 0, lastSeq: firstSeq - 1, checkpoints: [] }, fd };
+    const next: ActiveSegment = { segment: { firstSeq, path, crcPath, size: 0, lastSeq: firstSeq - 1, checkpoints: [] }, fd, crcFd };
     this.segments.push(next.segment);
     this.active = next;
     // Everything in the old segment is durable already; a failed close loses nothing.
-    if (current) await closeAsync(current.fd).catch(() => undefined);
+    if (current) {
+      await closeAsync(current.fd).catch(() => undefined);
+      await closeAsync(current.crcFd).catch(() => undefined);
+    }
     return next;
   }
 
@@ -488,7 +594,12 @@ export class MeteringLedger {
       if (!oldest || oldest === this.active?.segment || oldest.lastSeq < oldest.firstSeq || oldest.lastSeq > limit) return;
       // Out of the list first, so no read opens a file that is being deleted.
       this.segments.shift();
+      // The segment before its checksums: a crash in between leaves only a stray .crc, which
+      // open() removes; never a segment without its checksums.
       await unlinkAsync(oldest.path);
+      await unlinkAsync(oldest.crcPath).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== "ENOENT") throw e;
+      });
       await fsyncDir(this.dir);
     }
   }

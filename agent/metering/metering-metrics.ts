@@ -17,6 +17,9 @@ export function registerMeteringInstruments(meter: Meter, ledger: MeteringLedger
   const lastSeq = meter.createObservableGauge("fleetlet_metering_ledger_last_seq", { description: "Highest durable seq of the ledger" });
   const unacked = meter.createObservableGauge("fleetlet_metering_unacknowledged_entries", { unit: "{entry}", description: "Durable entries the aggregator has not acknowledged yet (kept whatever the retention)" });
   const commits = meter.createObservableCounter("fleetlet_registry_commits", { description: "Durable registry commits, by kind (journal append or snapshot rewrite)" });
+  // A ledger that cannot be written (its disk full): changes are applied, not yet metered.
+  const pendingEntries = meter.createObservableGauge("fleetlet_metering_pending_entries", { unit: "{entry}", description: "Entries committed in the registry but not yet in the ledger (> 0: appends are failing and retried)" });
+  const appendFailures = meter.createObservableCounter("fleetlet_metering_append_failures", { description: "Failed ledger appends of committed changes (each retried with backoff)" });
   const syncDuration = meter.createHistogram("fleetlet_metering_ledger_sync_duration_seconds", {
     unit: "s",
     description: "Write + fdatasync of one ledger group commit",
@@ -37,7 +40,9 @@ export function registerMeteringInstruments(meter: Meter, ledger: MeteringLedger
       r.observe(unacked, Math.max(0, ledger.lastSeq - ledger.acknowledgedSeq));
       r.observe(commits, registry.store.commits - registry.store.compactions, { kind: "journal" });
       r.observe(commits, registry.store.compactions, { kind: "snapshot" });
+      r.observe(pendingEntries, registry.pendingMeteringEntries);
+      r.observe(appendFailures, registry.ledgerAppendFailures);
     },
-    [appended, syncs, lastSeq, unacked, commits],
+    [appended, syncs, lastSeq, unacked, commits, pendingEntries, appendFailures],
   );
 }

@@ -2,6 +2,7 @@ import { join } from "node:path";
 import type Database from "better-sqlite3";
 import { ledgerLineFields, type LedgerLineFields } from "./ledger-line-fields.js";
 import { isCorruption, namedStoreError, openMeteringDatabase } from "./store-database.js";
+import { storedEntryChecksum } from "./stored-entry-checksum.js";
 import { errorMessage } from "../../lib/error-message.js";
 
 /** The store's file in the aggregator's state dir (plus SQLite's -wal and -shm next to it). */
@@ -78,13 +79,23 @@ export class MeteringEntryError extends Error {
   override readonly name = "MeteringEntryError";
 }
 
+/**
+ * A stored row that does not match its checksum (a flipped byte in the file): refused, never
+ * served, and nothing is deleted or rewritten — the operator restores the store or re-merges.
+ */
+export class MeteringStoreCorruptError extends Error {
+  override readonly name = "MeteringStoreCorruptError";
+}
+
 type MergeListener = (rows: StoredEntry[]) => void;
 
 const ENTRY_COLUMNS =
-  "fleet_seq AS fleetSeq, host, ledger_id AS ledgerId, seq, line, kind, vm_id AS vmId, snapshot_id AS snapshotId, emitted_at AS emittedAt, merged_at_ms AS mergedAtMs";
+  "fleet_seq AS fleetSeq, host, ledger_id AS ledgerId, seq, line, kind, vm_id AS vmId, snapshot_id AS snapshotId, emitted_at AS emittedAt, merged_at_ms AS mergedAtMs, row_crc AS rowCrc";
+/** A row as read, with its checksum (checked and dropped before anything is returned). */
+type CheckedRow = StoredEntry & { rowCrc: number | null };
 const CURSOR_COLUMNS = "host, ledger_id AS ledgerId, seq, ledger_changes AS ledgerChanges, updated_at_ms AS updatedAtMs";
 
-type InsertParams = [number, string, string, number, string, string, string, string, string, number];
+type InsertParams = [number, string, string, number, string, string, string, string, string, number, number];
 
 /** Every statement the store runs, prepared once. */
 function prepareStatements(db: Database.Database) {
@@ -116,13 +127,13 @@ function prepareStatements(db: Database.Database) {
     // The conflict target is the (host, ledger_id, seq) key: a redelivered entry is skipped
     // (changes = 0) and then compared with what is stored.
     insertEntry: db.prepare<InsertParams>(
-      `INSERT INTO metering_entries (fleet_seq, host, ledger_id, seq, line, kind, vm_id, snapshot_id, emitted_at, merged_at_ms)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host, ledger_id, seq) DO NOTHING`,
+      `INSERT INTO metering_entries (fleet_seq, host, ledger_id, seq, line, kind, vm_id, snapshot_id, emitted_at, merged_at_ms, row_crc)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host, ledger_id, seq) DO NOTHING`,
     ),
-    storedLine: db.prepare<[string, string, number], { line: string }>("SELECT line FROM metering_entries WHERE host = ? AND ledger_id = ? AND seq = ?"),
-    read: db.prepare<[number, number], StoredEntry>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE fleet_seq >= ? ORDER BY fleet_seq LIMIT ?`),
-    ofLedger: db.prepare<[string, string], StoredEntry>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE host = ? AND ledger_id = ? ORDER BY seq`),
-    ofHost: db.prepare<[string], StoredEntry>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE host = ? ORDER BY fleet_seq`),
+    storedRow: db.prepare<[string, string, number], CheckedRow>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE host = ? AND ledger_id = ? AND seq = ?`),
+    read: db.prepare<[number, number], CheckedRow>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE fleet_seq >= ? ORDER BY fleet_seq LIMIT ?`),
+    ofLedger: db.prepare<[string, string], CheckedRow>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE host = ? AND ledger_id = ? ORDER BY seq`),
+    ofHost: db.prepare<[string], CheckedRow>(`SELECT ${ENTRY_COLUMNS} FROM metering_entries WHERE host = ? ORDER BY fleet_seq`),
   };
 }
 type Statements = ReturnType<typeof prepareStatements>;
@@ -228,7 +239,7 @@ export class MeteringStore {
     if (!Number.isSafeInteger(fromFleetSeq) || fromFleetSeq < 0) throw new RangeError(`read: fromFleetSeq must be a non-negative integer, got ${fromFleetSeq}`);
     if (!Number.isSafeInteger(limit) || limit < 0) throw new RangeError(`read: limit must be a non-negative integer, got ${limit}`);
     if (limit === 0) return [];
-    return this.guard(() => this.stmt.read.all(fromFleetSeq, limit));
+    return this.guard(() => this.stmt.read.all(fromFleetSeq, limit).map((r) => this.checked(r)));
   }
 
   /** The highest fleet_seq merged; 0 when the store is empty. */
@@ -241,7 +252,7 @@ export class MeteringStore {
    * ledgers in merge order — each ledger in seq order, ledgers in the order they were followed.
    */
   entriesOf(host: string, ledgerId?: string): StoredEntry[] {
-    return this.guard(() => (ledgerId === undefined ? this.stmt.ofHost.all(host) : this.stmt.ofLedger.all(host, ledgerId)));
+    return this.guard(() => (ledgerId === undefined ? this.stmt.ofHost.all(host) : this.stmt.ofLedger.all(host, ledgerId)).map((r) => this.checked(r)));
   }
 
   /**
@@ -295,7 +306,8 @@ export class MeteringStore {
     for (let i = 0; i < entries.length; i++) {
       const { seq, line } = entries[i]!;
       const f = fields[i]!;
-      if (this.stmt.insertEntry.run(next, host, ledgerId, seq, line, f.kind, f.vmId, f.snapshotId, f.emittedAt, now).changes === 1) {
+      const crc = storedEntryChecksum(next, host, ledgerId, seq, line, f.kind, f.vmId, f.snapshotId, f.emittedAt, now);
+      if (this.stmt.insertEntry.run(next, host, ledgerId, seq, line, f.kind, f.vmId, f.snapshotId, f.emittedAt, now, crc).changes === 1) {
         // At or below the cursor and not stored: inside a gap an operator accepted (given up
         // for good); the transaction is rolled back.
         if (cursor !== undefined && !replaced && seq <= cursor.seq) {
@@ -305,7 +317,7 @@ export class MeteringStore {
         next++;
         continue;
       }
-      const stored = this.stmt.storedLine.get(host, ledgerId, seq)!.line;
+      const stored = this.checked(this.stmt.storedRow.get(host, ledgerId, seq)!).line;
       if (stored !== line) {
         throw new MeteringConflictError(
           `host ${host} ledger ${ledgerId} seq ${seq}: already merged with another line (stored ${stored}, redelivered ${line}); nothing merged`,
@@ -330,6 +342,23 @@ export class MeteringStore {
         });
       }
     }
+  }
+
+  /**
+   * A row as read, checked against its checksum: a mismatch (or none) is refused naming the
+   * file, the table, the host, the ledger and the seq — never served, never deleted.
+   */
+  private checked(row: CheckedRow): StoredEntry {
+    const { rowCrc, ...entry } = row;
+    const expected = storedEntryChecksum(entry.fleetSeq, entry.host, entry.ledgerId, entry.seq, entry.line, entry.kind, entry.vmId, entry.snapshotId, entry.emittedAt, entry.mergedAtMs);
+    if (rowCrc !== expected) {
+      throw new MeteringStoreCorruptError(
+        `${this.file}: table metering_entries, host ${JSON.stringify(entry.host)}, ledger ${entry.ledgerId}, seq ${entry.seq} (fleet_seq ${entry.fleetSeq}): ` +
+          `the stored row does not match its checksum (${rowCrc === null ? "none stored" : `stored ${rowCrc}, computed ${expected}`}); ` +
+          "refusing to serve it — restore the store from a backup (docs/operations.md)",
+      );
+    }
+    return entry;
   }
 
   /** Runs a database call; corruption found on the way is reported naming the file. */

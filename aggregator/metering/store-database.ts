@@ -1,5 +1,6 @@
 import Database from "better-sqlite3";
 import { METERING_MIGRATIONS, migrate, type Migration } from "./store-migrations.js";
+import { STORED_ENTRY_CHECKSUM_SQL, storedEntryChecksum } from "./stored-entry-checksum.js";
 
 /**
  * Opens (creating if needed) the metering store's SQLite file with the settings its
@@ -13,8 +14,16 @@ import { METERING_MIGRATIONS, migrate, type Migration } from "./store-migrations
  * says so and is left untouched.
  */
 export function openMeteringDatabase(file: string): Database.Database {
-  return openStoreDatabase(file, METERING_MIGRATIONS, "FULL");
+  return openStoreDatabase(file, METERING_MIGRATIONS, "FULL", (db) => {
+    // Migration 3 fills the checksums of rows merged before it (store-migrations.ts).
+    db.function(STORED_ENTRY_CHECKSUM_SQL, { deterministic: true, varargs: true }, (...cols: unknown[]) =>
+      storedEntryChecksum(...(cols as Parameters<typeof storedEntryChecksum>)),
+    );
+  });
 }
+
+/** What a store's -wal file is cut back to after a checkpoint (PRAGMA journal_size_limit). */
+export const WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024;
 
 /**
  * The same for any of the aggregator's SQLite stores: WAL, foreign keys, a busy timeout, its
@@ -22,7 +31,13 @@ export function openMeteringDatabase(file: string): Database.Database {
  * where the content can be rebuilt from the agents (the inventory view: a crash may lose the
  * last commits, never corrupt the file).
  */
-export function openStoreDatabase(file: string, migrations: readonly Migration[], synchronous: "FULL" | "NORMAL"): Database.Database {
+export function openStoreDatabase(
+  file: string,
+  migrations: readonly Migration[],
+  synchronous: "FULL" | "NORMAL",
+  /** Called on the connection before migrating (SQL functions a migration uses). */
+  prepare?: (db: Database.Database) => void,
+): Database.Database {
   let db: Database.Database | undefined;
   try {
     db = new Database(file);
@@ -33,6 +48,11 @@ export function openStoreDatabase(file: string, migrations: readonly Migration[]
     // A reader in another process (a checker, an export) may briefly hold a lock the writer
     // needs (WAL reset, checkpoint): wait rather than fail the merge.
     db.pragma("busy_timeout = 5000");
+    // The WAL file keeps its high-water mark unless told otherwise: one relist of a big host
+    // left the inventory store's WAL at 47 MB over a 19 MB database, taking the disk the
+    // metering store needs. After each checkpoint that resets it, SQLite truncates it to this.
+    db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
+    prepare?.(db);
     migrate(db, file, migrations);
     return db;
   } catch (e) {

@@ -79,6 +79,18 @@ export const METERING_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX metering_gaps_by_host ON metering_gaps (host);
     `,
   },
+  {
+    version: 3,
+    description: "a checksum of every stored entry row, verified whenever a row is read",
+    // fleetlet_entry_crc is stored-entry-checksum.ts, registered on the connection before
+    // migrating (store-database.ts): rows merged by earlier versions get theirs here. NULL
+    // afterwards only by corruption, which reads refuse like a mismatch.
+    sql: `
+      ALTER TABLE metering_entries ADD COLUMN row_crc INTEGER;
+      UPDATE metering_entries
+         SET row_crc = fleetlet_entry_crc(fleet_seq, host, ledger_id, seq, line, kind, vm_id, snapshot_id, emitted_at, merged_at_ms);
+    `,
+  },
 ];
 
 /** The store was written by a newer fleetlet: its schema is unknown here, so it is not touched. */

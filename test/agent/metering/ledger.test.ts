@@ -485,3 +485,108 @@ describe("MeteringLedger: acknowledgement and retention", () => {
     await l.close();
   });
 });
+
+describe("MeteringLedger: line checksums (.crc files; the line format is unchanged)", () => {
+  const crcFiles = (path: string) => readdirSync(path).filter((n) => n.endsWith(".crc")).sort();
+  /** Changes `from` to `to` (same length) in `file`; returns the byte offset of the line it is in. */
+  function flip(file: string, from: string, to: string): number {
+    const text = readFileSync(file, "utf8");
+    const at = text.indexOf(from);
+    assert.ok(at >= 0 && from.length === to.length, `${from} in ${file}`);
+    writeFileSync(file, text.slice(0, at) + to + text.slice(at + from.length));
+    return Buffer.byteLength(text.slice(0, text.lastIndexOf("\n", at) + 1));
+  }
+  const corruptAt = (file: string, offset: number, reason: RegExp) => (e: unknown) =>
+    e instanceof LedgerCorruptError && e.file === file && e.offset === offset && reason.test(e.message);
+
+  it("a flipped byte in an acknowledged line (a vm_id) is refused at open naming the segment file and offset, in any segment; nothing is changed", async () => {
+    const l = MeteringLedger.open(dir.path, { segmentBytes: 600 });
+    await appendSequentially(l, 12);
+    await l.close();
+    assert.deepEqual(crcFiles(dir.path), segmentFiles(dir.path).map((n) => n.replace(".jsonl", ".crc")), "one checksum file per segment");
+    const files = segmentFiles(dir.path).map((n) => join(dir.path, n));
+    for (const [file, vm] of [[files[0]!, "vm-1"], [files.at(-1)!, "vm-11"]] as const) {
+      const good = readFileSync(file);
+      const offset = flip(file, `"vm_id":"${vm}"`, `"vm_id":"${vm.slice(0, -1)}7"`);
+      const bad = readFileSync(file);
+      assert.throws(() => MeteringLedger.open(dir.path, { segmentBytes: 600 }), corruptAt(file, offset, /line does not match its checksum \(.*\.crc at byte offset \d+/));
+      assert.deepEqual(readFileSync(file), bad, "refused, not repaired or truncated");
+      writeFileSync(file, good);
+    }
+    // A flipped checksum is as loud (the line and its record disagree).
+    const crc = join(dir.path, crcFiles(dir.path)[0]!);
+    const records = readFileSync(crc, "latin1");
+    writeFileSync(crc, (records[0] === "0" ? "1" : "0") + records.slice(1));
+    assert.throws(() => MeteringLedger.open(dir.path, { segmentBytes: 600 }), corruptAt(files[0]!, 0, /does not match its checksum/));
+    writeFileSync(crc, records);
+    assertGapless(MeteringLedger.open(dir.path, { segmentBytes: 600 }));
+  });
+
+  it("a line flipped after open is refused when read from disk (a watcher's backlog), naming the file and offset", async () => {
+    const l = MeteringLedger.open(dir.path, { segmentBytes: 600 });
+    await appendSequentially(l, 12);
+    await l.close();
+    const reopened = MeteringLedger.open(dir.path, { segmentBytes: 600 }); // older segments are read from disk
+    const file = join(dir.path, segmentFiles(dir.path)[0]!);
+    const offset = flip(file, '"vm_id":"vm-2"', '"vm_id":"vm-9"');
+    assert.throws(() => reopened.read(1, 100), corruptAt(file, offset, /line does not match its checksum/));
+    await reopened.close();
+  });
+
+  it("a segment without its .crc file is refused; a stray .crc (retention interrupted) is removed; retention deletes both", async () => {
+    const options = { segmentBytes: 600, retainAcknowledgedEntries: 0 };
+    const l = MeteringLedger.open(dir.path, options);
+    await appendSequentially(l, 12);
+    l.acknowledge(6);
+    await l.flushAcknowledgement();
+    await l.close();
+    assert.deepEqual(crcFiles(dir.path), segmentFiles(dir.path).map((n) => n.replace(".jsonl", ".crc")), "deleted with their segments");
+    const crc = join(dir.path, crcFiles(dir.path)[0]!);
+    const records = readFileSync(crc);
+    rmSync(crc);
+    assert.throws(() => MeteringLedger.open(dir.path, options), corruptAt(crc, 0, /missing, but .* holds \d+ line/));
+    writeFileSync(crc, records);
+    const stray = join(dir.path, "ledger-00000000000000000001.crc");
+    writeFileSync(stray, "0123abcd\n");
+    MeteringLedger.open(dir.path, options).close();
+    assert.ok(!crcFiles(dir.path).includes("ledger-00000000000000000001.crc"));
+  });
+
+  it("the last segment's .crc missing its newest checksums (a crash between the two writes, never acknowledged) loads and is completed", async () => {
+    const file = join(dir.path, segmentFileName(1));
+    const l = MeteringLedger.open(dir.path);
+    await appendSequentially(l, 5);
+    await l.close();
+    const crc = join(dir.path, crcFiles(dir.path)[0]!);
+    const full = readFileSync(crc);
+    writeFileSync(crc, full.subarray(0, 4 * 9 + 3)); // four whole records and a torn fifth
+    const reopened = MeteringLedger.open(dir.path);
+    assert.equal(reopened.checksumsAdded, 1);
+    assert.deepEqual(readFileSync(crc), full);
+    assert.equal((await reopened.append([entry("next")]))[0]!.seq, 6);
+    await reopened.close();
+    // Checksums of lines never written (the segment's write was lost) are dropped.
+    appendFileSync(crc, "89abcdef\n");
+    assert.equal(MeteringLedger.open(dir.path).lastSeq, 6);
+    assert.equal(readFileSync(crc).length, 6 * 9);
+    assert.ok(readFileSync(file, "utf8").endsWith("\n"));
+  });
+
+  it("a ledger from before checksums (format-1 ledger.json, no .crc) loads, gets its checksums, and is checked from then on", async () => {
+    const l = MeteringLedger.open(dir.path, { segmentBytes: 600 });
+    await appendSequentially(l, 8);
+    await l.close();
+    for (const n of crcFiles(dir.path)) rmSync(join(dir.path, n));
+    const meta = JSON.parse(readFileSync(join(dir.path, "ledger.json"), "utf8")) as { format: number };
+    writeFileSync(join(dir.path, "ledger.json"), JSON.stringify({ ...meta, format: 1 }));
+    const old = MeteringLedger.open(dir.path, { segmentBytes: 600 });
+    assert.equal(old.checksumsAdded, 8);
+    assertGapless(old);
+    await old.close();
+    assert.equal((JSON.parse(readFileSync(join(dir.path, "ledger.json"), "utf8")) as { format: number }).format, 2);
+    assert.equal(crcFiles(dir.path).length, segmentFiles(dir.path).length);
+    const file = join(dir.path, segmentFiles(dir.path)[0]!);
+    const offset = flip(file, '"vm_id":"vm-1"', '"vm_id":"vm-5"');
+    assert.throws(() => MeteringLedger.open(dir.path, { segmentBytes: 600 }), corruptAt(file, offset, /does not match its checksum/));
+  });
+});

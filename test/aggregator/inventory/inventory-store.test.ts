@@ -6,6 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { InstanceSchema, InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { INVENTORY_STORE_FILE, InventoryStore } from "../../../aggregator/inventory/inventory-store.js";
 import { tempDir } from "../../helpers/temp-dir.js";
+import { WAL_SIZE_LIMIT_BYTES } from "../../../aggregator/metering/store-database.js";
 
 describe("InventoryStore", () => {
   it("a corrupt inventory.sqlite stops the aggregator with the file's name, not SQLite's bare message", () => {
@@ -36,6 +37,26 @@ describe("InventoryStore", () => {
         },
         (e: unknown) => e instanceof Error && e.message.startsWith(`${file}: `) && /corrupt|malformed/.test(e.message),
       );
+    } finally {
+      dir.remove();
+    }
+  });
+
+  it("the WAL does not keep the high-water mark of a big relist: it is cut back after checkpoints", () => {
+    const dir = tempDir("inventory-store-wal");
+    try {
+      const store = InventoryStore.open(dir.path);
+      // One host's relist of 8,000 instances of ~1 KB: an ~9 MB transaction in the WAL.
+      const many = Array.from({ length: 8000 }, (_, k) => create(InstanceSchema, { id: `vm-${k}`, name: "x".repeat(1000) }));
+      store.apply("h1", { incarnation: "i1", resourceVersion: 1, lastSeenMs: 1 }, many, []);
+      store.apply("h1", { incarnation: "i1", resourceVersion: 2, lastSeenMs: 1 }, many, []);
+      for (let k = 0; k < 20; k++) store.apply("h1", { incarnation: "i1", resourceVersion: 3 + k, lastSeenMs: 1 }, many.slice(k, k + 1), []);
+      const wal = statSync(join(dir.path, `${INVENTORY_STORE_FILE}-wal`)).size;
+      const db = statSync(join(dir.path, INVENTORY_STORE_FILE)).size;
+      assert.ok(db > 8_000_000, `database ${db} bytes`);
+      assert.ok(wal <= WAL_SIZE_LIMIT_BYTES, `WAL ${wal} bytes after the relists (limit ${WAL_SIZE_LIMIT_BYTES})`);
+      assert.equal(store.load()[0]?.instances.length, 8000);
+      store.close();
     } finally {
       dir.remove();
     }

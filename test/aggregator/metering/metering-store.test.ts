@@ -12,6 +12,7 @@ import {
   MeteringEntryError,
   MeteringGapError,
   MeteringStore,
+  MeteringStoreCorruptError,
   type StoredEntry,
 } from "../../../aggregator/metering/metering-store.js";
 import { METERING_MIGRATIONS, migrate, schemaVersion } from "../../../aggregator/metering/store-migrations.js";
@@ -83,7 +84,7 @@ describe("MeteringStore", () => {
     try {
       assert.equal(own.pragma("synchronous", { simple: true }), 2, "FULL");
       assert.equal(own.pragma("foreign_keys", { simple: true }), 1);
-      assert.throws(() => own.prepare("INSERT INTO metering_entries VALUES (1, 'nohost', 'L', 1, '{}', 'k', '', '', 't', 0)").run(), /FOREIGN KEY/);
+      assert.throws(() => own.prepare("INSERT INTO metering_entries VALUES (1, 'nohost', 'L', 1, '{}', 'k', '', '', 't', 0, 0)").run(), /FOREIGN KEY/);
     } finally {
       own.close();
     }
@@ -487,5 +488,53 @@ describe("MeteringStore.acceptGap", () => {
     assert.deepEqual(allEntries(store).map((e) => [e.fleetSeq, e.seq]), [[1, 1], [2, 2], [3, 3], [4, 10], [5, 11], [6, 12]], "fleet_seq stays gapless");
     assert.deepEqual(store.acceptedGaps("h1"), [gap]);
     store.close();
+  });
+});
+
+describe("MeteringStore: stored rows are checksummed (migration 3)", () => {
+  it("a flipped byte in a stored line (or a column parsed from it) is refused on read, serve and redelivery, naming the table, host and seq; nothing is deleted", () => {
+    const dir = freshDir();
+    const store = openStore(dir);
+    store.merge("h1", "L1", batch(1, 3, (s) => line(s, "vm.compute.start", `vm${s}`)));
+    store.merge("h2", "L2", batch(1, 2));
+    const good = allEntries(store);
+    // Another process flips one byte of h1's seq 2 in the file's data (as a bad disk would).
+    const raw = new Database(join(dir, METERING_STORE_FILE));
+    raw.prepare("UPDATE metering_entries SET line = replace(line, '\"vm_id\":\"vm2\"', '\"vm_id\":\"vm7\"') WHERE host = 'h1' AND seq = 2").run();
+    raw.close();
+    const named = (e: unknown) =>
+      e instanceof MeteringStoreCorruptError &&
+      e.message.includes(join(dir, METERING_STORE_FILE)) &&
+      /table metering_entries, host "h1", ledger L1, seq 2 \(fleet_seq 2\): the stored row does not match its checksum/.test(e.message);
+    assert.throws(() => store.read(0, 100), named);
+    assert.throws(() => store.read(2, 1), named);
+    assert.throws(() => store.entriesOf("h1"), named);
+    assert.throws(() => store.merge("h1", "L1", batch(2, 2, (s) => line(s, "vm.compute.start", `vm${s}`))), named);
+    // Rows before it and other hosts' rows are still served; nothing was deleted.
+    assert.deepEqual(store.read(0, 1), good.slice(0, 1));
+    assert.deepEqual(store.entriesOf("h2"), good.filter((e) => e.host === "h2"));
+    assert.equal(store.lastFleetSeq(), 5);
+    // A flipped parsed column is caught the same way.
+    const raw2 = new Database(join(dir, METERING_STORE_FILE));
+    raw2.prepare("UPDATE metering_entries SET vm_id = 'vm9' WHERE host = 'h2' AND seq = 1").run();
+    raw2.close();
+    assert.throws(() => store.entriesOf("h2"), (e: unknown) => e instanceof MeteringStoreCorruptError && /host "h2", ledger L2, seq 1/.test(e.message));
+  });
+
+  it("a store from before checksums (schema 2) gets them for its existing rows when migrated, and they verify", () => {
+    const dir = freshDir();
+    const file = join(dir, METERING_STORE_FILE);
+    const old = new Database(file);
+    old.pragma("journal_mode = WAL");
+    migrate(old, file, METERING_MIGRATIONS.slice(0, 2));
+    old.prepare("INSERT INTO host_cursors (host, ledger_id, seq, ledger_changes, updated_at_ms) VALUES ('h1', 'L1', 2, 0, 5)").run();
+    const insert = old.prepare("INSERT INTO metering_entries VALUES (?, 'h1', 'L1', ?, ?, 'vm.compute.start', 'vm1', '', '2026-05-20T01:02:03.5Z', 5)");
+    insert.run(1, 1, line(1));
+    insert.run(2, 2, line(2));
+    old.close();
+    const store = openStore(dir);
+    assert.deepEqual(store.read(0, 10).map((e) => [e.fleetSeq, e.seq, e.line]), [[1, 1, line(1)], [2, 2, line(2)]]);
+    store.merge("h1", "L1", batch(3, 3));
+    assert.equal(allEntries(store).length, 3);
   });
 });
