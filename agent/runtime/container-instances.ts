@@ -3,7 +3,7 @@ import { InstanceKind, InstanceSchema, InstanceSource, InstanceState, type Insta
 import { ContainerState, type Container } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
 import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
-import type { ContainerRuntime } from "./container-runtime.js";
+import type { ContainerLimits, ContainerRuntime } from "./container-runtime.js";
 import type { StepCause } from "../metering/lifecycle-entries.js";
 import { hostInterfaceOf } from "./host-interface.js";
 
@@ -24,8 +24,22 @@ export function instanceStateOf(state: ContainerState): InstanceState {
   }
 }
 
+/**
+ * A container's limits as the instance's shape (metering meters it): vCPUs are the CPU limit
+ * rounded up to whole CPUs (allocated_vcpus is an integer; a container limited to 1.5 CPUs runs
+ * on two), memory the memory limit. No limit = 0 = no shape for it (metered as `{}`: the
+ * container may use the whole host, which is no allocation of its own).
+ */
+export function shapeOfLimits(limits: ContainerLimits | undefined): { vcpus: number; memoryBytes: bigint } {
+  const cores = limits?.cpuCores;
+  // To the millicore first: 1.5e9 / 1e9 is exact, but a quota/period may not be (0.1 + 0.2).
+  const vcpus = cores !== undefined && cores > 0 ? Math.ceil(Math.round(cores * 1000) / 1000) : 0;
+  const memoryBytes = limits?.memoryBytes !== undefined && limits.memoryBytes > 0n ? limits.memoryBytes : 0n;
+  return { vcpus, memoryBytes };
+}
+
 /** The runtime-owned fields of a container's instance; everything else is kept from `previous`. */
-export function instanceOf(runtime: string, c: Container, previous: Instance | undefined, hostInterface = c.hostInterface): Instance {
+export function instanceOf(runtime: string, c: Container, previous: Instance | undefined, hostInterface = c.hostInterface, limits?: ContainerLimits): Instance {
   const next = previous ? clone(InstanceSchema, previous) : create(InstanceSchema, { id: c.id });
   next.name = c.name;
   next.kind = InstanceKind.CONTAINER;
@@ -39,6 +53,10 @@ export function instanceOf(runtime: string, c: Container, previous: Instance | u
   next.hypervisor = runtime;
   next.runtimeRef = `${runtime}/${c.externalId}`;
   next.labels = { ...c.labels };
+  // The runtime owns the shape too: a limit changed in place (docker update) is a resize.
+  const shape = shapeOfLimits(limits);
+  next.allocatedVcpus = shape.vcpus;
+  next.allocatedMemoryBytes = shape.memoryBytes;
   return next;
 }
 
@@ -131,7 +149,7 @@ export class ContainerInstanceSync {
           this.logger.warn({ instance_id: c.id, runtime_ref: `${prefix}${c.externalId}` }, "a registered instance has this container's id; container not added to the inventory");
           continue;
         }
-        const next = instanceOf(r.name, c, previous, this.hostInterface(c));
+        const next = instanceOf(r.name, c, previous, this.hostInterface(c), r.limits?.(c.externalId));
         if (previous && equals(InstanceSchema, previous, next)) continue;
         writes.push(this.registry.upsert(next, { cause: causeOf(previous, c) }).catch((e: Error) => this.logger.error({ err: e.message, instance_id: c.id }, "could not store a container instance")));
       }

@@ -55,9 +55,25 @@ export interface ContainerRuntime extends EventEmitter<ContainerRuntimeEvents> {
    */
   streamLogs(externalId: string, options: LogOptions & { follow: boolean }, signal: AbortSignal): AsyncIterable<LogBatch>;
   health(externalId: string, signal?: AbortSignal): Promise<ContainerHealth>;
+  /**
+   * The CPU and memory limits the container was given (Docker HostConfig, Kubernetes
+   * resources.limits), as of `containers()`; undefined for a container it does not know. The
+   * inventory meters them as the instance's shape. (Optional: runtimes without limits.)
+   */
+  limits?(externalId: string): ContainerLimits | undefined;
   /** The docker standby driver (Kubernetes: UNIMPLEMENTED). */
   pause(externalId: string): Promise<void>;
   unpause(externalId: string): Promise<void>;
+}
+
+/**
+ * Configured limits, not usage. A field is unset when there is no limit (the container may use
+ * the whole host): the instance then has no shape for it, rather than a made-up one.
+ */
+export interface ContainerLimits {
+  /** CPUs the container may use, fractional (`--cpus 1.5`, `cpu: 1500m`). */
+  cpuCores?: number;
+  memoryBytes?: bigint;
 }
 
 export interface LogOptions {

@@ -92,8 +92,10 @@ describe.skipIf(skip)("kubectl against the Kubernetes API double", () => {
     assert.deepEqual(row("report-9z8xw"), ["shop", "report-9z8xw", "0/1", "Error"]);
     assert.deepEqual(row("migrate-28871234-7fxkq"), ["shop", "migrate-28871234-7fxkq", "0/1", "Completed"]);
     assert.deepEqual(row("debug-shell"), ["default", "debug-shell", "0/1", "ContainerCreating"]);
+    assert.deepEqual(row("api-typo-pull"), ["default", "api-typo-pull", "0/1", "ErrImagePull"]);
+    assert.deepEqual(row("api-typo-backoff"), ["default", "api-typo-backoff", "0/1", "ImagePullBackOff"]);
     assert.match(t.find((cells) => cells[1] === "db-0")![4]!, /^1 \(\d+d ago\)$/, "restarts with the last restart's age");
-    assert.equal(t.length, 9);
+    assert.equal(t.length, 11);
   });
 
   it("get pods -n NS NAME -o wide, and --chunk-size paging through continue tokens", async () => {
@@ -104,7 +106,7 @@ describe.skipIf(skip)("kubectl against the Kubernetes API double", () => {
     assert.deepEqual([row![0], row![5], row![6]], ["web-7d4b9c8f6-x2x9k", "10.244.1.12", "node-1"]);
     const paged = await kubectl(["get", "pods", "-A", "--chunk-size", "3", "-o", "name"]);
     assert.equal(paged.code, 0, paged.stderr);
-    assert.equal(paged.stdout.trim().split("\n").length, 8);
+    assert.equal(paged.stdout.trim().split("\n").length, 10);
     assert.ok(double.requestsTo("/api/v1/pods", (q) => q.query.get("limit") === "3" && q.query.has("continue")).length >= 2);
   });
 
@@ -118,6 +120,15 @@ describe.skipIf(skip)("kubectl against the Kubernetes API double", () => {
     assert.equal(web.code, 0, web.stderr);
     assert.match(web.stdout, /Readiness:\s+http-get http:\/\/:8080\/healthz delay=0s timeout=1s period=5s #success=1 #failure=3/);
     assert.match(web.stdout, /Controlled By:\s+ReplicaSet\/web-7d4b9c8f6/);
+    // The image-pull failures: waiting reasons, and the limits the agent meters as the shape.
+    const pull = await kubectl(["describe", "pod", "-n", "default", "api-typo-pull"]);
+    assert.equal(pull.code, 0, pull.stderr);
+    assert.match(pull.stdout, /State:\s+Waiting\n\s+Reason:\s+ErrImagePull/);
+    assert.match(pull.stdout, /Limits:\n\s+cpu:\s+1500m\n\s+memory:\s+768Mi/);
+    assert.match(pull.stdout, /QoS Class:\s+Guaranteed/);
+    const backoff = await kubectl(["describe", "pod", "-n", "default", "api-typo-backoff"]);
+    assert.equal(backoff.code, 0, backoff.stderr);
+    assert.match(backoff.stdout, /State:\s+Waiting\n\s+Reason:\s+ImagePullBackOff/);
   });
 
   it("get deploy: Deployments as a Table", async () => {
@@ -191,8 +202,11 @@ describe.skipIf(skip)("kubectl against the Kubernetes API double", () => {
       while ((!/debug-shell\s+0\/1\s+Running/.test(tableOut) || !jsonOut.includes("10.244.2.50")) && Date.now() < deadline) await sleep(20);
       const lines = tableOut.trim().split("\n");
       assert.match(lines[0]!, /^NAME\s+READY\s+STATUS\s+RESTARTS\s+AGE$/);
-      assert.match(lines[1]!, /^debug-shell\s+0\/1\s+ContainerCreating\s+0\s+/);
-      assert.match(lines[2]!, /^debug-shell\s+0\/1\s+Running\s+0\s+/);
+      // The namespace's three pods first (in the double's order), then the change.
+      assert.equal(lines.length, 5);
+      assert.ok(lines.slice(1, 4).some((l) => /^debug-shell\s+0\/1\s+ContainerCreating\s+0\s+/.test(l)), tableOut);
+      assert.ok(lines.slice(1, 4).some((l) => /^api-typo-pull\s+0\/1\s+ErrImagePull\s+0\s+/.test(l)), tableOut);
+      assert.match(lines[4]!, /^debug-shell\s+0\/1\s+Running\s+0\s+/);
       const event = JSON.parse(jsonOut) as { type: string; object: { kind: string; status: { podIP: string } } };
       assert.equal(event.type, "MODIFIED");
       assert.equal(event.object.kind, "Pod");

@@ -14,6 +14,7 @@ export const ROOT_FILES = [
   "test/e2e/conntrack-process-source.test.ts",
   "test/e2e/docker-logs.test.ts",
   "test/e2e/docker-runtime.test.ts",
+  "test/e2e/docker-shapes.test.ts",
   "test/e2e/docker-standby-netns.test.ts",
   "test/e2e/fuzz-rpc.test.ts",
   "test/e2e/metrics-veth.test.ts",
@@ -22,6 +23,7 @@ export const ROOT_FILES = [
   "test/e2e/standby-unsupported.test.ts",
   "test/e2e/state-dir-errors.test.ts",
   "test/e2e/up.test.ts",
+  "test/e2e/up-demo-standby.test.ts",
 ];
 
 /**

@@ -49,6 +49,11 @@ export interface DockerInspect {
   HostConfig?: {
     /** Bytes; 0 = no limit. */
     Memory?: number;
+    /** `--cpus` in billionths of a CPU; 0 = not set. */
+    NanoCpus?: number;
+    /** `--cpu-quota` / `--cpu-period` in µs (CFS); quota 0 or -1 = not set, period 0 = the kernel's 100 ms. */
+    CpuQuota?: number;
+    CpuPeriod?: number;
   };
   NetworkSettings?: {
     IPAddress?: string;
@@ -80,11 +85,14 @@ export interface DockerCpuStats {
   online_cpus?: number;
 }
 
-/** GET /containers/{id}/stats?stream=false&one-shot=true */
+/** GET /containers/{id}/stats?stream=false (one-shot=true: `precpu_stats` empty, `preread` zero) */
 export interface DockerStatsJson {
   /** When sampled; Go's zero time for a container that is not running. */
   read?: string;
+  /** When `precpu_stats` was sampled (the engine's previous read, ~1 s earlier); zero time in one-shot answers. */
+  preread?: string;
   cpu_stats?: DockerCpuStats;
+  precpu_stats?: DockerCpuStats;
   memory_stats?: {
     usage?: number;
     limit?: number;

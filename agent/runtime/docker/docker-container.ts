@@ -7,6 +7,7 @@ import {
   type Container,
   type ContainerHealth,
 } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
+import type { ContainerLimits } from "../container-runtime.js";
 import type { DockerInspect } from "./docker-api-types.js";
 import { timestampFromDockerTime } from "./docker-time.js";
 
@@ -132,6 +133,25 @@ export function inspectToHealth(inspect: DockerInspect): ContainerHealth {
     lastProbeAt: timestampFromDockerTime(last?.End) ?? timestampFromDockerTime(last?.Start),
   });
 }
+
+/**
+ * HostConfig → the limits the container runs under: CPUs from NanoCpus (`--cpus`), else CFS
+ * quota / period (`--cpu-quota`, period 0 = the kernel's 100 ms); memory from Memory (`-m`).
+ * 0 or a negative quota is "no limit". (`--cpuset-cpus` pins CPUs without limiting how much of
+ * them is used; it is not a limit here.)
+ */
+export function dockerLimits(hostConfig: DockerInspect["HostConfig"]): ContainerLimits {
+  const limits: ContainerLimits = {};
+  const nano = hostConfig?.NanoCpus ?? 0;
+  const quota = hostConfig?.CpuQuota ?? 0;
+  if (nano > 0) limits.cpuCores = nano / 1e9;
+  else if (quota > 0) limits.cpuCores = quota / ((hostConfig?.CpuPeriod ?? 0) > 0 ? hostConfig!.CpuPeriod! : DEFAULT_CFS_PERIOD_US);
+  const memory = hostConfig?.Memory ?? 0;
+  if (memory > 0) limits.memoryBytes = BigInt(memory);
+  return limits;
+}
+
+const DEFAULT_CFS_PERIOD_US = 100_000;
 
 /** The Docker health status word of an event ("healthy") for a HealthStatus, "" otherwise. */
 export function healthStatusWord(status: HealthStatus): string {

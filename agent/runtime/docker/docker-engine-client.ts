@@ -120,9 +120,13 @@ export class DockerEngineClient {
     return inspect;
   }
 
-  /** One-shot stats: one answer, no second read by the engine, never a stream. */
-  async stats(id: string, signal?: AbortSignal): Promise<DockerStatsJson> {
-    return (await call(`docker container ${short(id)}`, signal, (s) => this.container(id).stats({ stream: false, "one-shot": true, abortSignal: s }))) as DockerStatsJson;
+  /**
+   * One answer, never a stream. `oneShot` (the default): one read by the engine, `precpu_stats`
+   * empty. Without it the engine answers after its second read (one collection tick later, ~1 s)
+   * with the first in `precpu_stats`: what `docker stats --no-stream` computes CPU% from.
+   */
+  async stats(id: string, signal?: AbortSignal, oneShot = true): Promise<DockerStatsJson> {
+    return (await call(`docker container ${short(id)}`, signal, (s) => this.container(id).stats({ stream: false, "one-shot": oneShot, abortSignal: s }))) as DockerStatsJson;
   }
 
   async pause(id: string): Promise<void> {

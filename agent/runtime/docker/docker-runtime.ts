@@ -15,10 +15,10 @@ import {
 } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { errorMessage } from "../../../lib/error-message.js";
 import { mapBounded } from "../../../lib/worker-pool.js";
-import type { ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../container-runtime.js";
+import type { ContainerLimits, ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../container-runtime.js";
 import { silentLogger, type RuntimeLogger } from "../runtime-logger.js";
 import type { DockerEventMessage, DockerInspect } from "./docker-api-types.js";
-import { DOCKER_RUNTIME, dockerState, inspectToContainer, inspectToHealth } from "./docker-container.js";
+import { DOCKER_RUNTIME, dockerLimits, dockerState, inspectToContainer, inspectToHealth } from "./docker-container.js";
 import { resolveDockerReference } from "./docker-container-lookup.js";
 import { parseDockerHost, type DockerEndpoint } from "./docker-endpoint.js";
 import { DockerEngineClient } from "./docker-engine-client.js";
@@ -87,6 +87,8 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
   private known = new Map<string, Container>();
   /** HostConfig.Memory per container (stats tell an unlimited container by it). */
   private configuredMemory = new Map<string, number>();
+  /** CPU and memory limits per container (HostConfig), for the instance's shape. */
+  private limitsById = new Map<string, ContainerLimits>();
   private cpuSamples = new Map<string, DockerCpuSample>();
 
   /** Where the next session's replay starts: the last event's timeNano or the last bookmark. */
@@ -140,10 +142,13 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
     return [...this.known.values()];
   }
 
+  limits(externalId: string): ContainerLimits | undefined {
+    return this.limitsById.get(externalId);
+  }
+
   async stats(externalId: string, signal?: AbortSignal): Promise<ContainerStats> {
     const client = this.requireClient();
     const id = await this.resolve(client, externalId, signal);
-    const raw = await client.stats(id, signal);
     let container = this.known.get(id);
     let configured = this.configuredMemory.get(id);
     if (!container || configured === undefined) {
@@ -152,13 +157,18 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
       configured = inspect.HostConfig?.Memory ?? 0;
     }
     const runId = container.startedAt ? `${container.startedAt.seconds}.${container.startedAt.nanos}` : "";
+    // Without an earlier sample of this run, let the engine read twice (one tick more, ~1 s) so
+    // even a one-off sample has CPU%; with one, a single read against it is enough.
+    const previous = this.cpuSamples.get(id);
+    const oneShot = previous !== undefined && previous.runId === runId;
+    const raw = await client.stats(id, signal, oneShot);
     const { stats, sample } = dockerStatsToContainerStats({
       raw,
       externalId: id,
       name: container.name,
       instanceId: container.id,
       runId,
-      previous: this.cpuSamples.get(id),
+      previous,
       configuredMemoryBytes: configured,
       hostMemoryBytes: this.hostMemoryBytes,
     });
@@ -357,9 +367,11 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
     }
     const containers = new Map<string, Container>();
     this.configuredMemory.clear();
+    this.limitsById.clear();
     for (const [id, inspect] of inspects) {
       containers.set(id, this.containerOf(id, inspect));
       this.configuredMemory.set(id, inspect.HostConfig?.Memory ?? 0);
+      this.limitsById.set(id, dockerLimits(inspect.HostConfig));
     }
     const synthetic = reconnecting ? diffTold(told, containers.values(), nowNs()) : [];
     for (const id of this.cpuSamples.keys()) if (!containers.has(id)) this.cpuSamples.delete(id);
@@ -413,6 +425,8 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
         if (inspect) {
           this.known.set(id, this.containerOf(id, inspect));
           this.configuredMemory.set(id, inspect.HostConfig?.Memory ?? 0);
+          // `docker update --cpus/--memory` emits "update": the new limits arrive here.
+          this.limitsById.set(id, dockerLimits(inspect.HostConfig));
           if (event.action === "die") event.errorDetail = inspect.State?.Error ?? "";
         } else {
           this.forget(id);
@@ -445,6 +459,7 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
     this.stopRequests.delete(id);
     this.known.delete(id);
     this.configuredMemory.delete(id);
+    this.limitsById.delete(id);
     this.cpuSamples.delete(id);
   }
 

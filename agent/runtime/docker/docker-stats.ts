@@ -5,10 +5,12 @@ import { DOCKER_RUNTIME } from "./docker-container.js";
 import { parseDockerTime, timestampFromNs } from "./docker-time.js";
 
 /**
- * One-shot stats JSON (GET /containers/{id}/stats?stream=false&one-shot=true) → ContainerStats
- * (runtime.md "Stats"). Pure: the CPU baseline is this agent's previous sample of the same
- * container, passed in and handed back, because a one-shot answer's `precpu_stats` is empty
- * (the engine skips the second read that would fill it). Anything the engine did not report is
+ * Stats JSON (GET /containers/{id}/stats?stream=false) → ContainerStats (runtime.md "Stats").
+ * Pure. The CPU baseline is the engine's own previous read (`precpu_stats`, ~1 s before `read`)
+ * when the answer has one — the runtime asks for it (one-shot=false) when it has no earlier
+ * sample of this run, as `docker stats --no-stream` does — else this agent's previous sample of
+ * the same container, passed in and handed back (a one-shot answer's `precpu_stats` is empty:
+ * the engine skips the second read that would fill it). Anything the engine did not report is
  * unset with a reason in `unavailable` — never -1, never a 0 that would read as a measurement.
  */
 
@@ -74,10 +76,12 @@ export function dockerStatsToContainerStats(input: DockerStatsInput): { stats: C
       unavailable.push("cpu_percent: system_cpu_usage not reported by the engine");
     } else {
       sample = { runId: input.runId, containerNs, systemNs };
-      const reason = cpuPercentUnavailable(input.previous, sample, onlineCpus);
+      // The engine's baseline is the same run by construction (one call) and the more recent.
+      const baseline = engineBaseline(raw, input.runId) ?? input.previous;
+      const reason = cpuPercentUnavailable(baseline, sample, onlineCpus);
       if (reason) unavailable.push(`cpu_percent: ${reason}`);
       else {
-        const prev = input.previous!;
+        const prev = baseline!;
         stats.cpuPercent = ((containerNs - prev.containerNs) / (systemNs - prev.systemNs)) * onlineCpus! * 100;
       }
     }
@@ -141,9 +145,21 @@ export function dockerStatsToContainerStats(input: DockerStatsInput): { stats: C
   return { stats, sample };
 }
 
+/**
+ * The engine's previous read of this container (`precpu_stats`), when the answer carries one: a
+ * one-shot answer has zero counters and no system_cpu_usage there, which is no baseline.
+ */
+function engineBaseline(raw: DockerStatsJson, runId: string): DockerCpuSample | undefined {
+  const pre = raw.precpu_stats;
+  const containerNs = pre?.cpu_usage?.total_usage;
+  const systemNs = pre?.system_cpu_usage;
+  if (containerNs === undefined || systemNs === undefined || systemNs <= 0) return undefined;
+  return { runId, containerNs, systemNs };
+}
+
 /** Why CPU% cannot be computed from these two samples, or undefined when it can. */
 function cpuPercentUnavailable(previous: DockerCpuSample | undefined, current: DockerCpuSample, onlineCpus: number | undefined): string | undefined {
-  if (!previous) return "first sample of this container (CPU% needs a previous one)";
+  if (!previous) return "first sample of this container and no previous read from the engine (CPU% needs two)";
   if (previous.runId !== current.runId) return "container restarted since the previous sample";
   if (current.containerNs < previous.containerNs || current.systemNs < previous.systemNs) return "counter went down since the previous sample (restart)";
   if (current.systemNs === previous.systemNs) return "no time passed since the previous sample";

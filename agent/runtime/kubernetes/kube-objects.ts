@@ -39,6 +39,8 @@ export interface PodSpecContainer {
   hasReadinessProbe: boolean;
   /** resources.limits.memory, as written ("512Mi"). */
   memoryLimit?: string;
+  /** resources.limits.cpu, as written ("500m", "1.5"). */
+  cpuLimit?: string;
 }
 
 export interface ContainerStateWaiting {
@@ -85,6 +87,8 @@ export interface Pod {
     containers: PodSpecContainer[];
     /** Pod-level resources.limits.memory (a newer field); wins over the containers' sum. */
     memoryLimit?: string;
+    /** Pod-level resources.limits.cpu, likewise. */
+    cpuLimit?: string;
   };
   status: {
     phase: string;
@@ -196,9 +200,10 @@ export function toPod(value: unknown): Pod {
       containers: arr(spec.containers).flatMap((c) => {
         if (!isObject(c) || typeof c.name !== "string") return [];
         const limits = obj(obj(c.resources).limits);
-        return [{ name: c.name, image: str(c.image), hasReadinessProbe: isObject(c.readinessProbe), memoryLimit: optStr(limits.memory) }];
+        return [{ name: c.name, image: str(c.image), hasReadinessProbe: isObject(c.readinessProbe), memoryLimit: optStr(limits.memory), cpuLimit: optStr(limits.cpu) }];
       }),
       memoryLimit: optStr(obj(obj(spec.resources).limits).memory),
+      cpuLimit: optStr(obj(obj(spec.resources).limits).cpu),
     },
     status: {
       phase: str(status.phase),

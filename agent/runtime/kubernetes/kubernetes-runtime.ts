@@ -16,19 +16,21 @@ import {
 } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { raceAbort } from "../../../lib/abort-race.js";
 import { invalidArgument, truncate } from "../../../lib/rpc/field-error.js";
-import type { ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../container-runtime.js";
+import type { ContainerLimits, ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../container-runtime.js";
 import { silentLogger, type RuntimeLogger } from "../runtime-logger.js";
 import { ControllerResolver } from "./controller-resolver.js";
 import { KubeApiClient, KubeApiError, type Query } from "./kube-api-client.js";
 import { describeSource, loadKubeConfig } from "./kube-config-loader.js";
 import { describeFailure, toConnectError } from "./kube-errors.js";
 import { toPod, type Pod } from "./kube-objects.js";
+import { podFacts } from "./pod-event-facts.js";
 import { podActions, podEvent } from "./pod-events.js";
 import { PodListWatch, type ChangeSource, type PodChange } from "./pod-list-watch.js";
+import { podLimits } from "./pod-limits.js";
 import { PodLogReader } from "./pod-log-reader.js";
 import { PodMetricsCache } from "./pod-metrics-cache.js";
 import { podStats } from "./pod-stats.js";
-import { defaultContainerOf, lastExitCode, podHealth, podKey, podToContainer, RUNTIME_NAME, type ControllerRef } from "./pod-to-container.js";
+import { defaultContainerOf, podHealth, podKey, podToContainer, RUNTIME_NAME, type ControllerRef } from "./pod-to-container.js";
 import { errorMessage } from "../../../lib/error-message.js";
 
 export interface KubernetesRuntimeOptions {
@@ -76,6 +78,10 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
   /** The shared metrics list (exposed for tests: `fetches`). */
   readonly metrics: PodMetricsCache;
   private readonly byKey = new Map<string, Container>();
+  /** resources.limits per pod (same keys as byKey), for the instance's shape. */
+  private readonly limitsByKey = new Map<string, ContainerLimits>();
+  /** The error detail of each pod's last view: a new one alone is an "error" event. */
+  private readonly errorDetailByKey = new Map<string, string>();
   private readonly logStreams = new Set<AbortController>();
   private everConnected = false;
   private connectedSince: Timestamp | undefined;
@@ -149,6 +155,10 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
   containers(): Container[] {
     this.requireConnected();
     return [...this.byKey.values()];
+  }
+
+  limits(externalId: string): ContainerLimits | undefined {
+    return this.limitsByKey.get(externalId);
   }
 
   async stats(externalId: string, signal?: AbortSignal): Promise<ContainerStats> {
@@ -344,14 +354,18 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
       if (change.type === "deleted") {
         const previous = this.byKey.get(key);
         this.byKey.delete(key);
+        this.limitsByKey.delete(key);
+        const prevErrorDetail = this.errorDetailByKey.get(key);
+        this.errorDetailByKey.delete(key);
         if (source === "initial" || !previous) continue;
         let last = previous;
         if (change.pod) {
           // The DELETED event's object is the pod's final state: report what changed up to it.
           const controller: ControllerRef | undefined = previous.controllerKind ? { kind: previous.controllerKind, name: previous.controllerName } : undefined;
           last = podToContainer(change.pod, controller);
-          for (const action of podActions(previous, last, lastExitCode(change.pod))) this.emit("event", podEvent(last, action, synthetic));
+          for (const action of podActions(previous, last, podFacts(change.pod), prevErrorDetail)) this.emit("event", podEvent(last, action, synthetic));
         }
+        // A deleted object says when deletion was asked for, not when it was done: agent time.
         this.emit("event", podEvent(last, { action: "destroy" }, synthetic));
         continue;
       }
@@ -359,8 +373,12 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
       const next = podToContainer(change.pod, controller);
       const previous = change.type === "modified" ? this.byKey.get(key) : undefined;
       this.byKey.set(key, next);
+      this.limitsByKey.set(key, podLimits(change.pod));
+      const facts = podFacts(change.pod);
+      const prevErrorDetail = this.errorDetailByKey.get(key);
+      this.errorDetailByKey.set(key, facts.errorDetail);
       if (source === "initial") continue;
-      for (const action of podActions(previous, next, lastExitCode(change.pod))) this.emit("event", podEvent(next, action, synthetic));
+      for (const action of podActions(previous, next, facts, prevErrorDetail)) this.emit("event", podEvent(next, action, synthetic));
     }
     if (changes.length > 0 || source === "initial") this.emit("containers");
   }

@@ -4,6 +4,7 @@ import { isIPv4 } from "node:net";
 import { ContainerHealthSchema, ContainerSchema, ContainerState, HealthStatus, type Container, type ContainerHealth } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { parseRfc3339Nano } from "../log-line-assembler.js";
 import type { Pod, PodContainerStatus } from "./kube-objects.js";
+import { podFailingStreak } from "./pod-event-facts.js";
 
 export const RUNTIME_NAME = "kubernetes";
 
@@ -86,8 +87,8 @@ function millis(text: string | undefined): number | undefined {
  * Readiness as health: has_healthcheck when any container has a readinessProbe; HEALTHY when the
  * Ready condition is True; STARTING until the pod has been ready since its probed containers
  * (re)started; UNHEALTHY when it was ready and is not anymore, or is not running. last_output is
- * the Ready condition's message. The kubelet does not publish probe counts, so failing_streak
- * stays 0.
+ * the Ready condition's message. The kubelet does not publish probe counts: failing_streak is
+ * the restart count of a not-ready container whose last run failed (podFailingStreak).
  */
 export function podHealth(pod: Pod): ContainerHealth {
   const probed = pod.spec.containers.filter((c) => c.hasReadinessProbe).map((c) => c.name);
@@ -114,6 +115,7 @@ export function podHealth(pod: Pod): ContainerHealth {
   } else {
     health.status = HealthStatus.UNHEALTHY;
   }
+  if (health.status !== HealthStatus.HEALTHY) health.failingStreak = podFailingStreak(pod);
   return health;
 }
 

@@ -4,7 +4,9 @@ import { clone, create } from "@bufbuild/protobuf";
 import { InstanceKind, InstanceSchema, InstanceSource, InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.js";
 import { ContainerState } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
-import { ContainerInstanceSync } from "../../../agent/runtime/container-instances.js";
+import { ContainerInstanceSync, shapeOfLimits } from "../../../agent/runtime/container-instances.js";
+import type { ContainerLimits } from "../../../agent/runtime/container-runtime.js";
+import { MeteringLedger } from "../../../agent/metering/ledger.js";
 import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
 import { createDockerDriver } from "../../../agent/standby/drivers/docker-driver.js";
 import { createLogger } from "../../../lib/rpc/logger.js";
@@ -29,6 +31,57 @@ beforeEach(() => {
 afterEach(() => {
   sync.close();
   dir.remove();
+});
+
+/** A fake runtime that also reports limits (Docker HostConfig / Kubernetes resources.limits). */
+class LimitedRuntime extends FakeRuntime {
+  readonly limitsById = new Map<string, ContainerLimits>();
+  limits(externalId: string): ContainerLimits | undefined {
+    return this.limitsById.get(externalId);
+  }
+}
+
+describe("container limits → instance shape", () => {
+  it("vCPUs are the CPU limit rounded up to whole CPUs, memory the memory limit; no limit = no shape", () => {
+    assert.deepEqual(shapeOfLimits({ cpuCores: 1.5, memoryBytes: 256n << 20n }), { vcpus: 2, memoryBytes: 256n << 20n });
+    assert.deepEqual(shapeOfLimits({ cpuCores: 1 }), { vcpus: 1, memoryBytes: 0n });
+    assert.deepEqual(shapeOfLimits({ cpuCores: 0.25 }), { vcpus: 1, memoryBytes: 0n });
+    assert.deepEqual(shapeOfLimits({ cpuCores: 0.1 + 0.2 + 0.7 }), { vcpus: 1, memoryBytes: 0n }, "1.0000000000000002 is one CPU");
+    assert.deepEqual(shapeOfLimits({}), { vcpus: 0, memoryBytes: 0n });
+    assert.deepEqual(shapeOfLimits(undefined), { vcpus: 0, memoryBytes: 0n });
+  });
+
+  it("a container's limits are its instance's shape, metered at start; a limit changed in place is a resize", async () => {
+    const ledgerDir = tempDir("ctr-ledger");
+    try {
+      const ledger = MeteringLedger.open(ledgerDir.path);
+      await registry.attachLedger(ledger);
+      const rt = new LimitedRuntime("docker");
+      const limitedSync = new ContainerInstanceSync(registry, [rt], createLogger("test", "silent"));
+      rt.limitsById.set("lim1", { cpuCores: 1.5, memoryBytes: 256n << 20n });
+      rt.put({ externalId: "lim1", id: "docker-lim1", state: ContainerState.RUNNING });
+      rt.put({ externalId: "free1", id: "docker-free1", state: ContainerState.RUNNING });
+      await limitedSync.schedule();
+      const lim = registry.get("docker-lim1")!;
+      assert.equal(lim.allocatedVcpus, 2);
+      assert.equal(lim.allocatedMemoryBytes, 256n << 20n);
+      assert.equal(registry.get("docker-free1")!.allocatedVcpus, 0, "no limit: no shape");
+      const entries = () => ledger.read(1, 100).map((e) => `${e.kind} ${e.reason} ${e.vmId} ${JSON.stringify(e.shape)}`);
+      assert.ok(entries().includes(`vm.compute.start boot docker-lim1 {"cpu":2,"memBytes":268435456}`), entries().join("\n"));
+      assert.ok(entries().includes("vm.compute.start boot docker-free1 {}"), "unlimited: metered with no shape");
+      const before = ledger.lastSeq;
+      // docker update --memory 512m: the runtime reports the new limit with the same container.
+      rt.limitsById.set("lim1", { cpuCores: 1.5, memoryBytes: 512n << 20n });
+      rt.put({ externalId: "lim1", id: "docker-lim1", state: ContainerState.RUNNING }, "update");
+      await limitedSync.schedule();
+      assert.equal(registry.get("docker-lim1")!.allocatedMemoryBytes, 512n << 20n);
+      const resize = ledger.read(before + 1, 100).filter((e) => e.kind.startsWith("vm.compute")).map((e) => `${e.kind} ${e.reason} ${e.shape.memBytes}`);
+      assert.deepEqual(resize, ["vm.compute.stop resize 268435456", "vm.compute.start resize 536870912"]);
+      limitedSync.close();
+    } finally {
+      ledgerDir.remove();
+    }
+  });
 });
 
 describe("ContainerInstanceSync", () => {

@@ -132,7 +132,8 @@ export type ContainerHealth = Message<"fleetlet.agent.v1.ContainerHealth"> & {
   status: HealthStatus;
 
   /**
-   * Consecutive failed probes.
+   * Consecutive failed probes (Docker). Kubernetes publishes no probe counts: there it is the
+   * restart count of the pod's not-ready container whose last run failed (0 while ready).
    *
    * @generated from field: int32 failing_streak = 3;
    */
@@ -389,7 +390,8 @@ export const ListContainersResponseSchema: GenMessage<ListContainersResponse> = 
 export type RuntimeEvent = Message<"fleetlet.agent.v1.RuntimeEvent"> & {
   /**
    * "create", "start", "die", "oom", "pause", "unpause", "destroy", "restart", "kill", "stop",
-   * "rename", "health_status", ... (Docker's actions; Kubernetes pod changes mapped to them).
+   * "rename", "health_status", ... (Docker's actions; Kubernetes pod changes mapped to them,
+   * plus "error": a pod that starts failing with no other change, e.g. ErrImagePull).
    *
    * @generated from field: string action = 1;
    */
@@ -453,7 +455,8 @@ export type RuntimeEvent = Message<"fleetlet.agent.v1.RuntimeEvent"> & {
 
   /**
    * Made by the agent from a relist after a reconnect (the change happened while the runtime
-   * was unreachable; its time is when the agent saw it).
+   * was unreachable; its time is the object's own when it has one (Kubernetes startedAt,
+   * finishedAt, conditions), else when the agent saw it).
    *
    * @generated from field: bool synthetic = 12;
    */
@@ -580,8 +583,9 @@ export type ContainerStats = Message<"fleetlet.agent.v1.ContainerStats"> & {
   timestamp?: Timestamp | undefined;
 
   /**
-   * CPU since this agent's previous sample of the same container; 100 = one core fully used.
-   * Unset on the first sample and after the counter went down (a restart).
+   * CPU since this agent's previous sample of the same container, or on a first sample since
+   * the engine's own previous read (Docker precpu_stats); 100 = one core fully used. Unset
+   * when there is no earlier reading and after the counter went down (a restart).
    *
    * @generated from field: optional double cpu_percent = 6;
    */

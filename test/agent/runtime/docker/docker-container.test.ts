@@ -1,7 +1,7 @@
 import { describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { ContainerState, HealthStatus } from "../../../../gen/fleetlet/agent/v1/runtime_pb.js";
-import { dockerInstanceId, dockerState, inspectToContainer, inspectToHealth } from "../../../../agent/runtime/docker/docker-container.js";
+import { dockerInstanceId, dockerLimits, dockerState, inspectToContainer, inspectToHealth } from "../../../../agent/runtime/docker/docker-container.js";
 import type { DockerInspect } from "../../../../agent/runtime/docker/docker-api-types.js";
 import { inspectFixture } from "./docker-fixtures.js";
 
@@ -138,5 +138,24 @@ describe("docker health (recorded inspect JSON)", () => {
 
   it("an empty Test is no healthcheck", () => {
     assert.equal(inspectToHealth({ Id: "b".repeat(64), Config: { Healthcheck: { Test: [] } } }).hasHealthcheck, false);
+  });
+});
+
+describe("docker limits (recorded inspect JSON)", () => {
+  it("--cpus 1.5 --memory 256m: NanoCpus and Memory", () => {
+    assert.deepEqual(dockerLimits(inspectFixture("cpus-memory-limited").HostConfig), { cpuCores: 1.5, memoryBytes: 268435456n });
+  });
+
+  it("--cpu-quota 50000 --cpu-period 100000: half a CPU, no memory limit", () => {
+    assert.deepEqual(dockerLimits(inspectFixture("cpu-quota").HostConfig), { cpuCores: 0.5 });
+  });
+
+  it("no limits: nothing set (Memory 0, NanoCpus 0, CpuQuota 0); a quota with the default period; -1 is no quota", () => {
+    assert.deepEqual(dockerLimits(inspectFixture("running-tty-compose").HostConfig), {});
+    assert.deepEqual(dockerLimits({ CpuQuota: 250000, CpuPeriod: 0 }), { cpuCores: 2.5 }, "period 0 = the kernel's 100 ms");
+    assert.deepEqual(dockerLimits({ CpuQuota: -1, CpuPeriod: 100000 }), {});
+    assert.deepEqual(dockerLimits(undefined), {});
+    // NanoCpus wins (the engine refuses both together, but an older one may report both).
+    assert.deepEqual(dockerLimits({ NanoCpus: 2e9, CpuQuota: 50000, CpuPeriod: 100000 }), { cpuCores: 2 });
   });
 });

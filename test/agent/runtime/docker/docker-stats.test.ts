@@ -70,6 +70,31 @@ describe("docker stats → ContainerStats", () => {
     assert.equal(busy.cpuPercent, 200);
   });
 
+  it("a one-off sample has CPU% from the engine's own previous read (precpu_stats, recorded with one-shot=false)", () => {
+    // A single-threaded burner: the engine read 980287491 ns of container CPU over 2e9 ns of
+    // system time (2 CPUs × ~1 s) between preread and read: 98% of one core.
+    const { stats, sample } = dockerStatsToContainerStats(input(statsFixture("v1-two-reads"), { configuredMemoryBytes: 268435456 }));
+    assert.equal(reasonFor(stats.unavailable, "cpu_percent"), undefined);
+    assert.ok(stats.cpuPercent !== undefined && Math.abs(stats.cpuPercent - ((3223021407 - 2242733916) / (39868880000000 - 39866880000000)) * 2 * 100) < 1e-9);
+    assert.equal(stats.cpuUsageNsec, 3223021407n);
+    // The agent's own baseline for the next (one-shot) sample is this read.
+    assert.deepEqual(sample, { runId: "run-1", containerNs: 3223021407, systemNs: 39868880000000 });
+    // The engine's baseline wins over an older sample of the agent's (it covers the last second).
+    const old = { runId: "run-1", containerNs: 0, systemNs: 39000000000000 };
+    assert.equal(dockerStatsToContainerStats(input(statsFixture("v1-two-reads"), { previous: old })).stats.cpuPercent, stats.cpuPercent);
+  });
+
+  it("a recorded one-shot answer has no engine baseline (zero precpu, no system time): CPU% needs the agent's previous sample", () => {
+    const oneShot = statsFixture("v1-one-shot-burning");
+    const alone = dockerStatsToContainerStats(input(oneShot)).stats;
+    assert.equal(alone.cpuPercent, undefined);
+    assert.match(reasonFor(alone.unavailable, "cpu_percent") ?? "", /first sample .* no previous read from the engine/);
+    // Recorded 1 s after the two-reads answer of the same container: 865969343 ns over 2e9 ns.
+    const { sample } = dockerStatsToContainerStats(input(statsFixture("v1-two-reads")));
+    const next = dockerStatsToContainerStats(input(oneShot, { previous: sample })).stats;
+    assert.ok(next.cpuPercent !== undefined && Math.abs(next.cpuPercent - ((4088990750 - 3223021407) / (39870880000000 - 39868880000000)) * 2 * 100) < 1e-9);
+  });
+
   it("online_cpus missing: the per-CPU list's length (cgroup v1)", () => {
     const first = statsFixture("v1-unlimited");
     const { sample } = dockerStatsToContainerStats(input(first));

@@ -96,12 +96,14 @@ describe("Kubernetes runtime against the API double", () => {
     assert.equal(info.connected, true);
     assert.equal(info.name, "kubernetes");
     assert.equal(info.endpoint, h.double.url);
-    assert.equal(info.containers, 8);
+    assert.equal(info.containers, 10);
     assert.ok(info.connectedSince);
     await waitFor(() => h.runtime.info().version === "v1.32.4", "the server version");
 
     const cs = h.runtime.containers();
     assert.deepEqual(cs.map((c) => c.externalId).sort(), [
+      "default/api-typo-backoff",
+      "default/api-typo-pull",
       "default/debug-shell",
       "kube-system/node-exporter-5kq7z",
       "shop/db-0",
@@ -273,7 +275,7 @@ describe("Kubernetes runtime against the API double", () => {
     ]);
     assert.deepEqual(
       h.runtime.containers().map((c) => c.externalId).sort(),
-      ["default/debug-shell", "kube-system/node-exporter-5kq7z", "shop/db-0", "shop/db-1", "shop/migrate-28871234-7fxkq", "shop/web-7d4b9c8f6-q8h2n", "shop/web-7d4b9c8f6-x2x9k", "shop/worker-5f6d7c8b9-tlz4p"],
+      ["default/api-typo-backoff", "default/api-typo-pull", "default/debug-shell", "kube-system/node-exporter-5kq7z", "shop/db-0", "shop/db-1", "shop/migrate-28871234-7fxkq", "shop/web-7d4b9c8f6-q8h2n", "shop/web-7d4b9c8f6-x2x9k", "shop/worker-5f6d7c8b9-tlz4p"],
     );
     assert.equal(h.runtime.resourceVersion, h.double.resourceVersion);
     assert.deepEqual(h.transitions, ["connected", "disconnected", "connected"]);
@@ -323,7 +325,7 @@ describe("Kubernetes runtime against the API double", () => {
     assert.equal(h.runtime.watchCounters.lists, 1, "no relist needed");
     assert.equal(h.runtime.info().lastError, "");
     assert.equal(h.runtime.info().reconnects, 1);
-    assert.equal(h.runtime.containers().length, 7);
+    assert.equal(h.runtime.containers().length, 9);
     assert.ok(attempts < 40, `retries backed off while down (${attempts} requests in 300 ms)`);
   });
 
@@ -335,7 +337,7 @@ describe("Kubernetes runtime against the API double", () => {
     assert.deepEqual(h.transitions, ["disconnected"]);
     await h.double.up();
     await waitFor(() => h.runtime.info().connected, "the connection", 3_000);
-    assert.equal(h.runtime.containers().length, 8);
+    assert.equal(h.runtime.containers().length, 10);
     assert.equal(h.events.length, 0, "the first list is a snapshot even after failed attempts");
   });
 
@@ -347,7 +349,7 @@ describe("Kubernetes runtime against the API double", () => {
     assert.equal(h.double.requests[0]!.authorization, "Bearer wrong", "the kubeconfig's token was sent");
     h.double.token = "wrong";
     await waitFor(() => h.runtime.info().connected, "the connection");
-    assert.equal(h.runtime.containers().length, 8);
+    assert.equal(h.runtime.containers().length, 10);
   });
 
   it("404/403 Status bodies become NOT_FOUND, PERMISSION_DENIED with the server's message; an unknown container is INVALID_ARGUMENT naming the field", async () => {
@@ -398,7 +400,7 @@ describe("Kubernetes runtime against the API double", () => {
     const running = h.runtime.containers().filter((c) => c.state === ContainerState.RUNNING);
     assert.equal(running.length, 4);
     const all = await Promise.all(h.runtime.containers().map((c) => h.runtime.stats(c.externalId)));
-    assert.equal(h.double.requestsTo("/apis/metrics.k8s.io/v1beta1/pods").length, 1, "one list for 8 pods");
+    assert.equal(h.double.requestsTo("/apis/metrics.k8s.io/v1beta1/pods").length, 1, "one list for 10 pods");
     assert.equal(h.double.requestsTo(/^\/apis\/metrics\.k8s\.io\/v1beta1\/namespaces\//).length, 0, "no per-pod GET");
     const s = (name: string) => all.find((x) => x.name === name)!;
     assert.equal(s("db-0").cpuPercent, 150);
@@ -546,7 +548,7 @@ describe("Kubernetes runtime against the API double", () => {
   it("scope: a node's pods (field selector on list and watch), a namespace's pods and metrics", async () => {
     const h = await harness({ runtime: { nodeName: "node-2" } });
     await waitFor(() => h.double.openWatches === 1, "the watch");
-    assert.deepEqual(h.runtime.containers().map((c) => c.name).sort(), ["debug-shell", "migrate-28871234-7fxkq", "web-7d4b9c8f6-q8h2n"]);
+    assert.deepEqual(h.runtime.containers().map((c) => c.name).sort(), ["api-typo-backoff", "api-typo-pull", "debug-shell", "migrate-28871234-7fxkq", "web-7d4b9c8f6-q8h2n"]);
     for (const r of h.double.requestsTo("/api/v1/pods")) assert.equal(r.query.get("fieldSelector"), "spec.nodeName=node-2");
     await rejectsWith(h.runtime.stats("shop/db-0"), Code.NotFound, /not found \(watching node node-2\)/);
     h.double.updatePod("shop", "db-0", () => {});
@@ -566,14 +568,45 @@ describe("Kubernetes runtime against the API double", () => {
   it("lists in pages (limit/continue) from one snapshot version", async () => {
     const h = await harness({ runtime: { listPageSize: 3 } });
     const lists = h.double.requestsTo("/api/v1/pods", (r) => !r.query.has("watch"));
-    assert.equal(lists.length, 3);
-    assert.deepEqual(lists.map((r) => r.query.has("continue")), [false, true, true]);
-    assert.equal(h.runtime.containers().length, 8);
+    assert.equal(lists.length, 4);
+    assert.deepEqual(lists.map((r) => r.query.has("continue")), [false, true, true, true]);
+    assert.equal(h.runtime.containers().length, 10);
   });
 
   it("pods cannot be paused: UNIMPLEMENTED", async () => {
     const h = await harness({ start: false });
     await rejectsWith(h.runtime.pause("shop/db-0"), Code.Unimplemented, /kubernetes pods cannot be paused/);
     await rejectsWith(h.runtime.unpause("shop/db-0"), Code.Unimplemented, /kubernetes pods cannot be paused/);
+  });
+
+  it("watched changes carry the object's times and error details; limits follow the pod spec", async () => {
+    const h = await harness();
+    await waitFor(() => h.double.openWatches === 1, "the watch");
+    assert.deepEqual(h.runtime.limits("default/api-typo-pull"), { cpuCores: 1.5, memoryBytes: 768n * 1024n * 1024n });
+    assert.deepEqual(h.runtime.limits("shop/db-0"), {}, "no limits: no shape");
+    assert.equal(h.runtime.limits("shop/ghost"), undefined);
+    h.double.updatePod("default", "debug-shell", (p) => {
+      p.status.containerStatuses[0].state = { waiting: { reason: "ErrImagePull", message: "pull access denied" } };
+    });
+    h.double.updatePod("shop", "worker-5f6d7c8b9-tlz4p", (p) => {
+      const s = p.status.containerStatuses[0];
+      s.restartCount = 6;
+      s.lastState = { terminated: { exitCode: 1, reason: "Error", startedAt: "2025-11-22T07:57:44Z", finishedAt: "2025-11-22T07:57:46Z" } };
+      s.state = { running: { startedAt: "2025-11-22T08:00:26Z" } };
+    });
+    h.double.updatePod("default", "api-typo-pull", (p) => {
+      p.spec.containers[0].resources.limits = { cpu: "2500m", memory: "1Gi" };
+    });
+    await waitFor(() => h.events.length >= 4, "the events");
+    await sleep(50);
+    const seen = h.events.map((e) => [describeEvent(e), e.errorDetail, timestampDate(e.timestamp!).toISOString()]);
+    assert.equal(seen[0]![0], "error default/debug-shell");
+    assert.equal(seen[0]![1], "shell: ErrImagePull: pull access denied");
+    assert.deepEqual(seen.slice(1), [
+      ["die(1) shop/worker-5f6d7c8b9-tlz4p", "worker: Error (exit code 1)", "2025-11-22T07:57:46.000Z"],
+      ["restart shop/worker-5f6d7c8b9-tlz4p", "", "2025-11-22T08:00:26.000Z"],
+      ["start shop/worker-5f6d7c8b9-tlz4p", "", "2025-11-22T08:00:26.000Z"],
+    ]);
+    assert.deepEqual(h.runtime.limits("default/api-typo-pull"), { cpuCores: 2.5, memoryBytes: 1024n ** 3n });
   });
 });

@@ -125,7 +125,7 @@ describe("pod → Container", () => {
 
 describe("pod changes → actions", () => {
   const running = container("db-0");
-  const names = (prev: Container | undefined, next: Container, last?: number) => podActions(prev, next, last).map((a) => a.action + (a.exitCode !== undefined ? `(${a.exitCode})` : "") + (a.healthStatus ? `:${a.healthStatus}` : ""));
+  const names = (prev: Container | undefined, next: Container, last?: number) => podActions(prev, next, { lastExitCode: last }).map((a) => a.action + (a.exitCode !== undefined ? `(${a.exitCode})` : "") + (a.healthStatus ? `:${a.healthStatus}` : ""));
 
   it("a new pod: create, plus start when running, die when already finished; a first 'starting' is not news", () => {
     assert.deepEqual(names(undefined, container("web-7d4b9c8f6-x2x9k")), ["create", "start", "health_status:healthy"]);
