@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createDemoNet, removeDemoNet, type DemoNet } from "./demo-network.js";
+import { DEMO_ECHO_PORT, type DemoHost, type DemoNet } from "./demo-network.js";
 
 /** A small real workload `fleetlet up` starts when the host has no hypervisor processes. */
 export interface DemoInstance {
@@ -8,10 +8,8 @@ export interface DemoInstance {
   child: ChildProcess;
   vcpus: number;
   memoryBytes: bigint;
-  /** Set with --demo-network: the demo's namespace, host-side interface and address. */
+  /** Set with --demo-network: the demo's namespace, its veth end in the host namespace and address. */
   net?: DemoNet;
-  /** Bytes `up` sends it per refresh, so each demo shows its own traffic pattern. */
-  trafficBytes: number;
 }
 
 // Each demo is a Node process with a duty cycle of busy work and a resident buffer, so CPU and
@@ -22,10 +20,14 @@ const PROFILES = [
   { id: "demo-idle", name: "idle", busyMs: 0, periodMs: 1000, residentMiB: 8, vcpus: 1, memMiB: 128, trafficBytes: 0 },
 ];
 
-export function startDemoInstances(withNetwork: boolean): DemoInstance[] {
+/** The bytes each demo is sent every second with --demo-network, by index (0 = none), so each shows its own traffic pattern. */
+export const DEMO_TRAFFIC_BYTES = PROFILES.map((p) => p.trafficBytes);
+
+/** Starts the demos; with `host` (--demo-network), each in its namespace with an echo server. */
+export function startDemoInstances(host?: DemoHost): DemoInstance[] {
   return PROFILES.map((p, index) => {
-    const demoNet = withNetwork ? createDemoNet(index) : undefined;
-    const echo = demoNet ? `require("net").createServer((s) => { s.on("error", () => {}); s.pipe(s); }).listen(7000, "${demoNet.guestIp}");` : "";
+    const demoNet = host?.nets[index];
+    const echo = demoNet ? `require("net").createServer((s) => { s.on("error", () => {}); s.pipe(s); }).listen(${DEMO_ECHO_PORT}, "${demoNet.guestIp}");` : "";
     const script = `
       ${echo}
       const keep = Buffer.alloc(${p.residentMiB} * 1024 * 1024, 1);
@@ -35,13 +37,21 @@ export function startDemoInstances(withNetwork: boolean): DemoInstance[] {
     const child = demoNet
       ? spawn("ip", ["netns", "exec", demoNet.namespace, process.execPath, "-e", script], { stdio: ["pipe", "ignore", "ignore"] })
       : spawn(process.execPath, ["-e", script], { stdio: ["pipe", "ignore", "ignore"] });
-    return { id: p.id, name: p.name, child, vcpus: p.vcpus, memoryBytes: BigInt(p.memMiB) << 20n, net: demoNet, trafficBytes: p.trafficBytes };
+    return { id: p.id, name: p.name, child, vcpus: p.vcpus, memoryBytes: BigInt(p.memMiB) << 20n, net: demoNet };
   });
 }
 
-export function stopDemoInstances(demos: DemoInstance[]): void {
-  for (const d of demos) {
-    if (d.child.exitCode === null && d.child.pid !== undefined) d.child.kill("SIGTERM");
-    if (d.net) removeDemoNet(d.net);
-  }
+/** SIGTERM by pid, and wait for each to exit (SIGKILL after 5 s). */
+export async function stopDemoInstances(demos: DemoInstance[]): Promise<void> {
+  await Promise.all(
+    demos.map((d) => {
+      if (d.child.exitCode !== null || d.child.signalCode !== null || d.child.pid === undefined) return undefined;
+      const exited = new Promise<void>((r) => d.child.once("exit", () => r()));
+      const kill = setTimeout(() => d.child.kill("SIGKILL"), 5000);
+      // A demo on standby is stopped (SIGSTOP): it acts on SIGTERM only once continued.
+      d.child.kill("SIGCONT");
+      d.child.kill("SIGTERM");
+      return exited.finally(() => clearTimeout(kill));
+    }),
+  );
 }

@@ -7,15 +7,18 @@ import { createClient } from "@connectrpc/connect";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { InventoryService, InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
 import { ConnectionState, FleetService, HostSyncState } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import type { StandbyPolicySchema } from "../gen/fleetlet/agent/v1/standby_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import { readAllPages } from "../lib/paging/read-all-pages.js";
-import type { ListenAddress } from "../lib/listen-address.js";
+import { parseHostPort, type ListenAddress } from "../lib/listen-address.js";
 import { discoverHypervisors } from "../agent/discovery/hypervisor-discovery.js";
-import { startDemoInstances, stopDemoInstances, type DemoInstance } from "./demo-instances.js";
-import { pokeDemo } from "./demo-network.js";
+import { DEMO_TRAFFIC_BYTES, startDemoInstances, stopDemoInstances, type DemoInstance } from "./demo-instances.js";
+import { DEMO_ECHO_PORT, removeStaleDemoNamespaces } from "./demo-network.js";
+import { startDemoHost, type RunningDemoHost } from "./demo-host.js";
 import { parse } from "./options.js";
 import { formatAge, formatTable } from "./table.js";
-import { hostResultLines, statsTable } from "./get-command.js";
+import { hostResultLines, standbyTable, statsTable } from "./get-command.js";
 import { errorMessage } from "../lib/error-message.js";
 
 const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../bin/fleetlet.js");
@@ -30,7 +33,11 @@ interface UpOptions {
   duration?: number;
   demo: boolean;
   demoNetwork: boolean;
+  demoConntrackRule: boolean;
 }
+
+/** With --demo-network every demo gets this policy, so standby and wake show for real. */
+const DEMO_STANDBY_POLICY: MessageInitShape<typeof StandbyPolicySchema> = { enabled: true, idleTimeout: "10s", wakeOnTraffic: true, driver: "signal" };
 
 export function upCommand(): Command {
   return new Command("up")
@@ -43,7 +50,11 @@ export function upCommand(): Command {
     .option("--refresh <duration>", "table refresh interval", parse.durationMs, 1000)
     .option("--duration <duration>", "stop by itself after this long (default: run until Ctrl-C)", parse.durationMs)
     .option("--no-demo", "do not start demo instances when no hypervisor is found")
-    .option("--demo-network", "root only: put each demo instance in a network namespace of its own behind a veth pair (fl-demo<N>) and send it traffic, so NET columns show real counters")
+    .option(
+      "--demo-network",
+      "root only: run the agent in a network namespace of its own (fl-demo-host-<pid>, conntrack on there) and each demo behind a veth pair (fl-demo<N>) in another, send them traffic, and give them a 10s standby policy: NET columns show real counters, and standby and wake work for real",
+    )
+    .option("--no-demo-conntrack-rule", "with --demo-network: no rule using conntrack in the agent's namespace, as on a host whose kernel tracks no connections")
     .action(async (opts: UpOptions) => {
       process.exitCode = await runUp(opts);
     });
@@ -53,9 +64,11 @@ async function runUp(opts: UpOptions): Promise<number> {
   const out = process.stdout;
   const children: { name: string; child: ChildProcess }[] = [];
   let demos: DemoInstance[] = [];
+  let demoHost: RunningDemoHost | undefined;
   const stopAll = async () => {
-    stopDemoInstances(demos);
+    await stopDemoInstances(demos);
     await Promise.all(children.map(({ child }) => stopChild(child)));
+    await demoHost?.stop();
   };
   let interrupted = false;
   const wake: (() => void)[] = [];
@@ -69,12 +82,29 @@ async function runUp(opts: UpOptions): Promise<number> {
   try {
     const base = resolve(opts.stateDir);
     mkdirSync(base, { recursive: true });
-    const agentAddr = `${opts.agentListen.hostForClients}:${opts.agentListen.port}`;
+    let agentAddr = `${opts.agentListen.hostForClients}:${opts.agentListen.port}`;
+    let agentMetricsAddr = opts.agentMetricsListen;
     const aggAddr = `${opts.aggregatorListen.hostForClients}:${opts.aggregatorListen.port}`;
     out.write(`fleetlet up: state and logs in ${base}\n`);
+    // Found before the agent starts: with --demo-network, demos mean the agent runs in their network.
+    const found = discoverHypervisors();
+    const withDemos = found.length === 0 && opts.demo;
+    let agentArgs = ["--listen", opts.agentListen.grpcTarget, "--metrics-listen", opts.agentMetricsListen];
+    let agentPrefix: string[] = [];
+    if (withDemos && opts.demoNetwork) {
+      if (process.getuid?.() !== 0) throw new Error("--demo-network needs root (it creates network namespaces)");
+      const stale = removeStaleDemoNamespaces();
+      if (stale.length > 0) out.write(`removed network namespaces left by an earlier run: ${stale.join(", ")}\n`);
+      const metricsListen = opts.agentMetricsListen === "off" ? undefined : parseHostPort(opts.agentMetricsListen);
+      demoHost = await startDemoHost(opts.agentListen, metricsListen, DEMO_TRAFFIC_BYTES, opts.demoConntrackRule);
+      agentAddr = demoHost.agentAddress;
+      agentMetricsAddr = demoHost.metricsAddress ?? "off";
+      agentArgs = demoHost.agentListenArgs;
+      agentPrefix = demoHost.agentCommandPrefix;
+    }
     children.push({
       name: "agent",
-      child: spawnDaemon(["agent", "--listen", opts.agentListen.grpcTarget, "--state-dir", join(base, "agent"), "--metrics-listen", opts.agentMetricsListen], join(base, "agent.log")),
+      child: spawnDaemon(["agent", ...agentArgs, "--state-dir", join(base, "agent")], join(base, "agent.log"), agentPrefix),
     });
     children.push({
       name: "aggregator",
@@ -90,7 +120,7 @@ async function runUp(opts: UpOptions): Promise<number> {
     try {
       await waitReady("agent", () => inventory.listInstances({}, { timeoutMs: 500 }), children[0]!.child, join(base, "agent.log"));
       await waitReady("aggregator", () => fleet.listHosts({}, { timeoutMs: 500 }), children[1]!.child, join(base, "aggregator.log"));
-      const metricsNote = opts.agentMetricsListen === "off" ? "" : ` (metrics http://${opts.agentMetricsListen}/metrics)`;
+      const metricsNote = agentMetricsAddr === "off" ? "" : ` (metrics http://${agentMetricsAddr}/metrics)`;
       out.write(`agent on ${agentAddr}${metricsNote}, aggregator on ${aggAddr}\n`);
 
       // Demo instances of an earlier run point at processes that are gone: drop them first.
@@ -98,7 +128,6 @@ async function runUp(opts: UpOptions): Promise<number> {
       for (const i of existing.flatMap((p) => p.instances)) {
         if (i.labels["fleetlet.dev/demo"] === "true") await inventory.deregisterInstance({ instanceId: i.id });
       }
-      const found = discoverHypervisors();
       for (const h of found) {
         await inventory.registerInstance({
           instance: {
@@ -109,29 +138,28 @@ async function runUp(opts: UpOptions): Promise<number> {
           },
         });
       }
-      if (found.length > 0) out.write(`registered ${found.length} hypervisor process(es) found in /proc\n`);
-      else if (opts.demo) {
-        if (opts.demoNetwork && process.getuid?.() !== 0) throw new Error("--demo-network needs root (it creates network namespaces)");
-        demos = startDemoInstances(opts.demoNetwork);
+      if (found.length > 0) out.write(`registered ${found.length} hypervisor process(es) found in /proc${opts.demoNetwork ? " (no demos: --demo-network not used)" : ""}\n`);
+      else if (withDemos) {
+        demos = startDemoInstances(demoHost?.host);
         for (const d of demos) {
           await inventory.registerInstance({
             instance: {
               id: d.id, name: d.name, kind: InstanceKind.PROCESS, state: InstanceState.RUNNING, pid: d.child.pid,
               hypervisor: "process", allocatedVcpus: d.vcpus, allocatedMemoryBytes: d.memoryBytes,
               tapDevice: d.net?.hostInterface ?? "", networkEnabled: d.net !== undefined, ip: d.net?.guestIp ?? "",
-              labels: { "fleetlet.dev/demo": "true" },
+              labels: { "fleetlet.dev/demo": "true" }, ...(d.net ? { standbyPolicy: DEMO_STANDBY_POLICY } : {}),
             },
           });
         }
         out.write(`no hypervisor processes found: started ${demos.length} demo instances (label fleetlet.dev/demo=true)\n`);
+        if (demoHost) out.write(demoNetworkLines(demoHost, demos));
       }
       out.write(`try: npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://${agentAddr}\n\n`);
 
       const endAt = opts.duration !== undefined ? Date.now() + opts.duration : Infinity;
       const tty = out.isTTY === true;
       while (!interrupted && Date.now() < endAt) {
-        await Promise.all(demos.filter((d) => d.net && d.trafficBytes > 0).map((d) => pokeDemo(d.net!, d.trafficBytes)));
-        const frame = await renderFleet(fleet);
+        const frame = await renderFleet(fleet, demoHost !== undefined);
         out.write(tty ? `\x1b[H\x1b[2J${frame}\n\n(Ctrl-C to stop)\n` : `${frame}\n\n`);
         await new Promise<void>((r) => {
           const t = setTimeout(r, Math.min(opts.refresh, Math.max(0, endAt - Date.now())));
@@ -159,10 +187,32 @@ async function runUp(opts: UpOptions): Promise<number> {
   }
 }
 
-async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetService>>): Promise<string> {
+/** Where the demo network is and how to try standby on it. */
+function demoNetworkLines(d: RunningDemoHost, demos: DemoInstance[]): string {
+  const ns = d.host.namespace;
+  const tracking =
+    d.host.conntrackRule !== "none"
+      ? `conntrack on there (${d.host.conntrackRule === "nftables" ? "nftables table inet fleetlet-demo" : "an iptables INPUT rule"}, in that namespace only)`
+      : d.host.conntrackRuleError
+        ? `WITHOUT conntrack: no rule could be added (${d.host.conntrackRuleError}), so the agent finds standby unsupported there`
+        : "WITHOUT a conntrack rule (--no-demo-conntrack-rule): the kernel tracks no connections there, as on a host with no rule using conntrack, so the agent finds standby unsupported there";
+  const lines = [
+    `demo network: the agent runs in network namespace ${ns}, ${tracking}`,
+    ...demos.filter((x) => x.net).map((x) => `  ${x.id} at ${x.net!.guestIp}:${DEMO_ECHO_PORT} (namespace ${x.net!.namespace}, interface ${x.net!.hostInterface})`),
+    `standby: each demo sleeps (SIGSTOP) after ${DEMO_STANDBY_POLICY.idleTimeout} without connections and traffic; demo-idle gets none. Wake it with a connection:`,
+    `  sudo ip netns exec ${ns} bash -c 'echo hi > /dev/tcp/${demos.find((x) => x.id === "demo-idle")?.net?.guestIp ?? ""}/${DEMO_ECHO_PORT}'`,
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetService>>, withStandby: boolean): Promise<string> {
   const time = new Date().toISOString().replace("T", " ").slice(0, 19);
   try {
-    const [hosts, stats] = await Promise.all([fleet.listHosts({}, { timeoutMs: 2000 }), fleet.listInstanceStats({}, { timeoutMs: 5000 })]);
+    const [hosts, stats, standby] = await Promise.all([
+      fleet.listHosts({}, { timeoutMs: 2000 }),
+      fleet.listInstanceStats({}, { timeoutMs: 5000 }),
+      withStandby ? fleet.listStandbyStatus({}, { timeoutMs: 5000 }) : undefined,
+    ]);
     const hostTable = formatTable(
       ["HOST", "ADDRESS", "CONNECTION", "INVENTORY", "LAST-SEEN", "INSTANCES", "LAST-ERROR"],
       hosts.hosts.map((h) => [
@@ -175,7 +225,8 @@ async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetSer
         h.lastError || "-",
       ]),
     );
-    return `fleetlet fleet  ${time}\n\n${hostTable}\n\n${statsTable(stats.stats, true)}\n\n${hostResultLines(stats.hostResults)}`;
+    const standbyPart = standby ? `\n\n${standbyTable(standby.statuses.map((s) => ({ host: s.host, status: s.status! })), true)}` : "";
+    return `fleetlet fleet  ${time}\n\n${hostTable}\n\n${statsTable(stats.stats, true)}${standbyPart}\n\n${hostResultLines(stats.hostResults)}`;
   } catch (e) {
     return `fleetlet fleet  ${time}\n\naggregator did not answer: ${errorMessage(e)}`;
   }
@@ -184,11 +235,13 @@ async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetSer
 /** Where each daemon's log started for this run (the files are appended to across runs). */
 const logStart = new WeakMap<ChildProcess, number>();
 
-function spawnDaemon(args: string[], logFile: string): ChildProcess {
+/** `prefix` (e.g. `ip netns exec NS`) execs the daemon, so the child's pid is the daemon's. */
+function spawnDaemon(args: string[], logFile: string, prefix: string[] = []): ChildProcess {
   mkdirSync(dirname(logFile), { recursive: true });
   const start = existsSync(logFile) ? statSync(logFile).size : 0;
   const log = openSync(logFile, "a");
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", log, log] });
+  const [command, ...rest] = [...prefix, process.execPath, BIN, ...args];
+  const child = spawn(command!, rest, { stdio: ["ignore", log, log] });
   logStart.set(child, start);
   return child;
 }

@@ -97,7 +97,7 @@ describe("fleetlet up", () => {
     assert.match(r.stdout, /fleetlet up: stopped/);
   });
 
-  it.skipIf(mustRunInCi(rootSkipReason()))("--demo-network puts the demos behind veth pairs: real network counters, all removed afterwards", async () => {
+  it.skipIf(mustRunInCi(rootSkipReason()))("--demo-network puts the demos behind veth pairs in namespaces of their own: real network counters, nothing in the root namespace, all removed afterwards", async () => {
     const d = tempDir("up-net");
     const [aggPort, agentPort] = [await freePort(), await freePort()];
     const r = await runFleetlet(
@@ -113,7 +113,10 @@ describe("fleetlet up", () => {
     const cols = web.trim().split(/\s{2,}/);
     assert.match(cols[7] ?? "", /^\d+(\.\d)?(Ki|Mi)$/, web);
     assert.match(cols[8] ?? "", /^\d+(\.\d)?(Ki|Mi)$/, web);
-    assert.equal(execFileSync("ip", ["-o", "link"], { encoding: "utf8" }).includes("fl-demo"), false, "veths removed");
-    assert.equal(execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).includes("fleetlet-demo"), false, "namespaces removed");
+    // The veths live in the demo's host namespace, never in the root namespace.
+    assert.equal(execFileSync("ip", ["-o", "link"], { encoding: "utf8" }).includes("fl-demo"), false, "no veth in the root namespace");
+    const pid = /network namespace fl-demo-host-(\d+)/.exec(r.stdout)?.[1];
+    assert.ok(pid, r.stdout);
+    assert.doesNotMatch(execFileSync("ip", ["netns", "list"], { encoding: "utf8" }), new RegExp(`^fl-demo\\S*-${pid}\\b`, "m"), "its namespaces removed");
   });
 });
