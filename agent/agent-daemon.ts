@@ -11,7 +11,7 @@ import { watchProcessLiveness } from "./inventory/process-liveness.js";
 import { join } from "node:path";
 import { MeteringService } from "../gen/fleetlet/agent/v1/metering_pb.js";
 import { MeteringLedger } from "./metering/ledger.js";
-import { registerMeteringInstruments } from "./metering/metering-metrics.js";
+import { registerMeteringEnabledGauge, registerMeteringInstruments } from "./metering/metering-metrics.js";
 import { startDiscovery } from "./discovery/discovery-sync.js";
 import { createMeteringService } from "./metering/metering-service.js";
 import { createInventoryService } from "./inventory/inventory-service.js";
@@ -19,6 +19,7 @@ import { DEFAULT_ROOTS, type KernelRoots } from "./kernel/instance-probe.js";
 import { createMetricsService } from "./metrics/metrics-service.js";
 import { StandbyService } from "../gen/fleetlet/agent/v1/standby_pb.js";
 import { setUpStandby } from "./standby/standby-setup.js";
+import type { StandbyTimings } from "./standby/standby-timings.js";
 import { createStandbyService } from "./standby/standby-service.js";
 import { DEFAULT_POLICY_LIMITS } from "./standby/standby-policy.js";
 import type { ExecDriverCommands } from "./standby/drivers/exec-driver.js";
@@ -47,10 +48,16 @@ export interface AgentOptions {
   /** Auto-standby over conntrack; false reports every instance UNSUPPORTED (tests, benches). */
   standby?: boolean;
   standbyConcurrency?: number;
+  /** --standby-min-idle: the shortest idle_timeout a policy may have (default 5 s). */
+  standbyMinIdleMs?: number;
+  /** --standby-reconcile-interval, --standby-sync-interval, --standby-reconnect-delay. */
+  standbyTimings?: StandbyTimings;
   /** Acknowledged ledger entries kept (default 1,000,000); unacknowledged ones always are. */
   meteringRetain?: number;
   /** Ledger segment size (default 64 MiB); retention deletes whole segments. */
   meteringSegmentBytes?: number;
+  /** false: `--metering off` (seed 000's NopRecorder): no ledger, lifecycle changes not metered. */
+  metering?: boolean;
   /** --discover: hypervisor processes in /proc become (read-only) instances. */
   discover?: boolean;
   /** Inventory changes kept for WatchInstances (default 16,384). */
@@ -81,11 +88,14 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const registry = InstanceRegistry.open(options.stateDir, roots, { watchHistory: options.watchHistory });
     // The metering ledger, made to agree with the registry before anything can change state
     // (a corrupt ledger or one that is not this registry's stops the agent: never skip data).
-    const ledger = MeteringLedger.open(join(options.stateDir, "metering"), { retainAcknowledgedEntries: options.meteringRetain, segmentBytes: options.meteringSegmentBytes });
+    // With --metering off there is none: not opened, not created, nothing written (the registry
+    // keeps what an earlier run still owed it for when metering is on again).
+    const ledger = options.metering === false ? undefined : MeteringLedger.open(join(options.stateDir, "metering"), { retainAcknowledgedEntries: options.meteringRetain, segmentBytes: options.meteringSegmentBytes });
     if (registry.store.tornRecords > 0) logger.warn({ torn_records: registry.store.tornRecords }, "instance registry: a torn last journal record (a crash mid-write, never acknowledged) is cut off before the next write");
-    if (ledger.tornLinesRepaired > 0) logger.warn({ torn_lines: ledger.tornLinesRepaired }, "metering ledger: a torn last line (a crash mid-write, never acknowledged) was cut off");
-    if (ledger.checksumsAdded > 0) logger.warn({ lines: ledger.checksumsAdded }, "metering ledger: lines without a checksum (the newest, cut by a crash, or a ledger from before checksums) were checksummed as they are");
-    await registry.attachLedger(ledger);
+    if (ledger && ledger.tornLinesRepaired > 0) logger.warn({ torn_lines: ledger.tornLinesRepaired }, "metering ledger: a torn last line (a crash mid-write, never acknowledged) was cut off");
+    if (ledger && ledger.checksumsAdded > 0) logger.warn({ lines: ledger.checksumsAdded }, "metering ledger: lines without a checksum (the newest, cut by a crash, or a ledger from before checksums) were checksummed as they are");
+    if (ledger) await registry.attachLedger(ledger);
+    else logger.info({ pending_entries: registry.pendingMeteringEntries }, "metering is off (--metering off): no ledger is opened and lifecycle changes are not metered");
     // A ledger outage (its disk full): said once when it begins and once when it ends.
     registry.onLedgerTrouble = (e) =>
       e.kind === "start"
@@ -94,14 +104,16 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     const collector = new StatsCollector(registry, { roots });
     // A RUNNING instance whose process is gone becomes STOPPED (metering's stop-crash).
     const stopLiveness = watchProcessLiveness(registry, logger, roots.proc);
-    const discovery = options.discover ? startDiscovery(registry, logger, { tapPrefix: options.tapPrefix }, roots.proc) : undefined;
+    const policyLimits = { ...DEFAULT_POLICY_LIMITS, ...(options.standbyMinIdleMs !== undefined ? { minIdleMs: options.standbyMinIdleMs } : {}) };
+    const validation = { tapPrefix: options.tapPrefix, standbyPolicyLimits: policyLimits };
+    const discovery = options.discover ? startDiscovery(registry, logger, validation, roots.proc) : undefined;
     // Watch ticks and scrapes share recent sweeps too: many streams opening at once, or a
     // scrape next to a watch, cost one pass over /proc, not one each.
     const sampler = new SharedSampler((ids) => collector.recentSweep(SAMPLER_SHARE_MS, ids));
     const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
     registerVmInstruments(metrics, () => collector.recentSweep(options.statsMaxAgeMs ?? 0), options.metricsLabelBudget, logger);
-    registerMeteringInstruments(metrics.meter, ledger, registry);
-    const validation = { tapPrefix: options.tapPrefix };
+    if (ledger) registerMeteringInstruments(metrics.meter, ledger, registry);
+    registerMeteringEnabledGauge(metrics.meter, ledger !== undefined);
     const runtimes = await setUpRuntimes(registry, options.runtime ?? { runtimes: "auto" }, logger);
     const standby = await setUpStandby(registry, {
       dockerRuntime: runtimes.docker,
@@ -111,6 +123,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       exec: options.standbyExec,
       conntrack: options.standby !== false,
       meter: metrics.meter,
+      timings: options.standbyTimings,
     });
     const server = await startGrpcServer({
       listen: options.listen,
@@ -119,13 +132,13 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       services: [
         serviceRegistration(InventoryService, createInventoryService(registry, validation)),
         serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),
-        serviceRegistration(StandbyService, createStandbyService(registry, standby.controller, DEFAULT_POLICY_LIMITS, standby.unsupportedReason)),
+        serviceRegistration(StandbyService, createStandbyService(registry, standby.controller, policyLimits)),
         serviceRegistration(RuntimeService, createRuntimeService(runtimes.runtimes, runtimes.events)),
-        serviceRegistration(MeteringService, createMeteringService(ledger)),
+        serviceRegistration(MeteringService, createMeteringService(ledger, registry)),
       ],
     });
     logger.info(
-      { address: server.address, state_dir: options.stateDir, ledger_id: ledger.ledgerId, ledger_last_seq: ledger.lastSeq, metrics: metrics.url, instances: registry.size, incarnation: registry.incarnation, runtimes: runtimes.runtimes.runtimes.map((r) => r.name) },
+      { address: server.address, state_dir: options.stateDir, metering: ledger ? "on" : "off", ledger_id: ledger?.ledgerId, ledger_last_seq: ledger?.lastSeq, metrics: metrics.url, instances: registry.size, incarnation: registry.incarnation, runtimes: runtimes.runtimes.runtimes.map((r) => r.name) },
       "agent serving",
     );
     let closed: Promise<void> | undefined;
@@ -144,7 +157,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
           await server.close();
           await runtimes.close();
           registry.close();
-          await ledger.close();
+          await ledger?.close();
           collector.close();
           await metrics.shutdown();
           claim.release();

@@ -9,6 +9,7 @@ import { createLogger } from "../lib/rpc/logger.js";
 import { applyConfigFile, configurable, parse } from "./options.js";
 import { errorMessage } from "../lib/error-message.js";
 import { DEFAULT_STREAM_LIMITS } from "../lib/rpc/stream-budget.js";
+import { DEFAULT_MIN_IDLE_MS, DEFAULT_STANDBY_TIMINGS } from "../agent/standby/standby-timings.js";
 
 /** Default state location: /var/lib/fleetlet as root, ./.fleetlet otherwise (architecture.md). */
 export function defaultStateBase(): string {
@@ -51,6 +52,11 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--stats-max-age <duration>", "ListInstanceStats may answer from a shared sweep this recent ('0s' = always sweep anew)").default(500, "500ms").argParser(parse.nonNegativeDurationMs))
     .addOption(configurable("AGENT", "--standby <on|off>", "auto-standby over conntrack (off: every instance reports UNSUPPORTED)").choices(["on", "off"]).default("on"))
     .addOption(configurable("AGENT", "--standby-concurrency <n>", "standby requests run at once").default(16).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--standby-min-idle <duration>", "shortest idle_timeout a standby policy may have").default(DEFAULT_MIN_IDLE_MS, "5s").argParser(parse.durationMs))
+    .addOption(configurable("AGENT", "--standby-reconcile-interval <duration>", "conntrack re-read while an instance has active connections").default(DEFAULT_STANDBY_TIMINGS.reconcileMs, "2s").argParser(parse.durationMs))
+    .addOption(configurable("AGENT", "--standby-sync-interval <duration>", "full conntrack resync and tracking check").default(DEFAULT_STANDBY_TIMINGS.syncMs, "5m").argParser(parse.durationMs))
+    .addOption(configurable("AGENT", "--standby-reconnect-delay <duration>", "restart of a dead conntrack reader, retry of a failed resync").default(DEFAULT_STANDBY_TIMINGS.reconnectMs, "200ms").argParser(parse.durationMs))
+    .addOption(configurable("AGENT", "--metering <on|off>", "the metering ledger (off: none is opened, lifecycle changes are not metered; MeteringService answers FAILED_PRECONDITION)").choices(["on", "off"]).default("on"))
     .addOption(configurable("AGENT", "--metering-retain <n>", "acknowledged metering entries kept on disk (unacknowledged ones always are)").default(1_000_000).argParser(parse.nonNegativeInt))
     .addOption(configurable("AGENT", "--metering-segment-bytes <n>", "metering ledger segment size; retention deletes whole segments").default(64 * 1024 * 1024, "67108864").argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--discover <on|off>", "hypervisor processes in /proc (cloud-hypervisor, firecracker, qemu-system-*) become read-only instances").choices(["on", "off"]).default("off"))
@@ -76,8 +82,13 @@ export function agentCommand(): Command {
         statsMaxAge: number;
         standby: string;
         standbyConcurrency: number;
+        standbyMinIdle: number;
+        standbyReconcileInterval: number;
+        standbySyncInterval: number;
+        standbyReconnectDelay: number;
         watchHistory: number;
         discover: string;
+        metering: string;
         meteringRetain: number;
         meteringSegmentBytes: number;
         standbyExec?: string;
@@ -116,8 +127,11 @@ export function agentCommand(): Command {
           statsMaxAgeMs: o.statsMaxAge,
           standby: o.standby === "on",
           standbyConcurrency: o.standbyConcurrency,
+          standbyMinIdleMs: o.standbyMinIdle,
+          standbyTimings: { reconcileMs: o.standbyReconcileInterval, syncMs: o.standbySyncInterval, reconnectMs: o.standbyReconnectDelay },
           watchHistory: o.watchHistory,
           discover: o.discover === "on",
+          metering: o.metering === "on",
           meteringRetain: o.meteringRetain,
           meteringSegmentBytes: o.meteringSegmentBytes,
           standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },

@@ -95,6 +95,8 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
               // Never a LAG 0 that is not known: an agent not heard from since the aggregator
               // started has no last seq ("?"), and an old report says how old it is.
               const reported = m?.agentReportedAt ? Date.now() - Number(timestampMs(m.agentReportedAt)) : undefined;
+              // An agent with --metering off has no ledger: nothing to lag behind, and not an error.
+              if (m?.meteringOff) return [h.name, "metering off", m.mergedSeq.toString(), "-", "-", "-", reported === undefined ? "never" : `${formatDurationMs(Math.max(0, Math.round(reported / 1000)) * 1000)} ago`, String(m.ledgerChanges), String(m.acceptedGaps), "-"];
               return [
                 h.name,
                 m?.ledgerId || "-",

@@ -123,25 +123,31 @@ export class InstanceRegistry {
         throw new Error(`${registry.path}: instance ${JSON.stringify(id)}: ${errorMessage(e)}`);
       }
     }
+    const storedSnapshots: Snapshot[] = [];
+    for (const [id, json] of state.snapshots) {
+      try {
+        storedSnapshots.push(fromJson(SnapshotSchema, json));
+      } catch (e) {
+        throw new Error(`${registry.path}: snapshot ${JSON.stringify(id)}: ${errorMessage(e)}`);
+      }
+    }
     // Stored with the version of their last change (so a restart renumbers nothing); the
     // working copies go without, so an identical re-registration compares equal.
-    registry.feed = new InventoryFeed(registry.incarnation, stored, Number(state.resourceVersion), registry.watchHistory);
+    registry.feed = new InventoryFeed(registry.incarnation, stored, Number(state.resourceVersion), registry.watchHistory, storedSnapshots);
     for (const i of stored) {
       const working = clone(InstanceSchema, i);
       working.resourceVersion = 0n;
       registry.instances.set(i.id, working);
     }
+    for (const s of storedSnapshots) {
+      const working = clone(SnapshotSchema, s);
+      working.resourceVersion = 0n;
+      registry.snapshots.set(s.id, working);
+    }
     if (state.meter) {
       for (const [id, [c, st, r]] of state.meter) registry.meter.set(id, { computeOpen: c === 1, storageOpen: st === 1, everRan: r === 1 });
     } else {
       registry.unmetered = [...registry.instances.keys()];
-    }
-    for (const [id, json] of state.snapshots) {
-      try {
-        registry.snapshots.set(id, fromJson(SnapshotSchema, json));
-      } catch (e) {
-        throw new Error(`${registry.path}: snapshot ${JSON.stringify(id)}: ${errorMessage(e)}`);
-      }
     }
     if (state.pending) {
       try {
@@ -271,7 +277,7 @@ export class InstanceRegistry {
       // Same content: acknowledge only once it is on disk (it may be in a write still pending,
       // or in one that failed and was rolled back: then this call writes it), its metering
       // entries included (a failed ledger append leaves them pending: the write retries it).
-      if (this.changeCount !== this.durableChangeCount || this.batch || this.pending) await this.commit();
+      if (this.changeCount !== this.durableChangeCount || this.batch || (this.pending && this.ledger)) await this.commit();
       return this.instances.get(input.id) ?? previous;
     }
     this.set(next.id, next, previous);
@@ -339,7 +345,7 @@ export class InstanceRegistry {
     if (previous) {
       if (!equals(SnapshotSchema, previous, snapshot)) throw new ConnectError(`snapshot ${JSON.stringify(snapshot.id)} is already registered with other values`, Code.AlreadyExists);
       await this.commit();
-      return previous;
+      return this.feed.getSnapshot(snapshot.id) ?? previous;
     }
     this.snapshots.set(snapshot.id, snapshot);
     this.dirtySnapshots.add(snapshot.id);
@@ -348,13 +354,14 @@ export class InstanceRegistry {
       this.snapshots.delete(snapshot.id);
       this.dirtySnapshots.add(snapshot.id);
     });
-    return snapshot;
+    return this.feed.getSnapshot(snapshot.id) ?? snapshot;
   }
 
   /** Removes a snapshot (snap.storage.stop snap-rm) — once: NOT_FOUND afterwards, no entry. */
   async removeSnapshot(id: string): Promise<Snapshot> {
     const previous = this.snapshots.get(id);
     if (!previous) throw new ConnectError(`snapshot ${JSON.stringify(id)} not found`, Code.NotFound);
+    const published = this.feed.getSnapshot(id);
     this.snapshots.delete(id);
     this.dirtySnapshots.add(id);
     this.pushEntries([snapshotRemovedEntry(id, previous.hypervisor, Number(previous.storageBytes), nowNs())]);
@@ -362,7 +369,7 @@ export class InstanceRegistry {
       this.snapshots.set(id, previous);
       this.dirtySnapshots.add(id);
     });
-    return previous;
+    return published ?? previous;
   }
 
   private pushEntries(entries: LifecycleEntry[]): void {
@@ -417,7 +424,10 @@ export class InstanceRegistry {
    * exactly the batch's changes (and those an undo put back).
    */
   private takeRecord(pending: JournalRecord["pending"]): { record: JournalRecord; prepared: PreparedChanges } {
-    const prepared = this.feed.prepare([...this.dirty].map((id) => [id, this.instances.get(id)]));
+    const prepared = this.feed.prepare(
+      [...this.dirty].map((id) => [id, this.instances.get(id)]),
+      [...this.dirtySnapshots].map((id) => [id, this.snapshots.get(id)]),
+    );
     const record: JournalRecord = { v: String(prepared.version) };
     const put: JsonValue[] = [];
     const del: string[] = [];
@@ -432,9 +442,10 @@ export class InstanceRegistry {
     }
     const snapPut: JsonValue[] = [];
     const snapDel: string[] = [];
+    const versionedSnapshot = this.versionedSnapshot(prepared);
     for (const id of this.dirtySnapshots) {
       const snap = this.snapshots.get(id);
-      if (snap) snapPut.push(toJson(SnapshotSchema, snap));
+      if (snap) snapPut.push(toJson(SnapshotSchema, versionedSnapshot(snap)));
       else snapDel.push(id);
     }
     this.dirty = new Set();
@@ -450,8 +461,16 @@ export class InstanceRegistry {
 
   /** A working copy as stored: with the version of its last change (this batch's or published). */
   private versioned(prepared: PreparedChanges): (i: Instance) => Instance {
-    const changed = new Map(prepared.changes.map((c) => [c.change.instance.id, c.change.instance]));
+    const changed = new Map<string, Instance>();
+    for (const c of prepared.changes) if (c.change.instance) changed.set(c.change.instance.id, c.change.instance);
     return (i) => changed.get(i.id) ?? this.feed.get(i.id) ?? i;
+  }
+
+  /** The same for a snapshot (stored with its version, like an instance). */
+  private versionedSnapshot(prepared: PreparedChanges): (s: Snapshot) => Snapshot {
+    const changed = new Map<string, Snapshot>();
+    for (const c of prepared.changes) if (c.change.snapshot) changed.set(c.change.snapshot.id, c.change.snapshot);
+    return (s) => changed.get(s.id) ?? this.feed.getSnapshot(s.id) ?? s;
   }
 
   /** Stops retrying a failed ledger append (the agent is stopping; a restart completes it). */
@@ -518,28 +537,36 @@ export class InstanceRegistry {
     // in the registry's last durable record, so this record adds only the batch's own (`pm`)
     // instead of writing them all again (a full ledger disk made every change rewrite them).
     const carried = this.pending;
-    const entries = this.ledger ? [...(carried?.entries ?? []), ...batch.entries] : [];
+    // No ledger attached (the agent's --metering off): the batch's entries are dropped, not
+    // metered; entries an earlier run committed for the ledger stay pending as they are, for
+    // attachLedger to settle when metering is on again.
+    const entries = this.ledger ? [...(carried?.entries ?? []), ...batch.entries] : (carried?.entries ?? []);
     const pending: PendingMetering | undefined = entries.length > 0 ? { afterSeq: carried?.afterSeq ?? this.ledger!.lastSeq, entries } : undefined;
     const pendingJson = pending ? { afterSeq: pending.afterSeq, entries: pending.entries.map(serializeEntry) as unknown as JsonValue[] } : undefined;
-    if (carried && this.dirty.size === 0 && this.dirtySnapshots.size === 0 && batch.entries.length === 0 && changeCount === this.durableChangeCount) {
+    if (carried && this.ledger && this.dirty.size === 0 && this.dirtySnapshots.size === 0 && batch.entries.length === 0 && changeCount === this.durableChangeCount) {
       // Nothing new for the registry (a retry, or a repeat of a change waiting for its
       // entries): only the ledger append is tried again.
       await this.appendPending(batch, carried);
       return;
     }
     const { record, prepared } = this.takeRecord(carried ? undefined : pendingJson);
-    if (carried && this.ledger) record.pm = batch.entries.map(serializeEntry) as unknown as JsonValue[];
+    if (carried) record.pm = this.ledger ? (batch.entries.map(serializeEntry) as unknown as JsonValue[]) : [];
     // How far the ledger reaches once this record's entries are in: checked on every start.
-    const ledgerSeq = this.ledger ? (pending ? pending.afterSeq + pending.entries.length : this.ledger.lastSeq) : undefined;
+    // With no ledger attached (the agent's --metering off) nothing reaches the ledger, so it
+    // still ends where the registry last said: carried on, so the check still holds (and does
+    // not refuse) when metering is turned on again.
+    const off = this.committedLedgerSeq;
+    const ledgerSeq = this.ledger ? (pending ? pending.afterSeq + pending.entries.length : this.ledger.lastSeq) : off.existed ? off.seq : undefined;
     if (ledgerSeq !== undefined) record.ls = ledgerSeq;
-    const ledgerId = this.ledger?.ledgerId;
+    const ledgerId = this.ledger ? this.ledger.ledgerId : off.ledgerId;
     if (ledgerSeq !== undefined && ledgerId !== undefined) record.lid = ledgerId;
     const full = () => {
       const versioned = this.versioned(prepared);
+      const versionedSnapshot = this.versionedSnapshot(prepared);
       return {
         resourceVersion: record.v,
         instances: this.list().map((i) => toJson(InstanceSchema, versioned(i))),
-        snapshots: [...this.snapshots.values()].map((x) => toJson(SnapshotSchema, x)),
+        snapshots: [...this.snapshots.values()].map((x) => toJson(SnapshotSchema, versionedSnapshot(x))),
         meter: Object.fromEntries([...this.meter].map(([id, m]) => [id, storedMeter(m)])),
         ...(pendingJson ? { pendingMetering: pendingJson } : {}),
         ...(ledgerSeq !== undefined ? { ledgerSeq } : {}),
@@ -565,7 +592,7 @@ export class InstanceRegistry {
       this.writes++;
       // Committed: the state and its entries are on disk. Now the ledger (one append, one
       // fdatasync for the whole batch); callers are acknowledged once both are durable.
-      if (pending) {
+      if (pending && this.ledger) {
         this.pending = pending;
         await this.appendPending(batch, pending);
         return;

@@ -46,3 +46,10 @@ export function registerMeteringInstruments(meter: Meter, ledger: MeteringLedger
     [appended, syncs, lastSeq, unacked, commits, pendingEntries, appendFailures],
   );
 }
+
+/** Whether the agent meters at all (0: `--metering off`, no ledger): dashboards tell "off" from "idle". */
+export function registerMeteringEnabledGauge(meter: Meter, enabled: boolean): void {
+  meter
+    .createObservableGauge("fleetlet_metering_enabled", { description: "1 when the agent writes the metering ledger, 0 with --metering off" })
+    .addCallback((r) => r.observe(enabled ? 1 : 0));
+}

@@ -21,18 +21,35 @@ export interface LedgerReader {
   readonly ledgerId: string;
   readonly lastSeq: number;
   readonly firstRetainedSeq: number;
+  /** Highest seq the consumer acknowledged (GetMeteringStatus). */
+  readonly acknowledgedSeq: number;
   read(fromSeq: number, limit: number): LedgerEntryView[];
   subscribe(listener: (entries: LedgerEntryView[]) => void): () => void;
   acknowledge(seq: number): void;
 }
 
+/** What GetMeteringStatus says besides the ledger's position. */
+export interface MeteringStatusSource {
+  /** The registry's incarnation (a restart, the only way metering is turned on or off, changes it). */
+  readonly incarnation: string;
+  /** Entries committed in the registry, not yet in the ledger. */
+  readonly pendingMeteringEntries: number;
+}
+
+/** Reads, watches and acknowledgements of an agent with `--metering off` (no ledger). */
+export const METERING_OFF_MESSAGE = "metering is off on this agent (--metering off)";
+
 /**
  * MeteringService (metering.md): reads of the ledger by seq, a watch that sends the backlog then
  * live entries as they become durable, and the consumer's acknowledgement (retention). A watch
  * always reads from the ledger, never from a per-stream queue: a slow client only falls behind,
- * it cannot make the agent buffer without bound or lose entries.
+ * it cannot make the agent buffer without bound or lose entries. With no ledger (`--metering
+ * off`, seed 000's NopRecorder) those three are FAILED_PRECONDITION rather than an empty ledger:
+ * an empty answer would read as "nothing happened here", which is not known; GetMeteringStatus
+ * says which it is.
  */
-export function createMeteringService(ledger: LedgerReader): ServiceImpl<typeof MeteringService> {
+export function createMeteringService(ledger: LedgerReader | undefined, source: MeteringStatusSource): ServiceImpl<typeof MeteringService> {
+  if (!ledger) return meteringOffService(source);
   /** The first seq to send, or OUT_OF_RANGE naming what the client should resume from. */
   const start = (fromSeq: bigint, ledgerId: string): number => {
     if (ledgerId !== "" && ledgerId !== ledger.ledgerId) {
@@ -102,6 +119,39 @@ export function createMeteringService(ledger: LedgerReader): ServiceImpl<typeof 
         throw new ConnectError(`metering: ${errorMessage(e)}`, Code.Unavailable); // closing
       }
       return { acknowledgedSeq: req.seq };
+    },
+
+    getMeteringStatus() {
+      return {
+        enabled: true,
+        ledgerId: ledger.ledgerId,
+        lastSeq: BigInt(ledger.lastSeq),
+        firstRetainedSeq: BigInt(ledger.firstRetainedSeq),
+        acknowledgedSeq: BigInt(ledger.acknowledgedSeq),
+        pendingEntries: BigInt(source.pendingMeteringEntries),
+        incarnation: source.incarnation,
+      };
+    },
+  };
+}
+
+/** The service of an agent that does not meter: it says so, every time, and what is owed. */
+function meteringOffService(source: MeteringStatusSource): ServiceImpl<typeof MeteringService> {
+  const off = () => new ConnectError(METERING_OFF_MESSAGE, Code.FailedPrecondition);
+  return {
+    readMeteringEntries() {
+      throw off();
+    },
+    // biome-ignore lint/correctness/useYield: it has nothing to send; the call fails at once.
+    async *watchMeteringEntries() {
+      throw off();
+    },
+    acknowledgeMeteringEntries() {
+      throw off();
+    },
+    getMeteringStatus() {
+      // Entries an earlier run committed for the ledger wait for metering to be on again.
+      return { enabled: false, pendingEntries: BigInt(source.pendingMeteringEntries), incarnation: source.incarnation };
     },
   };
 }

@@ -16,6 +16,10 @@ const BACKOFF_INITIAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
 /** The agent hears how far we merged at most this often (its retention follows). */
 const ACK_INTERVAL_MS = 1000;
+/** A host with metering off: how often its connection's incarnation is looked at (no call). */
+const OFF_POLL_MS = 1000;
+/** ... and when it is asked again anyway, in case no inventory follow reports a restart. */
+const OFF_RECHECK_MS = 5 * 60_000;
 
 interface Follow extends HostFollow {
   status: HostMetering;
@@ -79,6 +83,10 @@ export class MeteringFollower extends HostFollowers<Follow> {
         if (f.stop.signal.aborted) return;
         const err = ConnectError.from(e);
         if (err.code === Code.OutOfRange && this.replaced(name, err.rawMessage, f)) {
+          delay = BACKOFF_INITIAL_MS;
+          continue;
+        }
+        if (err.code === Code.FailedPrecondition && (await this.meteringOff(name, conn, f))) {
           delay = BACKOFF_INITIAL_MS;
           continue;
         }
@@ -148,6 +156,7 @@ export class MeteringFollower extends HostFollowers<Follow> {
         f.status.agentReportedAt = timestampNow();
         f.status.lastError = "";
         f.status.agentFirstRetainedSeq = 0n;
+        f.status.meteringOff = false;
         this.updateLag(f);
         if (merged > toAck) {
           toAck = merged;
@@ -161,6 +170,42 @@ export class MeteringFollower extends HostFollowers<Follow> {
       clearTimeout(trailing);
     }
     throw new ConnectError("the agent ended the metering stream", Code.Unavailable);
+  }
+
+  /**
+   * FAILED_PRECONDITION from the watch: is metering off on the agent (`--metering off`)? If its
+   * GetMeteringStatus says so, that is the host's metering state, not an error: shown as such,
+   * not logged, and not retried until the agent restarts (the only way it can be turned on),
+   * which its connection's incarnation tells (set by the inventory follow), or a rare recheck.
+   * False when it is not off (or cannot say: an agent from before GetMeteringStatus).
+   */
+  private async meteringOff(name: string, conn: HostConnection, f: Follow): Promise<boolean> {
+    let status;
+    try {
+      status = await conn.metering.getMeteringStatus({}, { timeoutMs: 5000, signal: f.stop.signal });
+    } catch {
+      return false;
+    }
+    if (status.enabled) return false;
+    if (!f.status.meteringOff) this.logger.info({ host: name, incarnation: status.incarnation }, "metering: the host runs with --metering off; nothing to follow until it restarts");
+    f.status.meteringOff = true;
+    f.status.lastError = "";
+    f.status.agentFirstRetainedSeq = 0n;
+    f.status.agentLastSeq = 0n;
+    f.status.lagEntries = 0n;
+    f.status.agentReportedAt = timestampNow();
+    f.behindSinceMs = undefined;
+    // The connection's incarnation may still be the one before this agent's (the inventory
+    // follow relists a moment later): only a value that is neither that one nor this agent's
+    // means another restart.
+    const since = monotonicMs();
+    const before = conn.incarnation;
+    while (!f.stop.signal.aborted && monotonicMs() - since < OFF_RECHECK_MS) {
+      const current = this.hosts.get(name)?.incarnation ?? "";
+      if (current !== "" && current !== status.incarnation && current !== before) break;
+      await sleepUnlessAborted(OFF_POLL_MS, f.stop.signal);
+    }
+    return true;
   }
 
   /** lag_entries from what the agent last said and what is merged; lag_seconds' start. */

@@ -5,43 +5,16 @@ import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, type ConnectError } from "@connectrpc/connect";
 import { InstanceSchema, InstanceState, SnapshotSchema } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { InstanceRegistry, type LifecycleLedger } from "../../../agent/inventory/instance-registry.js";
+import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
 import { RegistryStore } from "../../../agent/inventory/registry-store.js";
-import type { LifecycleEntry } from "../../../agent/metering/lifecycle-entries.js";
 import { MeteringLedger } from "../../../agent/metering/ledger.js";
+import { CaptureRecorder } from "../../../agent/metering/capture-recorder.js";
 import { tempDir } from "../../helpers/temp-dir.js";
 
 // The registry is the one place state changes, and it writes the metering entries of each
 // change atomically with it: the registry file is the commit point, the ledger follows.
 
-/** An in-memory ledger that can be told to fail. */
-class MemoryLedger implements LifecycleLedger {
-  entries: LifecycleEntry[] = [];
-  appends = 0;
-  failNext = false;
-  /** Every append fails while set (a full disk), counted in `failures`. */
-  failAll = false;
-  failures = 0;
-  get lastSeq(): number {
-    return this.entries.length;
-  }
-  read(fromSeq: number, limit: number): LifecycleEntry[] {
-    return this.entries.slice(fromSeq - 1, fromSeq - 1 + limit);
-  }
-  async append(entries: LifecycleEntry[]): Promise<unknown> {
-    await new Promise((r) => setImmediate(r));
-    if (this.failNext || this.failAll) {
-      this.failNext = false;
-      this.failures++;
-      throw new Error("ENOSPC: no space left on device, write");
-    }
-    this.appends++;
-    this.entries.push(...entries);
-    return entries;
-  }
-}
-
-const kr = (l: MemoryLedger) => l.entries.map((e) => `${e.kind} ${e.reason ?? "-"} ${e.vmId}`);
+const kr = (l: CaptureRecorder) => l.entries().map((e) => `${e.kind} ${e.reason ?? "-"} ${e.vmId}`);
 let dir: ReturnType<typeof tempDir>;
 
 beforeEach(() => (dir = tempDir("reg-meter")));
@@ -49,11 +22,11 @@ afterEach(() => dir.remove());
 
 describe("registry + metering", () => {
   it("writes each change's entries with it; concurrent changes share one ledger append", async () => {
-    const ledger = new MemoryLedger();
+    const ledger = new CaptureRecorder();
     const r = InstanceRegistry.open(dir.path);
     await r.attachLedger(ledger);
     await Promise.all(Array.from({ length: 50 }, (_, i) => r.upsert(create(InstanceSchema, { id: `vm${i}`, state: InstanceState.RUNNING, allocatedVcpus: 2 }))));
-    assert.equal(ledger.entries.length, 100, "storage start + compute start each");
+    assert.equal(ledger.entries().length, 100, "storage start + compute start each");
     assert.ok(ledger.appends < 50, `${ledger.appends} appends for 50 registrations (group commit)`);
     await r.setState("vm3", InstanceState.STANDBY, "standby");
     await r.setState("vm3", InstanceState.RUNNING, "wake");
@@ -75,7 +48,7 @@ describe("registry + metering", () => {
   });
 
   it("after a crash between the registry write and the ledger append, the entries are appended on restart, once", async () => {
-    const ledger = new MemoryLedger();
+    const ledger = new CaptureRecorder();
     const r = InstanceRegistry.open(dir.path);
     await r.attachLedger(ledger);
     await r.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
@@ -93,17 +66,17 @@ describe("registry + metering", () => {
     // Opening again over a ledger that already has them appends nothing more.
     const third = InstanceRegistry.open(dir.path);
     await third.attachLedger(ledger);
-    assert.equal(ledger.entries.length, 3);
+    assert.equal(ledger.entries().length, 3);
   });
 
   it("a repeat of a change whose ledger append failed is acknowledged only with its entries in the ledger", async () => {
-    const ledger = new MemoryLedger();
+    const ledger = new CaptureRecorder();
     const r = InstanceRegistry.open(dir.path);
     await r.attachLedger(ledger);
     await r.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
     ledger.failNext = true;
     await assert.rejects(r.setState("a", InstanceState.STOPPED), /could not append to the metering ledger/);
-    assert.equal(ledger.entries.length, 2, "the stop is committed but not metered yet");
+    assert.equal(ledger.entries().length, 2, "the stop is committed but not metered yet");
     // The same request again: the state is already STOPPED in memory and on disk, but its entry
     // is only pending. OK must mean metered.
     await r.setState("a", InstanceState.STOPPED);
@@ -112,7 +85,7 @@ describe("registry + metering", () => {
   });
 
   it("a crash mid-append that left part of a batch: the rest is appended on restart", async () => {
-    const ledger = new MemoryLedger();
+    const ledger = new CaptureRecorder();
     const r = InstanceRegistry.open(dir.path);
     await r.attachLedger(ledger);
     ledger.failNext = true;
@@ -121,35 +94,35 @@ describe("registry + metering", () => {
     // The first of the batch's two entries reached the disk before the crash.
     const pending = RegistryStore.open(dir.path).state!.pending!.entries as { emittedAtNs: string }[];
     assert.equal(pending.length, 2);
-    ledger.entries.push({ kind: "vm.storage.start", vmId: "p", reason: "boot", shape: {}, emittedAtNs: BigInt(pending[0]!.emittedAtNs) });
+    await ledger.append([{ kind: "vm.storage.start", vmId: "p", reason: "boot", shape: {}, emittedAtNs: BigInt(pending[0]!.emittedAtNs) }]);
     await InstanceRegistry.open(dir.path).attachLedger(ledger);
     assert.deepEqual(kr(ledger), ["vm.storage.start boot p", "vm.compute.start boot p"]);
   });
 
   it("a ledger that does not match the registry stops the agent", async () => {
-    const ledger = new MemoryLedger();
+    const ledger = new CaptureRecorder();
     const r = InstanceRegistry.open(dir.path);
     await r.attachLedger(ledger);
     await r.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
     ledger.failNext = true;
     await assert.rejects(r.setState("a", InstanceState.STOPPED));
     r.close();
-    const other = new MemoryLedger(); // e.g. the metering directory of another agent
+    const other = new CaptureRecorder(); // e.g. the metering directory of another agent
     await assert.rejects(InstanceRegistry.open(dir.path).attachLedger(other), /registry and ledger do not belong together/);
   });
 
   it("instances from before metering get their registration entries when the ledger is attached", async () => {
     const file = join(dir.path, "instances.json");
     writeFileSync(file, JSON.stringify({ format: 1, resourceVersion: "2", instances: [{ id: "old1", state: "INSTANCE_STATE_RUNNING" }, { id: "old2", state: "INSTANCE_STATE_CREATED" }] }));
-    const ledger = new MemoryLedger();
+    const ledger = new CaptureRecorder();
     await InstanceRegistry.open(dir.path).attachLedger(ledger);
     assert.deepEqual(kr(ledger), ["vm.storage.start boot old1", "vm.compute.start boot old1", "vm.storage.start boot old2"]);
     await InstanceRegistry.open(dir.path).attachLedger(ledger);
-    assert.equal(ledger.entries.length, 3, "only once");
+    assert.equal(ledger.entries().length, 3, "only once");
   });
 
   it("snapshots: start once, stop once (a second removal is NOT_FOUND and writes nothing); restore and clone carry the snapshot", async () => {
-    const ledger = new MemoryLedger();
+    const ledger = new CaptureRecorder();
     const r = InstanceRegistry.open(dir.path);
     await r.attachLedger(ledger);
     const snap = create(SnapshotSchema, { id: "s1", instanceId: "a", hypervisor: "firecracker", storageBytes: 5000n });
@@ -157,14 +130,14 @@ describe("registry + metering", () => {
     await r.registerSnapshot(snap); // same again: no second start
     await r.removeSnapshot("s1");
     await assert.rejects(r.removeSnapshot("s1"), /snapshot "s1" not found/);
-    assert.deepEqual(ledger.entries.map((e) => [e.kind, e.snapshotId, e.reason ?? "-", e.shape.storageBytes]), [
+    assert.deepEqual(ledger.entries().map((e) => [e.kind, e.snapshotId, e.reason ?? "-", e.shape.storageBytes]), [
       ["snap.storage.start", "s1", "-", 5000],
       ["snap.storage.stop", "s1", "snap-rm", 5000],
     ]);
     await r.upsert(create(InstanceSchema, { id: "c1", state: InstanceState.RUNNING, allocatedVcpus: 2 }), { sourceSnapshotId: "s1" });
     await r.restore("c1", create(InstanceSchema, { id: "c1", state: InstanceState.RUNNING, allocatedVcpus: 4 }), "s2");
     assert.deepEqual(
-      ledger.entries.slice(2).map((e) => `${e.kind} ${e.reason} ${e.sourceSnapshotId} ${e.shape.cpu}`),
+      ledger.entries().slice(2).map((e) => `${e.kind} ${e.reason} ${e.sourceSnapshotId} ${e.shape.cpu}`),
       ["vm.storage.start clone s1 2", "vm.compute.start clone s1 2", "vm.compute.stop restore s2 2", "vm.storage.stop restore s2 2", "vm.storage.start restore s2 4", "vm.compute.start restore s2 4"],
     );
     // Snapshots are durable with the registry.
@@ -232,7 +205,7 @@ describe("registry + metering", () => {
     });
 
     it("a ledger behind the registry (its last entries lost), or a ledger without its registry: refused", async () => {
-      const memory = new MemoryLedger();
+      const memory = new CaptureRecorder();
       const r = InstanceRegistry.open(dir.path);
       await r.attachLedger(memory);
       await r.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
@@ -240,7 +213,7 @@ describe("registry + metering", () => {
       r.close();
       // The last entry alone missing is a crash between registry and ledger (appended again on
       // start); two are more than the last record carried.
-      memory.entries.splice(1);
+      memory.truncate(1);
       await assert.rejects(InstanceRegistry.open(dir.path).attachLedger(memory), /says the ledger ends at seq 2, but it ends at 1 .*: metering entries the registry committed are missing/);
       rmSync(join(dir.path, "instances.json"));
       rmSync(join(dir.path, "instances-1.journal"));
@@ -282,7 +255,7 @@ describe("registry + metering", () => {
 
     it("each change writes its entries once, retries append with backoff and no registry write, the episode is told once, the client hears it was applied", async () => {
       vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
-      const ledger = new MemoryLedger();
+      const ledger = new CaptureRecorder();
       const r = InstanceRegistry.open(dir.path);
       await r.attachLedger(ledger);
       await r.upsert(create(InstanceSchema, { id: "z", state: InstanceState.CREATED })); // the first commit: a snapshot
@@ -331,7 +304,66 @@ describe("registry + metering", () => {
       r.close();
       const again = InstanceRegistry.open(dir.path);
       await again.attachLedger(ledger);
-      assert.equal(ledger.entries.length, 4, "nothing appended twice on restart");
+      assert.equal(ledger.entries().length, 4, "nothing appended twice on restart");
     });
+  });
+});
+
+describe("metering off (the agent's --metering off: no ledger attached, issue 12 point 7)", () => {
+  it("changes while off write no entries; turned on again, the start-up check passes and still holds", async () => {
+    const ledger = new CaptureRecorder("00000000000000aa");
+    const on = InstanceRegistry.open(dir.path);
+    await on.attachLedger(ledger);
+    await on.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
+    // c's entries are committed in the registry, not yet in the ledger, when metering goes off.
+    ledger.failNext = true;
+    await assert.rejects(on.upsert(create(InstanceSchema, { id: "c", state: InstanceState.CREATED })), /applied, not yet metered/);
+    on.close();
+    const stored = () => {
+      const st = RegistryStore.open(dir.path).state!;
+      return [st.ledgerSeq, st.ledgerId, st.pending?.afterSeq, st.pending?.entries.length];
+    };
+    assert.deepEqual(stored(), [3, "00000000000000aa", 2, 1]);
+
+    // Off: the registry runs without a ledger; its changes are applied and not metered.
+    const off = InstanceRegistry.open(dir.path);
+    await off.setState("a", InstanceState.STOPPED);
+    await off.upsert(create(InstanceSchema, { id: "b", state: InstanceState.RUNNING }));
+    await off.upsert(create(InstanceSchema, { id: "b", state: InstanceState.RUNNING })); // a repeat: no write
+    await off.remove("a");
+    assert.equal(off.pendingMeteringEntries, 1, "c's entry waits for the ledger; nothing of the off period joins it");
+    const writes = off.writes;
+    off.close();
+    assert.equal(writes, 3);
+    assert.equal(ledger.lastSeq, 2);
+    // Its records still say where the ledger ends and what it still owes (nothing was written
+    // to it), so the check stays armed instead of being skipped as for a registry from before
+    // it was recorded.
+    assert.deepEqual(stored(), [3, "00000000000000aa", 2, 1]);
+
+    // On again: starts, settles what an earlier run owed, and meters on from the registry's state.
+    const again = InstanceRegistry.open(dir.path);
+    await again.attachLedger(ledger);
+    await again.setState("b", InstanceState.STOPPED);
+    again.close();
+    assert.deepEqual(kr(ledger), ["vm.storage.start boot a", "vm.compute.start boot a", "vm.storage.start boot c", "vm.compute.stop stop-user b"]);
+    assert.equal(RegistryStore.open(dir.path).state?.ledgerSeq, 4);
+
+    // The check is live after an off period: a ledger that lost entries is refused.
+    ledger.truncate(1);
+    await assert.rejects(InstanceRegistry.open(dir.path).attachLedger(ledger), /says the ledger ends at seq 3, but it ends at 1 .*: metering entries the registry committed are missing/);
+  });
+
+  it("a registry written with metering off from the start: metering turned on later starts a ledger from seq 1", async () => {
+    const off = InstanceRegistry.open(dir.path);
+    await off.upsert(create(InstanceSchema, { id: "a", state: InstanceState.RUNNING }));
+    off.close();
+    const ledger = new CaptureRecorder("00000000000000bb");
+    const on = InstanceRegistry.open(dir.path);
+    await on.attachLedger(ledger);
+    await on.setState("a", InstanceState.STOPPED);
+    on.close();
+    assert.deepEqual(kr(ledger), ["vm.compute.stop stop-user a"]);
+    assert.equal(RegistryStore.open(dir.path).state?.ledgerSeq, 1);
   });
 });

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetlet/agent/v1/metering.proto.
  */
 export const file_fleetlet_agent_v1_metering: GenFile = /*@__PURE__*/
-  fileDesc("CiBmbGVldGxldC9hZ2VudC92MS9tZXRlcmluZy5wcm90bxIRZmxlZXRsZXQuYWdlbnQudjEiPgoFU2hhcGUSCwoDY3B1GAEgASgDEhEKCW1lbV9ieXRlcxgCIAEoAxIVCg1zdG9yYWdlX2J5dGVzGAMgASgDIvsBCg1NZXRlcmluZ0VudHJ5EgsKA3NlcRgBIAEoBBIMCgRraW5kGAIgASgJEg0KBXZtX2lkGAMgASgJEhMKC3NuYXBzaG90X2lkGAQgASgJEhoKEnNvdXJjZV9zbmFwc2hvdF9pZBgFIAEoCRIOCgZyZWFzb24YBiABKAkSEgoKaHlwZXJ2aXNvchgHIAEoCRInCgVzaGFwZRgIIAEoCzIYLmZsZWV0bGV0LmFnZW50LnYxLlNoYXBlEi4KCmVtaXR0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGxpbmUYCiABKAlKBAhkEGYiUAoaUmVhZE1ldGVyaW5nRW50cmllc1JlcXVlc3QSEAoIZnJvbV9zZXEYASABKAQSDQoFbGltaXQYAiABKA0SEQoJbGVkZ2VyX2lkGAMgASgJIqMBChtSZWFkTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USMQoHZW50cmllcxgBIAMoCzIgLmZsZWV0bGV0LmFnZW50LnYxLk1ldGVyaW5nRW50cnkSEAoIbmV4dF9zZXEYAiABKAQSEQoJbGVkZ2VyX2lkGAMgASgJEhoKEmZpcnN0X3JldGFpbmVkX3NlcRgEIAEoBBIQCghsYXN0X3NlcRgFIAEoBCJCChtXYXRjaE1ldGVyaW5nRW50cmllc1JlcXVlc3QSEAoIZnJvbV9zZXEYASABKAQSEQoJbGVkZ2VyX2lkGAIgASgJInYKHFdhdGNoTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USMQoHZW50cmllcxgBIAMoCzIgLmZsZWV0bGV0LmFnZW50LnYxLk1ldGVyaW5nRW50cnkSEQoJbGVkZ2VyX2lkGAIgASgJEhAKCGxhc3Rfc2VxGAMgASgEIkMKIUFja25vd2xlZGdlTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBIRCglsZWRnZXJfaWQYASABKAkSCwoDc2VxGAIgASgEIj4KIkFja25vd2xlZGdlTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USGAoQYWNrbm93bGVkZ2VkX3NlcRgBIAEoBDKOAwoPTWV0ZXJpbmdTZXJ2aWNlEnQKE1JlYWRNZXRlcmluZ0VudHJpZXMSLS5mbGVldGxldC5hZ2VudC52MS5SZWFkTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBouLmZsZWV0bGV0LmFnZW50LnYxLlJlYWRNZXRlcmluZ0VudHJpZXNSZXNwb25zZRJ5ChRXYXRjaE1ldGVyaW5nRW50cmllcxIuLmZsZWV0bGV0LmFnZW50LnYxLldhdGNoTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBovLmZsZWV0bGV0LmFnZW50LnYxLldhdGNoTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2UwARKJAQoaQWNrbm93bGVkZ2VNZXRlcmluZ0VudHJpZXMSNC5mbGVldGxldC5hZ2VudC52MS5BY2tub3dsZWRnZU1ldGVyaW5nRW50cmllc1JlcXVlc3QaNS5mbGVldGxldC5hZ2VudC52MS5BY2tub3dsZWRnZU1ldGVyaW5nRW50cmllc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiBmbGVldGxldC9hZ2VudC92MS9tZXRlcmluZy5wcm90bxIRZmxlZXRsZXQuYWdlbnQudjEiPgoFU2hhcGUSCwoDY3B1GAEgASgDEhEKCW1lbV9ieXRlcxgCIAEoAxIVCg1zdG9yYWdlX2J5dGVzGAMgASgDIvsBCg1NZXRlcmluZ0VudHJ5EgsKA3NlcRgBIAEoBBIMCgRraW5kGAIgASgJEg0KBXZtX2lkGAMgASgJEhMKC3NuYXBzaG90X2lkGAQgASgJEhoKEnNvdXJjZV9zbmFwc2hvdF9pZBgFIAEoCRIOCgZyZWFzb24YBiABKAkSEgoKaHlwZXJ2aXNvchgHIAEoCRInCgVzaGFwZRgIIAEoCzIYLmZsZWV0bGV0LmFnZW50LnYxLlNoYXBlEi4KCmVtaXR0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGxpbmUYCiABKAlKBAhkEGYiUAoaUmVhZE1ldGVyaW5nRW50cmllc1JlcXVlc3QSEAoIZnJvbV9zZXEYASABKAQSDQoFbGltaXQYAiABKA0SEQoJbGVkZ2VyX2lkGAMgASgJIqMBChtSZWFkTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USMQoHZW50cmllcxgBIAMoCzIgLmZsZWV0bGV0LmFnZW50LnYxLk1ldGVyaW5nRW50cnkSEAoIbmV4dF9zZXEYAiABKAQSEQoJbGVkZ2VyX2lkGAMgASgJEhoKEmZpcnN0X3JldGFpbmVkX3NlcRgEIAEoBBIQCghsYXN0X3NlcRgFIAEoBCJCChtXYXRjaE1ldGVyaW5nRW50cmllc1JlcXVlc3QSEAoIZnJvbV9zZXEYASABKAQSEQoJbGVkZ2VyX2lkGAIgASgJInYKHFdhdGNoTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USMQoHZW50cmllcxgBIAMoCzIgLmZsZWV0bGV0LmFnZW50LnYxLk1ldGVyaW5nRW50cnkSEQoJbGVkZ2VyX2lkGAIgASgJEhAKCGxhc3Rfc2VxGAMgASgEIkMKIUFja25vd2xlZGdlTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBIRCglsZWRnZXJfaWQYASABKAkSCwoDc2VxGAIgASgEIj4KIkFja25vd2xlZGdlTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USGAoQYWNrbm93bGVkZ2VkX3NlcRgBIAEoBCIaChhHZXRNZXRlcmluZ1N0YXR1c1JlcXVlc3QitQEKGUdldE1ldGVyaW5nU3RhdHVzUmVzcG9uc2USDwoHZW5hYmxlZBgBIAEoCBIRCglsZWRnZXJfaWQYAiABKAkSEAoIbGFzdF9zZXEYAyABKAQSGgoSZmlyc3RfcmV0YWluZWRfc2VxGAQgASgEEhgKEGFja25vd2xlZGdlZF9zZXEYBSABKAQSFwoPcGVuZGluZ19lbnRyaWVzGAYgASgEEhMKC2luY2FybmF0aW9uGAcgASgJMv4DCg9NZXRlcmluZ1NlcnZpY2USdAoTUmVhZE1ldGVyaW5nRW50cmllcxItLmZsZWV0bGV0LmFnZW50LnYxLlJlYWRNZXRlcmluZ0VudHJpZXNSZXF1ZXN0Gi4uZmxlZXRsZXQuYWdlbnQudjEuUmVhZE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEnkKFFdhdGNoTWV0ZXJpbmdFbnRyaWVzEi4uZmxlZXRsZXQuYWdlbnQudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXF1ZXN0Gi8uZmxlZXRsZXQuYWdlbnQudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXNwb25zZTABEokBChpBY2tub3dsZWRnZU1ldGVyaW5nRW50cmllcxI0LmZsZWV0bGV0LmFnZW50LnYxLkFja25vd2xlZGdlTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBo1LmZsZWV0bGV0LmFnZW50LnYxLkFja25vd2xlZGdlTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USbgoRR2V0TWV0ZXJpbmdTdGF0dXMSKy5mbGVldGxldC5hZ2VudC52MS5HZXRNZXRlcmluZ1N0YXR1c1JlcXVlc3QaLC5mbGVldGxldC5hZ2VudC52MS5HZXRNZXRlcmluZ1N0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * The resources at the moment of an entry; each omitted in the ledger line when 0.
@@ -284,6 +284,79 @@ export const AcknowledgeMeteringEntriesResponseSchema: GenMessage<AcknowledgeMet
   messageDesc(file_fleetlet_agent_v1_metering, 7);
 
 /**
+ * @generated from message fleetlet.agent.v1.GetMeteringStatusRequest
+ */
+export type GetMeteringStatusRequest = Message<"fleetlet.agent.v1.GetMeteringStatusRequest"> & {
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.GetMeteringStatusRequest.
+ * Use `create(GetMeteringStatusRequestSchema)` to create a new message.
+ */
+export const GetMeteringStatusRequestSchema: GenMessage<GetMeteringStatusRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_metering, 8);
+
+/**
+ * @generated from message fleetlet.agent.v1.GetMeteringStatusResponse
+ */
+export type GetMeteringStatusResponse = Message<"fleetlet.agent.v1.GetMeteringStatusResponse"> & {
+  /**
+   * false: the agent runs with `--metering off`: no ledger is opened, lifecycle changes are not
+   * metered (docs/operations.md, "Metering off"); the fields below are then empty.
+   *
+   * @generated from field: bool enabled = 1;
+   */
+  enabled: boolean;
+
+  /**
+   * @generated from field: string ledger_id = 2;
+   */
+  ledgerId: string;
+
+  /**
+   * Highest durable seq (0: none yet).
+   *
+   * @generated from field: uint64 last_seq = 3;
+   */
+  lastSeq: bigint;
+
+  /**
+   * @generated from field: uint64 first_retained_seq = 4;
+   */
+  firstRetainedSeq: bigint;
+
+  /**
+   * Highest seq the consumer (the aggregator) acknowledged.
+   *
+   * @generated from field: uint64 acknowledged_seq = 5;
+   */
+  acknowledgedSeq: bigint;
+
+  /**
+   * Entries committed with their change in the registry but not yet in the ledger (> 0: its
+   * appends fail and are retried).
+   *
+   * @generated from field: uint64 pending_entries = 6;
+   */
+  pendingEntries: bigint;
+
+  /**
+   * The agent's incarnation (InventoryService's): metering can only be turned on or off by a
+   * restart, which changes it.
+   *
+   * @generated from field: string incarnation = 7;
+   */
+  incarnation: string;
+};
+
+/**
+ * Describes the message fleetlet.agent.v1.GetMeteringStatusResponse.
+ * Use `create(GetMeteringStatusResponseSchema)` to create a new message.
+ */
+export const GetMeteringStatusResponseSchema: GenMessage<GetMeteringStatusResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_agent_v1_metering, 9);
+
+/**
  * MeteringService: the agent's append-only lifecycle ledger (metering.md). Entries are written
  * by the instance lifecycle only; this service reads them. A consumer resumes from a seq of a
  * ledger_id; a ledger_id that is not the current one, or a seq below what is retained, is
@@ -320,6 +393,17 @@ export const MeteringService: GenService<{
     methodKind: "unary";
     input: typeof AcknowledgeMeteringEntriesRequestSchema;
     output: typeof AcknowledgeMeteringEntriesResponseSchema;
+  },
+  /**
+   * Whether this agent meters at all (`--metering off`: no ledger; the three calls above are
+   * FAILED_PRECONDITION) and where its ledger stands. Always answers.
+   *
+   * @generated from rpc fleetlet.agent.v1.MeteringService.GetMeteringStatus
+   */
+  getMeteringStatus: {
+    methodKind: "unary";
+    input: typeof GetMeteringStatusRequestSchema;
+    output: typeof GetMeteringStatusResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetlet_agent_v1_metering, 0);

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetlet/aggregator/v1/fleet.proto.
  */
 export const file_fleetlet_aggregator_v1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIqIDCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4SNgoIbWV0ZXJpbmcYCiABKAsyJC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RNZXRlcmluZyKTAgoMSG9zdE1ldGVyaW5nEhEKCWxlZGdlcl9pZBgBIAEoCRISCgptZXJnZWRfc2VxGAIgASgEEhYKDmFnZW50X2xhc3Rfc2VxGAMgASgEEhMKC2xhZ19lbnRyaWVzGAQgASgEEhMKC2xhZ19zZWNvbmRzGAUgASgBEhYKDmxlZGdlcl9jaGFuZ2VzGAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkSFQoNYWNjZXB0ZWRfZ2FwcxgIIAEoDRIgChhhZ2VudF9maXJzdF9yZXRhaW5lZF9zZXEYCSABKAQSNQoRYWdlbnRfcmVwb3J0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl8KGEFjY2VwdE1ldGVyaW5nR2FwUmVxdWVzdBIMCgRob3N0GAEgASgJEhEKCWxlZGdlcl9pZBgCIAEoCRISCgpyZXN1bWVfc2VxGAMgASgEEg4KBnJlYXNvbhgEIAEoCSKWAQoLTWV0ZXJpbmdHYXASDAoEaG9zdBgBIAEoCRIRCglsZWRnZXJfaWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEhIKCnJlc3VtZV9zZXEYBCABKAQSLwoLYWNjZXB0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgGIAEoCSJNChlBY2NlcHRNZXRlcmluZ0dhcFJlc3BvbnNlEjAKA2dhcBgBIAEoCzIjLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTWV0ZXJpbmdHYXAiTQoKSG9zdFJlc3VsdBIMCgRob3N0GAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRISCgpsYXRlbmN5X21zGAQgASgBIhIKEExpc3RIb3N0c1JlcXVlc3QiQAoRTGlzdEhvc3RzUmVzcG9uc2USKwoFaG9zdHMYASADKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiZAoOQWRkSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPQoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QiIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKoBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEhgKEHJlc291cmNlX3ZlcnNpb24YEyABKAQSDAoEaG9zdBhkIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgYKBF9waWRCEQoPX3BpZF9zdGFydF90aW1lIoQCCghIb3N0U3luYxIMCgRob3N0GAEgASgJEjQKBXN0YXRlGAIgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEi0KCWxhc3Rfc2VlbhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQcmVzb3VyY2VfdmVyc2lvbhgEIAEoBBITCgtpbmNhcm5hdGlvbhgFIAEoCRIWCg5pbnN0YW5jZV9jb3VudBgGIAEoDRISCgpsYXN0X2Vycm9yGAcgASgJEg8KB3JlbGlzdHMYCCABKA0SGQoRZGlnZXN0X21pc21hdGNoZXMYCSABKA0i3AIKFExpc3RJbnN0YW5jZXNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SSAoGbGFiZWxzGAMgAygLMjguZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdC5MYWJlbHNFbnRyeRIwCgZzdGF0ZXMYBCADKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEi4KBWtpbmRzGAUgAygOMh8uZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VLaW5kEhEKCXBhZ2Vfc2l6ZRgGIAEoBRISCgpwYWdlX3Rva2VuGAcgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi5QEKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRI4CglpbnN0YW5jZXMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2USLwoFaG9zdHMYAiADKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEjgKDGhvc3RfcmVzdWx0cxgDIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdBIOCgZjdXJzb3IYBCABKAkSFwoPbmV4dF9wYWdlX3Rva2VuGAUgASgJIpICChVXYXRjaEluc3RhbmNlc1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEg0KBWhvc3RzGAIgAygJEkkKBmxhYmVscxgDIAMoCzI5LmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0LkxhYmVsc0VudHJ5EjAKBnN0YXRlcxgEIAMoDjIgLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU3RhdGUSLgoFa2luZHMYBSADKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLYAQoSRmxlZXRJbnN0YW5jZUV2ZW50EjQKBHR5cGUYASABKA4yJi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0RXZlbnRUeXBlEjcKCGluc3RhbmNlGAIgASgLMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldEluc3RhbmNlEjMKCWhvc3Rfc3luYxgDIAEoCzIgLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN5bmMSDgoGY3Vyc29yGAQgASgJEg4KBnJlYXNvbhgFIAEoCSJUChZXYXRjaEluc3RhbmNlc1Jlc3BvbnNlEjoKBmV2ZW50cxgBIAMoCzIqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZUV2ZW50Il4KGExpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIzChBwZXJfaG9zdF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKEUhvc3RTdGFuZGJ5U3RhdHVzEgwKBGhvc3QYASABKAkSMAoGc3RhdHVzGAIgASgLMiAuZmxlZXRsZXQuYWdlbnQudjEuU3RhbmRieVN0YXR1cyKSAQoZTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRI7CghzdGF0dXNlcxgBIAMoCzIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFN0YW5kYnlTdGF0dXMSOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0IoIBChVMaXN0Q29udGFpbmVyc1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdydW50aW1lGAMgASgJEhQKDHJ1bm5pbmdfb25seRgEIAEoCCJOCg1Ib3N0Q29udGFpbmVyEgwKBGhvc3QYASABKAkSLwoJY29udGFpbmVyGAIgASgLMhwuZmxlZXRsZXQuYWdlbnQudjEuQ29udGFpbmVyIqIBChZMaXN0Q29udGFpbmVyc1Jlc3BvbnNlEjkKCmNvbnRhaW5lcnMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RDb250YWluZXISOAoMaG9zdF9yZXN1bHRzGAIgAygLMiIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0UmVzdWx0EhMKC3VuYXZhaWxhYmxlGAMgAygJIpUBChpTdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBIMCgRob3N0GAEgASgJEg8KB3J1bnRpbWUYAiABKAkSEwoLZXh0ZXJuYWxfaWQYAyABKAkSDAoEdGFpbBgEIAEoDRISCgp0aW1lc3RhbXBzGAUgASgIEhEKCWNvbnRhaW5lchgGIAEoCRIOCgZmb2xsb3cYByABKAgioQEKG1N0cmVhbUNvbnRhaW5lckxvZ3NSZXNwb25zZRIpCgVsaW5lcxgBIAMoCzIaLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0xpbmUSMwoKZW5kX3JlYXNvbhgCIAEoDjIfLmZsZWV0bGV0LmFnZW50LnYxLkxvZ0VuZFJlYXNvbhISCgplbmRfZGV0YWlsGAMgASgJEg4KBmVycm9ycxgEIAMoCSKVAQoSRmxlZXRNZXRlcmluZ0VudHJ5EhEKCWZsZWV0X3NlcRgBIAEoBBIMCgRob3N0GAIgASgJEhEKCWxlZGdlcl9pZBgDIAEoCRILCgNzZXEYBCABKAQSDAoEbGluZRgFIAEoCRIMCgRraW5kGAYgASgJEg0KBXZtX2lkGAcgASgJEhMKC3NuYXBzaG90X2lkGAggASgJIkMKGlJlYWRNZXRlcmluZ0VudHJpZXNSZXF1ZXN0EhYKDmZyb21fZmxlZXRfc2VxGAEgASgEEg0KBWxpbWl0GAIgASgNIooBChtSZWFkTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USOwoHZW50cmllcxgBIAMoCzIqLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRNZXRlcmluZ0VudHJ5EhYKDm5leHRfZmxlZXRfc2VxGAIgASgEEhYKDmxhc3RfZmxlZXRfc2VxGAMgASgEIjUKG1dhdGNoTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBIWCg5mcm9tX2ZsZWV0X3NlcRgBIAEoBCJzChxXYXRjaE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEjsKB2VudHJpZXMYASADKAsyKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0TWV0ZXJpbmdFbnRyeRIWCg5sYXN0X2ZsZWV0X3NlcRgCIAEoBCrSAQoPQ29ubmVjdGlvblN0YXRlEiAKHENPTk5FQ1RJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIZChVDT05ORUNUSU9OX1NUQVRFX0lETEUQARIfChtDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RJTkcQAhIaChZDT05ORUNUSU9OX1NUQVRFX1JFQURZEAMSJgoiQ09OTkVDVElPTl9TVEFURV9UUkFOU0lFTlRfRkFJTFVSRRAEEh0KGUNPTk5FQ1RJT05fU1RBVEVfU0hVVERPV04QBSpqCgpIb3N0T3JpZ2luEhsKF0hPU1RfT1JJR0lOX1VOU1BFQ0lGSUVEEAASFAoQSE9TVF9PUklHSU5fRkxBRxABEhQKEEhPU1RfT1JJR0lOX0ZJTEUQAhITCg9IT1NUX09SSUdJTl9BUEkQAyqiAQoNSG9zdFN5bmNTdGF0ZRIfChtIT1NUX1NZTkNfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdIT1NUX1NZTkNfU1RBVEVfTE9BRElORxABEhoKFkhPU1RfU1lOQ19TVEFURV9TWU5DRUQQAhIZChVIT1NUX1NZTkNfU1RBVEVfU1RBTEUQAxIcChhIT1NUX1NZTkNfU1RBVEVfREVHUkFERUQQBCrlAQoORmxlZXRFdmVudFR5cGUSIAocRkxFRVRfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhoKFkZMRUVUX0VWRU5UX1RZUEVfQURERUQQARIdChlGTEVFVF9FVkVOVF9UWVBFX01PRElGSUVEEAISHAoYRkxFRVRfRVZFTlRfVFlQRV9ERUxFVEVEEAMSHgoaRkxFRVRfRVZFTlRfVFlQRV9IT1NUX1NZTkMQBBIbChdGTEVFVF9FVkVOVF9UWVBFX1NZTkNFRBAFEhsKF0ZMRUVUX0VWRU5UX1RZUEVfUkVTWU5DEAYy+goKDEZsZWV0U2VydmljZRJgCglMaXN0SG9zdHMSKC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RIb3N0c1JlcXVlc3QaKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RIb3N0c1Jlc3BvbnNlEloKB0FkZEhvc3QSJi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFkZEhvc3RSZXF1ZXN0GicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5BZGRIb3N0UmVzcG9uc2USYwoKUmVtb3ZlSG9zdBIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVtb3ZlSG9zdFJlcXVlc3QaKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlbW92ZUhvc3RSZXNwb25zZRJ4ChFMaXN0SW5zdGFuY2VTdGF0cxIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1Jlc3BvbnNlEmwKDUxpc3RJbnN0YW5jZXMSLC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXF1ZXN0Gi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVzcG9uc2UScQoOV2F0Y2hJbnN0YW5jZXMSLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoSW5zdGFuY2VzUmVxdWVzdBouLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hJbnN0YW5jZXNSZXNwb25zZTABEngKEUxpc3RTdGFuZGJ5U3RhdHVzEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U3RhbmRieVN0YXR1c1JlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RTdGFuZGJ5U3RhdHVzUmVzcG9uc2USbwoOTGlzdENvbnRhaW5lcnMSLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RDb250YWluZXJzUmVxdWVzdBouLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdENvbnRhaW5lcnNSZXNwb25zZRKAAQoTU3RyZWFtQ29udGFpbmVyTG9ncxIyLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuU3RyZWFtQ29udGFpbmVyTG9nc1JlcXVlc3QaMy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlN0cmVhbUNvbnRhaW5lckxvZ3NSZXNwb25zZTABEn4KE1JlYWRNZXRlcmluZ0VudHJpZXMSMi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlYWRNZXRlcmluZ0VudHJpZXNSZXF1ZXN0GjMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZWFkTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2USgwEKFFdhdGNoTWV0ZXJpbmdFbnRyaWVzEjMuZmxlZXRsZXQuYWdncmVnYXRvci52MS5XYXRjaE1ldGVyaW5nRW50cmllc1JlcXVlc3QaNC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoTWV0ZXJpbmdFbnRyaWVzUmVzcG9uc2UwARJ4ChFBY2NlcHRNZXRlcmluZ0dhcBIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWNjZXB0TWV0ZXJpbmdHYXBSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5BY2NlcHRNZXRlcmluZ0dhcFJlc3BvbnNlYgZwcm90bzM", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJmbGVldGxldC9hZ2dyZWdhdG9yL3YxL2ZsZWV0LnByb3RvEhZmbGVldGxldC5hZ2dyZWdhdG9yLnYxIqIDCgRIb3N0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRJBChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMicuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Db25uZWN0aW9uU3RhdGUSLQoJbGFzdF9zZWVuGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhZ2VudF9pbmNhcm5hdGlvbhgFIAEoCRI5CgpzeW5jX3N0YXRlGAYgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEhIKCmxhc3RfZXJyb3IYByABKAkSMwoQcGVyX2hvc3RfdGltZW91dBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgZvcmlnaW4YCSABKA4yIi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RPcmlnaW4SNgoIbWV0ZXJpbmcYCiABKAsyJC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RNZXRlcmluZyKpAgoMSG9zdE1ldGVyaW5nEhEKCWxlZGdlcl9pZBgBIAEoCRISCgptZXJnZWRfc2VxGAIgASgEEhYKDmFnZW50X2xhc3Rfc2VxGAMgASgEEhMKC2xhZ19lbnRyaWVzGAQgASgEEhMKC2xhZ19zZWNvbmRzGAUgASgBEhYKDmxlZGdlcl9jaGFuZ2VzGAYgASgNEhIKCmxhc3RfZXJyb3IYByABKAkSFQoNYWNjZXB0ZWRfZ2FwcxgIIAEoDRIgChhhZ2VudF9maXJzdF9yZXRhaW5lZF9zZXEYCSABKAQSNQoRYWdlbnRfcmVwb3J0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDG1ldGVyaW5nX29mZhgLIAEoCCJfChhBY2NlcHRNZXRlcmluZ0dhcFJlcXVlc3QSDAoEaG9zdBgBIAEoCRIRCglsZWRnZXJfaWQYAiABKAkSEgoKcmVzdW1lX3NlcRgDIAEoBBIOCgZyZWFzb24YBCABKAkilgEKC01ldGVyaW5nR2FwEgwKBGhvc3QYASABKAkSEQoJbGVkZ2VyX2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoBBISCgpyZXN1bWVfc2VxGAQgASgEEi8KC2FjY2VwdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBiABKAkiTQoZQWNjZXB0TWV0ZXJpbmdHYXBSZXNwb25zZRIwCgNnYXAYASABKAsyIy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLk1ldGVyaW5nR2FwIk0KCkhvc3RSZXN1bHQSDAoEaG9zdBgBIAEoCRIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSEgoKbGF0ZW5jeV9tcxgEIAEoASISChBMaXN0SG9zdHNSZXF1ZXN0IkAKEUxpc3RIb3N0c1Jlc3BvbnNlEisKBWhvc3RzGAEgAygLMhwuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0InUKDkFkZEhvc3RSZXF1ZXN0EgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIzChBwZXJfaG9zdF90aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg8KB2RyeV9ydW4YBCABKAgibwoPQWRkSG9zdFJlc3BvbnNlEioKBGhvc3QYASABKAsyHC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3QSMAoFcHJvYmUYAiABKAsyIS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RQcm9iZSLMAQoJSG9zdFByb2JlEhEKCXJlYWNoYWJsZRgBIAEoCBIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSEgoKbGF0ZW5jeV9tcxgEIAEoARIVCg1oZWFsdGhfc3RhdHVzGAUgASgJEhUKDWFnZW50X3ZlcnNpb24YBiABKAkSGQoRYWdlbnRfaW5jYXJuYXRpb24YByABKAkSGAoQcmVzb3VyY2VfdmVyc2lvbhgIIAEoBBIWCg5pbnN0YW5jZV9jb3VudBgJIAEoDSIhChFSZXN5bmNIb3N0UmVxdWVzdBIMCgRuYW1lGAEgASgJInsKElJlc3luY0hvc3RSZXNwb25zZRIzCglob3N0X3N5bmMYASABKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEg0KBWFkZGVkGAIgASgNEhAKCG1vZGlmaWVkGAMgASgNEg8KB2RlbGV0ZWQYBCABKA0iIQoRUmVtb3ZlSG9zdFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJSZW1vdmVIb3N0UmVzcG9uc2UiXgoYTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2wQKEUhvc3RJbnN0YW5jZVN0YXRzEhMKC2luc3RhbmNlX2lkGAEgASgJEhUKDWluc3RhbmNlX25hbWUYAiABKAkSLgoKc2FtcGxlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIY3B1X3VzZWMYBCABKARIAIgBARIYCgtjcHVfc2Vjb25kcxgFIAEoAUgBiAEBEh0KEG1lbW9yeV9yc3NfYnl0ZXMYBiABKARIAogBARIdChBtZW1vcnlfdm1zX2J5dGVzGAcgASgESAOIAQESGQoMbmV0X3J4X2J5dGVzGAggASgESASIAQESGQoMbmV0X3R4X2J5dGVzGAkgASgESAWIAQESFwoPYWxsb2NhdGVkX3ZjcHVzGAogASgFEh4KFmFsbG9jYXRlZF9tZW1vcnlfYnl0ZXMYCyABKAMSJQoYbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvGAwgASgBSAaIAQESIgoVY3B1X3V0aWxpemF0aW9uX3JhdGlvGA0gASgBSAeIAQESEwoLdW5hdmFpbGFibGUYDiADKAkSDAoEaG9zdBhkIAEoCUILCglfY3B1X3VzZWNCDgoMX2NwdV9zZWNvbmRzQhMKEV9tZW1vcnlfcnNzX2J5dGVzQhMKEV9tZW1vcnlfdm1zX2J5dGVzQg8KDV9uZXRfcnhfYnl0ZXNCDwoNX25ldF90eF9ieXRlc0IbChlfbWVtb3J5X3V0aWxpemF0aW9uX3JhdGlvQhgKFl9jcHVfdXRpbGl6YXRpb25fcmF0aW8ijwEKGUxpc3RJbnN0YW5jZVN0YXRzUmVzcG9uc2USOAoFc3RhdHMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RJbnN0YW5jZVN0YXRzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKoBQoNRmxlZXRJbnN0YW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi0KBGtpbmQYAyABKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSLwoFc3RhdGUYBCABKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEhAKA3BpZBgFIAEoBUgAiAEBEhIKCnRhcF9kZXZpY2UYBiABKAkSCgoCaXAYByABKAkSFwoPbmV0d29ya19lbmFibGVkGAggASgIEhAKCGhhc192Z3B1GAkgASgIEhcKD2FsbG9jYXRlZF92Y3B1cxgKIAEoBRIeChZhbGxvY2F0ZWRfbWVtb3J5X2J5dGVzGAsgASgDEh8KF2FsbG9jYXRlZF9zdG9yYWdlX2J5dGVzGAwgASgDEhIKCmh5cGVydmlzb3IYDSABKAkSOAoOc3RhbmRieV9wb2xpY3kYDiABKAsyIC5mbGVldGxldC5hZ2VudC52MS5TdGFuZGJ5UG9saWN5EkEKBmxhYmVscxgPIAMoCzIxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZS5MYWJlbHNFbnRyeRIxCgZzb3VyY2UYECABKA4yIS5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVNvdXJjZRITCgtydW50aW1lX3JlZhgRIAEoCRIbCg5waWRfc3RhcnRfdGltZRgSIAEoBEgBiAEBEhgKEHJlc291cmNlX3ZlcnNpb24YEyABKAQSDAoEaG9zdBhkIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgYKBF9waWRCEQoPX3BpZF9zdGFydF90aW1lIpwCCghIb3N0U3luYxIMCgRob3N0GAEgASgJEjQKBXN0YXRlGAIgASgOMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0U3luY1N0YXRlEi0KCWxhc3Rfc2VlbhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQcmVzb3VyY2VfdmVyc2lvbhgEIAEoBBITCgtpbmNhcm5hdGlvbhgFIAEoCRIWCg5pbnN0YW5jZV9jb3VudBgGIAEoDRISCgpsYXN0X2Vycm9yGAcgASgJEg8KB3JlbGlzdHMYCCABKA0SGQoRZGlnZXN0X21pc21hdGNoZXMYCSABKA0SFgoOc25hcHNob3RfY291bnQYCiABKA0i3AIKFExpc3RJbnN0YW5jZXNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SSAoGbGFiZWxzGAMgAygLMjguZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdC5MYWJlbHNFbnRyeRIwCgZzdGF0ZXMYBCADKA4yIC5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZVN0YXRlEi4KBWtpbmRzGAUgAygOMh8uZmxlZXRsZXQuYWdlbnQudjEuSW5zdGFuY2VLaW5kEhEKCXBhZ2Vfc2l6ZRgGIAEoBRISCgpwYWdlX3Rva2VuGAcgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi5QEKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRI4CglpbnN0YW5jZXMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2USLwoFaG9zdHMYAiADKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEjgKDGhvc3RfcmVzdWx0cxgDIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdBIOCgZjdXJzb3IYBCABKAkSFwoPbmV4dF9wYWdlX3Rva2VuGAUgASgJIswCChVXYXRjaEluc3RhbmNlc1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEg0KBWhvc3RzGAIgAygJEkkKBmxhYmVscxgDIAMoCzI5LmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0LkxhYmVsc0VudHJ5EjAKBnN0YXRlcxgEIAMoDjIgLmZsZWV0bGV0LmFnZW50LnYxLkluc3RhbmNlU3RhdGUSLgoFa2luZHMYBSADKA4yHy5mbGVldGxldC5hZ2VudC52MS5JbnN0YW5jZUtpbmQSGQoRaW5jbHVkZV9zbmFwc2hvdHMYBiABKAgSHQoVc25hcHNob3RfaW5zdGFuY2VfaWRzGAcgAygJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikQIKEkZsZWV0SW5zdGFuY2VFdmVudBI0CgR0eXBlGAEgASgOMiYuZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldEV2ZW50VHlwZRI3CghpbnN0YW5jZRgCIAEoCzIlLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuRmxlZXRJbnN0YW5jZRIzCglob3N0X3N5bmMYAyABKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEg4KBmN1cnNvchgEIAEoCRIOCgZyZWFzb24YBSABKAkSNwoIc25hcHNob3QYBiABKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0U25hcHNob3QigwEKDUZsZWV0U25hcHNob3QSCgoCaWQYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkSEgoKaHlwZXJ2aXNvchgDIAEoCRIVCg1zdG9yYWdlX2J5dGVzGAQgASgDEhgKEHJlc291cmNlX3ZlcnNpb24YBSABKAQSDAoEaG9zdBhkIAEoCSJiChRMaXN0U25hcHNob3RzUmVxdWVzdBINCgVob3N0cxgBIAMoCRIUCgxpbnN0YW5jZV9pZHMYAiADKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiqwEKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRI4CglzbmFwc2hvdHMYASADKAsyJS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0U25hcHNob3QSLwoFaG9zdHMYAiADKAsyIC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTeW5jEg4KBmN1cnNvchgDIAEoCRIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkiVAoWV2F0Y2hJbnN0YW5jZXNSZXNwb25zZRI6CgZldmVudHMYASADKAsyKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0SW5zdGFuY2VFdmVudCJeChhMaXN0U3RhbmRieVN0YXR1c1JlcXVlc3QSDQoFaG9zdHMYASADKAkSMwoQcGVyX2hvc3RfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJTChFIb3N0U3RhbmRieVN0YXR1cxIMCgRob3N0GAEgASgJEjAKBnN0YXR1cxgCIAEoCzIgLmZsZWV0bGV0LmFnZW50LnYxLlN0YW5kYnlTdGF0dXMikgEKGUxpc3RTdGFuZGJ5U3RhdHVzUmVzcG9uc2USOwoIc3RhdHVzZXMYASADKAsyKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkhvc3RTdGFuZGJ5U3RhdHVzEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdCKCAQoVTGlzdENvbnRhaW5lcnNSZXF1ZXN0Eg0KBWhvc3RzGAEgAygJEjMKEHBlcl9ob3N0X3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDwoHcnVudGltZRgDIAEoCRIUCgxydW5uaW5nX29ubHkYBCABKAgiTgoNSG9zdENvbnRhaW5lchIMCgRob3N0GAEgASgJEi8KCWNvbnRhaW5lchgCIAEoCzIcLmZsZWV0bGV0LmFnZW50LnYxLkNvbnRhaW5lciKiAQoWTGlzdENvbnRhaW5lcnNSZXNwb25zZRI5Cgpjb250YWluZXJzGAEgAygLMiUuZmxlZXRsZXQuYWdncmVnYXRvci52MS5Ib3N0Q29udGFpbmVyEjgKDGhvc3RfcmVzdWx0cxgCIAMoCzIiLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuSG9zdFJlc3VsdBITCgt1bmF2YWlsYWJsZRgDIAMoCSKVAQoaU3RyZWFtQ29udGFpbmVyTG9nc1JlcXVlc3QSDAoEaG9zdBgBIAEoCRIPCgdydW50aW1lGAIgASgJEhMKC2V4dGVybmFsX2lkGAMgASgJEgwKBHRhaWwYBCABKA0SEgoKdGltZXN0YW1wcxgFIAEoCBIRCgljb250YWluZXIYBiABKAkSDgoGZm9sbG93GAcgASgIIqEBChtTdHJlYW1Db250YWluZXJMb2dzUmVzcG9uc2USKQoFbGluZXMYASADKAsyGi5mbGVldGxldC5hZ2VudC52MS5Mb2dMaW5lEjMKCmVuZF9yZWFzb24YAiABKA4yHy5mbGVldGxldC5hZ2VudC52MS5Mb2dFbmRSZWFzb24SEgoKZW5kX2RldGFpbBgDIAEoCRIOCgZlcnJvcnMYBCADKAkilQEKEkZsZWV0TWV0ZXJpbmdFbnRyeRIRCglmbGVldF9zZXEYASABKAQSDAoEaG9zdBgCIAEoCRIRCglsZWRnZXJfaWQYAyABKAkSCwoDc2VxGAQgASgEEgwKBGxpbmUYBSABKAkSDAoEa2luZBgGIAEoCRINCgV2bV9pZBgHIAEoCRITCgtzbmFwc2hvdF9pZBgIIAEoCSJDChpSZWFkTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBIWCg5mcm9tX2ZsZWV0X3NlcRgBIAEoBBINCgVsaW1pdBgCIAEoDSKKAQobUmVhZE1ldGVyaW5nRW50cmllc1Jlc3BvbnNlEjsKB2VudHJpZXMYASADKAsyKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkZsZWV0TWV0ZXJpbmdFbnRyeRIWCg5uZXh0X2ZsZWV0X3NlcRgCIAEoBBIWCg5sYXN0X2ZsZWV0X3NlcRgDIAEoBCI1ChtXYXRjaE1ldGVyaW5nRW50cmllc1JlcXVlc3QSFgoOZnJvbV9mbGVldF9zZXEYASABKAQicwocV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXNwb25zZRI7CgdlbnRyaWVzGAEgAygLMiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5GbGVldE1ldGVyaW5nRW50cnkSFgoObGFzdF9mbGVldF9zZXEYAiABKAQq0gEKD0Nvbm5lY3Rpb25TdGF0ZRIgChxDT05ORUNUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVQ09OTkVDVElPTl9TVEFURV9JRExFEAESHwobQ09OTkVDVElPTl9TVEFURV9DT05ORUNUSU5HEAISGgoWQ09OTkVDVElPTl9TVEFURV9SRUFEWRADEiYKIkNPTk5FQ1RJT05fU1RBVEVfVFJBTlNJRU5UX0ZBSUxVUkUQBBIdChlDT05ORUNUSU9OX1NUQVRFX1NIVVRET1dOEAUqagoKSG9zdE9yaWdpbhIbChdIT1NUX09SSUdJTl9VTlNQRUNJRklFRBAAEhQKEEhPU1RfT1JJR0lOX0ZMQUcQARIUChBIT1NUX09SSUdJTl9GSUxFEAISEwoPSE9TVF9PUklHSU5fQVBJEAMqogEKDUhvc3RTeW5jU3RhdGUSHwobSE9TVF9TWU5DX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXSE9TVF9TWU5DX1NUQVRFX0xPQURJTkcQARIaChZIT1NUX1NZTkNfU1RBVEVfU1lOQ0VEEAISGQoVSE9TVF9TWU5DX1NUQVRFX1NUQUxFEAMSHAoYSE9TVF9TWU5DX1NUQVRFX0RFR1JBREVEEAQq5QEKDkZsZWV0RXZlbnRUeXBlEiAKHEZMRUVUX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIaChZGTEVFVF9FVkVOVF9UWVBFX0FEREVEEAESHQoZRkxFRVRfRVZFTlRfVFlQRV9NT0RJRklFRBACEhwKGEZMRUVUX0VWRU5UX1RZUEVfREVMRVRFRBADEh4KGkZMRUVUX0VWRU5UX1RZUEVfSE9TVF9TWU5DEAQSGwoXRkxFRVRfRVZFTlRfVFlQRV9TWU5DRUQQBRIbChdGTEVFVF9FVkVOVF9UWVBFX1JFU1lOQxAGMs0MCgxGbGVldFNlcnZpY2USYAoJTGlzdEhvc3RzEiguZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SG9zdHNSZXF1ZXN0GikuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SG9zdHNSZXNwb25zZRJaCgdBZGRIb3N0EiYuZmxlZXRsZXQuYWdncmVnYXRvci52MS5BZGRIb3N0UmVxdWVzdBonLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuQWRkSG9zdFJlc3BvbnNlEmMKClJlbW92ZUhvc3QSKS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlbW92ZUhvc3RSZXF1ZXN0GiouZmxlZXRsZXQuYWdncmVnYXRvci52MS5SZW1vdmVIb3N0UmVzcG9uc2USYwoKUmVzeW5jSG9zdBIpLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVzeW5jSG9zdFJlcXVlc3QaKi5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlc3luY0hvc3RSZXNwb25zZRJ4ChFMaXN0SW5zdGFuY2VTdGF0cxIwLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdEluc3RhbmNlU3RhdHNSZXF1ZXN0GjEuZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VTdGF0c1Jlc3BvbnNlEmwKDUxpc3RJbnN0YW5jZXMSLC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RJbnN0YW5jZXNSZXF1ZXN0Gi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0SW5zdGFuY2VzUmVzcG9uc2UScQoOV2F0Y2hJbnN0YW5jZXMSLS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoSW5zdGFuY2VzUmVxdWVzdBouLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hJbnN0YW5jZXNSZXNwb25zZTABEmwKDUxpc3RTbmFwc2hvdHMSLC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0Gi0uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USeAoRTGlzdFN0YW5kYnlTdGF0dXMSMC5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkxpc3RTdGFuZGJ5U3RhdHVzUmVxdWVzdBoxLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdFN0YW5kYnlTdGF0dXNSZXNwb25zZRJvCg5MaXN0Q29udGFpbmVycxItLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuTGlzdENvbnRhaW5lcnNSZXF1ZXN0Gi4uZmxlZXRsZXQuYWdncmVnYXRvci52MS5MaXN0Q29udGFpbmVyc1Jlc3BvbnNlEoABChNTdHJlYW1Db250YWluZXJMb2dzEjIuZmxlZXRsZXQuYWdncmVnYXRvci52MS5TdHJlYW1Db250YWluZXJMb2dzUmVxdWVzdBozLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuU3RyZWFtQ29udGFpbmVyTG9nc1Jlc3BvbnNlMAESfgoTUmVhZE1ldGVyaW5nRW50cmllcxIyLmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuUmVhZE1ldGVyaW5nRW50cmllc1JlcXVlc3QaMy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLlJlYWRNZXRlcmluZ0VudHJpZXNSZXNwb25zZRKDAQoUV2F0Y2hNZXRlcmluZ0VudHJpZXMSMy5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLldhdGNoTWV0ZXJpbmdFbnRyaWVzUmVxdWVzdBo0LmZsZWV0bGV0LmFnZ3JlZ2F0b3IudjEuV2F0Y2hNZXRlcmluZ0VudHJpZXNSZXNwb25zZTABEngKEUFjY2VwdE1ldGVyaW5nR2FwEjAuZmxlZXRsZXQuYWdncmVnYXRvci52MS5BY2NlcHRNZXRlcmluZ0dhcFJlcXVlc3QaMS5mbGVldGxldC5hZ2dyZWdhdG9yLnYxLkFjY2VwdE1ldGVyaW5nR2FwUmVzcG9uc2ViBnByb3RvMw", [file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message fleetlet.aggregator.v1.Host
@@ -170,6 +170,14 @@ export type HostMetering = Message<"fleetlet.aggregator.v1.HostMetering"> & {
    * @generated from field: google.protobuf.Timestamp agent_reported_at = 10;
    */
   agentReportedAt?: Timestamp | undefined;
+
+  /**
+   * The agent runs with `--metering off` (its GetMeteringStatus said so): there is nothing to
+   * follow, and it is not an error. Asked again once the agent restarts (a new incarnation).
+   *
+   * @generated from field: bool metering_off = 11;
+   */
+  meteringOff: boolean;
 };
 
 /**
@@ -362,6 +370,15 @@ export type AddHostRequest = Message<"fleetlet.aggregator.v1.AddHostRequest"> & 
    * @generated from field: google.protobuf.Duration per_host_timeout = 3;
    */
   perHostTimeout?: Duration | undefined;
+
+  /**
+   * Test the connection only: dial the address (within per_host_timeout, else the
+   * aggregator's default), ask the agent's health and inventory, and report it in `probe`.
+   * Nothing is added or persisted; the name and address are checked as for a real add.
+   *
+   * @generated from field: bool dry_run = 4;
+   */
+  dryRun: boolean;
 };
 
 /**
@@ -376,9 +393,18 @@ export const AddHostRequestSchema: GenMessage<AddHostRequest> = /*@__PURE__*/
  */
 export type AddHostResponse = Message<"fleetlet.aggregator.v1.AddHostResponse"> & {
   /**
+   * The host as added (dry_run: as it would be; its connection_state is the probe's).
+   *
    * @generated from field: fleetlet.aggregator.v1.Host host = 1;
    */
   host?: Host | undefined;
+
+  /**
+   * dry_run only.
+   *
+   * @generated from field: fleetlet.aggregator.v1.HostProbe probe = 2;
+   */
+  probe?: HostProbe | undefined;
 };
 
 /**
@@ -387,6 +413,128 @@ export type AddHostResponse = Message<"fleetlet.aggregator.v1.AddHostResponse"> 
  */
 export const AddHostResponseSchema: GenMessage<AddHostResponse> = /*@__PURE__*/
   messageDesc(file_fleetlet_aggregator_v1_fleet, 9);
+
+/**
+ * What a dry-run AddHost reached at the address.
+ *
+ * @generated from message fleetlet.aggregator.v1.HostProbe
+ */
+export type HostProbe = Message<"fleetlet.aggregator.v1.HostProbe"> & {
+  /**
+   * An agent answered its inventory (code OK).
+   *
+   * @generated from field: bool reachable = 1;
+   */
+  reachable: boolean;
+
+  /**
+   * gRPC code name of the first call that failed (OK when none did).
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * @generated from field: string message = 3;
+   */
+  message: string;
+
+  /**
+   * Time to the agent's answers (or to the failure).
+   *
+   * @generated from field: double latency_ms = 4;
+   */
+  latencyMs: number;
+
+  /**
+   * grpc.health.v1 status of the whole server ("SERVING", "NOT_SERVING", ...).
+   *
+   * @generated from field: string health_status = 5;
+   */
+  healthStatus: string;
+
+  /**
+   * From the agent's ListInstances.
+   *
+   * @generated from field: string agent_version = 6;
+   */
+  agentVersion: string;
+
+  /**
+   * @generated from field: string agent_incarnation = 7;
+   */
+  agentIncarnation: string;
+
+  /**
+   * @generated from field: uint64 resource_version = 8;
+   */
+  resourceVersion: bigint;
+
+  /**
+   * @generated from field: uint32 instance_count = 9;
+   */
+  instanceCount: number;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.HostProbe.
+ * Use `create(HostProbeSchema)` to create a new message.
+ */
+export const HostProbeSchema: GenMessage<HostProbe> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 10);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.ResyncHostRequest
+ */
+export type ResyncHostRequest = Message<"fleetlet.aggregator.v1.ResyncHostRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ResyncHostRequest.
+ * Use `create(ResyncHostRequestSchema)` to create a new message.
+ */
+export const ResyncHostRequestSchema: GenMessage<ResyncHostRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 11);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.ResyncHostResponse
+ */
+export type ResyncHostResponse = Message<"fleetlet.aggregator.v1.ResyncHostResponse"> & {
+  /**
+   * After the relist.
+   *
+   * @generated from field: fleetlet.aggregator.v1.HostSync host_sync = 1;
+   */
+  hostSync?: HostSync | undefined;
+
+  /**
+   * What the relist changed in the view (0 each when the view was already right).
+   *
+   * @generated from field: uint32 added = 2;
+   */
+  added: number;
+
+  /**
+   * @generated from field: uint32 modified = 3;
+   */
+  modified: number;
+
+  /**
+   * @generated from field: uint32 deleted = 4;
+   */
+  deleted: number;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ResyncHostResponse.
+ * Use `create(ResyncHostResponseSchema)` to create a new message.
+ */
+export const ResyncHostResponseSchema: GenMessage<ResyncHostResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 12);
 
 /**
  * @generated from message fleetlet.aggregator.v1.RemoveHostRequest
@@ -403,7 +551,7 @@ export type RemoveHostRequest = Message<"fleetlet.aggregator.v1.RemoveHostReques
  * Use `create(RemoveHostRequestSchema)` to create a new message.
  */
 export const RemoveHostRequestSchema: GenMessage<RemoveHostRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 10);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 13);
 
 /**
  * @generated from message fleetlet.aggregator.v1.RemoveHostResponse
@@ -416,7 +564,7 @@ export type RemoveHostResponse = Message<"fleetlet.aggregator.v1.RemoveHostRespo
  * Use `create(RemoveHostResponseSchema)` to create a new message.
  */
 export const RemoveHostResponseSchema: GenMessage<RemoveHostResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 11);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 14);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstanceStatsRequest
@@ -442,7 +590,7 @@ export type ListInstanceStatsRequest = Message<"fleetlet.aggregator.v1.ListInsta
  * Use `create(ListInstanceStatsRequestSchema)` to create a new message.
  */
 export const ListInstanceStatsRequestSchema: GenMessage<ListInstanceStatsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 12);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 15);
 
 /**
  * The agent's InstanceStats fields (same names and numbers) plus the host.
@@ -533,7 +681,7 @@ export type HostInstanceStats = Message<"fleetlet.aggregator.v1.HostInstanceStat
  * Use `create(HostInstanceStatsSchema)` to create a new message.
  */
 export const HostInstanceStatsSchema: GenMessage<HostInstanceStats> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 13);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstanceStatsResponse
@@ -559,7 +707,7 @@ export type ListInstanceStatsResponse = Message<"fleetlet.aggregator.v1.ListInst
  * Use `create(ListInstanceStatsResponseSchema)` to create a new message.
  */
 export const ListInstanceStatsResponseSchema: GenMessage<ListInstanceStatsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 14);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
 
 /**
  * The agent's Instance fields (same names and numbers) plus the host.
@@ -675,7 +823,7 @@ export type FleetInstance = Message<"fleetlet.aggregator.v1.FleetInstance"> & {
  * Use `create(FleetInstanceSchema)` to create a new message.
  */
 export const FleetInstanceSchema: GenMessage<FleetInstance> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 15);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
 
 /**
  * Where a host's part of the merged view stands (inventory.md): LOADING = being listed (first
@@ -741,6 +889,11 @@ export type HostSync = Message<"fleetlet.aggregator.v1.HostSync"> & {
    * @generated from field: uint32 digest_mismatches = 9;
    */
   digestMismatches: number;
+
+  /**
+   * @generated from field: uint32 snapshot_count = 10;
+   */
+  snapshotCount: number;
 };
 
 /**
@@ -748,7 +901,7 @@ export type HostSync = Message<"fleetlet.aggregator.v1.HostSync"> & {
  * Use `create(HostSyncSchema)` to create a new message.
  */
 export const HostSyncSchema: GenMessage<HostSync> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 16);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstancesRequest
@@ -810,7 +963,7 @@ export type ListInstancesRequest = Message<"fleetlet.aggregator.v1.ListInstances
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 17);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListInstancesResponse
@@ -857,7 +1010,7 @@ export type ListInstancesResponse = Message<"fleetlet.aggregator.v1.ListInstance
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 18);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchInstancesRequest
@@ -891,6 +1044,23 @@ export type WatchInstancesRequest = Message<"fleetlet.aggregator.v1.WatchInstanc
    * @generated from field: repeated fleetlet.agent.v1.InstanceKind kinds = 5;
    */
   kinds: InstanceKind[];
+
+  /**
+   * Snapshot changes too (FleetInstanceEvent.snapshot), and the current snapshots after the
+   * current instances for a watch without cursor. Off by default, so a client that knows only
+   * instances never gets an event without `instance`. Snapshots are filtered by `hosts` and
+   * `snapshot_instance_ids` only (labels, states and kinds are an instance's).
+   *
+   * @generated from field: bool include_snapshots = 6;
+   */
+  includeSnapshots: boolean;
+
+  /**
+   * Only snapshots taken of these instances (empty = any).
+   *
+   * @generated from field: repeated string snapshot_instance_ids = 7;
+   */
+  snapshotInstanceIds: string[];
 };
 
 /**
@@ -898,7 +1068,7 @@ export type WatchInstancesRequest = Message<"fleetlet.aggregator.v1.WatchInstanc
  * Use `create(WatchInstancesRequestSchema)` to create a new message.
  */
 export const WatchInstancesRequestSchema: GenMessage<WatchInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 19);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
 
 /**
  * @generated from message fleetlet.aggregator.v1.FleetInstanceEvent
@@ -910,6 +1080,8 @@ export type FleetInstanceEvent = Message<"fleetlet.aggregator.v1.FleetInstanceEv
   type: FleetEventType;
 
   /**
+   * Set for an instance's change; unset for a snapshot's.
+   *
    * @generated from field: fleetlet.aggregator.v1.FleetInstance instance = 2;
    */
   instance?: FleetInstance | undefined;
@@ -930,6 +1102,13 @@ export type FleetInstanceEvent = Message<"fleetlet.aggregator.v1.FleetInstanceEv
    * @generated from field: string reason = 5;
    */
   reason: string;
+
+  /**
+   * ADDED / MODIFIED / DELETED of a snapshot (watches with include_snapshots only).
+   *
+   * @generated from field: fleetlet.aggregator.v1.FleetSnapshot snapshot = 6;
+   */
+  snapshot?: FleetSnapshot | undefined;
 };
 
 /**
@@ -937,7 +1116,134 @@ export type FleetInstanceEvent = Message<"fleetlet.aggregator.v1.FleetInstanceEv
  * Use `create(FleetInstanceEventSchema)` to create a new message.
  */
 export const FleetInstanceEventSchema: GenMessage<FleetInstanceEvent> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 20);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 23);
+
+/**
+ * The agent's Snapshot fields (same names and numbers) plus the host.
+ *
+ * @generated from message fleetlet.aggregator.v1.FleetSnapshot
+ */
+export type FleetSnapshot = Message<"fleetlet.aggregator.v1.FleetSnapshot"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string instance_id = 2;
+   */
+  instanceId: string;
+
+  /**
+   * @generated from field: string hypervisor = 3;
+   */
+  hypervisor: string;
+
+  /**
+   * @generated from field: int64 storage_bytes = 4;
+   */
+  storageBytes: bigint;
+
+  /**
+   * The agent's version of this snapshot's last change.
+   *
+   * @generated from field: uint64 resource_version = 5;
+   */
+  resourceVersion: bigint;
+
+  /**
+   * @generated from field: string host = 100;
+   */
+  host: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.FleetSnapshot.
+ * Use `create(FleetSnapshotSchema)` to create a new message.
+ */
+export const FleetSnapshotSchema: GenMessage<FleetSnapshot> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 24);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.ListSnapshotsRequest
+ */
+export type ListSnapshotsRequest = Message<"fleetlet.aggregator.v1.ListSnapshotsRequest"> & {
+  /**
+   * Empty = every host.
+   *
+   * @generated from field: repeated string hosts = 1;
+   */
+  hosts: string[];
+
+  /**
+   * Only snapshots taken of these instances (empty = any).
+   *
+   * @generated from field: repeated string instance_ids = 2;
+   */
+  instanceIds: string[];
+
+  /**
+   * Paged like ListInstances (0 = 1000, above 10000 = 10000; a page also ends before 2 MiB).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous answer (with the same hosts and instance_ids).
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ListSnapshotsRequest.
+ * Use `create(ListSnapshotsRequestSchema)` to create a new message.
+ */
+export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 25);
+
+/**
+ * @generated from message fleetlet.aggregator.v1.ListSnapshotsResponse
+ */
+export type ListSnapshotsResponse = Message<"fleetlet.aggregator.v1.ListSnapshotsResponse"> & {
+  /**
+   * Sorted by host, then id.
+   *
+   * @generated from field: repeated fleetlet.aggregator.v1.FleetSnapshot snapshots = 1;
+   */
+  snapshots: FleetSnapshot[];
+
+  /**
+   * Of the whole list, as in ListInstancesResponse.
+   *
+   * @generated from field: repeated fleetlet.aggregator.v1.HostSync hosts = 2;
+   */
+  hosts: HostSync[];
+
+  /**
+   * Fleet cursor of this view: WatchInstances{cursor, include_snapshots} from it gets exactly
+   * the changes after it.
+   *
+   * @generated from field: string cursor = 3;
+   */
+  cursor: string;
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message fleetlet.aggregator.v1.ListSnapshotsResponse.
+ * Use `create(ListSnapshotsResponseSchema)` to create a new message.
+ */
+export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 26);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchInstancesResponse
@@ -954,7 +1260,7 @@ export type WatchInstancesResponse = Message<"fleetlet.aggregator.v1.WatchInstan
  * Use `create(WatchInstancesResponseSchema)` to create a new message.
  */
 export const WatchInstancesResponseSchema: GenMessage<WatchInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 21);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 27);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusRequest
@@ -978,7 +1284,7 @@ export type ListStandbyStatusRequest = Message<"fleetlet.aggregator.v1.ListStand
  * Use `create(ListStandbyStatusRequestSchema)` to create a new message.
  */
 export const ListStandbyStatusRequestSchema: GenMessage<ListStandbyStatusRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 22);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 28);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostStandbyStatus
@@ -1000,7 +1306,7 @@ export type HostStandbyStatus = Message<"fleetlet.aggregator.v1.HostStandbyStatu
  * Use `create(HostStandbyStatusSchema)` to create a new message.
  */
 export const HostStandbyStatusSchema: GenMessage<HostStandbyStatus> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 23);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 29);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListStandbyStatusResponse
@@ -1024,7 +1330,7 @@ export type ListStandbyStatusResponse = Message<"fleetlet.aggregator.v1.ListStan
  * Use `create(ListStandbyStatusResponseSchema)` to create a new message.
  */
 export const ListStandbyStatusResponseSchema: GenMessage<ListStandbyStatusResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 24);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 30);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersRequest
@@ -1060,7 +1366,7 @@ export type ListContainersRequest = Message<"fleetlet.aggregator.v1.ListContaine
  * Use `create(ListContainersRequestSchema)` to create a new message.
  */
 export const ListContainersRequestSchema: GenMessage<ListContainersRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 25);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 31);
 
 /**
  * @generated from message fleetlet.aggregator.v1.HostContainer
@@ -1082,7 +1388,7 @@ export type HostContainer = Message<"fleetlet.aggregator.v1.HostContainer"> & {
  * Use `create(HostContainerSchema)` to create a new message.
  */
 export const HostContainerSchema: GenMessage<HostContainer> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 26);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 32);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ListContainersResponse
@@ -1113,7 +1419,7 @@ export type ListContainersResponse = Message<"fleetlet.aggregator.v1.ListContain
  * Use `create(ListContainersResponseSchema)` to create a new message.
  */
 export const ListContainersResponseSchema: GenMessage<ListContainersResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 27);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 33);
 
 /**
  * @generated from message fleetlet.aggregator.v1.StreamContainerLogsRequest
@@ -1162,7 +1468,7 @@ export type StreamContainerLogsRequest = Message<"fleetlet.aggregator.v1.StreamC
  * Use `create(StreamContainerLogsRequestSchema)` to create a new message.
  */
 export const StreamContainerLogsRequestSchema: GenMessage<StreamContainerLogsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 28);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 34);
 
 /**
  * The agent's StreamContainerLogsResponse, relayed.
@@ -1196,7 +1502,7 @@ export type StreamContainerLogsResponse = Message<"fleetlet.aggregator.v1.Stream
  * Use `create(StreamContainerLogsResponseSchema)` to create a new message.
  */
 export const StreamContainerLogsResponseSchema: GenMessage<StreamContainerLogsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 29);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 35);
 
 /**
  * One merged entry: where it came from and its place in the fleet feed.
@@ -1256,7 +1562,7 @@ export type FleetMeteringEntry = Message<"fleetlet.aggregator.v1.FleetMeteringEn
  * Use `create(FleetMeteringEntrySchema)` to create a new message.
  */
 export const FleetMeteringEntrySchema: GenMessage<FleetMeteringEntry> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 30);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 36);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesRequest
@@ -1283,7 +1589,7 @@ export type ReadMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.ReadMet
  * Use `create(ReadMeteringEntriesRequestSchema)` to create a new message.
  */
 export const ReadMeteringEntriesRequestSchema: GenMessage<ReadMeteringEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 31);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 37);
 
 /**
  * @generated from message fleetlet.aggregator.v1.ReadMeteringEntriesResponse
@@ -1310,7 +1616,7 @@ export type ReadMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.ReadMe
  * Use `create(ReadMeteringEntriesResponseSchema)` to create a new message.
  */
 export const ReadMeteringEntriesResponseSchema: GenMessage<ReadMeteringEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 32);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 38);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesRequest
@@ -1327,7 +1633,7 @@ export type WatchMeteringEntriesRequest = Message<"fleetlet.aggregator.v1.WatchM
  * Use `create(WatchMeteringEntriesRequestSchema)` to create a new message.
  */
 export const WatchMeteringEntriesRequestSchema: GenMessage<WatchMeteringEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 33);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 39);
 
 /**
  * @generated from message fleetlet.aggregator.v1.WatchMeteringEntriesResponse
@@ -1349,7 +1655,7 @@ export type WatchMeteringEntriesResponse = Message<"fleetlet.aggregator.v1.Watch
  * Use `create(WatchMeteringEntriesResponseSchema)` to create a new message.
  */
 export const WatchMeteringEntriesResponseSchema: GenMessage<WatchMeteringEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetlet_aggregator_v1_fleet, 34);
+  messageDesc(file_fleetlet_aggregator_v1_fleet, 40);
 
 /**
  * The aggregator's channel to a host, as grpc-js reports it.
@@ -1538,6 +1844,9 @@ export const FleetService: GenService<{
     output: typeof ListHostsResponseSchema;
   },
   /**
+   * With dry_run: dials the address and reports what answered (AddHostResponse.probe),
+   * adding nothing.
+   *
    * @generated from rpc fleetlet.aggregator.v1.FleetService.AddHost
    */
   addHost: {
@@ -1552,6 +1861,18 @@ export const FleetService: GenService<{
     methodKind: "unary";
     input: typeof RemoveHostRequestSchema;
     output: typeof RemoveHostResponseSchema;
+  },
+  /**
+   * Relists one host's inventory now (as after a digest mismatch) and answers once the list
+   * is applied, with the host's sync state and what the relist changed; the list's error
+   * (UNAVAILABLE, DEADLINE_EXCEEDED, ...) when it failed.
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.ResyncHost
+   */
+  resyncHost: {
+    methodKind: "unary";
+    input: typeof ResyncHostRequestSchema;
+    output: typeof ResyncHostResponseSchema;
   },
   /**
    * Fan-out of MetricsService.ListInstanceStats.
@@ -1585,6 +1906,18 @@ export const FleetService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchInstancesRequestSchema;
     output: typeof WatchInstancesResponseSchema;
+  },
+  /**
+   * The snapshots of the merged view (registered on the agents, versioned with their
+   * instances), answered at once like ListInstances; their changes come in WatchInstances
+   * with include_snapshots.
+   *
+   * @generated from rpc fleetlet.aggregator.v1.FleetService.ListSnapshots
+   */
+  listSnapshots: {
+    methodKind: "unary";
+    input: typeof ListSnapshotsRequestSchema;
+    output: typeof ListSnapshotsResponseSchema;
   },
   /**
    * Fan-out of StandbyService.ListStandbyStatus.
