@@ -21,6 +21,7 @@ import {
   ListInstancesResponseSchema as FleetInstancesSchema,
   ListStandbyStatusResponseSchema as FleetStandbySchema,
   ListContainersResponseSchema as FleetContainersSchema,
+  type HostMetering,
   type HostResult,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import {
@@ -97,13 +98,15 @@ export function getCommand(): Command {
             const res = await fleet.listHosts({}, call);
             print(opts, ListHostsResponseSchema, res, () =>
               formatTable(
-                ["HOST", "ADDRESS", "CONNECTION", "INVENTORY", "LAST-SEEN", "LAST-ERROR"],
+                ["HOST", "ADDRESS", "CONNECTION", "INVENTORY", "METERING", "LAST-SEEN", "LAST-ERROR"],
                 res.hosts.map((h) => [
                   h.name,
                   h.address,
                   ConnectionState[h.connectionState] ?? String(h.connectionState),
                   // Its part of the merged inventory (get instances says why when not SYNCED).
                   HostSyncState[h.syncState] ?? "-",
+                  // Its part of the metering feed (get metering has the details).
+                  meteringCell(h.metering),
                   h.lastSeen ? `${formatAge(timestampMs(h.lastSeen))} ago` : "never",
                   h.lastError,
                 ]),
@@ -257,6 +260,14 @@ export function containersTable(rows: { host: string; container: Container }[], 
       return withHost ? [host, ...cells] : cells;
     }),
   );
+}
+
+/** A host's metering in one word: off, lag N, or "?" when its agent has not reported yet. */
+function meteringCell(m: HostMetering | undefined): string {
+  if (!m) return "-";
+  if (m.meteringOff) return "off";
+  if (!m.agentReportedAt) return "?";
+  return m.lagEntries === 0n ? "caught-up" : `lag ${m.lagEntries}`;
 }
 
 /** The hosts that did not answer, and why; nothing when all did. */

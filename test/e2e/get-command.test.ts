@@ -29,9 +29,9 @@ describe("fleetlet get", () => {
     const r = await runFleetlet(["get", "hosts", "--aggregator", aggregator.address]);
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trim().split("\n");
-    assert.match(lines[0]!, /^HOST\s+ADDRESS\s+CONNECTION\s+INVENTORY\s+LAST-SEEN\s+LAST-ERROR$/);
-    assert.match(r.stdout, new RegExp(`live\\s+${agent.address.replace(/\./g, "\\.")}\\s+(READY|CONNECTING|IDLE)\\s+(LOADING|SYNCED)\\s`));
-    assert.match(r.stdout, /gone\s+127\.0\.0\.1:1\s+\S+\s+(LOADING|DEGRADED)\s/);
+    assert.match(lines[0]!, /^HOST\s+ADDRESS\s+CONNECTION\s+INVENTORY\s+METERING\s+LAST-SEEN\s+LAST-ERROR$/);
+    assert.match(r.stdout, new RegExp(`live\\s+${agent.address.replace(/\./g, "\\.")}\\s+(READY|CONNECTING|IDLE)\\s+(LOADING|SYNCED)\\s+(caught-up|\\?|lag \\d+)\\s`));
+    assert.match(r.stdout, /gone\s+127\.0\.0\.1:1\s+\S+\s+(LOADING|DEGRADED)\s+\?\s/);
   });
   it("stats: the live host's instance, and why the other host did not answer", async () => {
     const r = await runFleetlet(["get", "stats", "--aggregator", aggregator.address]);
