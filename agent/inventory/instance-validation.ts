@@ -1,5 +1,5 @@
 import { isIP } from "node:net";
-import { clone, create } from "@bufbuild/protobuf";
+import { clone } from "@bufbuild/protobuf";
 import {
   InstanceKind,
   InstanceSchema,
@@ -7,8 +7,7 @@ import {
   InstanceState,
   type Instance,
 } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { StandbyPolicySchema } from "../../gen/fleetlet/agent/v1/standby_pb.js";
-import { normalizeStandbyPolicy } from "../standby/standby-policy.js";
+import { normalizeStandbyPolicy, type PolicyLimits } from "../standby/standby-policy.js";
 import { invalidArgument, requireId, truncate } from "../../lib/rpc/field-error.js";
 import { deriveTapName, validateInterfaceName } from "./interface-name.js";
 
@@ -19,6 +18,8 @@ const LABEL_KEY = /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z
 
 export interface ValidationOptions {
   tapPrefix: string;
+  /** --standby-min-idle and the other bounds of a standby policy (default DEFAULT_POLICY_LIMITS). */
+  standbyPolicyLimits?: PolicyLimits;
 }
 
 /**
@@ -65,8 +66,9 @@ export function validateInstance(input: Instance | undefined, options: Validatio
     }
     checkText(`instance.labels[${JSON.stringify(key)}]`, out.labels[key] ?? "", 256);
   }
-  // Missing policy = none (disabled); a given one is normalised (standby.md).
-  out.standbyPolicy = out.standbyPolicy ? normalizeStandbyPolicy(out.standbyPolicy, "instance.standby_policy") : create(StandbyPolicySchema);
+  // Missing policy = none, and stays absent: `{enabled: false}` is a policy that is off
+  // (POLICY_DISABLED), a missing one is POLICY_MISSING (seed 002). A given one is normalised.
+  out.standbyPolicy = out.standbyPolicy ? normalizeStandbyPolicy(out.standbyPolicy, "instance.standby_policy", options.standbyPolicyLimits) : undefined;
   out.source = InstanceSource.REGISTERED;
   // Output only: the agent records the pid's start time itself.
   out.pidStartTime = undefined;

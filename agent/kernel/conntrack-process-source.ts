@@ -5,6 +5,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { decodeDatagram, dumpRequest, type ConntrackFlow } from "./conntrack-decoder.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { monotonicMs } from "../../lib/monotonic-clock.js";
 
 /** Where setup.sh compiles native/conntrack-reader.c: next to this file in dist/. */
 export const CONNTRACK_READER = join(dirname(fileURLToPath(import.meta.url)), "conntrack-reader");
@@ -35,6 +36,13 @@ export interface ConntrackSourceOptions {
    * (dumps are unaffected). The controller must still never put a busy instance on standby.
    */
   dropNewEvents?: boolean;
+  /**
+   * Fault injection: drop every event, "new" and "destroy" (dumps are unaffected), as a lossy or
+   * blind event stream would. Interface counters and dumps must still keep a busy instance awake.
+   */
+  dropAllEvents?: boolean;
+  /** Delay before a reader that died is started again (--standby-reconnect-delay, default 200 ms). */
+  restartDelayMs?: number;
   /** The reader executable (tests point this at a missing file). */
   readerPath?: string;
 }
@@ -47,9 +55,22 @@ export interface ConntrackCounters {
   restarts: number;
   decodeErrors: number;
   dumps: number;
-  /** "new" events dropped on purpose (dropNewEvents). */
+  /** Events dropped on purpose (dropNewEvents, dropAllEvents). */
   injectedDrops: number;
 }
+
+/**
+ * A flow event with the moment it was observed: when its bytes arrived from the reader, on the
+ * monotonic clock (lib/monotonic-clock.ts), not when it was decoded or handled. Decoding runs in
+ * slices behind a queue, so under load the two differ; idle_since and last inbound activity are
+ * the moment the connection changed (standby.md, the seed's ObservedAt).
+ */
+export interface ObservedFlow extends ConntrackFlow {
+  observedAt: number;
+}
+
+/** Default of ConntrackSourceOptions.restartDelayMs. */
+export const DEFAULT_RESTART_DELAY_MS = 200;
 
 interface PendingDump {
   seq: number;
@@ -66,7 +87,7 @@ interface PendingDump {
  * replies and events never interleave. IPv4 TCP only; other flows are skipped.
  *
  * Events: 'flow' (ConntrackFlow), 'overflow' (events were lost: resync), 'error' (anything
- * else, including the reader dying — it is started again 200 ms later and an 'overflow'
+ * else, including the reader dying — it is started again restartDelayMs (200 ms) later and an 'overflow'
  * follows), 'datagram' (raw bytes of each event/dump datagram, for capturing fixtures).
  * `start()` resolves once the reader answered a first dump; it rejects with the reason when
  * conntrack cannot be read here (no CAP_NET_ADMIN, no conntrack, no reader built).
@@ -80,8 +101,8 @@ export class ConntrackProcessSource extends EventEmitter {
   private pending: PendingDump | undefined;
   private dumpQueue: Promise<unknown> = Promise.resolve();
   private leftover: Buffer | undefined;
-  /** Chunks read from the reader, not yet decoded (see onChunk). */
-  private readonly queue: Buffer[] = [];
+  /** Chunks read from the reader, not yet decoded (see onChunk), with their arrival time. */
+  private readonly queue: { chunk: Buffer; at: number }[] = [];
   private queuedBytes = 0;
   private draining = false;
   private closed = false;
@@ -95,6 +116,8 @@ export class ConntrackProcessSource extends EventEmitter {
       receiveBufferBytes: options.receiveBufferBytes ?? DEFAULT_RECEIVE_BUFFER_BYTES,
       dumpTimeoutMs: options.dumpTimeoutMs ?? 5000,
       dropNewEvents: options.dropNewEvents ?? false,
+      dropAllEvents: options.dropAllEvents ?? false,
+      restartDelayMs: options.restartDelayMs ?? DEFAULT_RESTART_DELAY_MS,
       readerPath: options.readerPath ?? CONNTRACK_READER,
     };
   }
@@ -177,7 +200,7 @@ export class ConntrackProcessSource extends EventEmitter {
         if (this.closed) return;
         this.spawnReader();
         this.emit("overflow");
-      }, 200);
+      }, this.options.restartDelayMs);
     });
   }
 
@@ -196,7 +219,7 @@ export class ConntrackProcessSource extends EventEmitter {
   // MAX_QUEUED_BYTES the pipe is paused, the reader blocks, and the kernel's socket buffer takes
   // the burst (and says ENOBUFS if that fills: an explicit overflow, never a silent one).
   private onChunk(chunk: Buffer): void {
-    this.queue.push(chunk);
+    this.queue.push({ chunk, at: monotonicMs() });
     this.queuedBytes += chunk.length;
     if (this.queuedBytes > MAX_QUEUED_BYTES) this.child?.stdout?.pause();
     if (!this.draining) {
@@ -207,10 +230,10 @@ export class ConntrackProcessSource extends EventEmitter {
 
   private drain(): void {
     const until = performance.now() + SLICE_MS;
-    let chunk: Buffer | undefined;
-    while ((chunk = this.queue.shift()) !== undefined) {
-      this.queuedBytes -= chunk.length;
-      this.decodeChunk(chunk);
+    let item: { chunk: Buffer; at: number } | undefined;
+    while ((item = this.queue.shift()) !== undefined) {
+      this.queuedBytes -= item.chunk.length;
+      this.decodeChunk(item.chunk, item.at);
       if (performance.now() >= until) break;
     }
     if (this.queue.length > 0) {
@@ -221,7 +244,8 @@ export class ConntrackProcessSource extends EventEmitter {
     this.child?.stdout?.resume();
   }
 
-  private decodeChunk(chunk: Buffer): void {
+  /** `at`: when the chunk arrived; a frame split over two chunks is observed with the second. */
+  private decodeChunk(chunk: Buffer, at: number): void {
     let buf = chunk;
     if (this.leftover) {
       buf = Buffer.concat([this.leftover, chunk]);
@@ -232,14 +256,14 @@ export class ConntrackProcessSource extends EventEmitter {
       const kind = buf.readUInt32LE(off);
       const len = buf.readUInt32LE(off + 4);
       if (buf.length - off - 8 < len) break;
-      this.onFrame(kind, buf.subarray(off + 8, off + 8 + len));
+      this.onFrame(kind, buf.subarray(off + 8, off + 8 + len), at);
       off += 8 + len;
     }
     if (off < buf.length) this.leftover = Buffer.from(buf.subarray(off));
   }
 
-  private onFrame(kind: number, body: Buffer): void {
-    if (kind === F_EVENT) this.onEvent(body);
+  private onFrame(kind: number, body: Buffer, at: number): void {
+    if (kind === F_EVENT) this.onEvent(body, at);
     else if (kind === F_DUMP) this.onDump(body);
     else if (kind === F_OVERFLOW) {
       this.counters.overflows++;
@@ -253,7 +277,7 @@ export class ConntrackProcessSource extends EventEmitter {
     }
   }
 
-  private onEvent(datagram: Buffer): void {
+  private onEvent(datagram: Buffer, at: number): void {
     if (this.listenerCount("datagram") > 0) this.emit("datagram", datagram);
     let messages;
     try {
@@ -264,12 +288,13 @@ export class ConntrackProcessSource extends EventEmitter {
     }
     for (const m of messages) {
       if (m.type !== "flow") continue;
-      if (this.options.dropNewEvents && m.flow.kind === "new") {
+      if (this.options.dropAllEvents || (this.options.dropNewEvents && m.flow.kind === "new")) {
         this.counters.injectedDrops++;
         continue;
       }
       this.counters.events[m.flow.kind]++;
-      this.emit("flow", m.flow);
+      const flow: ObservedFlow = Object.assign(m.flow, { observedAt: at });
+      this.emit("flow", flow);
     }
   }
 

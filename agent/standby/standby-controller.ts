@@ -48,10 +48,16 @@ export const SYSTEM_STANDBY_CLOCK: StandbyClock = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+/**
+ * A flow event; `observedAt` (monotonic ms, the seed's ObservedAt) is when the source received
+ * it. Without it the controller uses the moment it handles the event.
+ */
+export type FlowEvent = ConntrackFlow & { observedAt?: number };
+
 /** Conntrack as the controller sees it: dumps, and 'flow' / 'overflow' / 'error' events. */
 export interface FlowSource {
   dump(): Promise<ConntrackFlow[]>;
-  on(event: "flow", listener: (flow: ConntrackFlow) => void): unknown;
+  on(event: "flow", listener: (flow: FlowEvent) => void): unknown;
   on(event: "overflow", listener: () => void): unknown;
   on(event: "error", listener: (e: Error) => void): unknown;
 }
@@ -68,9 +74,27 @@ export interface StandbyControllerDeps {
   wake(instance: StandbyInstance): Promise<void>;
   /** The one place instance state changes (lifecycle transitions for metering). */
   setState(id: string, state: InstanceState): Promise<void>;
+  /** Re-read of the table while an instance has active flows (--standby-reconcile-interval, 2 s). */
   reconcileMs?: number;
+  /** Full resync of every instance (--standby-sync-interval, 5 min). */
   syncMs?: number;
+  /** Retry of a resync that failed after a stream error or overflow (--standby-reconnect-delay, 200 ms). */
+  reconnectMs?: number;
   concurrency?: number;
+  /**
+   * Whether conntrack is really tracking flows where the agent runs (tracking-check.ts): the
+   * reason it is not, or undefined. Run at start, at every periodic sync, and every
+   * `trackingRecheckMs` while it fails (a rule may be added later). Absent: assumed tracking.
+   */
+  checkTracking?: () => Promise<string | undefined>;
+  /** How often a failed tracking check is run again (default 30 s). */
+  trackingRecheckMs?: number;
+  /**
+   * How long an instance's interface must carry traffic, sample after sample, with conntrack
+   * showing no flow of its address before a dump is asked whether conntrack sees it at all
+   * (default 10 s). No flow in that dump either: ERROR / CONNTRACK_BLIND.
+   */
+  blindWindowMs?: number;
   onError?: (operation: string, id: string | undefined, e: unknown) => void;
   /** Every wake's duration, from its trigger (the flow's event or the RPC) to RUNNING. */
   onWake?: (ms: number, ok: boolean) => void;
@@ -94,7 +118,12 @@ export type Phase =
 export type Reason =
   | "UNSUPPORTED_PLATFORM" | "POLICY_MISSING" | "POLICY_DISABLED" | "STANDBY" | "WAKING"
   | "INSTANCE_NOT_RUNNING" | "NETWORK_DISABLED" | "MISSING_IP" | "HAS_VGPU" | "READY_FOR_STANDBY"
-  | "OBSERVER_ERROR" | "ACTIVE_INBOUND_CONNECTIONS" | "HOLD" | "IDLE_TIMEOUT_NOT_ELAPSED" | "INTERFACE_TRAFFIC";
+  | "OBSERVER_ERROR" | "ACTIVE_INBOUND_CONNECTIONS" | "HOLD" | "IDLE_TIMEOUT_NOT_ELAPSED" | "INTERFACE_TRAFFIC"
+  | "CONNTRACK_BLIND";
+
+/** The operations whose failures are counted (fleetlet_standby_controller_errors_total). */
+export const CONTROLLER_OPERATIONS = ["refresh_dump", "resync", "confirm_dump", "reconcile", "standby", "wake", "tracking_check", "blind_check"] as const;
+export type ControllerOperation = (typeof CONTROLLER_OPERATIONS)[number];
 
 /** The Describe table of standby.md, one instance; its moments are wall-clock epoch ms. */
 export interface StandbyDescription {
@@ -114,6 +143,8 @@ export interface StandbyDescription {
   holdUntil?: number;
   trackingMode: string;
   lastError?: string;
+  /** Why standby cannot run here, when `supported` is false. */
+  unsupportedReason?: string;
 }
 
 /** One instance's state; its moments are on the monotonic clock (StandbyClock.now). */
@@ -141,6 +172,13 @@ interface Track {
   /** The last idle window ended with traffic on the interface but no tracked connection. */
   untrackedTrafficAt?: number;
   untrackedTrafficBytesPerSecond?: number;
+  /**
+   * Busy samples that conntrack did not explain: the first and last of them and how many, since
+   * conntrack last showed a flow of this address (evidence older than a timeout is forgotten).
+   */
+  unseenBusy?: { since: number; last: number; count: number };
+  /** Conntrack is blind for this instance (see blindWindowMs): why, for Describe's last_error. */
+  blind?: string;
 }
 
 const key = (f: ConntrackFlow) => `${f.srcIp}:${f.srcPort}>${f.dstIp}:${f.dstPort}`;
@@ -165,16 +203,42 @@ export class StandbyController {
   private syncTimer: unknown;
   private trafficTimer: unknown;
   private observerError: string | undefined;
+  /** Why conntrack is not tracking flows where the agent runs (checkTracking), if it is not. */
+  private trackingInactive: string | undefined;
+  private trackingTimer: unknown;
+  private reconnectTimer: unknown;
+  /** When conntrack last showed a flow (any state, either direction) of each tracked address. */
+  private readonly lastSeenByIp = new Map<string, number>();
+  private blindCheck: Promise<void> | undefined;
   private closed = false;
   private readonly anchor: WallClockAnchor;
-  readonly counters = { standby: { ok: 0, failed: 0 }, wake: { ok: 0, failed: 0 }, confirmFoundFlows: 0, confirmFoundTraffic: 0, resyncs: 0 };
+  readonly counters = {
+    standby: { ok: 0, failed: 0 },
+    wake: { ok: 0, failed: 0 },
+    confirmFoundFlows: 0,
+    confirmFoundTraffic: 0,
+    resyncs: 0,
+    /** Failures by operation (fleetlet_standby_controller_errors_total{operation}). */
+    errors: Object.fromEntries(CONTROLLER_OPERATIONS.map((o) => [o, 0])) as Record<ControllerOperation, number>,
+  };
 
   constructor(private readonly deps: StandbyControllerDeps) {
     this.anchor = new WallClockAnchor(() => deps.clock.now(), () => deps.clock.wallNow());
   }
 
+  /**
+   * Standby can run: conntrack can be read and it is tracking flows here. A table that reads
+   * but stays empty (no rule in this namespace uses conntrack) would make every instance look
+   * idle: that is UNSUPPORTED too, with the reason, never a countdown.
+   */
   get supported(): boolean {
-    return this.deps.source !== undefined;
+    return this.deps.source !== undefined && this.trackingInactive === undefined;
+  }
+
+  /** Why standby cannot run here (undefined while it can). */
+  get unsupportedReason(): string | undefined {
+    if (!this.deps.source) return this.deps.unsupportedReason ?? "conntrack unavailable";
+    return this.trackingInactive;
   }
 
   /** Subscribed source first (its constructor), then one dump, then every instance seeded. */
@@ -188,15 +252,53 @@ export class StandbyController {
       void this.resync("stream error");
     });
     await this.resync("start");
+    await this.checkTracking();
     this.armSync();
   }
 
   close(): void {
     this.closed = true;
     for (const t of this.tracks.values()) this.clearIdleTimer(t);
-    if (this.reconcileTimer) this.deps.clock.clearTimeout(this.reconcileTimer);
-    if (this.syncTimer) this.deps.clock.clearTimeout(this.syncTimer);
-    if (this.trafficTimer) this.deps.clock.clearTimeout(this.trafficTimer);
+    for (const timer of [this.reconcileTimer, this.syncTimer, this.trafficTimer, this.trackingTimer, this.reconnectTimer]) {
+      if (timer !== undefined) this.deps.clock.clearTimeout(timer);
+    }
+  }
+
+  /** Runs the tracking check; while it fails, again every trackingRecheckMs. */
+  private async checkTracking(): Promise<void> {
+    if (!this.deps.checkTracking || this.closed) return;
+    let inactive: string | undefined;
+    try {
+      inactive = await this.deps.checkTracking();
+    } catch (e) {
+      // A check that cannot run proves nothing either way: keep the last answer.
+      this.fail("tracking_check", undefined, e);
+      return;
+    }
+    const was = this.trackingInactive;
+    this.trackingInactive = inactive;
+    if (this.trackingTimer !== undefined) this.deps.clock.clearTimeout(this.trackingTimer);
+    this.trackingTimer = undefined;
+    if (inactive !== undefined && !this.closed) {
+      this.trackingTimer = this.deps.clock.setTimeout(() => {
+        this.trackingTimer = undefined;
+        void this.checkTracking();
+      }, this.deps.trackingRecheckMs ?? 30_000);
+    } else if (was !== undefined) {
+      // Tracking came on: nothing seen so far can be trusted, every instance starts afresh.
+      for (const t of this.tracks.values()) {
+        t.blind = undefined;
+        t.unseenBusy = undefined;
+        if (t.active.size === 0 && t.idleSince !== undefined) t.idleSince = this.deps.clock.now();
+      }
+      await this.resync("tracking active");
+    }
+  }
+
+  /** Counts a failure by operation and reports it (logs). */
+  private fail(operation: ControllerOperation, id: string | undefined, e: unknown): void {
+    this.counters.errors[operation]++;
+    this.deps.onError?.(operation, id, e);
   }
 
   /**
@@ -220,13 +322,13 @@ export class StandbyController {
       if (instance) present.push(instance);
       else this.drop(id);
     }
-    if (!this.supported || present.length === 0) return;
+    if (!this.deps.source || present.length === 0) return;
     let flows: ConntrackFlow[] | undefined;
     if (present.some((i) => this.isEligible(i))) {
       try {
-        flows = await this.deps.source!.dump();
+        flows = await this.deps.source.dump();
       } catch (e) {
-        this.deps.onError?.("dump", undefined, e);
+        this.fail("refresh_dump", undefined, e);
       }
     }
     for (const instance of present) {
@@ -234,6 +336,7 @@ export class StandbyController {
       const current = this.deps.instances.get(instance.id);
       if (current) this.seed(current, flows);
     }
+    if (flows) this.noteSightings(flows);
     if (this.pendingRefresh.size > 0) await this.runRefresh();
   }
 
@@ -243,7 +346,9 @@ export class StandbyController {
     const t = this.tracks.get(id);
     const now = this.deps.clock.now();
     const p = instance.policy;
-    const configured = p !== undefined && (p.enabled || p.idleTimeout !== "");
+    // Presence is the policy's: `{enabled: false}` without a timeout is a policy that is off
+    // (POLICY_DISABLED, seed 002), not a missing one; registration keeps a missing one absent.
+    const configured = p !== undefined;
     const base = {
       instanceId: id,
       supported: this.supported,
@@ -257,6 +362,7 @@ export class StandbyController {
       holdUntil: t?.holdUntil !== undefined && t.holdUntil > now ? this.wall(t.holdUntil) : undefined,
       trackingMode: !this.supported ? "none" : t?.traffic ? "conntrack_netlink_v4_tcp+interface_bytes" : "conntrack_netlink_v4_tcp",
       lastError: t?.lastError,
+      unsupportedReason: this.unsupportedReason,
     };
     const next = t ? this.deadline(t) : undefined;
     const withNext = { ...base, nextStandbyAt: this.wall(next), countdownRemainingMs: next !== undefined ? Math.max(0, Math.round(next - now)) : undefined };
@@ -271,6 +377,7 @@ export class StandbyController {
     if (instance.hasVgpu) return row("INELIGIBLE", "HAS_VGPU");
     if (t && (t.queued || t.executing)) return row("STANDBY_REQUESTED", "READY_FOR_STANDBY");
     if (this.observerError !== undefined) return { ...row("ERROR", "OBSERVER_ERROR"), lastError: this.observerError };
+    if (t?.blind !== undefined) return { ...row("ERROR", "CONNTRACK_BLIND"), lastError: t.blind };
     if (t && t.active.size > 0) return row("ACTIVE", "ACTIVE_INBOUND_CONNECTIONS");
     if (t?.untrackedTrafficAt !== undefined && t.idleSince !== undefined && t.untrackedTrafficAt >= t.idleSince) {
       const why = `${t.untrackedTrafficBytesPerSecond ?? 0} bytes/s on the instance's interface and no tracked inbound connection (outbound traffic, or the kernel is not tracking flows here: docs/operations.md); the countdown started again`;
@@ -365,7 +472,14 @@ export class StandbyController {
       flows = await this.deps.source.dump();
     } catch (e) {
       this.observerError = `${why}: resync failed: ${errorMessage(e)}`;
-      this.deps.onError?.("resync", undefined, e);
+      this.fail("resync", undefined, e);
+      // Events may be lost until a resync succeeds: try again soon, not at the next sync.
+      if (this.reconnectTimer === undefined && !this.closed) {
+        this.reconnectTimer = this.deps.clock.setTimeout(() => {
+          this.reconnectTimer = undefined;
+          if (this.observerError !== undefined) void this.resync("reconnect");
+        }, this.deps.reconnectMs ?? 200);
+      }
       return;
     }
     if (why !== "start" && why !== "periodic sync") this.counters.resyncs++;
@@ -376,6 +490,8 @@ export class StandbyController {
       this.seed(instance, flows);
     }
     for (const id of [...this.tracks.keys()]) if (!seen.has(id)) this.drop(id);
+    for (const ip of this.lastSeenByIp.keys()) if (!this.byIp.has(ip)) this.lastSeenByIp.delete(ip);
+    this.noteSightings(flows);
   }
 
   private seed(instance: StandbyInstance, flows: ConntrackFlow[] | undefined): void {
@@ -388,7 +504,12 @@ export class StandbyController {
       t.active.clear();
       t.idleSince = undefined;
       t.target = undefined;
-      this.deps.runtime.set(instance.id, undefined);
+      t.blind = undefined;
+      t.unseenBusy = undefined;
+      // A hold in force is kept (persisted like any other): placed on a stopped instance, it
+      // must still be there when the instance runs again, across agent restarts too.
+      const hold = t.holdUntil !== undefined && t.holdUntil > this.deps.clock.now() ? this.wall(t.holdUntil) : undefined;
+      this.deps.runtime.set(instance.id, hold !== undefined ? { holdUntil: hold } : undefined);
       return;
     }
     const p = instance.policy!;
@@ -414,9 +535,13 @@ export class StandbyController {
     this.persist(t);
   }
 
-  private onFlow(flow: ConntrackFlow): void {
+  private onFlow(flow: FlowEvent): void {
     const ids = this.byIp.get(flow.dstIp);
-    const now = this.deps.clock.now();
+    // When the source received it (never later than now): idle_since and last inbound activity
+    // are the moment the connection changed, not when the event was handled.
+    const now = Math.min(flow.observedAt ?? Number.POSITIVE_INFINITY, this.deps.clock.now());
+    this.sighted(flow.dstIp, now);
+    this.sighted(flow.srcIp, now);
     for (const id of ids ?? []) {
       const t = this.tracks.get(id);
       if (!t?.target) continue;
@@ -444,7 +569,7 @@ export class StandbyController {
       const instance = this.deps.instances.get(id);
       if (instance?.state !== InstanceState.STANDBY || !instance.policy?.wakeOnTraffic) continue;
       if (this.tracks.get(id)?.waking) continue;
-      this.wake(id).catch((e) => this.deps.onError?.("wake", id, e));
+      this.wake(id).catch((e) => this.fail("wake", id, e));
     }
   }
 
@@ -476,6 +601,9 @@ export class StandbyController {
     const instance = this.deps.instances.get(id);
     if (!t || !instance || this.closed) return;
     t.idleTimer = undefined;
+    // Conntrack not tracking (here, or for this instance): no countdown ends in a standby. A
+    // tracking check that succeeds, or a flow of this instance, starts the countdown again.
+    if (this.trackingInactive !== undefined || t.blind !== undefined) return;
     const at = this.deadline(t);
     // Stale timer, clock step, activity or a hold since it was armed: re-arm, nothing else.
     if (t.active.size > 0 || at === undefined || this.deps.clock.now() < at || !this.isEligible(instance)) {
@@ -494,12 +622,13 @@ export class StandbyController {
     try {
       flows = await this.deps.source!.dump();
     } catch (e) {
-      this.deps.onError?.("confirm dump", id, e);
+      this.fail("confirm_dump", id, e);
       t.idleSince = this.deps.clock.now();
       this.persist(t);
       this.armIdle(t);
       return;
     }
+    this.noteSightings(flows);
     const active = flows.filter((f) => t.target && isActiveInbound(f, t.target)).map(key);
     if (active.length > 0) {
       this.counters.confirmFoundFlows++;
@@ -511,6 +640,7 @@ export class StandbyController {
       return;
     }
     if (t.active.size > 0 || t.queued || t.executing) return; // activity arrived during the dump
+    if (this.trackingInactive !== undefined || t.blind !== undefined) return;
     t.queued = true;
     this.queue.push(id);
     this.pump();
@@ -541,6 +671,7 @@ export class StandbyController {
       if (seconds >= 1) t.traffic = { ...prev, at: now, bytes: reading.bytes };
       return "quiet";
     }
+    this.watchForBlindness(t, now);
     t.traffic = { device: reading.device, at: now, bytes: reading.bytes, quietSince: now };
     this.counters.confirmFoundTraffic++;
     t.untrackedTrafficAt = now;
@@ -568,6 +699,95 @@ export class StandbyController {
       }
       if (counting) this.armTrafficSampler();
     }, this.deps.interfaceSampleMs ?? 2000);
+  }
+
+  /**
+   * A busy sample with no tracked inbound connection. At least three such samples spanning a
+   * whole blindWindowMs (none more than a timeout after the previous one) while conntrack shows
+   * no flow of the address (no event; then not in a fresh dump either, which also finds
+   * long-lived flows that send no events) mean conntrack does not see this instance: ERROR /
+   * CONNTRACK_BLIND, and no countdown until it does. One burst is not enough evidence.
+   */
+  private watchForBlindness(t: Track, now: number): void {
+    const ip = t.target?.ip;
+    // Not tracking anywhere here already says it all (UNSUPPORTED, no countdown).
+    if (ip === undefined || t.blind !== undefined || this.trackingInactive !== undefined) return;
+    const seen = this.lastSeenByIp.get(ip);
+    const u = t.unseenBusy;
+    if (!u || (seen !== undefined && seen >= u.since) || now - u.last > (t.timeoutMs ?? 0)) {
+      t.unseenBusy = { since: now, last: now, count: 1 };
+      return;
+    }
+    u.last = now;
+    u.count++;
+    if (u.count < 3 || now - u.since < (this.deps.blindWindowMs ?? 10_000) || this.blindCheck) return;
+    this.blindCheck = this.checkBlind().finally(() => (this.blindCheck = undefined));
+  }
+
+  /** One dump for every instance whose traffic conntrack has not shown for a whole window. */
+  private async checkBlind(): Promise<void> {
+    let flows: ConntrackFlow[];
+    try {
+      flows = await this.deps.source!.dump();
+    } catch (e) {
+      this.fail("blind_check", undefined, e);
+      return;
+    }
+    this.noteSightings(flows);
+    const window = this.deps.blindWindowMs ?? 10_000;
+    const now = this.deps.clock.now();
+    for (const t of this.tracks.values()) {
+      const u = t.unseenBusy;
+      if (!u || u.count < 3 || t.blind !== undefined || !t.target || now - u.since < window) continue;
+      const seen = this.lastSeenByIp.get(t.target.ip);
+      if (seen !== undefined && seen >= u.since) continue;
+      const active = flows.filter((f) => isActiveInbound(f, t.target!)).map(key);
+      if (active.length > 0) {
+        // Seen after all (sightings above): the events for it were lost. Active, as a confirm.
+        t.active = new Set(active);
+        t.idleSince = undefined;
+        t.lastInboundAt = now;
+        this.clearIdleTimer(t);
+        this.unqueue(t);
+        this.persist(t);
+        this.armReconcile();
+        continue;
+      }
+      t.blind =
+        `conntrack shows no flow of ${t.target.ip} while its interface carried ${t.untrackedTrafficBytesPerSecond ?? 0} bytes/s in ${u.count} samples over ${Math.round((now - u.since) / 1000)} s ` +
+        "(its traffic bypasses the tracked hooks, or is not TCP); no standby until conntrack shows a flow of it: docs/operations.md";
+      this.clearIdleTimer(t);
+      this.unqueue(t);
+    }
+  }
+
+  /** Conntrack showed a flow of `ip` at `at`: tracking sees it; a blind instance counts again. */
+  private sighted(ip: string, at: number): void {
+    const ids = this.byIp.get(ip);
+    if (!ids) return;
+    this.lastSeenByIp.set(ip, Math.max(at, this.lastSeenByIp.get(ip) ?? at));
+    for (const id of ids) {
+      const t = this.tracks.get(id);
+      if (t?.blind === undefined) continue;
+      t.blind = undefined;
+      t.unseenBusy = undefined;
+      if (t.active.size === 0) {
+        // Nothing it did while unseen can be trusted: a whole window from now.
+        t.idleSince = this.deps.clock.now();
+        this.persist(t);
+        this.armIdle(t);
+      }
+    }
+  }
+
+  /** Every flow of a dump is a sighting of both its addresses. */
+  private noteSightings(flows: ConntrackFlow[]): void {
+    if (this.byIp.size === 0) return;
+    const now = this.deps.clock.now();
+    for (const f of flows) {
+      if (this.byIp.has(f.dstIp)) this.sighted(f.dstIp, now);
+      if (this.byIp.has(f.srcIp)) this.sighted(f.srcIp, now);
+    }
   }
 
   private unqueue(t: Track): void {
@@ -606,12 +826,12 @@ export class StandbyController {
           const now = this.deps.instances.get(id);
           if (now) this.indexWake(now);
           if (arrivedMeanwhile && now?.policy?.wakeOnTraffic) {
-            setImmediate(() => this.wake(id).catch((e) => this.deps.onError?.("wake", id, e)));
+            setImmediate(() => this.wake(id).catch((e) => this.fail("wake", id, e)));
           }
         } catch (e) {
           this.counters.standby.failed++;
           t.lastError = `standby: ${errorMessage(e)}`;
-          this.deps.onError?.("standby", id, e);
+          this.fail("standby", id, e);
           // Retried one timeout later.
           t.idleSince = this.deps.clock.now();
           this.persist(t);
@@ -641,10 +861,11 @@ export class StandbyController {
     try {
       flows = await this.deps.source!.dump();
     } catch (e) {
-      this.deps.onError?.("reconcile", undefined, e);
+      this.fail("reconcile", undefined, e);
       this.armReconcile();
       return;
     }
+    this.noteSightings(flows);
     const ips = new Set(busy.map((t) => t.target!.ip));
     const relevant = flows.filter((f) => ips.has(f.dstIp));
     for (const t of busy) {
@@ -661,7 +882,10 @@ export class StandbyController {
   private armSync(): void {
     if (this.closed) return;
     this.syncTimer = this.deps.clock.setTimeout(() => {
-      void this.resync("periodic sync").finally(() => this.armSync());
+      // The tracking check too: a rule that used conntrack may have been removed since.
+      void this.resync("periodic sync")
+        .then(() => this.checkTracking())
+        .finally(() => this.armSync());
     }, this.deps.syncMs ?? 300_000);
   }
 

@@ -1,13 +1,14 @@
 import type { Meter } from "@opentelemetry/api";
 import type { ConntrackProcessSource } from "../kernel/conntrack-process-source.js";
-import type { Phase, StandbyController } from "./standby-controller.js";
+import { CONTROLLER_OPERATIONS, type Phase, type StandbyController } from "./standby-controller.js";
 
 const PHASES: Phase[] = ["UNSUPPORTED", "DISABLED", "INELIGIBLE", "ACTIVE", "IDLE_COUNTDOWN", "READY_FOR_STANDBY", "STANDBY_REQUESTED", "IN_STANDBY", "WAKING", "ERROR"];
 
 /**
  * The standby instruments of standby.md "Export": conntrack events by type, overflows and
- * resyncs, standby attempts and wakes by result, wake latency, instances by phase (every phase,
- * zeros included, so a dashboard never has to guess), active connections, standby in flight.
+ * resyncs, standby attempts and wakes by result, wake latency, controller errors by operation
+ * and instances by phase (every operation and phase, zeros included, so a dashboard never has to
+ * guess), active connections, standby in flight.
  */
 export function registerStandbyInstruments(
   meter: Meter,
@@ -20,6 +21,7 @@ export function registerStandbyInstruments(
   const resyncs = meter.createObservableCounter("fleetlet_standby_resyncs", { description: "Full re-reads of the conntrack table after an overflow or stream error" });
   const attempts = meter.createObservableCounter("fleetlet_standby_attempts", { description: "Standby requests run, by result" });
   const wakes = meter.createObservableCounter("fleetlet_standby_wakes", { description: "Wakes, by result" });
+  const errors = meter.createObservableCounter("fleetlet_standby_controller_errors", { description: "Standby controller failures, by operation (dumps, resyncs, drivers, checks)" });
   const phases = meter.createObservableGauge("fleetlet_standby_instances", { unit: "{instance}", description: "Instances by standby phase" });
   const active = meter.createObservableGauge("fleetlet_standby_active_connections", { unit: "{connection}", description: "Active inbound connections of tracked instances" });
   const inFlight = meter.createObservableGauge("fleetlet_standby_in_flight", { unit: "{request}", description: "Standby requests queued or running" });
@@ -40,6 +42,7 @@ export function registerStandbyInstruments(
       r.observe(attempts, controller.counters.standby.failed, { result: "failed" });
       r.observe(wakes, controller.counters.wake.ok, { result: "ok" });
       r.observe(wakes, controller.counters.wake.failed, { result: "failed" });
+      for (const operation of CONTROLLER_OPERATIONS) r.observe(errors, controller.counters.errors[operation], { operation });
       const counts = new Map<Phase, number>(PHASES.map((p) => [p, 0]));
       let connections = 0;
       let requested = 0;
@@ -53,7 +56,7 @@ export function registerStandbyInstruments(
       r.observe(active, connections);
       r.observe(inFlight, requested);
     },
-    [events, overflows, resyncs, attempts, wakes, phases, active, inFlight],
+    [events, overflows, resyncs, attempts, wakes, errors, phases, active, inFlight],
   );
   return { recordWake: (ms, ok) => wakeLatency.record(ms / 1000, { result: ok ? "ok" : "failed" }) };
 }

@@ -4,13 +4,14 @@ import { StandbyPolicySchema, type StandbyPolicy } from "../../gen/fleetlet/agen
 import { invalidArgument, truncate } from "../../lib/rpc/field-error.js";
 import { formatGoDuration, parseGoDuration } from "../../lib/go-duration.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { DEFAULT_MIN_IDLE_MS } from "./standby-timings.js";
 
 export interface PolicyLimits {
   /** --standby-min-idle; default 5 s. */
   minIdleMs: number;
 }
 
-export const DEFAULT_POLICY_LIMITS: PolicyLimits = { minIdleMs: 5000 };
+export const DEFAULT_POLICY_LIMITS: PolicyLimits = { minIdleMs: DEFAULT_MIN_IDLE_MS };
 const MAX_IDLE_NS = 30 * 24 * 3600e9;
 const MAX_LIST = 64;
 const DRIVERS = new Set(["", "signal", "cgroup", "docker", "exec"]);

@@ -23,16 +23,16 @@ export function createStandbyService(
   registry: InstanceRegistry,
   controller: StandbyController,
   limits: PolicyLimits,
-  unsupportedReason: string | undefined,
 ): ServiceImpl<typeof StandbyService> {
-  const status = (id: string): StandbyStatus => toStatus(controller.describe(id), unsupportedReason);
+  const status = (id: string): StandbyStatus => toStatus(controller.describe(id));
   /**
    * Calls that change what standby would do answer FAILED_PRECONDITION where standby cannot run
    * at all: succeeding with no effect would let a caller believe a policy or a hold is in force.
    */
   const requireSupported = (what: string) => {
     if (!controller.supported) {
-      throw new ConnectError(`${what}: standby is not supported on this agent: ${unsupportedReason ?? "conntrack unavailable"}`, Code.FailedPrecondition);
+      // The reason can change (a tracking check that fails, then passes): read it each time.
+      throw new ConnectError(`${what}: standby is not supported on this agent: ${controller.unsupportedReason ?? "conntrack unavailable"}`, Code.FailedPrecondition);
     }
   };
   const known = (field: string, id: string) => {
@@ -96,7 +96,7 @@ export function createStandbyService(
   };
 }
 
-function toStatus(d: StandbyDescription, unsupportedReason: string | undefined): StandbyStatus {
+function toStatus(d: StandbyDescription): StandbyStatus {
   const ts = (ms: number | undefined) => (ms === undefined ? undefined : timestampFromMs(ms));
   return create(StandbyStatusSchema, {
     instanceId: d.instanceId,
@@ -115,6 +115,6 @@ function toStatus(d: StandbyDescription, unsupportedReason: string | undefined):
     trackingMode: d.trackingMode,
     holdUntil: ts(d.holdUntil),
     lastError: d.lastError ?? "",
-    unsupportedReason: d.supported ? "" : (unsupportedReason ?? ""),
+    unsupportedReason: d.supported ? "" : (d.unsupportedReason ?? ""),
   });
 }

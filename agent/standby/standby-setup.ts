@@ -14,6 +14,8 @@ import { StandbyRuntimeStore } from "./standby-runtime-store.js";
 import { registerStandbyInstruments } from "./standby-metrics.js";
 import type { Meter } from "@opentelemetry/api";
 import { errorMessage } from "../../lib/error-message.js";
+import { createTrackingCheck } from "./tracking-check.js";
+import { DEFAULT_STANDBY_TIMINGS, type StandbyTimings } from "./standby-timings.js";
 
 export interface StandbySetupOptions {
   stateDir: string;
@@ -27,6 +29,9 @@ export interface StandbySetupOptions {
   dockerRuntime?: () => ContainerRuntime | undefined;
   /** Where interface counters are read (tests point it at a tree of their own). */
   sysClassNet?: string;
+  timings?: StandbyTimings;
+  /** Where the conntrack sysctls are read (tests point it at a tree of their own). */
+  procSysNetfilter?: string;
 }
 
 /**
@@ -57,15 +62,20 @@ export interface StandbySetup {
 export async function setUpStandby(registry: InstanceRegistry, options: StandbySetupOptions): Promise<StandbySetup> {
   let socket: ConntrackProcessSource | undefined;
   let unsupportedReason: string | undefined;
+  const timings = options.timings ?? DEFAULT_STANDBY_TIMINGS;
+  options.logger.info({ reconcile_ms: timings.reconcileMs, sync_ms: timings.syncMs, reconnect_ms: timings.reconnectMs }, "standby timings");
   if (options.conntrack === false) {
     unsupportedReason = "conntrack disabled by configuration";
   } else {
     try {
       // The sockets live in a small reader process (native/conntrack-reader.c, see
-      // conntrack-process-source.ts). FLEETLET_FAULT_DROP_CONNTRACK_NEW=1 is fault injection.
+      // conntrack-process-source.ts). FLEETLET_FAULT_DROP_CONNTRACK_NEW=1 and
+      // FLEETLET_FAULT_DROP_CONNTRACK_EVENTS=1 are fault injection (tests and drills only).
       const dropNewEvents = process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1";
+      const dropAllEvents = process.env.FLEETLET_FAULT_DROP_CONNTRACK_EVENTS === "1";
       if (dropNewEvents) options.logger.warn("fault injection: dropping every conntrack NEW event");
-      socket = new ConntrackProcessSource({ dropNewEvents });
+      if (dropAllEvents) options.logger.warn("fault injection: dropping every conntrack event");
+      socket = new ConntrackProcessSource({ dropNewEvents, dropAllEvents, restartDelayMs: timings.reconnectMs });
       await socket.start(); // proves the table can be read here (CAP_NET_ADMIN, conntrack present)
       options.logger.info({ receive_buffer_bytes: socket.receiveBufferBytes, reader_pid: socket.readerPid }, "conntrack reader ready");
     } catch (e) {
@@ -117,6 +127,10 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
       await registry.setState(id, state, state === InstanceState.STANDBY ? "standby" : "wake");
     },
     concurrency: options.concurrency,
+    reconcileMs: timings.reconcileMs,
+    syncMs: timings.syncMs,
+    reconnectMs: timings.reconnectMs,
+    checkTracking: socket ? createTrackingCheck(socket, { procSysNetfilter: options.procSysNetfilter }) : undefined,
     onError: (operation, id, e) => options.logger.warn({ operation, instance_id: id, err: errorMessage(e) }, "standby"),
     onWake: (ms, ok) => instruments?.recordWake(ms, ok),
     interfaceBytes: (id) => interfaceBytes(registry.get(id)?.tapDevice ?? "", options.sysClassNet ?? "/sys/class/net"),
@@ -126,9 +140,14 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     void controller.refresh(change.instance.id).catch((e) => options.logger.warn({ err: errorMessage(e) }, "standby refresh"));
   });
   await controller.start();
+  if (socket && !controller.supported) {
+    options.logger.warn({ reason: controller.unsupportedReason }, "standby unsupported on this host: conntrack is readable but not tracking flows; checked again every 30 s");
+  }
   return {
     controller,
-    unsupportedReason,
+    get unsupportedReason() {
+      return controller.unsupportedReason;
+    },
     close() {
       unsubscribe();
       controller.close();

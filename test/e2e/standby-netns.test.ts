@@ -4,7 +4,7 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { type StandbyPolicySchema, StandbyReason, StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
@@ -42,7 +42,7 @@ interface Env {
   teardown(): void;
 }
 
-async function setUp(agentEnv: Record<string, string> = {}, { conntrackRule = true } = {}): Promise<Env> {
+async function setUp(agentEnv: Record<string, string> = {}, { conntrackRule = true, notrackInstance = false } = {}): Promise<Env> {
   const tag = randomBytes(2).toString("hex");
   const hostNs = `flt-sbh-${tag}`;
   const instNs = `flt-sbi-${tag}`;
@@ -89,6 +89,12 @@ async function setUp(agentEnv: Record<string, string> = {}, { conntrackRule = tr
   if (conntrackRule) {
     sh("ip", "netns", "exec", hostNs, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT");
     sh("ip", "netns", "exec", hostNs, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1");
+  }
+  // Conntrack active, but blind for this one instance: its packets are exempt from tracking (as
+  // traffic that bypasses the tracked hooks would be). The agent's loopback probe still passes.
+  if (notrackInstance) {
+    sh("ip", "netns", "exec", hostNs, "iptables", "-t", "raw", "-A", "OUTPUT", "-d", instIp, "-j", "NOTRACK");
+    sh("ip", "netns", "exec", hostNs, "iptables", "-t", "raw", "-A", "PREROUTING", "-s", instIp, "-j", "NOTRACK");
   }
 
   env.server = spawn("ip", ["netns", "exec", instNs, process.execPath, "-e",
@@ -173,6 +179,7 @@ describe.skipIf(skip)("auto-standby in network namespaces", () => {
     assert.notEqual(procState(pid), "T", "not stopped while a client is connected");
     assert.equal(await held, "ping");
     // Last connection gone: the countdown runs, then the signal driver stops the process.
+    await until("IDLE_COUNTDOWN", status, (s) => s === StandbyState.IDLE_COUNTDOWN, 5000);
     await until("IN_STANDBY", status, (s) => s === StandbyState.IN_STANDBY, 12_000);
     assert.equal(procState(pid), "T", "the server process really is stopped");
     assert.equal((await env.inventory.getInstance({ instanceId: "web" })).instance!.state, InstanceState.STANDBY);
@@ -204,22 +211,72 @@ describe.skipIf(skip)("auto-standby in network namespaces", () => {
     env.teardown();
   });
 
-  it("on a host where the kernel tracks no flows, a busy instance never sleeps (its interface carries traffic); once quiet, it does", async () => {
+  it("on a host where the kernel tracks no flows: UNSUPPORTED with the reason, never a countdown; a busy instance never sleeps, nor once quiet", async () => {
     const env = await setUp({}, { conntrackRule: false });
     const pid = env.server.pid!;
-    const status = await register(env, {}, env.hostIf);
-    const streaming = env.stream(7000, 16_000);
-    // Three idle windows of 5 s with ~200 KB/s on the veth and nothing in conntrack.
-    await until("ACTIVE from the interface's traffic", status, (s) => s === StandbyState.ACTIVE, 9000);
-    const seen = (await env.standby.getStandbyStatus({ instanceId: "web" })).status!;
-    assert.equal(StandbyReason[seen.reason], "INTERFACE_TRAFFIC");
-    assert.equal(seen.activeInboundCount, 0, "conntrack saw nothing");
-    for (let k = 0; k < 10; k++) {
+    await env.inventory.registerInstance({
+      instance: { id: "web", pid, ip: env.instIp, networkEnabled: true, kind: 3, tapDevice: env.hostIf, standbyPolicy: { enabled: true, idleTimeout: "5s", wakeOnTraffic: true, driver: "signal" } },
+    });
+    const s = (await env.standby.getStandbyStatus({ instanceId: "web" })).status!;
+    assert.equal(StandbyState[s.status], "UNSUPPORTED");
+    assert.equal(s.supported, false);
+    assert.match(s.unsupportedReason, /conntrack is not tracking flows in the agent's network namespace: a probe connection over loopback was not in the table while open \(nf_conntrack loaded, nf_conntrack_events=\d\)/);
+    // What standby would do cannot be changed where it cannot run.
+    await assert.rejects(env.standby.holdStandby({ instanceId: "web", duration: { seconds: 60n } }), (e: unknown) => e instanceof ConnectError && e.code === Code.FailedPrecondition && /not tracking flows/.test(e.rawMessage));
+    // ~200 KB/s on the veth for 8 s (more than the timeout), then quiet for twice the timeout.
+    const streaming = env.stream(7000, 8000);
+    for (let k = 0; k < 26; k++) {
       await new Promise((r) => setTimeout(r, 700));
-      assert.notEqual(procState(pid), "T", "never stopped while traffic flows");
+      assert.notEqual(procState(pid), "T", `${k * 0.7} s: never stopped`);
+      const now = (await env.standby.getStandbyStatus({ instanceId: "web" })).status!;
+      assert.equal(StandbyState[now.status], "UNSUPPORTED", "never a countdown");
     }
     assert.equal(await streaming, 0, "the client was served throughout");
-    await until("IN_STANDBY once the interface is quiet", status, (s) => s === StandbyState.IN_STANDBY, 15_000);
+    assert.equal((await env.inventory.getInstance({ instanceId: "web" })).instance!.state, InstanceState.RUNNING);
+    env.teardown();
+  });
+
+  it("conntrack active but blind for this instance (its packets not tracked): ERROR / CONNTRACK_BLIND, never on standby", async () => {
+    const env = await setUp({}, { notrackInstance: true });
+    const pid = env.server.pid!;
+    const status = await register(env, {}, env.hostIf);
+    const streaming = env.stream(7000, 14_000);
+    const seen = await until("ERROR / CONNTRACK_BLIND", async () => (await env.standby.getStandbyStatus({ instanceId: "web" })).status!, (x) => StandbyReason[x.reason] === "CONNTRACK_BLIND", 16_000);
+    assert.equal(StandbyState[seen.status], "ERROR");
+    assert.match(seen.lastError, new RegExp(`conntrack shows no flow of ${env.instIp.replace(/\./g, "\\.")} while its interface carried \\d+ bytes/s`));
+    assert.notEqual(procState(pid), "T");
+    assert.equal(await streaming, 0);
+    // Quiet for twice the timeout: no countdown ends in a standby nothing could wake it from.
+    for (let k = 0; k < 14; k++) {
+      await new Promise((r) => setTimeout(r, 700));
+      assert.notEqual(procState(pid), "T", "never stopped");
+    }
+    assert.equal(await status(), StandbyState.ERROR);
+    env.teardown();
+  });
+
+  it("every conntrack event dropped (fault injection) while traffic flows: 0 false standbys; once quiet, standby", async () => {
+    const env = await setUp({ FLEETLET_FAULT_DROP_CONNTRACK_EVENTS: "1" });
+    const pid = env.server.pid!;
+    const status = await register(env, {}, env.hostIf);
+    // 16 s of traffic, more than three timeouts, with not one event reaching the controller.
+    const streaming = env.stream(7000, 16_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    // The connection's NEW event never arrived (it would have made it ACTIVE at once).
+    assert.notEqual(StandbyReason[(await env.standby.getStandbyStatus({ instanceId: "web" })).status!.reason], "ACTIVE_INBOUND_CONNECTIONS");
+    let stopped = 0;
+    const states = new Set<string>();
+    const done = streaming.then(() => true);
+    while (!(await Promise.race([done, new Promise<false>((r) => setTimeout(() => r(false), 300))]))) {
+      if (procState(pid) === "T") stopped++;
+      states.add(StandbyState[await status()]);
+    }
+    assert.equal(stopped, 0, "0 false standbys");
+    assert.ok(!states.has("IN_STANDBY") && !states.has("STANDBY_REQUESTED"), [...states].join(","));
+    assert.equal(await streaming, 0, "the client was served throughout");
+    // Events are gone but dumps are not: the connection is found, and once it is closed and the
+    // interface quiet, the instance goes on standby.
+    await until("IN_STANDBY once quiet", status, (x) => x === StandbyState.IN_STANDBY, 20_000);
     assert.equal(procState(pid), "T");
     env.teardown();
   });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.js";
-import { StandbyController, type StandbyInstance } from "../../../agent/standby/standby-controller.js";
+import { StandbyController, type StandbyControllerDeps, type StandbyInstance } from "../../../agent/standby/standby-controller.js";
 import type { StandbyRuntime } from "../../../agent/standby/standby-runtime-store.js";
 import { FakeClock, FakeFlowSource, settle } from "./fake-clock.js";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -36,8 +36,9 @@ function vm(overrides: Partial<StandbyInstance> = {}): StandbyInstance {
   };
 }
 
-function build(supported = true, syncMs = 24 * 60 * MIN): StandbyController {
+function build(supported = true, syncMs = 24 * 60 * MIN, extra: Partial<StandbyControllerDeps> = {}): StandbyController {
   return new StandbyController({
+    ...extra,
     clock,
     syncMs,
     source: supported ? source : undefined,
@@ -242,9 +243,9 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
   it("blind conntrack (no flows at all) never sleeps an instance whose interface carries traffic; once it is quiet, standby", async () => {
     ifBytes.set("vm1", 0n);
     await controller.start();
-    // 250 KB/s for 30 minutes, in 1-minute steps, and not one conntrack event (the demo's
-    // namespace without a conntrack rule).
-    for (let m = 0; m < 30; m++) {
+    // 250 KB/s for 2 minutes, in 1-minute steps (one busy sample each), and not one conntrack
+    // event: traffic keeps it awake.
+    for (let m = 0; m < 2; m++) {
       ifBytes.set("vm1", ifBytes.get("vm1")! + 250_000n * 60n);
       await clock.advance(MIN);
       assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING, `minute ${m + 1}: still running`);
@@ -256,13 +257,47 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     assert.equal(d.reason, "INTERFACE_TRAFFIC");
     assert.match(d.lastError ?? "", /^\d{6,} bytes\/s on the instance's interface and no tracked inbound connection/);
     assert.equal(d.trackingMode, "conntrack_netlink_v4_tcp+interface_bytes");
-    // Quiet from now on (a little ARP is below the threshold): one window later, standby.
-    for (let m = 0; m < 21; m++) {
+    // A third busy minute with nothing in conntrack, not even in a fresh dump: conntrack is
+    // blind for this instance (the demo's namespace without a conntrack rule). ERROR, and no
+    // countdown: asleep, nothing would wake it.
+    ifBytes.set("vm1", ifBytes.get("vm1")! + 250_000n * 60n);
+    await clock.advance(MIN);
+    const blind = controller.describe("vm1");
+    assert.deepEqual([blind.status, blind.reason], ["ERROR", "CONNTRACK_BLIND"]);
+    assert.match(blind.lastError ?? "", /conntrack shows no flow of 192\.168\.100\.10 while its interface carried \d+ bytes\/s in 3 samples/);
+    // Quiet for three timeouts: still no standby.
+    for (let m = 0; m < 30; m++) {
       ifBytes.set("vm1", ifBytes.get("vm1")! + 60n);
       await clock.advance(MIN);
     }
+    assert.deepEqual(driverCalls, [], "never on standby while conntrack does not see it");
+    assert.equal(controller.describe("vm1").reason, "CONNTRACK_BLIND");
+    // Conntrack shows a flow of it (an outbound one counts: tracking sees this address): the
+    // countdown starts again, and a quiet timeout later it is on standby.
+    const out = source.open({ srcIp: IP, srcPort: 41000, dstIp: "8.8.8.8", dstPort: 443, tcpState: 3 });
+    assert.equal(controller.describe("vm1").status, "IDLE_COUNTDOWN");
+    source.close(out);
+    await clock.advance(10 * MIN + 2000);
     assert.deepEqual(driverCalls, ["standby:vm1"]);
     assert.equal(instances.get("vm1")!.state, InstanceState.STANDBY);
+  });
+
+  it("busy interface and conntrack sees the address only in a dump (a long outbound flow, no events): not blind", async () => {
+    ifBytes.set("vm1", 0n);
+    await controller.start();
+    // A download the instance started before the agent: in the table, no events.
+    source.open({ srcIp: IP, srcPort: 41000, dstIp: "8.8.8.8", dstPort: 443, tcpState: 3 }, true);
+    for (let s = 0; s < 60; s += 2) {
+      ifBytes.set("vm1", ifBytes.get("vm1")! + 400_000n);
+      await clock.advance(2000);
+    }
+    const d = controller.describe("vm1");
+    assert.deepEqual([d.status, d.reason], ["ACTIVE", "INTERFACE_TRAFFIC"]);
+    assert.ok(source.dumps >= 2, "a dump was asked before calling it blind");
+    // Download over: one quiet timeout later, standby.
+    source.table = [];
+    await clock.advance(10 * MIN + 2000);
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
   });
 
   it("a burst on the interface inside the window restarts it; an interface recreated (counter back) is not idle", async () => {
@@ -282,8 +317,11 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
   it("traffic in the last minute of a long window is not averaged away (20 KB/s for 60 s of a 10-minute window)", async () => {
     ifBytes.set("vm1", 0n);
     await controller.start();
+    // Outbound traffic conntrack sees (one event each), so this is not blindness.
+    const seen = () => source.close(source.open({ srcIp: IP, srcPort: 41000, dstIp: "8.8.8.8", dstPort: 443, tcpState: 3 }));
     await clock.advance(9 * MIN);
     for (let s = 0; s < 60; s += 2) {
+      seen();
       ifBytes.set("vm1", ifBytes.get("vm1")! + 40_000n);
       await clock.advance(2000);
     }
@@ -441,5 +479,121 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     assert.deepEqual(driverCalls, ["wake:vm1"]);
     assert.equal(instances.get("vm1")!.state, InstanceState.RUNNING);
     c.close();
+  });
+
+  it("flow events carry the moment they were observed: last inbound and idle_since are those, not when handled", async () => {
+    await controller.start();
+    await clock.advance(60_000);
+    // Delivered late (a burst queued in the source): observed 3 s and 1 s before now.
+    source.emit("flow", { kind: "new", id: 1, ...client(40000), observedAt: clock.now() - 3000 });
+    assert.equal(controller.describe("vm1").lastInboundActivityAt, clock.now() - 3000);
+    source.emit("flow", { kind: "destroy", id: 1, ...client(40000, 0), observedAt: clock.now() - 1000 });
+    const d = controller.describe("vm1");
+    assert.equal(d.idleSince, clock.now() - 1000);
+    assert.equal(d.nextStandbyAt, clock.now() - 1000 + 10 * MIN);
+    // A moment later than now (it cannot be) is taken as now.
+    source.emit("flow", { kind: "new", id: 2, ...client(40001), observedAt: clock.now() + 5000 });
+    assert.equal(controller.describe("vm1").lastInboundActivityAt, clock.now());
+  });
+
+  it("seed 002: {enabled: false} without an idle timeout is POLICY_DISABLED; no policy at all is POLICY_MISSING", async () => {
+    await controller.start();
+    instances.set("vm1", vm({ policy: create(StandbyPolicySchema, { enabled: false }) }));
+    const off = controller.describe("vm1");
+    assert.deepEqual([off.status, off.reason, off.configured, off.enabled], ["DISABLED", "POLICY_DISABLED", true, false]);
+    instances.set("vm1", vm({ policy: undefined }));
+    const none = controller.describe("vm1");
+    assert.deepEqual([none.status, none.reason, none.configured], ["DISABLED", "POLICY_MISSING", false]);
+  });
+
+  it("a hold placed on an ineligible (stopped) instance survives refreshes and an agent restart", async () => {
+    instances.set("vm1", vm({ state: InstanceState.STOPPED }));
+    await controller.start();
+    const until = controller.hold("vm1", 60 * MIN);
+    await controller.refresh("vm1");
+    assert.equal(runtime.get("vm1")?.holdUntil, until, "kept in the runtime file across a refresh");
+    controller.close();
+    // Restart: a new controller over the same runtime file.
+    await clock.advance(5 * MIN);
+    controller = build();
+    await controller.start();
+    assert.equal(controller.describe("vm1").holdUntil, until);
+    assert.equal(runtime.get("vm1")?.holdUntil, until, "still there after the restart's seed");
+    // Running again: the hold is in force; no standby before it ends.
+    instances.set("vm1", vm());
+    await controller.refresh("vm1");
+    assert.deepEqual([controller.describe("vm1").status, controller.describe("vm1").reason], ["IDLE_COUNTDOWN", "HOLD"]);
+    await clock.advance(54 * MIN);
+    assert.deepEqual(driverCalls, [], "held");
+    await clock.advance(2 * MIN);
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
+  });
+
+  it("conntrack readable but not tracking here (tracking check fails): UNSUPPORTED with the reason, no standby; once it tracks, a whole window", async () => {
+    let inactive: string | undefined = "conntrack is not tracking flows in the agent's network namespace: a probe connection was not in the table";
+    let checks = 0;
+    controller = build(true, 24 * 60 * MIN, {
+      checkTracking: async () => {
+        checks++;
+        return inactive;
+      },
+    });
+    await controller.start();
+    const d = controller.describe("vm1");
+    assert.deepEqual([d.status, d.reason, d.supported], ["UNSUPPORTED", "UNSUPPORTED_PLATFORM", false]);
+    assert.equal(d.unsupportedReason, inactive);
+    assert.equal(controller.supported, false);
+    assert.equal(controller.unsupportedReason, inactive);
+    await clock.advance(20 * MIN);
+    assert.deepEqual(driverCalls, [], "never a standby while conntrack tracks nothing");
+    assert.ok(checks >= 40, `checked again every 30 s (${checks})`);
+    // A rule that uses conntrack is added: at the next check, supported, and a countdown of a
+    // whole timeout from then (what happened before was not seen).
+    inactive = undefined;
+    await clock.advance(30_000);
+    assert.equal(controller.supported, true);
+    assert.deepEqual([controller.describe("vm1").status, controller.describe("vm1").reason], ["IDLE_COUNTDOWN", "IDLE_TIMEOUT_NOT_ELAPSED"]);
+    await clock.advance(10 * MIN - 1000);
+    assert.deepEqual(driverCalls, []);
+    await clock.advance(1000);
+    assert.deepEqual(driverCalls, ["standby:vm1"]);
+  });
+
+  it("controller errors are counted by operation", async () => {
+    await controller.start();
+    source.failDumps = true;
+    source.emit("error", new Error("netlink socket closed"));
+    await settle();
+    assert.equal(controller.counters.errors.resync, 1);
+    failStandby = 1;
+    source.failDumps = false;
+    await clock.advance(10 * MIN);
+    assert.equal(controller.counters.errors.standby, 1);
+    assert.equal(controller.counters.errors.confirm_dump, 0);
+  });
+
+  it("a resync that failed after a stream error is tried again after the reconnect delay, not at the next sync", async () => {
+    controller = build(true, 24 * 60 * MIN, { reconnectMs: 1000 });
+    await controller.start();
+    source.failDumps = true;
+    source.emit("error", new Error("netlink socket closed"));
+    await settle();
+    assert.equal(controller.describe("vm1").status, "ERROR");
+    source.failDumps = false;
+    await clock.advance(999);
+    assert.equal(controller.describe("vm1").status, "ERROR");
+    await clock.advance(1);
+    assert.equal(controller.describe("vm1").status, "IDLE_COUNTDOWN");
+  });
+
+  it("--standby-reconcile-interval: the re-read while flows are active runs at the configured interval", async () => {
+    controller = build(true, 24 * 60 * MIN, { reconcileMs: 7000 });
+    await controller.start();
+    const f = source.open(client(40000));
+    source.close(f, true); // DESTROY lost: only a reconcile dump finds it gone
+    await clock.advance(6999);
+    assert.equal(controller.describe("vm1").status, "ACTIVE");
+    await clock.advance(1);
+    assert.equal(controller.describe("vm1").status, "IDLE_COUNTDOWN");
   });
 });
