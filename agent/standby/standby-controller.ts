@@ -367,17 +367,20 @@ export class StandbyController {
     const next = t ? this.deadline(t) : undefined;
     const withNext = { ...base, nextStandbyAt: this.wall(next), countdownRemainingMs: next !== undefined ? Math.max(0, Math.round(next - now)) : undefined };
     const row = (status: Phase, reason: Reason): StandbyDescription => ({ ...withNext, status, reason });
-    if (!this.supported) return { ...row("UNSUPPORTED", "UNSUPPORTED_PLATFORM"), supported: false };
-    if (!configured) return row("DISABLED", "POLICY_MISSING");
-    if (!p!.enabled) return row("DISABLED", "POLICY_DISABLED");
-    if (instance.state === InstanceState.STANDBY) return t?.waking ? row("WAKING", "WAKING") : row("IN_STANDBY", "STANDBY");
-    if (instance.state !== InstanceState.RUNNING) return row("INELIGIBLE", "INSTANCE_NOT_RUNNING");
-    if (!instance.networkEnabled) return row("INELIGIBLE", "NETWORK_DISABLED");
-    if (instance.ip === "") return row("INELIGIBLE", "MISSING_IP");
-    if (instance.hasVgpu) return row("INELIGIBLE", "HAS_VGPU");
+    // No countdown where none can end in a standby (a NEXT-STANDBY "in 9s" next to UNSUPPORTED
+    // read as if it would).
+    const still = (status: Phase, reason: Reason): StandbyDescription => ({ ...base, status, reason });
+    if (!this.supported) return { ...still("UNSUPPORTED", "UNSUPPORTED_PLATFORM"), supported: false };
+    if (!configured) return still("DISABLED", "POLICY_MISSING");
+    if (!p!.enabled) return still("DISABLED", "POLICY_DISABLED");
+    if (instance.state === InstanceState.STANDBY) return t?.waking ? still("WAKING", "WAKING") : still("IN_STANDBY", "STANDBY");
+    if (instance.state !== InstanceState.RUNNING) return still("INELIGIBLE", "INSTANCE_NOT_RUNNING");
+    if (!instance.networkEnabled) return still("INELIGIBLE", "NETWORK_DISABLED");
+    if (instance.ip === "") return still("INELIGIBLE", "MISSING_IP");
+    if (instance.hasVgpu) return still("INELIGIBLE", "HAS_VGPU");
     if (t && (t.queued || t.executing)) return row("STANDBY_REQUESTED", "READY_FOR_STANDBY");
-    if (this.observerError !== undefined) return { ...row("ERROR", "OBSERVER_ERROR"), lastError: this.observerError };
-    if (t?.blind !== undefined) return { ...row("ERROR", "CONNTRACK_BLIND"), lastError: t.blind };
+    if (this.observerError !== undefined) return { ...still("ERROR", "OBSERVER_ERROR"), lastError: this.observerError };
+    if (t?.blind !== undefined) return { ...still("ERROR", "CONNTRACK_BLIND"), lastError: t.blind };
     if (t && t.active.size > 0) return row("ACTIVE", "ACTIVE_INBOUND_CONNECTIONS");
     if (t?.untrackedTrafficAt !== undefined && t.idleSince !== undefined && t.untrackedTrafficAt >= t.idleSince) {
       const why = `${t.untrackedTrafficBytesPerSecond ?? 0} bytes/s on the instance's interface and no tracked inbound connection (outbound traffic, or the kernel is not tracking flows here: docs/operations.md); the countdown started again`;

@@ -542,6 +542,8 @@ describe("StandbyController (fake clock, fake conntrack)", () => {
     const d = controller.describe("vm1");
     assert.deepEqual([d.status, d.reason, d.supported], ["UNSUPPORTED", "UNSUPPORTED_PLATFORM", false]);
     assert.equal(d.unsupportedReason, inactive);
+    // No countdown where none can end in a standby (up showed "in 9s" next to UNSUPPORTED).
+    assert.deepEqual([d.countdownRemainingMs, d.nextStandbyAt], [undefined, undefined]);
     assert.equal(controller.supported, false);
     assert.equal(controller.unsupportedReason, inactive);
     await clock.advance(20 * MIN);
