@@ -1,8 +1,10 @@
 import { setMaxListeners } from "node:events";
 import { performance } from "node:perf_hooks";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { type Context, context, type Span, SpanKind, SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
 import type { HostConnection } from "./hosts/host-connection.js";
 import { codeName } from "../lib/rpc/status-codes.js";
+import { daemonTracer } from "../lib/otel-tracing.js";
 import { mapBounded } from "../lib/worker-pool.js";
 
 export interface HostOutcome<T> {
@@ -21,6 +23,8 @@ export interface FanOutOptions {
   concurrency: number;
   /** Cancels every outstanding call (the client went away). */
   signal?: AbortSignal;
+  /** Names the fan-out's trace span when tracing is on, e.g. "FleetService.ListInstanceStats". */
+  operation?: string;
 }
 
 /**
@@ -29,11 +33,41 @@ export interface FanOutOptions {
  * results are normal results. A host's deadline starts when its call starts, and a local timer
  * backs up the gRPC deadline so a wedged call can never hold the answer past deadline + a
  * little.
+ *
+ * With OTLP tracing on (lib/otel-tracing.ts), the fan-out is a span and each host call a child
+ * span lasting as long as that host kept the answer waiting, with its code, so a slow host shows
+ * in the trace. Without it, no span work at all.
  */
 export async function fanOut<T>(
   hosts: HostConnection[],
   call: (host: HostConnection, signal: AbortSignal, timeoutMs: number) => Promise<T>,
   options: FanOutOptions,
+): Promise<HostOutcome<T>[]> {
+  const tracer = daemonTracer();
+  if (!tracer) return fanOutCalls(hosts, call, options, undefined);
+  const operation = options.operation ?? "fan-out";
+  const parent = tracer.startSpan(operation, { kind: SpanKind.INTERNAL, attributes: { "fleetlet.fan_out.hosts": hosts.length } });
+  try {
+    const outcomes = await fanOutCalls(hosts, call, options, { tracer, parent: trace.setSpan(context.active(), parent), name: `${operation} host` });
+    // Partial results are normal results: the fan-out itself succeeded; the count says how many hosts did not.
+    parent.setAttribute("fleetlet.fan_out.failed_hosts", outcomes.filter((o) => o.code !== "OK").length);
+    return outcomes;
+  } finally {
+    parent.end();
+  }
+}
+
+interface HostSpans {
+  tracer: Tracer;
+  parent: Context;
+  name: string;
+}
+
+async function fanOutCalls<T>(
+  hosts: HostConnection[],
+  call: (host: HostConnection, signal: AbortSignal, timeoutMs: number) => Promise<T>,
+  options: FanOutOptions,
+  spans: HostSpans | undefined,
 ): Promise<HostOutcome<T>[]> {
   // One listener on the caller's signal for the whole fan-out; hosts listen on ours (many).
   const all = new AbortController();
@@ -44,10 +78,29 @@ export async function fanOut<T>(
   const perHost = { ...options, signal: all.signal };
   try {
     // callOne never throws: every host gets its outcome, in the order of `hosts`.
-    return await mapBounded(hosts, options.concurrency, (host) => callOne(host, call, perHost));
+    return await mapBounded(hosts, options.concurrency, (host) => (spans ? tracedCallOne(host, call, perHost, spans) : callOne(host, call, perHost)));
   } finally {
     options.signal?.removeEventListener("abort", onAbort);
   }
+}
+
+/** callOne in a child span of the fan-out's, ended with the host's outcome. */
+async function tracedCallOne<T>(
+  host: HostConnection,
+  call: (host: HostConnection, signal: AbortSignal, timeoutMs: number) => Promise<T>,
+  options: FanOutOptions,
+  spans: HostSpans,
+): Promise<HostOutcome<T>> {
+  const span: Span = spans.tracer.startSpan(
+    spans.name,
+    { kind: SpanKind.CLIENT, attributes: { "fleetlet.host": host.config.name, "server.address": host.config.address } },
+    spans.parent,
+  );
+  const outcome = await callOne(host, call, options);
+  span.setAttributes({ "fleetlet.code": outcome.code, "fleetlet.timeout_ms": options.timeoutMsFor(host) });
+  if (outcome.code !== "OK") span.setStatus({ code: SpanStatusCode.ERROR, message: `${outcome.code}: ${outcome.message}` });
+  span.end();
+  return outcome;
 }
 
 async function callOne<T>(

@@ -1,8 +1,11 @@
 import http from "node:http";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createNoopMeter, type Meter } from "@opentelemetry/api";
+import type { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
 import type { ListenAddress } from "./listen-address.js";
 import { errorMessage } from "./error-message.js";
+import { type DaemonTracing, startDaemonTracing } from "./otel-tracing.js";
+import { otlpMetricsConfig } from "./otlp-env.js";
 
 /**
  * Series written straight in the Prometheus text format, produced fresh at each scrape.
@@ -22,59 +25,54 @@ export interface DaemonMetrics {
   shutdown(): Promise<void>;
 }
 
+/** How long a stopping daemon waits for its last OTLP metrics export. */
+const FLUSH_ON_SHUTDOWN_MS = 2000;
+
 /**
  * The OpenTelemetry meter of a daemon with its Prometheus endpoint (GET /metrics), plus the
  * event-loop delay every daemon exports (architecture.md: p99 under 20 ms at target loads).
- * `listen` undefined turns the endpoint off; the instruments are then no-ops (and cost nothing).
+ * `listen` undefined turns the endpoint off. When the OTEL_ environment configures an OTLP
+ * metrics endpoint, the same meter is also exported over OTLP (otlp-metric-reader.ts), and an
+ * OTLP traces endpoint starts the daemon's tracer (otel-tracing.ts). With neither the endpoint
+ * nor OTLP metrics the instruments are no-ops (and cost nothing).
  */
 export async function startDaemonMetrics(serviceName: string, listen: ListenAddress | undefined): Promise<DaemonMetrics> {
-  if (!listen) return noopMetrics();
-  // Loaded only when the endpoint is on: the SDK and its exporter cost several MB of RSS.
-  const [{ MeterProvider }, { PrometheusExporter, PrometheusSerializer }, { resourceFromAttributes }] = await Promise.all([
-    import("@opentelemetry/sdk-metrics"),
-    import("@opentelemetry/exporter-prometheus"),
-    import("@opentelemetry/resources"),
-  ]);
-  const exporter = new PrometheusExporter({ preventServerStart: true });
+  // process.env, not a parameter: the exporters read their other OTEL_ variables from it too.
+  const otlp = otlpMetricsConfig(process.env);
+  const tracing = await startDaemonTracing(serviceName);
+  if (!listen && !otlp) return noopMetrics(tracing);
+  // Loaded only when the endpoint or OTLP is on: the SDK and its exporters cost several MB of RSS.
+  const [{ MeterProvider }, { resourceFromAttributes }] = await Promise.all([import("@opentelemetry/sdk-metrics"), import("@opentelemetry/resources")]);
+  let exposition: ScrapeExposition | undefined;
+  const prometheus = listen ? await import("@opentelemetry/exporter-prometheus") : undefined;
+  const exporter = prometheus ? new prometheus.PrometheusExporter({ preventServerStart: true }) : undefined;
+  const otlpReader = otlp ? await (await import("./otlp-metric-reader.js")).createOtlpMetricReader(otlp, () => exposition?.() ?? "") : undefined;
   const provider = new MeterProvider({
     resource: resourceFromAttributes({ "service.name": serviceName }),
-    readers: [exporter],
+    readers: [...(exporter ? [exporter] : []), ...(otlpReader ? [otlpReader] : [])],
   });
   const meter = provider.getMeter("fleetlet");
-  let exposition: ScrapeExposition | undefined;
-  const serializer = new PrometheusSerializer();
-
-  const server = http.createServer((req, res) => {
-    if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
-      res.writeHead(404).end("not found: GET /metrics\n");
-      return;
+  let server: http.Server | undefined;
+  let url: string | undefined;
+  if (listen && exporter && prometheus) {
+    try {
+      server = await servePrometheus(listen, exporter, new prometheus.PrometheusSerializer(), () => exposition?.() ?? "");
+    } catch (e) {
+      // The daemon will not start: stop the OTLP timers it would otherwise keep alive.
+      await Promise.all([provider.shutdown({ timeoutMillis: 0 }).catch(() => {}), tracing.shutdown()]);
+      throw e;
     }
-    void (async () => {
-      try {
-        const own = exposition?.() ?? "";
-        const { resourceMetrics } = await exporter.collect();
-        res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
-        res.end(serializer.serialize(resourceMetrics) + own);
-      } catch (e) {
-        res.writeHead(500).end(`# collection failed: ${errorMessage(e)}\n`);
-      }
-    })();
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(listen.port, listen.host, () => resolve());
-  });
-  const port = (server.address() as { port: number }).port;
-  const url = `http://${listen.hostForClients}:${port}/metrics`;
+    url = `http://${listen.hostForClients}:${(server.address() as { port: number }).port}/metrics`;
+  }
 
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
   const p99 = meter.createObservableGauge("fleetlet_event_loop_delay_p99_seconds", {
-    description: "99th percentile event-loop delay since the previous scrape",
+    description: "99th percentile event-loop delay since the previous collection (scrape or OTLP export)",
     unit: "s",
   });
   const max = meter.createObservableGauge("fleetlet_event_loop_delay_max_seconds", {
-    description: "Largest event-loop delay since the previous scrape",
+    description: "Largest event-loop delay since the previous collection (scrape or OTLP export)",
     unit: "s",
   });
   meter.addBatchObservableCallback(
@@ -94,9 +92,13 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
     },
     async shutdown() {
       loopDelay.disable();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeAllConnections();
-      await provider.shutdown();
+      if (server) {
+        const s = server;
+        await new Promise<void>((resolve) => s.close(() => resolve()));
+        s.closeAllConnections();
+      }
+      // A final OTLP export happens here; an unreachable collector must not hold the exit.
+      await Promise.all([provider.shutdown({ timeoutMillis: FLUSH_ON_SHUTDOWN_MS }).catch(() => {}), tracing.shutdown()]);
     },
   };
 }
@@ -105,13 +107,43 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
  * The endpoint is off: instruments from the OpenTelemetry API's no-op meter (nothing is recorded
  * or collected), so neither the SDK nor the exporter is loaded.
  */
-function noopMetrics(): DaemonMetrics {
+function noopMetrics(tracing: DaemonTracing): DaemonMetrics {
   return {
     meter: createNoopMeter(),
     url: undefined,
     setScrapeExposition() {},
-    async shutdown() {},
+    shutdown: () => tracing.shutdown(),
   };
+}
+
+/** GET /metrics: the scrape exposition first (see ScrapeExposition), then the instruments. */
+async function servePrometheus(
+  listen: ListenAddress,
+  exporter: PrometheusExporter,
+  serializer: PrometheusSerializer,
+  exposition: () => string,
+): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
+      res.writeHead(404).end("not found: GET /metrics\n");
+      return;
+    }
+    void (async () => {
+      try {
+        const own = exposition();
+        const { resourceMetrics } = await exporter.collect();
+        res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+        res.end(serializer.serialize(resourceMetrics) + own);
+      } catch (e) {
+        res.writeHead(500).end(`# collection failed: ${errorMessage(e)}\n`);
+      }
+    })();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(listen.port, listen.host, () => resolve());
+  });
+  return server;
 }
 
 /** Escapes a label value for the Prometheus text format. */
