@@ -10,6 +10,7 @@ import {
   type Container,
   type ContainerError,
   type ContainerStats,
+  type RuntimeEvent,
   type WatchRuntimeEventsResponse,
 } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
@@ -17,6 +18,7 @@ import { mapBounded } from "../../lib/worker-pool.js";
 import { codeName } from "../../lib/rpc/status-codes.js";
 import type { ContainerRuntime } from "./container-runtime.js";
 import { CursorFormatError, type LoggedEvent, type RuntimeEventLog } from "./runtime-event-log.js";
+import { parseResourceTypes, type ResourceType } from "./resource-types.js";
 import { requireExternalId, type RuntimeSet } from "./runtime-set.js";
 
 const DEFAULT_STATS_TIMEOUT_MS = 5000;
@@ -60,6 +62,7 @@ export function createRuntimeService(runtimes: RuntimeSet, events: RuntimeEventL
     },
 
     async *watchRuntimeEvents(req, context) {
+      const types = parseResourceTypes("resource_types", req.resourceTypes);
       const selected = runtimes.select(req.runtime);
       // A single named runtime that is down: an error, not an empty snapshot that reads as
       // "no containers" (ListContainers does the same).
@@ -68,7 +71,10 @@ export function createRuntimeService(runtimes: RuntimeSet, events: RuntimeEventL
         if (unavailable.length > 0) throw new ConnectError(unavailable[0]!, Code.Unavailable);
       }
       const names = new Set(selected.map((r) => r.name));
-      yield* watch(events, names, req.cursor, () => snapshot(selected), selected, context);
+      const wanted = (e: RuntimeEvent) => names.has(e.runtime) && (!types || types.has(e.resourceType as ResourceType));
+      // Without "container" the SNAPSHOT is only a cursor: the client asked for no containers.
+      const take = !types || types.has("container") ? () => snapshot(selected) : () => ({ containers: [], unavailable: snapshot(selected).unavailable });
+      yield* watch(events, wanted, req.cursor, take, selected, context);
     },
 
     async getContainerStats(req, context) {
@@ -130,13 +136,13 @@ export function createRuntimeService(runtimes: RuntimeSet, events: RuntimeEventL
 
 /**
  * One WatchRuntimeEvents stream: SNAPSHOT (or the backlog after a cursor), then live events of
- * the selected runtimes, each with its cursor. A client that falls WATCH_QUEUE_LIMIT events
+ * the selected runtimes and resource types (`wanted`), each with its cursor. A client that falls WATCH_QUEUE_LIMIT events
  * behind, or whose snapshot missed a runtime that was down when that runtime comes back, gets
  * RESYNC and a fresh SNAPSHOT — never a silent gap.
  */
 async function* watch(
   log: RuntimeEventLog,
-  names: Set<string>,
+  wanted: (e: RuntimeEvent) => boolean,
   cursor: string,
   takeSnapshot: () => { containers: Container[]; unavailable: string[] },
   selected: ContainerRuntime[],
@@ -151,7 +157,7 @@ async function* watch(
     wake = undefined;
   };
   const unsubscribe = log.subscribe((e) => {
-    if (!names.has(e.event.runtime) || overflowed) return;
+    if (!wanted(e.event) || overflowed) return;
     if (queue.length >= WATCH_QUEUE_LIMIT) {
       overflowed = true;
       queue.length = 0;
@@ -204,7 +210,7 @@ async function* watch(
         yield snapshotMessage();
       } else {
         // Backlog first; live events already queued are newer than all of it.
-        const backlog = found.events.filter((e) => names.has(e.event.runtime));
+        const backlog = found.events.filter((e) => wanted(e.event));
         const live = queue.splice(0);
         for (const e of backlog) yield eventMessage(e);
         queue.push(...live.filter((e) => e.seq > (backlog.at(-1)?.seq ?? 0)));

@@ -228,6 +228,30 @@ describe.skipIf(skip)("docker runtime against a real dockerd", () => {
     await rejectsWith(rt.health("/no-such-container"), Code.NotFound, /external_id/);
   });
 
+  it("engine events: a daemon reload (SIGHUP to this test's dockerd) is a node event; not in swarm mode, RuntimeInfo says there are no services", async () => {
+    const info = rt.info();
+    assert.deepEqual(info.resourceTypes, ["container", "node"]);
+    assert.ok(
+      info.resourceNotes.includes("service: the docker engine is not in swarm mode (Swarm.LocalNodeState inactive): it has no services to report"),
+      info.resourceNotes.join("\n"),
+    );
+    assert.ok(info.resourceNotes.some((n) => /^node: .*no disk-space events/.test(n)), "the engine reports no disk-space events: said, not implied");
+    const engineId = d.docker("info", "--format", "{{.ID}}");
+    const mark = rec.mark;
+    // Only the test's own engine (its pid): dockerd reloads its configuration on SIGHUP.
+    assert.ok(d.pid, "the test dockerd's pid");
+    const before = Date.now();
+    process.kill(d.pid, "SIGHUP");
+    const reload = await rec.waitFor("daemon reload", (e) => e.resourceType === "node" && e.action === "reload", mark);
+    assert.equal(reload.runtime, "docker");
+    assert.equal(reload.externalId, engineId);
+    assert.equal(reload.instanceId, "", "an engine is not an instance");
+    assert.equal(reload.attributes.engine_event, "daemon");
+    assert.deepEqual(reload.labels, {});
+    assert.ok(reload.timestamp && Math.abs(Number(reload.timestamp.seconds) * 1000 - before) < 10_000, "stamped by the engine, now");
+    assert.deepEqual(rec.since(mark).filter((e) => e.resourceType === "container"), [], "no container event from a reload");
+  });
+
   it("events: create, start, pause, unpause, die with exit code, destroy — in order, containers() up to date", async () => {
     const mark = rec.mark;
     const id = run("--name", "ev", "--label", "team=core", TEST_IMAGE, "sh", "-c", 'trap "exit 3" TERM; sleep 3600 & wait');

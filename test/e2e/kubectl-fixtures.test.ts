@@ -217,6 +217,66 @@ describe.skipIf(skip)("kubectl against the Kubernetes API double", () => {
     }
   });
 
+  it("get nodes -o json and describe node: conditions, cordon and taints decode as kubectl shows them", async () => {
+    const r = await kubectl(["get", "nodes", "-o", "json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const list = JSON.parse(r.stdout) as { items: { kind: string; metadata: { name: string; uid: string } }[] };
+    const recorded = fixture("nodes.json") as { items: { metadata: { name: string; uid: string } }[] };
+    assert.deepEqual(
+      list.items.map((n) => `${n.kind} ${n.metadata.name} ${n.metadata.uid}`),
+      recorded.items.map((n) => `Node ${n.metadata.name} ${n.metadata.uid}`),
+    );
+    const cordoned = await kubectl(["describe", "node", "node-2"]);
+    assert.equal(cordoned.code, 0, cordoned.stderr);
+    assert.match(cordoned.stdout, /Taints:\s+node\.kubernetes\.io\/unschedulable:NoSchedule/);
+    assert.match(cordoned.stdout, /Unschedulable:\s+true/);
+    assert.match(cordoned.stdout, /Ready\s+True\s+.*KubeletReady\s+kubelet is posting ready status/);
+    assert.match(cordoned.stdout, /Kubelet Version:\s+v1\.32\.4/);
+    const lost = await kubectl(["describe", "node", "node-3"]);
+    assert.equal(lost.code, 0, lost.stderr);
+    assert.match(lost.stdout, /Ready\s+Unknown\s+.*NodeStatusUnknown\s+Kubelet stopped posting node status\./);
+    assert.match(lost.stdout, /MemoryPressure\s+Unknown/);
+    assert.match(lost.stdout, /Unschedulable:\s+false/);
+    const one = await kubectl(["get", "nodes", "-o", "name", "--field-selector", "spec.unschedulable=true"]);
+    assert.equal(one.code, 0, one.stderr);
+    assert.equal(one.stdout.trim(), "node/node-2");
+  });
+
+  it("get services and endpointslices -o json, and describe service: ports, selector, load balancer ingress", async () => {
+    const svc = await kubectl(["get", "services", "-A", "-o", "json"]);
+    assert.equal(svc.code, 0, svc.stderr);
+    const services = JSON.parse(svc.stdout) as { items: { kind: string; metadata: { namespace: string; name: string } }[] };
+    assert.deepEqual(services.items.map((s) => `${s.kind} ${s.metadata.namespace}/${s.metadata.name}`), ["Service default/kubernetes", "Service shop/db", "Service shop/web", "Service shop/web-public"]);
+    const slices = await kubectl(["get", "endpointslices", "-n", "shop", "-l", "kubernetes.io/service-name=web", "-o", "json"]);
+    assert.equal(slices.code, 0, slices.stderr);
+    const web = JSON.parse(slices.stdout) as { items: { kind: string; metadata: { name: string }; endpoints: { addresses: string[]; conditions: { ready: boolean } }[] }[] };
+    assert.deepEqual(web.items.map((s) => `${s.kind} ${s.metadata.name}`), ["EndpointSlice web-5hq4m"]);
+    assert.deepEqual(web.items[0]!.endpoints.map((e) => `${e.addresses[0]} ${e.conditions.ready}`), ["10.244.1.12 true", "10.244.2.7 false"]);
+    const described = await kubectl(["describe", "service", "-n", "shop", "web-public"]);
+    assert.equal(described.code, 0, described.stderr);
+    assert.match(described.stdout, /Type:\s+LoadBalancer/);
+    assert.match(described.stdout, /Selector:\s+app=web/);
+    assert.match(described.stdout, /LoadBalancer Ingress:\s+203\.0\.113\.10 \(VIP\)/);
+    assert.match(described.stdout, /NodePort:\s+http\s+31380\/TCP/);
+  });
+
+  it("get nodes --watch-only -o json: a cordon arrives as a MODIFIED Node", async () => {
+    const child = spawn(KUBECTL, ["get", "nodes", "--watch-only", "-o", "json", "--output-watch-events", "--cache-dir", join(dir.path, "cache")], { env });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    try {
+      const deadline = Date.now() + 10_000;
+      while (double.watchesOf("nodes") === 0 && Date.now() < deadline) await sleep(20);
+      double.updateObject("nodes", "", "node-1", (n) => (n.spec.unschedulable = true));
+      while (!out.includes("unschedulable") && Date.now() < deadline) await sleep(20);
+      const event = JSON.parse(out) as { type: string; object: { kind: string; metadata: { name: string }; spec: { unschedulable: boolean } } };
+      assert.deepEqual([event.type, event.object.kind, event.object.metadata.name, event.object.spec.unschedulable], ["MODIFIED", "Node", "node-1", true]);
+    } finally {
+      child.kill();
+      double.updateObject("nodes", "", "node-1", (n) => delete n.spec.unschedulable);
+    }
+  });
+
   it("a missing pod: kubectl's NotFound message from the Status body", async () => {
     const r = await kubectl(["get", "pods", "-n", "shop", "ghost"]);
     assert.equal(r.code, 1);

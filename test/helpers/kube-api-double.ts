@@ -9,10 +9,11 @@ import { errorMessage } from "../../lib/error-message.js";
 /**
  * A stand-in for a Kubernetes API server (testing.md "Kubernetes": none can run here): a local
  * HTTP server answering from the recorded-shape fixtures in test/fixtures/kubernetes (discovery,
- * version, pods, replicasets, deployments, metrics.k8s.io, logs) with the API server's semantics
- * where the runtime depends on them:
+ * version, pods, nodes, services, endpointslices, replicasets, deployments, metrics.k8s.io, logs)
+ * with the API server's semantics where the runtime depends on them:
  * - one global resourceVersion that every change bumps; lists carry it;
- * - watches from a resourceVersion replay the changes after it, then stream live ones as
+ * - pods, nodes, services and endpointslices can be listed and watched (WATCHED below); watches
+ *   from a resourceVersion replay the changes after it, then stream live ones as
  *   newline-delimited JSON; "" or "0" starts with ADDED for everything; a version older than the
  *   retained history gets an ERROR event with a 410 Expired Status (or HTTP 410, see
  *   `expireWith`); BOOKMARK events only to watches that asked with allowWatchBookmarks=true;
@@ -20,7 +21,7 @@ import { errorMessage } from "../../lib/error-message.js";
  *   (equality), limit/continue paging;
  * - Status bodies for 400/401/403/404/410 as the API server writes them;
  * - Table responses (Accept: as=Table) for pods and deployments, as kubectl asks for them.
- * Tests drive it: add/update/delete pods, bookmark, compact history, close or expire watches,
+ * Tests drive it: add/update/delete pods (or any watched object), bookmark, compact history, close or expire watches,
  * pause event delivery, append to logs, require a token, forbid paths, go down and up.
  * Every request is recorded.
  */
@@ -46,7 +47,24 @@ export interface KubeApiDoubleOptions {
   metrics?: boolean;
 }
 
+/** The resources that can be listed and watched, with what the API server serves them as. */
+export type WatchedResource = "pods" | "nodes" | "services" | "endpointslices";
+
+interface ResourceInfo {
+  kind: string;
+  apiVersion: string;
+  fixture: string;
+  clusterScoped: boolean;
+  fields: Record<string, (o: Json) => string>;
+}
+
+const META_FIELDS: Record<string, (o: Json) => string> = {
+  "metadata.name": (o) => o.metadata?.name ?? "",
+  "metadata.namespace": (o) => o.metadata?.namespace ?? "",
+};
+
 interface OpenWatch {
+  resource: WatchedResource;
   res: http.ServerResponse;
   matches: (pod: Json) => boolean;
   bookmarks: boolean;
@@ -62,6 +80,7 @@ interface LogFollower {
 }
 
 interface HistoryEntry {
+  resource: WatchedResource;
   rv: number;
   type: "ADDED" | "MODIFIED" | "DELETED";
   object: Json;
@@ -111,10 +130,17 @@ const key = (ns: string, name: string) => `${ns}/${name}`;
 
 /** Field selector terms the API server accepts for pods (a subset: the ones used). */
 const POD_FIELDS: Record<string, (p: Json) => string> = {
-  "metadata.name": (p) => p.metadata?.name ?? "",
-  "metadata.namespace": (p) => p.metadata?.namespace ?? "",
+  ...META_FIELDS,
   "spec.nodeName": (p) => p.spec?.nodeName ?? "",
   "status.phase": (p) => p.status?.phase ?? "",
+};
+
+const WATCHED: Record<WatchedResource, ResourceInfo> = {
+  pods: { kind: "Pod", apiVersion: "v1", fixture: "pods.json", clusterScoped: false, fields: POD_FIELDS },
+  // Nodes take metadata.name and spec.unschedulable field selectors (the API server's node fields).
+  nodes: { kind: "Node", apiVersion: "v1", fixture: "nodes.json", clusterScoped: true, fields: { "metadata.name": META_FIELDS["metadata.name"]!, "spec.unschedulable": (n) => String(n.spec?.unschedulable === true) } },
+  services: { kind: "Service", apiVersion: "v1", fixture: "services.json", clusterScoped: false, fields: META_FIELDS },
+  endpointslices: { kind: "EndpointSlice", apiVersion: "discovery.k8s.io/v1", fixture: "endpointslices.json", clusterScoped: false, fields: META_FIELDS },
 };
 
 function parseSelector(text: string | null, kind: "field" | "label", fields?: Record<string, (o: Json) => string>): (o: Json) => boolean {
@@ -138,7 +164,7 @@ function parseSelector(text: string | null, kind: "field" | "label", fields?: Re
 
 export class KubeApiDouble {
   readonly requests: RecordedRequest[] = [];
-  /** What watch requests ended with 410 (tests check the expiry path was taken). */
+  /** Pod watch requests that ended with 410 (tests check the expiry path was taken). */
   expiredWatches = 0;
   /** "event": 200 + ERROR event with the Status (what an API server with a watch cache does); "http": HTTP 410. */
   expireWith: "event" | "http" = "event";
@@ -148,7 +174,10 @@ export class KubeApiDouble {
   private readonly sockets = new Set<Socket>();
   private rv: number;
   private compactedRv: number;
-  private readonly pods = new Map<string, Json>();
+  /** The watched objects by resource, keyed "<namespace>/<name>" (nodes: the name). */
+  private readonly stores: Record<WatchedResource, Map<string, Json>> = { pods: new Map(), nodes: new Map(), services: new Map(), endpointslices: new Map() };
+  private readonly pods = this.stores.pods;
+  private readonly fixtures: Record<WatchedResource, Json[]> = { pods: [], nodes: [], services: [], endpointslices: [] };
   private history: HistoryEntry[] = [];
   private readonly watches = new Set<OpenWatch>();
   private readonly followers = new Set<LogFollower>();
@@ -159,23 +188,26 @@ export class KubeApiDouble {
   private readonly podMetrics: Json;
   private readonly forbidden: { test: (path: string) => boolean; status: Json }[] = [];
   private paused = false;
-  private readonly fixturePods: Json[];
   token: string | undefined;
   metricsServed: boolean;
 
   private constructor(options: KubeApiDoubleOptions) {
     this.token = options.token;
     this.metricsServed = options.metrics ?? true;
-    const list = readJson("pods.json");
-    this.fixturePods = list.items as Json[];
-    for (const p of this.fixturePods) this.pods.set(key(p.metadata.namespace, p.metadata.name), clone(p));
-    this.rv = Number(list.metadata.resourceVersion);
+    this.rv = 0;
+    for (const resource of Object.keys(WATCHED) as WatchedResource[]) {
+      const list = readJson(WATCHED[resource].fixture);
+      this.fixtures[resource] = list.items as Json[];
+      for (const o of this.fixtures[resource]) this.stores[resource].set(this.keyOf(resource, o), clone(o));
+      // One etcd: the cluster's version is the newest of the recorded lists.
+      this.rv = Math.max(this.rv, Number(list.metadata.resourceVersion));
+    }
     this.compactedRv = this.rv;
     this.replicasets = readJson("replicasets.json").items as Json[];
     this.deployments = readJson("deployments.json").items as Json[];
     this.namespaces = readJson("namespaces.json").items as Json[];
     this.podMetrics = readJson("pod-metrics.json");
-    for (const p of this.fixturePods) {
+    for (const p of this.fixtures.pods) {
       for (const c of p.spec.containers as Json[]) {
         try {
           const text = readFileSync(join(KUBE_FIXTURES, "logs", p.metadata.namespace, p.metadata.name, `${c.name}.log`), "utf8");
@@ -202,8 +234,15 @@ export class KubeApiDouble {
     return String(this.rv);
   }
 
+  /** Open pod watches. */
   get openWatches(): number {
-    return this.watches.size;
+    return this.watchesOf("pods");
+  }
+
+  watchesOf(resource: WatchedResource): number {
+    let n = 0;
+    for (const w of this.watches) if (w.resource === resource) n++;
+    return n;
   }
 
   /** Requests whose path matches (a string is an exact path). */
@@ -213,44 +252,72 @@ export class KubeApiDouble {
 
   /** A fixture pod (a copy), to build new pods from. */
   fixturePod(name: string): Json {
-    const p = this.fixturePods.find((x) => x.metadata.name === name);
-    if (!p) throw new Error(`no fixture pod ${name}`);
-    return clone(p);
+    return this.fixtureObject("pods", name);
+  }
+
+  /** A fixture object (a copy) by name, to build new objects from. */
+  fixtureObject(resource: WatchedResource, name: string): Json {
+    const o = this.fixtures[resource].find((x) => x.metadata.name === name);
+    if (!o) throw new Error(`no fixture ${resource} ${name}`);
+    return clone(o);
   }
 
   pod(namespace: string, name: string): Json | undefined {
-    const p = this.pods.get(key(namespace, name));
-    return p ? clone(p) : undefined;
+    return this.object("pods", namespace, name);
+  }
+
+  /** An object as served now (a copy); `namespace` is ignored for nodes. */
+  object(resource: WatchedResource, namespace: string, name: string): Json | undefined {
+    const o = this.stores[resource].get(WATCHED[resource].clusterScoped ? name : key(namespace, name));
+    return o ? clone(o) : undefined;
   }
 
   addPod(pod: Json): string {
-    const k = key(pod.metadata.namespace, pod.metadata.name);
-    if (this.pods.has(k)) throw new Error(`pod ${k} exists`);
-    const p = clone(pod);
-    p.metadata.resourceVersion = String(++this.rv);
-    this.pods.set(k, p);
-    this.record("ADDED", p);
-    return p.metadata.resourceVersion;
+    return this.addObject("pods", pod);
   }
 
   updatePod(namespace: string, name: string, mutate: (pod: Json) => void): string {
-    const k = key(namespace, name);
-    const p = this.pods.get(k);
-    if (!p) throw new Error(`no pod ${k}`);
-    mutate(p);
-    p.metadata.resourceVersion = String(++this.rv);
-    this.record("MODIFIED", p);
-    return p.metadata.resourceVersion;
+    return this.updateObject("pods", namespace, name, mutate);
   }
 
   deletePod(namespace: string, name: string): string {
-    const k = key(namespace, name);
-    const p = this.pods.get(k);
-    if (!p) throw new Error(`no pod ${k}`);
-    this.pods.delete(k);
-    p.metadata.resourceVersion = String(++this.rv);
-    this.record("DELETED", p);
-    return p.metadata.resourceVersion;
+    return this.deleteObject("pods", namespace, name);
+  }
+
+  addObject(resource: WatchedResource, object: Json): string {
+    const k = this.keyOf(resource, object);
+    const store = this.stores[resource];
+    if (store.has(k)) throw new Error(`${resource} ${k} exists`);
+    const o = clone(object);
+    o.metadata.resourceVersion = String(++this.rv);
+    store.set(k, o);
+    this.record(resource, "ADDED", o);
+    return o.metadata.resourceVersion;
+  }
+
+  updateObject(resource: WatchedResource, namespace: string, name: string, mutate: (object: Json) => void): string {
+    const k = WATCHED[resource].clusterScoped ? name : key(namespace, name);
+    const o = this.stores[resource].get(k);
+    if (!o) throw new Error(`no ${resource} ${k}`);
+    mutate(o);
+    o.metadata.resourceVersion = String(++this.rv);
+    this.record(resource, "MODIFIED", o);
+    return o.metadata.resourceVersion;
+  }
+
+  deleteObject(resource: WatchedResource, namespace: string, name: string): string {
+    const k = WATCHED[resource].clusterScoped ? name : key(namespace, name);
+    const store = this.stores[resource];
+    const o = store.get(k);
+    if (!o) throw new Error(`no ${resource} ${k}`);
+    store.delete(k);
+    o.metadata.resourceVersion = String(++this.rv);
+    this.record(resource, "DELETED", o);
+    return o.metadata.resourceVersion;
+  }
+
+  private keyOf(resource: WatchedResource, o: Json): string {
+    return WATCHED[resource].clusterScoped ? o.metadata.name : key(o.metadata.namespace, o.metadata.name);
   }
 
   /** Some other object of the cluster changed (the version moves on, no pod event). */
@@ -260,8 +327,13 @@ export class KubeApiDouble {
 
   /** A BOOKMARK at the current version to every watch that asked for bookmarks. */
   bookmark(): void {
-    const object = { kind: "Pod", apiVersion: "v1", metadata: { resourceVersion: String(this.rv), creationTimestamp: null }, spec: { containers: null }, status: {} };
-    for (const w of this.watches) if (w.bookmarks && !w.table) this.send(w, { type: "BOOKMARK", object });
+    for (const w of this.watches) {
+      if (!w.bookmarks || w.table) continue;
+      const { kind, apiVersion } = WATCHED[w.resource];
+      // The API server's bookmark is an empty object of the kind with only the version set.
+      const object = w.resource === "pods" ? { kind, apiVersion, metadata: { resourceVersion: String(this.rv), creationTimestamp: null }, spec: { containers: null }, status: {} } : { kind, apiVersion, metadata: { resourceVersion: String(this.rv), creationTimestamp: null } };
+      this.send(w, { type: "BOOKMARK", object });
+    }
   }
 
   /** Forgets the change history: watches from any older version get 410 from now on. */
@@ -279,7 +351,7 @@ export class KubeApiDouble {
   expireWatches(): void {
     this.compact();
     for (const w of [...this.watches]) {
-      this.expiredWatches++;
+      if (w.resource === "pods") this.expiredWatches++;
       this.send(w, { type: "ERROR", object: expiredStatus(Number(this.rv) - 1, this.rv) });
       this.endWatch(w);
     }
@@ -450,8 +522,16 @@ current-context: double
         return this.json(res, 200, readJson("discovery/apis-batch-v1.json"));
       case "/apis/metrics.k8s.io/v1beta1":
         return this.metricsServed ? this.json(res, 200, readJson("discovery/apis-metrics.k8s.io-v1beta1.json")) : this.json(res, 404, NO_RESOURCE_STATUS);
+      case "/apis/discovery.k8s.io/v1":
+        return this.json(res, 200, readJson("discovery/apis-discovery.k8s.io-v1.json"));
       case "/api/v1/pods":
         return watch ? this.watchPods(res, q, undefined, table) : this.listPods(res, q, undefined, table);
+      case "/api/v1/nodes":
+        return this.collection(res, q, "nodes", undefined, watch);
+      case "/api/v1/services":
+        return this.collection(res, q, "services", undefined, watch);
+      case "/apis/discovery.k8s.io/v1/endpointslices":
+        return this.collection(res, q, "endpointslices", undefined, watch);
       case "/apis/apps/v1/deployments":
         return this.listOf(res, "deployments", "DeploymentList", "apps/v1", this.deployments, undefined, q, table);
       case "/apis/metrics.k8s.io/v1beta1/pods":
@@ -467,6 +547,12 @@ current-context: double
     }
     if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods$/.exec(path))) {
       return watch ? this.watchPods(res, q, m[1], table) : this.listPods(res, q, m[1], table);
+    }
+    if ((m = /^\/api\/v1\/nodes\/([^/]+)$/.exec(path))) return this.getOne(res, "nodes", "", m[1]!);
+    if ((m = /^\/(?:api\/v1|apis\/discovery\.k8s\.io\/v1)\/namespaces\/([^/]+)\/(services|endpointslices)(?:\/([^/]+))?$/.exec(path))) {
+      const [, ns, resource, name] = m as unknown as [string, string, "services" | "endpointslices", string | undefined];
+      if ((resource === "services") !== path.startsWith("/api/v1/")) return this.json(res, 404, NO_RESOURCE_STATUS);
+      return name === undefined ? this.collection(res, q, resource, ns, watch) : this.getOne(res, resource, ns, name);
     }
     if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(path))) {
       const pod = this.pods.get(key(m[1]!, m[2]!));
@@ -492,22 +578,39 @@ current-context: double
     return this.json(res, 404, NO_RESOURCE_STATUS);
   }
 
-  private podMatcher(namespace: string | undefined, q: URLSearchParams): (p: Json) => boolean {
-    const fields = parseSelector(q.get("fieldSelector"), "field", POD_FIELDS);
+  private matcher(resource: WatchedResource, namespace: string | undefined, q: URLSearchParams): (p: Json) => boolean {
+    const fields = parseSelector(q.get("fieldSelector"), "field", WATCHED[resource].fields);
     const labels = parseSelector(q.get("labelSelector"), "label");
     return (p) => (namespace === undefined || p.metadata.namespace === namespace) && fields(p) && labels(p);
   }
 
-  private sortedPods(matches: (p: Json) => boolean): Json[] {
-    // etcd keys are /registry/pods/<namespace>/<name>: lists come in that order.
-    return [...this.pods.entries()]
+  private sorted(resource: WatchedResource, matches: (p: Json) => boolean): Json[] {
+    // etcd keys are /registry/<resource>/<namespace>/<name>: lists come in that order.
+    return [...this.stores[resource].entries()]
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
       .map(([, p]) => p)
       .filter(matches);
   }
 
+  /** List or watch of nodes, services or endpointslices (JSON only: kubectl -o json/wide/name). */
+  private collection(res: http.ServerResponse, q: URLSearchParams, resource: WatchedResource, namespace: string | undefined, watch: boolean): void {
+    if (watch) this.watchOf(resource, res, q, namespace, false);
+    else this.listCollection(resource, res, q, namespace, false);
+  }
+
+  private getOne(res: http.ServerResponse, resource: WatchedResource, namespace: string, name: string): void {
+    const o = this.stores[resource].get(WATCHED[resource].clusterScoped ? name : key(namespace, name));
+    const group = WATCHED[resource].apiVersion.includes("/") ? WATCHED[resource].apiVersion.split("/")[0] : undefined;
+    if (!o) return this.json(res, 404, notFoundStatus(resource, name, group));
+    this.json(res, 200, { kind: WATCHED[resource].kind, apiVersion: WATCHED[resource].apiVersion, ...o });
+  }
+
   private listPods(res: http.ServerResponse, q: URLSearchParams, namespace: string | undefined, table: boolean): void {
-    const items = this.sortedPods(this.podMatcher(namespace, q));
+    this.listCollection("pods", res, q, namespace, table);
+  }
+
+  private listCollection(resource: WatchedResource, res: http.ServerResponse, q: URLSearchParams, namespace: string | undefined, table: boolean): void {
+    const items = this.sorted(resource, this.matcher(resource, namespace, q));
     const limit = Number(q.get("limit") ?? 0);
     let start = 0;
     let listRv = this.rv;
@@ -533,7 +636,7 @@ current-context: double
       metadata.remainingItemCount = rest;
     }
     if (table) return this.json(res, 200, { ...asTable("pods", page, String(listRv)), metadata });
-    this.json(res, 200, { kind: "PodList", apiVersion: "v1", metadata, items: page });
+    this.json(res, 200, { kind: `${WATCHED[resource].kind}List`, apiVersion: WATCHED[resource].apiVersion, metadata, items: page });
   }
 
   private listOf(res: http.ServerResponse, resource: "deployments" | "replicasets", kind: string, apiVersion: string, all: Json[], ns: string | undefined, q: URLSearchParams, table: boolean): void {
@@ -544,7 +647,11 @@ current-context: double
   }
 
   private watchPods(res: http.ServerResponse, q: URLSearchParams, namespace: string | undefined, table: boolean): void {
-    const matches = this.podMatcher(namespace, q);
+    this.watchOf("pods", res, q, namespace, table);
+  }
+
+  private watchOf(resource: WatchedResource, res: http.ServerResponse, q: URLSearchParams, namespace: string | undefined, table: boolean): void {
+    const matches = this.matcher(resource, namespace, q);
     const rvParam = q.get("resourceVersion") ?? "";
     const from = rvParam === "" || rvParam === "0" ? undefined : Number(rvParam);
     if (from !== undefined && !Number.isInteger(from)) {
@@ -552,22 +659,22 @@ current-context: double
     }
     const expired = from !== undefined && from < this.compactedRv;
     if (expired && this.expireWith === "http") {
-      this.expiredWatches++;
+      if (resource === "pods") this.expiredWatches++;
       return this.json(res, 410, expiredStatus(from, this.compactedRv));
     }
     res.writeHead(200, { "Content-Type": "application/json", "Cache-Control": "no-cache, private" });
     res.flushHeaders();
-    const w: OpenWatch = { res, matches, bookmarks: q.get("allowWatchBookmarks") === "true", table, held: [] };
+    const w: OpenWatch = { resource, res, matches, bookmarks: q.get("allowWatchBookmarks") === "true", table, held: [] };
     if (expired) {
-      this.expiredWatches++;
+      if (resource === "pods") this.expiredWatches++;
       this.send(w, { type: "ERROR", object: expiredStatus(from, this.compactedRv) });
       res.end();
       return;
     }
     if (from === undefined) {
-      for (const p of this.sortedPods(matches)) this.send(w, { type: "ADDED", object: this.wire(p, w) });
+      for (const p of this.sorted(resource, matches)) this.send(w, { type: "ADDED", object: this.wire(p, w) });
     } else {
-      for (const e of this.history) if (e.rv > from && matches(e.object)) this.send(w, { type: e.type, object: this.wire(e.object, w) });
+      for (const e of this.history) if (e.resource === resource && e.rv > from && matches(e.object)) this.send(w, { type: e.type, object: this.wire(e.object, w) });
     }
     this.watches.add(w);
     const timeout = Number(q.get("timeoutSeconds") ?? 0);
@@ -578,9 +685,9 @@ current-context: double
     });
   }
 
-  private wire(pod: Json, w: OpenWatch): Json {
-    if (w.table) return asTable("pods", [pod], pod.metadata.resourceVersion);
-    return { kind: "Pod", apiVersion: "v1", ...clone(pod) };
+  private wire(object: Json, w: OpenWatch): Json {
+    if (w.table) return asTable("pods", [object], object.metadata.resourceVersion);
+    return { kind: WATCHED[w.resource].kind, apiVersion: WATCHED[w.resource].apiVersion, ...clone(object) };
   }
 
   private send(w: OpenWatch, event: Json): void {
@@ -597,10 +704,10 @@ current-context: double
     w.res.end();
   }
 
-  private record(type: HistoryEntry["type"], pod: Json): void {
-    const object = clone(pod);
-    this.history.push({ rv: this.rv, type, object });
-    for (const w of this.watches) if (w.matches(object)) this.send(w, { type, object: this.wire(object, w) });
+  private record(resource: WatchedResource, type: HistoryEntry["type"], changed: Json): void {
+    const object = clone(changed);
+    this.history.push({ resource, rv: this.rv, type, object });
+    for (const w of this.watches) if (w.resource === resource && w.matches(object)) this.send(w, { type, object: this.wire(object, w) });
   }
 
   private podLog(req: http.IncomingMessage, res: http.ServerResponse, ns: string, name: string, q: URLSearchParams): void {

@@ -132,4 +132,9 @@ export interface DockerInfo {
   MemTotal?: number;
   NCPU?: number;
   CgroupVersion?: string;
+  /** The engine's own ID (daemon events carry it as Actor.ID) and host name. */
+  ID?: string;
+  Name?: string;
+  /** Swarm membership: services exist (and emit events) only on an active manager. */
+  Swarm?: { LocalNodeState?: string; ControlAvailable?: boolean; NodeID?: string } | null;
 }

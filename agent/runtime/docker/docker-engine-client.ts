@@ -177,12 +177,22 @@ export class DockerEngineClient {
 }
 
 /**
- * Container events only, and only the actions that change what we report: exec_* (every
+ * Engine-level events worth a "node" event: the daemon's only event type is "reload" (its
+ * configuration was reloaded, SIGHUP); the Engine API has no disk-space or other health events.
+ * Swarm nodes and services (a manager only): create, update, remove.
+ */
+export const FOLLOWED_ENGINE_ACTIONS = ["reload", "remove"] as const;
+
+/**
+ * Container events, and only the actions that change what we report: exec_* (every
  * healthcheck probe is three of them), attach, resize, top, copy and the like say nothing about
- * the container's state and would be most of the traffic.
+ * the container's state and would be most of the traffic. Plus daemon reloads and swarm node and
+ * service changes (docker-events.ts maps them to the "node" and "service" resource types). The
+ * Engine ANDs the two filters: a container "remove" or a daemon "create" does not exist, so the
+ * one action list serves every type.
  */
 export function eventFilters(): { type: string[]; event: string[] } {
-  return { type: ["container"], event: [...FOLLOWED_ACTIONS] };
+  return { type: ["container", "daemon", "node", "service"], event: [...FOLLOWED_ACTIONS, ...FOLLOWED_ENGINE_ACTIONS] };
 }
 
 function short(id: string): string {

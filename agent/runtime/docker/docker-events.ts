@@ -10,6 +10,12 @@ import { timestampFromNs } from "./docker-time.js";
  * the keys below, everything else is a label.
  */
 
+/**
+ * RuntimeEvent.resource_type of an Engine event type: the daemon and swarm nodes are "node"
+ * events, swarm services "service" events.
+ */
+const RESOURCE_TYPE_OF: Record<string, string> = { container: "container", daemon: "node", node: "node", service: "service" };
+
 /** Attribute keys the Engine adds to container events (not labels). */
 const ENGINE_ATTRIBUTE_KEYS = new Set([
   "image",
@@ -72,18 +78,24 @@ export function normaliseDockerEvent(message: DockerEventMessage): RuntimeEvent 
     detail = withDetail[2]!;
   }
   const id = message.Actor?.ID ?? "";
+  const engineType = message.Type ?? "container";
+  const type = RESOURCE_TYPE_OF[engineType] ?? engineType;
   const labels: Record<string, string> = {};
   const attributes: Record<string, string> = {};
   for (const [key, value] of Object.entries(message.Actor?.Attributes ?? {})) {
-    if (ENGINE_ATTRIBUTE_KEYS.has(key)) attributes[key] = value;
+    // Only containers mix labels in; a daemon reload's attributes are its configuration.
+    if (engineType !== "container" || ENGINE_ATTRIBUTE_KEYS.has(key)) attributes[key] = value;
     else labels[key] = value;
   }
+  // Swarm objects are "removed"; every other resource type says "destroy".
+  if (engineType !== "container" && action === "remove") action = "destroy";
+  if (engineType === "daemon") attributes.engine_event = "daemon";
+  else if (engineType === "node") attributes.engine_event = "swarm_node";
   let healthStatus = "";
   if (action === "health_status") healthStatus = detail;
   else if (detail !== "") attributes.command = detail; // exec_create/exec_start: what was run
   const exitCode = action === "die" ? parseExitCode(attributes.exitCode) : undefined;
   const ns = dockerEventNs(message);
-  const type = message.Type ?? "container";
   return create(RuntimeEventSchema, {
     action,
     runtime: DOCKER_RUNTIME,

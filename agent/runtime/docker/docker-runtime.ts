@@ -17,7 +17,7 @@ import { errorMessage } from "../../../lib/error-message.js";
 import { mapBounded } from "../../../lib/worker-pool.js";
 import type { ContainerLimits, ContainerRuntime, ContainerRuntimeEvents, LogBatch, LogOptions } from "../container-runtime.js";
 import { silentLogger, type RuntimeLogger } from "../runtime-logger.js";
-import type { DockerEventMessage, DockerInspect } from "./docker-api-types.js";
+import type { DockerEventMessage, DockerInfo, DockerInspect } from "./docker-api-types.js";
 import { DOCKER_RUNTIME, dockerLimits, dockerState, inspectToContainer, inspectToHealth } from "./docker-container.js";
 import { resolveDockerReference } from "./docker-container-lookup.js";
 import { parseDockerHost, type DockerEndpoint } from "./docker-endpoint.js";
@@ -82,6 +82,8 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
   private version = "";
   private apiVersion = "";
   private hostMemoryBytes: number | undefined;
+  /** Why swarm services are not reported ("" on an active swarm manager); from /info. */
+  private swarmNote = "not connected yet";
 
   /** The containers as of the last event processed (connected) or the session before (not). */
   private known = new Map<string, Container>();
@@ -134,6 +136,12 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
       connectedSince: this.connected ? this.connectedSince : undefined,
       reconnects: this.reconnects,
       containers: this.connected ? this.known.size : 0,
+      resourceTypes: this.connected ? ["container", "node", ...(this.swarmNote === "" ? ["service"] : [])] : [],
+      resourceNotes: [
+        // The Engine API's daemon events are "reload" only: no disk-space or health warnings.
+        "node: the docker engine's own events (daemon reload) and swarm node changes only: the Engine API reports no disk-space events",
+        ...(this.swarmNote === "" ? [] : [`service: ${this.swarmNote}`]),
+      ],
     });
   }
 
@@ -346,7 +354,7 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
     const b2 = await this.engineNow(client, signal);
     const duringList = await this.replay(client, b1, b2, signal);
     // A container changed while we listed may have been inspected before its change.
-    const touched = new Set(duringList.map((m) => m.Actor?.ID).filter((id): id is string => !!id));
+    const touched = new Set(duringList.filter((m) => (m.Type ?? "container") === "container").map((m) => m.Actor?.ID).filter((id): id is string => !!id));
     for (const id of touched) {
       const fresh = await this.inspectOrGone(client, id, signal);
       if (fresh) inspects.set(id, fresh);
@@ -397,8 +405,9 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
     synced();
 
     // Live: from b2 (inclusive; what duringList delivered is remembered and dropped).
+    // The ping is /info: it also notices a `docker swarm init` / `leave` (no event says so).
     const ping = setInterval(() => {
-      client.ping(signal).catch((e: unknown) => session.abort(e instanceof Error ? e : new Error(String(e))));
+      this.engineNow(client, signal).catch((e: unknown) => session.abort(e instanceof Error ? e : new Error(String(e))));
     }, PING_INTERVAL_MS);
     try {
       for await (const message of client.events({ since: b2 }, signal)) {
@@ -414,6 +423,12 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
   private async onLiveEvent(client: DockerEngineClient, message: DockerEventMessage, signal: AbortSignal): Promise<void> {
     if (this.rememberedKeys.has(dockerEventKey(message))) return;
     const event = normaliseDockerEvent(message);
+    if (event.resourceType !== "container") {
+      // Engine and swarm events change no container: nothing to inspect.
+      this.remember(message);
+      this.safeEmit("event", event);
+      return;
+    }
     const id = event.externalId;
     if (event.resourceType === "container" && id !== "") {
       this.noteStopRequest(event);
@@ -496,8 +511,20 @@ class DockerRuntime extends EventEmitter<ContainerRuntimeEvents> implements Cont
   private async engineNow(client: DockerEngineClient, signal: AbortSignal): Promise<bigint> {
     const info = await client.info(signal);
     if (typeof info.MemTotal === "number" && info.MemTotal > 0) this.hostMemoryBytes = info.MemTotal;
+    this.noteSwarm(info);
     // An engine without SystemTime: our clock, a moment early (same host in practice).
     return parseDockerTime(info.SystemTime) ?? nowNs() - 1_000_000_000n;
+  }
+
+  /** Services (and their events) exist only on an active swarm manager: say so otherwise. */
+  private noteSwarm(info: DockerInfo): void {
+    const state = info.Swarm?.LocalNodeState || "inactive";
+    let note = "";
+    if (state !== "active") note = `the docker engine is not in swarm mode (Swarm.LocalNodeState ${state}): it has no services to report`;
+    else if (info.Swarm?.ControlAvailable !== true) note = "the docker engine is a swarm worker: service events come from swarm managers only";
+    if (note === this.swarmNote) return;
+    this.swarmNote = note;
+    this.logger.info({ endpoint: this.endpoint.url, swarm: state }, note === "" ? "docker engine is a swarm manager: reporting swarm service events" : `no docker service events: ${note}`);
   }
 
   private async listAndInspect(client: DockerEngineClient, signal: AbortSignal): Promise<Map<string, DockerInspect>> {

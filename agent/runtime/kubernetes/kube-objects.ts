@@ -144,13 +144,16 @@ function stringMap(v: unknown): Record<string, string> {
   return out;
 }
 
-/** Metadata with the identity every keyed object needs. */
-export function toObjectMeta(value: unknown, what: string): ObjectMeta {
+/**
+ * Metadata with the identity every keyed object needs. A cluster-scoped object (a Node) has no
+ * namespace: its `namespace` is "".
+ */
+export function toObjectMeta(value: unknown, what: string, clusterScoped = false): ObjectMeta {
   const m = obj(value);
   const name = str(m.name);
   const namespace = str(m.namespace);
   const uid = str(m.uid);
-  if (!name || !namespace || !uid) throw new KubeObjectError(`${what} without metadata.name, .namespace or .uid`);
+  if (!name || (!namespace && !clusterScoped) || !uid) throw new KubeObjectError(`${what} without metadata.name, ${clusterScoped ? "" : ".namespace "}or .uid`);
   return {
     name,
     namespace,
@@ -261,4 +264,108 @@ export function toPodMetricsList(value: unknown): PodMetrics[] {
       },
     ];
   });
+}
+
+export interface NodeCondition {
+  type: string;
+  status: string;
+  reason: string;
+  message: string;
+  lastTransitionTime?: string;
+}
+
+/** A Node: its conditions and whether it is cordoned (spec.unschedulable). */
+export interface Node {
+  metadata: ObjectMeta;
+  unschedulable: boolean;
+  conditions: NodeCondition[];
+  kubeletVersion: string;
+}
+
+/** A node as read from the API (list item, watch object). Throws KubeObjectError. */
+export function toNode(value: unknown): Node {
+  if (!isObject(value)) throw new KubeObjectError("node is not a JSON object");
+  const metadata = toObjectMeta(value.metadata, "node", true);
+  const status = obj(value.status);
+  return {
+    metadata,
+    unschedulable: obj(value.spec).unschedulable === true,
+    conditions: arr(status.conditions).flatMap((c) => {
+      if (!isObject(c) || typeof c.type !== "string") return [];
+      return [{ type: c.type, status: str(c.status), reason: str(c.reason), message: str(c.message), lastTransitionTime: optStr(c.lastTransitionTime) }];
+    }),
+    kubeletVersion: str(obj(status.nodeInfo).kubeletVersion),
+  };
+}
+
+export interface ServicePort {
+  name: string;
+  protocol: string;
+  port: number;
+}
+
+/** A Service: what a change of it is reported by. */
+export interface Service {
+  metadata: ObjectMeta;
+  type: string;
+  clusterIP: string;
+  ports: ServicePort[];
+  selector: Record<string, string>;
+  /** status.loadBalancer.ingress, IPs or hostnames. */
+  loadBalancerIngress: string[];
+}
+
+/** A service as read from the API (list item, watch object). Throws KubeObjectError. */
+export function toService(value: unknown): Service {
+  if (!isObject(value)) throw new KubeObjectError("service is not a JSON object");
+  const metadata = toObjectMeta(value.metadata, "service");
+  const spec = obj(value.spec);
+  return {
+    metadata,
+    type: str(spec.type) || "ClusterIP",
+    clusterIP: str(spec.clusterIP),
+    ports: arr(spec.ports).flatMap((p) => (isObject(p) && typeof p.port === "number" ? [{ name: str(p.name), protocol: str(p.protocol) || "TCP", port: p.port }] : [])),
+    selector: stringMap(spec.selector),
+    loadBalancerIngress: arr(obj(obj(value.status).loadBalancer).ingress).flatMap((i) => {
+      if (!isObject(i)) return [];
+      const at = str(i.ip) || str(i.hostname);
+      return at ? [at] : [];
+    }),
+  };
+}
+
+/** The label an EndpointSlice names its Service by. */
+export const SERVICE_NAME_LABEL = "kubernetes.io/service-name";
+
+export interface SliceEndpoint {
+  /** targetRef uid (the pod), else "<addressType>/<first address>": one backend across slices. */
+  identity: string;
+  /** conditions.ready; unset means ready (the API's rule). */
+  ready: boolean;
+}
+
+/** A discovery.k8s.io/v1 EndpointSlice: which service it is of and its endpoints. */
+export interface EndpointSlice {
+  metadata: ObjectMeta;
+  /** The service it belongs to ("" when the label is missing: not counted for any). */
+  serviceName: string;
+  endpoints: SliceEndpoint[];
+}
+
+/** An endpoint slice as read from the API (list item, watch object). Throws KubeObjectError. */
+export function toEndpointSlice(value: unknown): EndpointSlice {
+  if (!isObject(value)) throw new KubeObjectError("endpointslice is not a JSON object");
+  const metadata = toObjectMeta(value.metadata, "endpointslice");
+  const addressType = str(value.addressType);
+  return {
+    metadata,
+    serviceName: metadata.labels[SERVICE_NAME_LABEL] ?? "",
+    endpoints: arr(value.endpoints).flatMap((e) => {
+      if (!isObject(e)) return [];
+      const uid = str(obj(e.targetRef).uid);
+      const first = str(arr(e.addresses)[0]);
+      if (!uid && !first) return [];
+      return [{ identity: uid || `${addressType}/${first}`, ready: obj(e.conditions).ready !== false }];
+    }),
+  };
 }

@@ -12,6 +12,7 @@ import {
   type ContainerHealth,
   type ContainerStats,
   type LogLine,
+  type RuntimeEvent,
   type RuntimeInfo,
 } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { raceAbort } from "../../../lib/abort-race.js";
@@ -25,11 +26,13 @@ import { describeFailure, toConnectError } from "./kube-errors.js";
 import { toPod, type Pod } from "./kube-objects.js";
 import { podFacts } from "./pod-event-facts.js";
 import { podActions, podEvent } from "./pod-events.js";
+import { NodeWatch } from "./node-watch.js";
 import { PodListWatch, type ChangeSource, type PodChange } from "./pod-list-watch.js";
 import { podLimits } from "./pod-limits.js";
 import { PodLogReader } from "./pod-log-reader.js";
 import { PodMetricsCache } from "./pod-metrics-cache.js";
 import { podStats } from "./pod-stats.js";
+import { ServiceWatch } from "./service-watch.js";
 import { defaultContainerOf, podHealth, podKey, podToContainer, RUNTIME_NAME, type ControllerRef } from "./pod-to-container.js";
 import { errorMessage } from "../../../lib/error-message.js";
 
@@ -56,6 +59,10 @@ export interface KubernetesRuntimeOptions {
   requestTimeoutMs?: number;
   /** Reconnect backoff (default 200 ms doubling to 10 s). */
   backoff?: { initialMs: number; maxMs: number };
+  /** Watch Nodes for "node" events (default true; with nodeName only that node). */
+  watchNodes?: boolean;
+  /** Watch Services and EndpointSlices for "service" events (default true; in `namespace`). */
+  watchServices?: boolean;
 }
 
 // DNS-1123: a namespace is a label, a pod name a subdomain.
@@ -66,13 +73,17 @@ const POD_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
  * The Kubernetes runtime (runtime.md): every pod in scope is one Container, kept current by a
  * list+watch of pods (PodListWatch) with controllers resolved through ReplicaSets
  * (ControllerResolver); stats from one shared metrics.k8s.io list (PodMetricsCache); logs from
- * pods/log; readiness as health. Pods cannot be paused.
+ * pods/log; readiness as health. Pods cannot be paused. Nodes (NodeWatch) and Services with
+ * their endpoint counts (ServiceWatch) are watched alongside for "node" and "service" events;
+ * the runtime's connection state is that of its pods.
  */
 export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> implements ContainerRuntime {
   readonly name = RUNTIME_NAME;
   private readonly logger: RuntimeLogger;
   private readonly client: KubeApiClient;
   private readonly listWatch: PodListWatch;
+  private readonly nodeWatch: NodeWatch | undefined;
+  private readonly serviceWatch: ServiceWatch | undefined;
   /** Resolves Deployments through ReplicaSets (exposed for tests: `lookups`). */
   readonly controllers: ControllerResolver;
   /** The shared metrics list (exposed for tests: `fetches`). */
@@ -113,6 +124,17 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
         failed: (err) => (this.lastError = describeFailure(err)),
       },
     });
+    const cluster = {
+      client: this.client,
+      logger: this.logger,
+      emit: (e: RuntimeEvent) => this.emit("event", e),
+      pageSize: options.listPageSize,
+      watchTimeoutSeconds: options.watchTimeoutSeconds,
+      requestTimeoutMs: options.requestTimeoutMs,
+      backoff: options.backoff,
+    };
+    if (options.watchNodes !== false) this.nodeWatch = new NodeWatch({ ...cluster, nodeName: options.nodeName });
+    if (options.watchServices !== false) this.serviceWatch = new ServiceWatch({ ...cluster, namespace: options.namespace });
   }
 
   /** What the pod list+watch did (lists, watches, expired, bookmarks), for tests. */
@@ -129,12 +151,17 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
     if (this.started) throw new Error("kubernetes runtime already started");
     this.started = true;
     await this.listWatch.start();
+    const others = Promise.all([this.nodeWatch?.start(), this.serviceWatch?.start()]);
+    // API server reachable: their first lists are quick, and a started runtime reports nodes
+    // and services from the start. Unreachable: the pods' attempt has said so already; they
+    // keep trying in the background instead of adding their own timeouts to the agent's start.
+    if (this.listWatch.connected) await others;
   }
 
   async close(): Promise<void> {
     this.closed = true;
     for (const c of this.logStreams) c.abort();
-    if (this.started) await this.listWatch.close();
+    if (this.started) await Promise.all([this.listWatch.close(), this.nodeWatch?.close(), this.serviceWatch?.close()]);
   }
 
   info(): RuntimeInfo {
@@ -147,6 +174,11 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
       lastError: this.lastError,
       reconnects: this.reconnects,
       containers: this.byKey.size,
+      resourceTypes: [connected && "container", this.nodeWatch?.reporting && "node", this.serviceWatch?.reporting && "service"].filter((t): t is string => typeof t === "string"),
+      resourceNotes: [
+        this.nodeWatch ? this.nodeWatch.note : "node: not watched (watchNodes off)",
+        this.serviceWatch ? this.serviceWatch.note : "service: not watched (watchServices off)",
+      ].filter((n) => n !== ""),
     });
     if (connected && this.connectedSince) info.connectedSince = this.connectedSince;
     return info;
@@ -350,7 +382,7 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
   private async apply(changes: PodChange[], source: ChangeSource): Promise<void> {
     const synthetic = source === "relist";
     for (const change of changes) {
-      const key = podKey(change.type === "deleted" ? change.previous : change.pod);
+      const key = podKey(change.type === "deleted" ? change.previous : change.object);
       if (change.type === "deleted") {
         const previous = this.byKey.get(key);
         this.byKey.delete(key);
@@ -359,22 +391,22 @@ export class KubernetesRuntime extends EventEmitter<ContainerRuntimeEvents> impl
         this.errorDetailByKey.delete(key);
         if (source === "initial" || !previous) continue;
         let last = previous;
-        if (change.pod) {
+        if (change.object) {
           // The DELETED event's object is the pod's final state: report what changed up to it.
           const controller: ControllerRef | undefined = previous.controllerKind ? { kind: previous.controllerKind, name: previous.controllerName } : undefined;
-          last = podToContainer(change.pod, controller);
-          for (const action of podActions(previous, last, podFacts(change.pod), prevErrorDetail)) this.emit("event", podEvent(last, action, synthetic));
+          last = podToContainer(change.object, controller);
+          for (const action of podActions(previous, last, podFacts(change.object), prevErrorDetail)) this.emit("event", podEvent(last, action, synthetic));
         }
         // A deleted object says when deletion was asked for, not when it was done: agent time.
         this.emit("event", podEvent(last, { action: "destroy" }, synthetic));
         continue;
       }
-      const controller = await this.controllers.resolve(change.pod);
-      const next = podToContainer(change.pod, controller);
+      const controller = await this.controllers.resolve(change.object);
+      const next = podToContainer(change.object, controller);
       const previous = change.type === "modified" ? this.byKey.get(key) : undefined;
       this.byKey.set(key, next);
-      this.limitsByKey.set(key, podLimits(change.pod));
-      const facts = podFacts(change.pod);
+      this.limitsByKey.set(key, podLimits(change.object));
+      const facts = podFacts(change.object);
       const prevErrorDetail = this.errorDetailByKey.get(key);
       this.errorDetailByKey.set(key, facts.errorDetail);
       if (source === "initial") continue;

@@ -1,10 +1,12 @@
 import { afterAll, beforeAll, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import {
   ContainerState,
   LogEndReason,
+  RuntimeEventSchema,
   RuntimeService,
   WatchRuntimeEventsResponseType as T,
   type WatchRuntimeEventsResponse,
@@ -143,6 +145,47 @@ describe("RuntimeService", () => {
     const live = await r2.next();
     assert.deepEqual([live.event?.action, live.event?.externalId], ["destroy", "w1"]);
     ac2.abort();
+  });
+
+  it("WatchRuntimeEvents: resource_types filters events (live and resumed); without container the SNAPSHOT has no containers", async () => {
+    docker.put({ externalId: "c1", state: ContainerState.RUNNING });
+    const nodeEvent = (runtime: FakeRuntime, action: string, id: string) => create(RuntimeEventSchema, { action, runtime: runtime.name, externalId: id, name: id, resourceType: "node" });
+    const serviceEvent = (runtime: FakeRuntime, action: string, id: string) => create(RuntimeEventSchema, { action, runtime: runtime.name, externalId: id, name: id, resourceType: "service" });
+    const ac = new AbortController();
+    const r = reader(client.watchRuntimeEvents({ resourceTypes: ["node", "service"] }, { signal: ac.signal }));
+    const snap = await r.next();
+    assert.equal(snap.type, T.SNAPSHOT);
+    assert.deepEqual(snap.containers, [], "no containers asked for");
+    docker.put({ externalId: "c2" }, "create"); // a container event: filtered out
+    kube.emit("event", nodeEvent(kube, "not_ready", "node-1"));
+    docker.emit("event", serviceEvent(docker, "create", "svc1"));
+    const e1 = await r.next();
+    const e2 = await r.next();
+    assert.deepEqual([e1.event?.resourceType, e1.event?.action, e1.event?.externalId], ["node", "not_ready", "node-1"]);
+    assert.deepEqual([e2.event?.resourceType, e2.event?.action, e2.event?.runtime], ["service", "create", "docker"]);
+    ac.abort();
+
+    // Resumed with only "node" (and one runtime): the backlog is filtered the same way.
+    const ac2 = new AbortController();
+    const r2 = reader(client.watchRuntimeEvents({ runtime: "kubernetes", resourceTypes: ["node"], cursor: snap.cursor }, { signal: ac2.signal }));
+    const again = await r2.next();
+    assert.deepEqual([again.event?.action, again.cursor], ["not_ready", e1.cursor]);
+    docker.emit("event", nodeEvent(docker, "reload", "engine")); // another runtime
+    kube.emit("event", nodeEvent(kube, "ready", "node-1"));
+    const live = await r2.next();
+    assert.deepEqual([live.event?.runtime, live.event?.action], ["kubernetes", "ready"]);
+    ac2.abort();
+
+    // With "container": the snapshot has the containers.
+    const ac3 = new AbortController();
+    const r3 = reader(client.watchRuntimeEvents({ runtime: "docker", resourceTypes: ["container"] }, { signal: ac3.signal }));
+    assert.deepEqual((await r3.next()).containers.map((c) => c.externalId).sort(), ["c1", "c2"]);
+    ac3.abort();
+  });
+
+  it("WatchRuntimeEvents: an unknown resource type is INVALID_ARGUMENT naming resource_types", async () => {
+    await rejectsWith(client.watchRuntimeEvents({ resourceTypes: ["node", "pod"] })[Symbol.asyncIterator]().next(), Code.InvalidArgument, /^resource_types: must hold only container, node, service, got "pod"/);
+    await rejectsWith(client.watchRuntimeEvents({ resourceTypes: [""] })[Symbol.asyncIterator]().next(), Code.InvalidArgument, /^resource_types: /);
   });
 
   it("a cursor from another incarnation or older than what is kept: RESYNC then SNAPSHOT", async () => {

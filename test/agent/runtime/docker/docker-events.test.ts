@@ -127,8 +127,34 @@ describe("docker events: normalisation (recorded events)", () => {
 
   it("the engine is asked for container lifecycle events only (no exec_* from every health probe)", () => {
     const f = eventFilters();
-    assert.deepEqual(f.type, ["container"]);
+    // Containers, and the engine-level types that make "node" and "service" events.
+    assert.deepEqual(f.type, ["container", "daemon", "node", "service"]);
+    assert.ok(f.event.includes("reload") && f.event.includes("remove") && f.event.includes("update"));
     for (const a of ["create", "start", "die", "oom", "pause", "unpause", "destroy", "health_status", "rename", "restart"]) assert.ok(f.event.includes(a), a);
     assert.ok(!f.event.some((a) => a.startsWith("exec_")));
+  });
+});
+
+describe("docker events: engine-level resource types", () => {
+  // Shapes as the Engine writes them (daemon/reload.go, the swarm cluster event watcher).
+  const reload =
+    '{"Type":"daemon","Action":"reload","Actor":{"ID":"3c2e0b0a-7d52-4f7f-9a7e-1d3a0e1f5b2c","Attributes":{"debug":"false","default-runtime":"runc","labels":"[]","live-restore":"false","max-concurrent-downloads":"3","name":"host-1","shutdown-timeout":"15"}},"scope":"local","time":1795317000,"timeNano":1795317000123456789}';
+  const serviceRemoved = '{"Type":"service","Action":"remove","Actor":{"ID":"mp8k0xq3b5l2r1m7vyf0t9d4e","Attributes":{"name":"web"}},"scope":"swarm","time":1795317001,"timeNano":1795317001000000001}';
+  const swarmNode = '{"Type":"node","Action":"update","Actor":{"ID":"x1y2z3a4b5c6d7e8f9g0h1i2j","Attributes":{"name":"worker-1","state.new":"down","state.old":"ready"}},"scope":"swarm","time":1795317002,"timeNano":1795317002000000002}';
+
+  it("a daemon reload is a node event of the engine: its configuration as attributes, no labels, no instance", () => {
+    const e = normaliseDockerEvent(parseDockerEventLine(reload));
+    assert.deepEqual([e.resourceType, e.action, e.externalId, e.name, e.instanceId], ["node", "reload", "3c2e0b0a-7d52-4f7f-9a7e-1d3a0e1f5b2c", "host-1", ""]);
+    assert.deepEqual(e.labels, {});
+    assert.equal(e.attributes["max-concurrent-downloads"], "3");
+    assert.equal(e.attributes.engine_event, "daemon");
+    assert.equal(timestampDate(e.timestamp!).toISOString(), "2026-11-22T03:10:00.123Z");
+  });
+
+  it("swarm services and nodes: service / node events; remove is destroy like every other type", () => {
+    const s = normaliseDockerEvent(parseDockerEventLine(serviceRemoved));
+    assert.deepEqual([s.resourceType, s.action, s.externalId, s.name, s.instanceId], ["service", "destroy", "mp8k0xq3b5l2r1m7vyf0t9d4e", "web", ""]);
+    const n = normaliseDockerEvent(parseDockerEventLine(swarmNode));
+    assert.deepEqual([n.resourceType, n.action, n.name, n.attributes["state.new"], n.attributes.engine_event], ["node", "update", "worker-1", "down", "swarm_node"]);
   });
 });
