@@ -7,6 +7,9 @@ import {
   type FleetService,
   type FleetMeteringEntry,
   type FleetInstance,
+  type FleetSnapshot,
+  FleetSnapshotSchema,
+  HostSchema,
   ListInstanceStatsResponseSchema,
   HostOrigin,
   HostSyncState,
@@ -14,12 +17,15 @@ import {
   type HostResult,
   HostResultSchema,
   ListInstancesResponseSchema,
+  ListSnapshotsResponseSchema,
   MeteringGapSchema,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import { InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
 import { watchFleetInventory } from "./inventory/fleet-inventory-watch.js";
-import { framedInstance, type InstanceFilter, type MergedView } from "./inventory/merged-view.js";
+import { framedInstance, type InstanceFilter, type MergedView, type SnapshotFilter } from "./inventory/merged-view.js";
+import type { RelistCounts } from "./inventory/inventory-follower.js";
+import { probeHost } from "./hosts/host-probe.js";
 import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
 import { countWithinBytes, fieldBytes, ListPager } from "../lib/paging/list-pager.js";
 import { parseHostPort } from "../lib/listen-address.js";
@@ -38,8 +44,11 @@ import { errorMessage } from "../lib/error-message.js";
 export interface FleetOptions {
   defaultPerHostTimeoutMs: number;
   fanOutConcurrency: number;
-  /** The merged inventory view (inventory.md); absent in tests that do not need it. */
-  inventory?: { view: MergedView };
+  /**
+   * The merged inventory view (inventory.md) and what relists a host on request (the
+   * InventoryFollower); absent in tests that do not need them.
+   */
+  inventory?: { view: MergedView; follower?: { resync(name: string): Promise<RelistCounts> } };
   /** The merged metering feed (metering.md); absent in tests that do not need it. */
   metering?: { store: MeteringStore; follower: MeteringFollower };
 }
@@ -82,6 +91,11 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
     keyOf: (i) => `${i.host}\u0000${i.id}`,
     itemBytes: (i) => framedInstance(i).length,
   });
+  const snapshotPages = new ListPager<FleetSnapshot, { hosts: ReturnType<MergedView["hostSyncs"]>; cursor: string }>({
+    scope: "fleetlet.aggregator.v1.FleetService/ListSnapshots",
+    keyOf: (x) => `${x.host}\u0000${x.id}`,
+    itemBytes: (x) => fieldBytes(toBinary(FleetSnapshotSchema, x).length),
+  });
 
   return {
     listHosts() {
@@ -98,7 +112,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
         }),
       };
     },
-    addHost(req) {
+    async addHost(req, context) {
       requireId("name", req.name);
       let port: number;
       try {
@@ -108,8 +122,57 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       }
       if (port === 0) throw invalidArgument("address", "port 0 cannot be dialled");
       const perHostTimeoutMs = req.perHostTimeout ? checkedTimeout(req.perHostTimeout, "per_host_timeout") : undefined;
+      if (req.dryRun) {
+        // What the real add would refuse is refused here too; then the address is tried on a
+        // channel of its own, and nothing is added or persisted.
+        const existing = hosts.get(req.name);
+        if (existing && existing.config.address !== req.address) {
+          throw new ConnectError(`host ${JSON.stringify(req.name)} already exists with address ${existing.config.address}`, Code.AlreadyExists);
+        }
+        const { probe, connectionState } = await probeHost(req.address, perHostTimeoutMs ?? options.defaultPerHostTimeoutMs, context.signal);
+        const host = create(HostSchema, {
+          name: req.name,
+          address: req.address,
+          connectionState,
+          agentIncarnation: probe.agentIncarnation,
+          lastError: probe.code === "OK" ? "" : `${probe.code}: ${probe.message}`,
+          perHostTimeout: perHostTimeoutMs !== undefined ? msToDuration(perHostTimeoutMs) : undefined,
+          origin: HostOrigin.API,
+        });
+        return { host, probe };
+      }
       const conn = hosts.add({ name: req.name, address: req.address, origin: HostOrigin.API, perHostTimeoutMs });
       return { host: toHost(conn) };
+    },
+    async resyncHost(req) {
+      const view = requireInventory();
+      requireId("name", req.name);
+      if (!hosts.get(req.name)) throw new ConnectError(`host ${JSON.stringify(req.name)} not found`, Code.NotFound);
+      const follower = options.inventory?.follower;
+      if (!follower) throw new ConnectError("this aggregator does not follow the hosts' inventories", Code.FailedPrecondition);
+      const counts = await follower.resync(req.name);
+      const hostView = view.host(req.name);
+      return { hostSync: hostView ? view.hostSync(hostView) : undefined, ...counts };
+    },
+    listSnapshots(req) {
+      const view = requireInventory();
+      const hostsFilter = req.hosts.length > 0 ? new Set(selectHosts(req.hosts).map((h) => h.config.name)) : undefined;
+      req.instanceIds.forEach((id, i) => requireId(`instance_ids[${i}]`, id));
+      const filter: SnapshotFilter = { hosts: hostsFilter, instanceIds: req.instanceIds.length > 0 ? new Set(req.instanceIds) : undefined };
+      const fingerprint = createHash("sha256")
+        .update(JSON.stringify([hostsFilter ? [...hostsFilter].sort() : null, [...(filter.instanceIds ?? [])].sort()]))
+        .digest("base64url")
+        .slice(0, 16);
+      const page = snapshotPages.page(
+        req,
+        () => {
+          const meta = { hosts: view.hostSyncs(hostsFilter), cursor: view.cursor };
+          const metaBytes = toBinary(ListSnapshotsResponseSchema, create(ListSnapshotsResponseSchema, meta)).length;
+          return { version: view.cursor, items: view.listSnapshots(filter), meta, metaBytes };
+        },
+        fingerprint,
+      );
+      return { snapshots: [...page.items], ...page.meta, nextPageToken: page.nextPageToken };
     },
     removeHost(req) {
       requireId("name", req.name);
@@ -130,7 +193,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
             throw new ConnectError(`malformed answer from the agent: ${errorMessage(e)}`, Code.Internal);
           }
         },
-        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
+        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal, operation: "FleetService.ListInstanceStats" },
       );
       const parts = sortedByHost(outcomes).map((o) => hostStatEntries(o.host, o.value ?? []));
       parts.push(Buffer.from(toBinary(ListInstanceStatsResponseSchema, create(ListInstanceStatsResponseSchema, { hostResults: toHostResults(outcomes) }))));
@@ -141,7 +204,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       const outcomes = await fanOut(
         selected,
         async (host, signal, timeoutMs) => (await host.standby.listStandbyStatus({}, { signal, timeoutMs })).statuses,
-        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
+        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal, operation: "FleetService.ListStandbyStatus" },
       );
       const statuses = sortedByHost(outcomes).flatMap((o) => (o.value ?? []).map((status) => ({ host: o.host, status })));
       return { statuses, hostResults: toHostResults(outcomes) };
@@ -155,7 +218,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       const outcomes = await fanOut(
         selected,
         async (host, signal, timeoutMs) => host.runtime.listContainers({ runtime: req.runtime, runningOnly: req.runningOnly }, { signal, timeoutMs }),
-        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal },
+        { timeoutMsFor: timeoutFor(req.perHostTimeout, "per_host_timeout"), concurrency: options.fanOutConcurrency, signal: context.signal, operation: "FleetService.ListContainers" },
       );
       const containers = sortedByHost(outcomes).flatMap((o) =>
         (o.value?.containers ?? [])
@@ -256,7 +319,13 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
     },
     watchInstances(req, context) {
       const view = requireInventory();
-      return watchFleetInventory(view, req.cursor, instanceFilter(req, selectHosts), context.signal);
+      const filter = instanceFilter(req, selectHosts);
+      req.snapshotInstanceIds.forEach((id, i) => requireId(`snapshot_instance_ids[${i}]`, id));
+      if (!req.includeSnapshots && req.snapshotInstanceIds.length > 0) throw invalidArgument("snapshot_instance_ids", "applies to snapshots: set include_snapshots too");
+      const snapshots: SnapshotFilter | undefined = req.includeSnapshots
+        ? { hosts: filter.hosts, instanceIds: req.snapshotInstanceIds.length > 0 ? new Set(req.snapshotInstanceIds) : undefined }
+        : undefined;
+      return watchFleetInventory(view, req.cursor, filter, context.signal, snapshots);
     },
   };
 }

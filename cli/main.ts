@@ -1,6 +1,7 @@
 import { Command, CommanderError } from "commander";
 import { agentCommand, aggregatorCommand } from "./daemon-commands.js";
 import { getCommand } from "./get-command.js";
+import { hostsCommand } from "./hosts-command.js";
 import { logsCommand } from "./logs-command.js";
 import { meteringCommand } from "./metering-command.js";
 import { upCommand } from "./up-command.js";
@@ -15,7 +16,7 @@ export async function main(argv: string[]): Promise<void> {
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(`fleetlet: ${text.trim().replace(/\n+/g, " ")}\n`) })
     .showSuggestionAfterError(true);
-  for (const sub of [agentCommand(), aggregatorCommand(), getCommand(), logsCommand(), meteringCommand(), upCommand()]) {
+  for (const sub of [agentCommand(), aggregatorCommand(), getCommand(), hostsCommand(), logsCommand(), meteringCommand(), upCommand()]) {
     sub.exitOverride().configureOutput({
       outputError: (text, write) => write(`fleetlet ${sub.name()}: ${text.trim().replace(/\n+/g, " ")}\n`),
     });

@@ -1,14 +1,15 @@
 import { clone, equals } from "@bufbuild/protobuf";
-import { InstanceEventType, InstanceSchema, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceEventType, InstanceSchema, SnapshotSchema, type Instance, type Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { EventRing } from "../../lib/event-ring.js";
 import { inventoryDigest } from "../../lib/inventory-digest.js";
 
-/** One published change: the instance after it (for DELETED, its last state). */
-export interface InventoryChange {
-  type: InstanceEventType.ADDED | InstanceEventType.MODIFIED | InstanceEventType.DELETED;
-  /** resource_version set; never modified after publication (shared by every watcher). */
-  instance: Instance;
-}
+type ChangeType = InstanceEventType.ADDED | InstanceEventType.MODIFIED | InstanceEventType.DELETED;
+
+/**
+ * One published change: the instance or snapshot after it (for DELETED, its last state), with
+ * resource_version set; never modified after publication (shared by every watcher).
+ */
+export type InventoryChange = { type: ChangeType; instance: Instance; snapshot?: undefined } | { type: ChangeType; snapshot: Snapshot; instance?: undefined };
 
 /** A batch ready to publish once it is durable (see InstanceRegistry.write). */
 export interface PreparedChanges {
@@ -24,25 +25,32 @@ export const DEFAULT_WATCH_HISTORY = 16_384;
  * a batch here only after the batch is on disk, so a change that fails to persist (and is
  * rolled back) is never seen. Each published change bumps the resource version by one and is
  * kept in a bounded ring for WatchInstances; an instance whose content did not change is not a
- * change (identical rewrites, a rollback that restores what was published). Versions survive
- * restarts (persisted with the registry); the incarnation does not.
+ * change (identical rewrites, a rollback that restores what was published). Snapshots are part
+ * of the same feed (seed 003: the inventory is more than its VMs): their changes take versions
+ * in the same sequence, so one cursor resumes both. Versions survive restarts (persisted with
+ * the registry); the incarnation does not.
  */
 export class InventoryFeed {
   private readonly published = new Map<string, Instance>();
   private sorted: Instance[] | undefined;
+  private readonly publishedSnapshots = new Map<string, Snapshot>();
+  private sortedSnapshots: Snapshot[] | undefined;
   private readonly ring: EventRing<InventoryChange>;
   private readonly listeners = new Set<() => void>();
-  private digestCache: { version: number; digest: { count: number; hash: string } } | undefined;
+  /** Per version: the instances-only digest and the one covering snapshots too. */
+  private digestCache: { version: number; instances?: { count: number; hash: string }; all?: { count: number; hash: string } } | undefined;
 
   constructor(
     readonly incarnation: string,
     initial: Iterable<Instance>,
     private versionNow: number,
     capacity = DEFAULT_WATCH_HISTORY,
+    initialSnapshots: Iterable<Snapshot> = [],
   ) {
-    // Loaded instances keep the version of their last change (stored with them); one stored
-    // before versions were (0) takes the loaded version.
+    // Loaded instances and snapshots keep the version of their last change (stored with them);
+    // one stored before versions were (0) takes the loaded version.
     for (const i of initial) this.published.set(i.id, i.resourceVersion > 0n ? i : withVersion(i, versionNow));
+    for (const s of initialSnapshots) this.publishedSnapshots.set(s.id, s.resourceVersion > 0n ? s : snapshotWithVersion(s, versionNow));
     this.ring = new EventRing(capacity, versionNow);
   }
 
@@ -65,18 +73,33 @@ export class InventoryFeed {
     return this.sorted;
   }
 
-  digest(): { count: number; hash: string } {
-    if (this.digestCache?.version !== this.versionNow) {
-      this.digestCache = { version: this.versionNow, digest: inventoryDigest(this.published.values()) };
-    }
-    return this.digestCache.digest;
+  getSnapshot(id: string): Snapshot | undefined {
+    return this.publishedSnapshots.get(id);
+  }
+
+  /** Published snapshots sorted by id. Do not modify. */
+  listSnapshots(): readonly Snapshot[] {
+    this.sortedSnapshots ??= [...this.publishedSnapshots.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return this.sortedSnapshots;
   }
 
   /**
-   * The changes `current` (id → working value, undefined = removed) makes to what is
-   * published, numbered from the next version; nothing is published yet.
+   * The digest of the published state (lib/inventory-digest.ts): of the instances only, or of
+   * instances and snapshots for a client that asked for snapshots (an older client compares
+   * the instances-only one with its instances-only view).
    */
-  prepare(current: Iterable<[string, Instance | undefined]>): PreparedChanges {
+  digest(includeSnapshots = false): { count: number; hash: string } {
+    if (this.digestCache?.version !== this.versionNow) this.digestCache = { version: this.versionNow };
+    const c = this.digestCache;
+    if (includeSnapshots) return (c.all ??= inventoryDigest(this.published.values(), this.publishedSnapshots.values()));
+    return (c.instances ??= inventoryDigest(this.published.values()));
+  }
+
+  /**
+   * The changes `current` (id → working value, undefined = removed) and `currentSnapshots`
+   * make to what is published, numbered from the next version; nothing is published yet.
+   */
+  prepare(current: Iterable<[string, Instance | undefined]>, currentSnapshots: Iterable<[string, Snapshot | undefined]> = []): PreparedChanges {
     let version = this.versionNow;
     const changes: PreparedChanges["changes"] = [];
     for (const [id, value] of current) {
@@ -91,6 +114,18 @@ export class InventoryFeed {
         changes.push({ version, change: { type: before ? InstanceEventType.MODIFIED : InstanceEventType.ADDED, instance: withVersion(value, version) } });
       }
     }
+    for (const [id, value] of currentSnapshots) {
+      const before = this.publishedSnapshots.get(id);
+      if (value === undefined) {
+        if (!before) continue;
+        version++;
+        changes.push({ version, change: { type: InstanceEventType.DELETED, snapshot: snapshotWithVersion(before, version) } });
+      } else {
+        if (before && equals(SnapshotSchema, snapshotWithVersion(value, before.resourceVersion), before)) continue;
+        version++;
+        changes.push({ version, change: { type: before ? InstanceEventType.MODIFIED : InstanceEventType.ADDED, snapshot: snapshotWithVersion(value, version) } });
+      }
+    }
     return { version, changes };
   }
 
@@ -98,12 +133,18 @@ export class InventoryFeed {
   publish(prepared: PreparedChanges): void {
     if (prepared.changes.length === 0) return;
     for (const { version, change } of prepared.changes) {
-      if (change.type === InstanceEventType.DELETED) this.published.delete(change.instance.id);
-      else this.published.set(change.instance.id, change.instance);
+      if (change.snapshot) {
+        if (change.type === InstanceEventType.DELETED) this.publishedSnapshots.delete(change.snapshot.id);
+        else this.publishedSnapshots.set(change.snapshot.id, change.snapshot);
+        this.sortedSnapshots = undefined;
+      } else {
+        if (change.type === InstanceEventType.DELETED) this.published.delete(change.instance.id);
+        else this.published.set(change.instance.id, change.instance);
+        this.sorted = undefined;
+      }
       this.ring.push(version, change);
     }
     this.versionNow = prepared.version;
-    this.sorted = undefined;
     for (const l of this.listeners) l();
   }
 
@@ -121,6 +162,12 @@ export class InventoryFeed {
 
 function withVersion(i: Instance, version: number | bigint): Instance {
   const copy = clone(InstanceSchema, i);
+  copy.resourceVersion = BigInt(version);
+  return copy;
+}
+
+function snapshotWithVersion(s: Snapshot, version: number | bigint): Snapshot {
+  const copy = clone(SnapshotSchema, s);
   copy.resourceVersion = BigInt(version);
   return copy;
 }

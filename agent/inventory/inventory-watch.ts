@@ -4,6 +4,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type Instance,
   InstanceSchema,
+  type Snapshot,
+  SnapshotSchema,
   InstanceEventSchema,
   InstanceEventType,
   type InstanceEvent,
@@ -29,6 +31,10 @@ const MAX_BOOKMARK_MS = 3_600_000;
  * The current state is read lazily, a page at a time as the client takes them, from the feed's
  * sorted list at the watch's start (an array the feed never modifies; shared by every watch
  * started at that version): a stream costs one index, not a copy of the inventory.
+ * Snapshots (include_snapshots) are part of the same versioned feed: the current ones follow
+ * the current instances, their changes come in order with the instances'. A watch without
+ * include_snapshots skips them (its cursor still moves past their versions) and its bookmarks
+ * carry the instances-only digest, so a client from before snapshots sees what it always did.
  */
 export async function* watchInventory(feed: InventoryFeed, req: WatchInstancesRequest, signal: AbortSignal): AsyncGenerator<WatchInstancesResponse> {
   let bookmarkMs = DEFAULT_BOOKMARK_MS;
@@ -36,13 +42,18 @@ export async function* watchInventory(feed: InventoryFeed, req: WatchInstancesRe
     bookmarkMs = durationMs(req.bookmarkInterval);
     if (!(bookmarkMs >= MIN_BOOKMARK_MS && bookmarkMs <= MAX_BOOKMARK_MS)) throw invalidArgument("bookmark_interval", `must be between 100ms and 1h, got ${bookmarkMs} ms`);
   }
+  const withSnapshots = req.includeSnapshots;
   let cursor: number;
-  // The current state first (a watch without version): sent as ADDED events, paged.
+  // The current state first (a watch without version): sent as ADDED events, paged — the
+  // instances, then (include_snapshots) the snapshots, both as they were at the watch's start.
   let snapshot: readonly Instance[] | undefined;
+  let snapshots: readonly Snapshot[] | undefined;
   let at = 0;
+  let snapshotAt = 0;
   if (req.resourceVersion === 0n && req.incarnation === "") {
     cursor = feed.version;
     snapshot = feed.list();
+    if (withSnapshots) snapshots = feed.listSnapshots();
   } else {
     if (req.incarnation !== feed.incarnation) {
       throw new ConnectError(`incarnation ${JSON.stringify(req.incarnation.slice(0, 40))} is not the agent's current incarnation ${feed.incarnation} (the agent restarted): relist`, Code.OutOfRange);
@@ -75,20 +86,37 @@ export async function* watchInventory(feed: InventoryFeed, req: WatchInstancesRe
       if (at < snapshot.length) return create(WatchInstancesResponseSchema, { events });
       snapshot = undefined;
     }
-    if (!full()) {
+    if (snapshots) {
+      while (snapshotAt < snapshots.length && !full()) {
+        const s = snapshots[snapshotAt++]!;
+        bytes += encodedSize(SnapshotSchema, s);
+        events.push(create(InstanceEventSchema, { type: InstanceEventType.ADDED, snapshot: s, resourceVersion: s.resourceVersion }));
+      }
+      if (snapshotAt < snapshots.length) return create(WatchInstancesResponseSchema, { events });
+      snapshots = undefined;
+    }
+    // Until the page is full or the stream caught up: changes this watch skips (snapshots, when
+    // not asked for) must not leave it short of a page while more are waiting.
+    while (!full() && cursor < feed.version) {
       const changes = feed.changesAfter(cursor, WATCH_PAGE.events - events.length);
       if (!changes) throw new ConnectError(`this watch fell behind: changes after resource_version ${cursor} are no longer kept (oldest ${feed.oldestResumable}): relist`, Code.OutOfRange);
       for (const { seq, item } of changes) {
         if (full()) break;
+        cursor = seq;
+        if (item.snapshot) {
+          if (!withSnapshots) continue;
+          bytes += encodedSize(SnapshotSchema, item.snapshot);
+          events.push(create(InstanceEventSchema, { type: item.type, snapshot: item.snapshot, resourceVersion: BigInt(seq) }));
+          continue;
+        }
         bytes += encodedSize(InstanceSchema, item.instance);
         events.push(create(InstanceEventSchema, { type: item.type, instance: item.instance, resourceVersion: BigInt(seq) }));
-        cursor = seq;
       }
     }
     const now = performance.now();
     // A bookmark describes the state at `cursor`: only once the stream has caught up.
     if (cursor === feed.version && (lastBookmark === undefined || now - lastBookmark >= bookmarkMs)) {
-      events.push(create(InstanceEventSchema, { type: InstanceEventType.BOOKMARK, resourceVersion: BigInt(cursor), incarnation: feed.incarnation, digest: feed.digest() }));
+      events.push(create(InstanceEventSchema, { type: InstanceEventType.BOOKMARK, resourceVersion: BigInt(cursor), incarnation: feed.incarnation, digest: feed.digest(withSnapshots) }));
       lastBookmark = now;
     }
     if (events.length === 0) return undefined;

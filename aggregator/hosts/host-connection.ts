@@ -28,6 +28,11 @@ const STATE: Record<grpc.connectivityState, ConnectionState> = {
   [grpc.connectivityState.SHUTDOWN]: ConnectionState.SHUTDOWN,
 };
 
+/** The state of a transport's channel as the API reports it (also for a probe's own channel). */
+export function connectionStateOf(transport: GrpcJsTransport): ConnectionState {
+  return STATE[(transport.client.getChannel() as grpc.Channel).getConnectivityState(false)];
+}
+
 /**
  * The aggregator's one long-lived channel to an agent. grpc-js reconnects with exponential
  * backoff (initial/max from flags); we keep the channel out of IDLE so a host's state in

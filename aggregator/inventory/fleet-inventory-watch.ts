@@ -2,6 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import {
   type FleetInstance,
   FleetInstanceSchema,
+  type FleetSnapshot,
+  FleetSnapshotSchema,
   FleetEventType,
   FleetInstanceEventSchema,
   WatchInstancesResponseSchema,
@@ -12,7 +14,7 @@ import { splitCursor } from "../../lib/event-ring.js";
 import { invalidArgument } from "../../lib/rpc/field-error.js";
 import { encodedSize, WATCH_PAGE } from "../../lib/rpc/encoded-size.js";
 import { followSource } from "../../lib/rpc/follow-source.js";
-import { matches, type FleetChange, type InstanceFilter, type MergedView } from "./merged-view.js";
+import { matches, snapshotMatches, type FleetChange, type InstanceFilter, type MergedView, type SnapshotFilter } from "./merged-view.js";
 
 /** A cursor of another aggregator incarnation, older than what is kept, or malformed. */
 export interface CursorProblem {
@@ -38,17 +40,27 @@ export function parseFleetCursor(view: MergedView, cursor: string): number | Cur
  * that moves out of the filter is DELETED for this client, one that moves in is ADDED.
  * Pages are cut by count and bytes (WATCH_PAGE); the state is turned into events a page at a
  * time as the client takes them (the stream holds the matching instances' references only).
+ * Snapshots (`snapshots` given: the request's include_snapshots) come the same way, after the
+ * instances in the current state, filtered by their own filter; a watch without them never
+ * sees a snapshot's change (an older client gets no event without `instance`).
  */
-export async function* watchFleetInventory(view: MergedView, cursorText: string, filter: InstanceFilter, signal: AbortSignal): AsyncGenerator<WatchInstancesResponse> {
+export async function* watchFleetInventory(
+  view: MergedView,
+  cursorText: string,
+  filter: InstanceFilter,
+  signal: AbortSignal,
+  snapshots?: SnapshotFilter,
+): AsyncGenerator<WatchInstancesResponse> {
   const cursorOf = (seq: number) => `${view.incarnation}.${seq}`;
   let seq: number;
-  // The state first, when there is no cursor: HOST_SYNCs, then ADDED per instance, then SYNCED.
-  let initial: { hostSyncs: FleetInstanceEvent[]; instances: readonly FleetInstance[]; at: number; cursor: string } | undefined;
+  // The state first, when there is no cursor: HOST_SYNCs, then ADDED per instance (and
+  // snapshot), then SYNCED.
+  let initial: { hostSyncs: FleetInstanceEvent[]; instances: readonly FleetInstance[]; at: number; snapshots: readonly FleetSnapshot[]; snapshotAt: number; cursor: string } | undefined;
   if (cursorText === "") {
     seq = view.lastSeq;
     const cursor = cursorOf(seq);
     const hostSyncs = view.hostSyncs(filter.hosts as ReadonlySet<string> | undefined).map((hostSync) => create(FleetInstanceEventSchema, { type: FleetEventType.HOST_SYNC, hostSync, cursor }));
-    initial = { hostSyncs, instances: view.list(filter), at: 0, cursor };
+    initial = { hostSyncs, instances: view.list(filter), at: 0, snapshots: snapshots ? view.listSnapshots(snapshots) : [], snapshotAt: 0, cursor };
   } else {
     const parsed = parseFleetCursor(view, cursorText);
     if (typeof parsed !== "number") {
@@ -71,6 +83,12 @@ export async function* watchFleetInventory(view: MergedView, cursorText: string,
         events.push(create(FleetInstanceEventSchema, { type: FleetEventType.ADDED, instance, cursor: initial.cursor }));
       }
       if (initial.at < initial.instances.length) return { response: create(WatchInstancesResponseSchema, { events }) };
+      while (initial.snapshotAt < initial.snapshots.length && !full()) {
+        const snapshot = initial.snapshots[initial.snapshotAt++]!;
+        bytes += encodedSize(FleetSnapshotSchema, snapshot);
+        events.push(create(FleetInstanceEventSchema, { type: FleetEventType.ADDED, snapshot, cursor: initial.cursor }));
+      }
+      if (initial.snapshotAt < initial.snapshots.length) return { response: create(WatchInstancesResponseSchema, { events }) };
       events.push(create(FleetInstanceEventSchema, { type: FleetEventType.SYNCED, cursor: initial.cursor }));
       initial = undefined;
     }
@@ -82,9 +100,10 @@ export async function* watchFleetInventory(view: MergedView, cursorText: string,
       for (const { seq: s, item } of changes) {
         if (full()) break;
         seq = s;
-        const e = toEvent(item, filter);
+        const e = toEvent(item, filter, snapshots);
         if (!e) continue;
         if (e.instance) bytes += encodedSize(FleetInstanceSchema, e.instance);
+        if (e.snapshot) bytes += encodedSize(FleetSnapshotSchema, e.snapshot);
         events.push(create(FleetInstanceEventSchema, { ...e, cursor: cursorOf(s) }));
       }
     }
@@ -101,10 +120,15 @@ function resync(reason: string): WatchInstancesResponse {
 }
 
 /** What a filtered client sees of one change (undefined: nothing). */
-function toEvent(c: FleetChange, filter: InstanceFilter): Omit<FleetInstanceEvent, "$typeName" | "cursor"> | undefined {
+function toEvent(c: FleetChange, filter: InstanceFilter, snapshots: SnapshotFilter | undefined): Omit<FleetInstanceEvent, "$typeName" | "cursor"> | undefined {
   if (c.type === FleetEventType.HOST_SYNC) {
     if (filter.hosts && !filter.hosts.has(c.hostSync!.host)) return undefined;
     return { type: c.type, hostSync: c.hostSync, reason: "" };
+  }
+  if (c.snapshot) {
+    // A snapshot's host and instance never change: it matches for its whole life or never.
+    if (!snapshots || !snapshotMatches(c.snapshot, snapshots)) return undefined;
+    return { type: c.type, snapshot: c.snapshot, reason: "" };
   }
   const now = c.type !== FleetEventType.DELETED && matches(c.instance!, filter);
   const before = c.previous !== undefined && matches(c.previous, filter);

@@ -1,11 +1,12 @@
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InstanceEventType, type Instance, type ListInstancesResponse } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceEventType, type Instance, type ListInstancesResponse, type Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { HostSyncState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { inventoryDigest } from "../../lib/inventory-digest.js";
 import { MAX_PAGE_SIZE } from "../../lib/paging/list-pager.js";
 import { readAllPages } from "../../lib/paging/read-all-pages.js";
 import { sleepUnlessAborted } from "../../lib/abort-race.js";
+import { linkedSignal } from "../../lib/linked-signal.js";
 import { monotonicMs } from "../../lib/monotonic-clock.js";
 import type { Logger } from "../../lib/rpc/logger.js";
 import { codeName, isConnectionTrouble } from "../../lib/rpc/status-codes.js";
@@ -34,6 +35,19 @@ export interface InventoryFollowerOptions {
 /** The digest of a host did not match ours at the same version: relist. */
 class DigestMismatch extends Error {}
 
+/** What a relist changed in the view. */
+export interface RelistCounts {
+  added: number;
+  modified: number;
+  deleted: number;
+}
+
+/** A caller of resync() waiting for the relist it asked for. */
+interface ResyncWaiter {
+  resolve: (counts: RelistCounts) => void;
+  reject: (e: unknown) => void;
+}
+
 /**
  * Its moments are monotonic ms: how long a host has been quiet, or since its digest was
  * compared, must not jump with the wall clock (the view's last_seen is wall time: reported
@@ -43,6 +57,10 @@ interface Follow extends HostFollow {
   lastDigestCheckMs: number;
   /** The last list or watch message from the host (undefined: none yet). */
   lastHeardMs: number | undefined;
+  /** Aborted by resync(): ends the current watch (or backoff) so the loop relists at once. */
+  interrupt: AbortController;
+  /** Callers of resync() waiting for the next relist. */
+  resyncWaiters: ResyncWaiter[];
 }
 
 /**
@@ -84,7 +102,23 @@ export class InventoryFollower extends HostFollowers<Follow> {
     const lastSeen = this.view.host(name)?.lastSeenMs;
     const now = monotonicMs();
     const lastHeardMs = lastSeen === undefined ? undefined : now - Math.max(0, Date.now() - lastSeen);
-    return { stop: new AbortController(), done: Promise.resolve(), lastDigestCheckMs: now, lastHeardMs };
+    return { stop: new AbortController(), done: Promise.resolve(), lastDigestCheckMs: now, lastHeardMs, interrupt: new AbortController(), resyncWaiters: [] };
+  }
+
+  /**
+   * An operator's forced relist (FleetService.ResyncHost): the host's watch (or backoff) is
+   * interrupted and its follow relists now, as after a digest mismatch — through the same loop,
+   * so nothing else applies to the host's part meanwhile. Resolves with what the relist changed
+   * once it is applied; rejects with the list's error (the host stays as it was: DEGRADED,
+   * nothing deleted). UNAVAILABLE for a host whose follow has not started yet.
+   */
+  resync(name: string): Promise<RelistCounts> {
+    const f = this.follows.get(name);
+    if (!f || f.stop.signal.aborted) return Promise.reject(new ConnectError(`host ${JSON.stringify(name)} is not followed yet (just added?): retry in a second`, Code.Unavailable));
+    return new Promise((resolve, reject) => {
+      f.resyncWaiters.push({ resolve, reject });
+      f.interrupt.abort();
+    });
   }
 
   protected override hostRemoved(name: string): void {
@@ -107,17 +141,45 @@ export class InventoryFollower extends HostFollowers<Follow> {
   }
 
   protected async follow(name: string, f: Follow): Promise<void> {
+    try {
+      await this.followLoop(name, f);
+    } finally {
+      const error = new ConnectError(`host ${JSON.stringify(name)} is no longer followed (removed, or the aggregator is stopping)`, Code.Unavailable);
+      for (const w of f.resyncWaiters.splice(0)) w.reject(error);
+    }
+  }
+
+  private async followLoop(name: string, f: Follow): Promise<void> {
     let delay = BACKOFF_INITIAL_MS;
     while (!f.stop.signal.aborted) {
       const conn = this.hosts.get(name);
       if (!conn) return;
       const v = this.view.host(name)!;
+      // A resync asked for since the last pass: this pass relists, and tells them how it went.
+      if (f.interrupt.signal.aborted) f.interrupt = new AbortController();
+      const resyncing = f.resyncWaiters.splice(0);
       try {
-        if (v.incarnation === "") await this.relist(name, conn, f);
+        if (resyncing.length > 0) {
+          this.logger.info({ host: name }, "inventory: relisting the host (resync requested)");
+          v.incarnation = "";
+          this.view.setState(name, HostSyncState.LOADING, "relist requested (ResyncHost)");
+          let counts: RelistCounts;
+          try {
+            counts = await this.relist(name, conn, f);
+          } catch (e) {
+            for (const w of resyncing) w.reject(e);
+            throw e;
+          }
+          for (const w of resyncing) w.resolve(counts);
+        } else if (v.incarnation === "") {
+          await this.relist(name, conn, f);
+        }
         await this.watch(name, conn, f);
         delay = BACKOFF_INITIAL_MS;
       } catch (e) {
         if (f.stop.signal.aborted) return;
+        // Interrupted by resync(): relist at once, no backoff, nothing to report.
+        if (f.interrupt.signal.aborted && f.resyncWaiters.length > 0) continue;
         const err = ConnectError.from(e);
         const reason = e instanceof DigestMismatch ? `DIGEST_MISMATCH: ${e.message}` : `${codeName(err.code)}: ${err.rawMessage}`;
         if (e instanceof DigestMismatch || err.code === Code.OutOfRange) {
@@ -138,13 +200,18 @@ export class InventoryFollower extends HostFollowers<Follow> {
         if (isConnectionTrouble(err.code, err.rawMessage)) this.logger.debug({ host: name, err: reason }, "inventory: following the host failed; retrying");
         else this.logger.warn({ host: name, err: reason }, "inventory: following the host failed; retrying");
       }
-      await sleepUnlessAborted(delay, f.stop.signal);
+      const wake = linkedSignal([f.stop.signal, f.interrupt.signal]);
+      try {
+        await sleepUnlessAborted(delay, wake.signal);
+      } finally {
+        wake.dispose();
+      }
       delay = Math.min(delay * 2, BACKOFF_MAX_MS);
     }
   }
 
-  /** A complete list, checked against its own digest, replaces the host's part. */
-  private async relist(name: string, conn: HostConnection, f: Follow): Promise<void> {
+  /** A complete list (instances and snapshots), checked against its own digest, replaces the host's part. */
+  private async relist(name: string, conn: HostConnection, f: Follow): Promise<RelistCounts> {
     const v = this.view.host(name)!;
     if (v.state !== HostSyncState.STALE) this.view.setState(name, HostSyncState.LOADING, v.lastError);
     let res;
@@ -156,18 +223,19 @@ export class InventoryFollower extends HostFollowers<Follow> {
       this.view.setState(name, HostSyncState.DEGRADED, `${codeName(err.code)}: list failed: ${err.rawMessage}`);
       throw e;
     }
-    const got = inventoryDigest(res.instances);
+    const got = inventoryDigest(res.instances, res.snapshots);
     if (res.digest && (res.digest.count !== got.count || res.digest.hash !== got.hash)) {
-      this.view.setState(name, HostSyncState.DEGRADED, `DATA_LOSS: the list does not match its own digest (${got.count} of ${res.digest.count} instances): not applied`);
+      this.view.setState(name, HostSyncState.DEGRADED, `DATA_LOSS: the list does not match its own digest (${got.count} of ${res.digest.count} instances and snapshots): not applied`);
       throw new ConnectError("incomplete list", Code.DataLoss);
     }
     conn.incarnation = res.incarnation;
     conn.recordSuccess(Date.now());
-    const counts = this.view.replace(name, res.incarnation, Number(res.resourceVersion), res.instances, Date.now());
+    const counts = this.view.replace(name, res.incarnation, Number(res.resourceVersion), res.instances, Date.now(), res.snapshots);
     v.relists++;
     this.relists++;
     f.lastDigestCheckMs = f.lastHeardMs = monotonicMs();
     this.logger.debug({ host: name, version: res.resourceVersion, ...counts }, "inventory: host listed");
+    return counts;
   }
 
   /** Watches from the host's cursor until the stream fails; each message applied in order. */
@@ -179,6 +247,11 @@ export class InventoryFollower extends HostFollowers<Follow> {
     const call = new AbortController();
     const onStop = () => call.abort(f.stop.signal.reason);
     f.stop.signal.addEventListener("abort", onStop, { once: true });
+    // resync() ends this watch too (already asked: at once).
+    const interrupt = f.interrupt.signal;
+    const onInterrupt = () => call.abort();
+    interrupt.addEventListener("abort", onInterrupt, { once: true });
+    if (interrupt.aborted) call.abort();
     // No message (not even a bookmark) for a while: a hung host or a half-open connection.
     let silence: NodeJS.Timeout | undefined;
     const arm = () => {
@@ -188,7 +261,7 @@ export class InventoryFollower extends HostFollowers<Follow> {
     arm();
     try {
       const stream = conn.inventory.watchInstances(
-        { resourceVersion: BigInt(v.version), incarnation, bookmarkInterval: durationFromMs(this.bookmarkMs) },
+        { resourceVersion: BigInt(v.version), incarnation, bookmarkInterval: durationFromMs(this.bookmarkMs), includeSnapshots: true },
         { signal: call.signal },
       );
       for await (const m of stream) {
@@ -197,6 +270,8 @@ export class InventoryFollower extends HostFollowers<Follow> {
         const nowMono = (f.lastHeardMs = monotonicMs());
         const upserts: Instance[] = [];
         const deletes: string[] = [];
+        // Snapshots: the last event per id is its net effect (they come in version order).
+        const snapshotOps = new Map<string, Snapshot | undefined>();
         let version = v.version;
         let bookmark: (typeof m.events)[number] | undefined;
         for (const e of m.events) {
@@ -207,6 +282,10 @@ export class InventoryFollower extends HostFollowers<Follow> {
           const rv = Number(e.resourceVersion);
           if (!(rv > version)) throw new ConnectError(`event version ${rv} does not follow ${version}`, Code.Internal);
           version = rv;
+          if (e.snapshot) {
+            snapshotOps.set(e.snapshot.id, e.type === InstanceEventType.DELETED ? undefined : e.snapshot);
+            continue;
+          }
           if (e.instance && this.dropPending === e.instance.id && e.type !== InstanceEventType.DELETED) {
             this.dropPending = undefined; // injected fault: the change is lost, the cursor moves on
             continue;
@@ -214,14 +293,15 @@ export class InventoryFollower extends HostFollowers<Follow> {
           if (e.type === InstanceEventType.DELETED) deletes.push(e.instance!.id);
           else upserts.push(e.instance!);
         }
-        if (upserts.length > 0 || deletes.length > 0 || version !== v.version) {
+        if (upserts.length > 0 || deletes.length > 0 || snapshotOps.size > 0 || version !== v.version) {
           // Net effect in order: an id deleted after an upsert in the same message is a delete.
           const lastOp = new Map<string, "put" | "del">();
           for (const e of m.events) if (e.instance && e.type !== InstanceEventType.BOOKMARK) lastOp.set(e.instance.id, e.type === InstanceEventType.DELETED ? "del" : "put");
           const put = new Map<string, Instance>();
           for (const i of upserts) if (lastOp.get(i.id) === "put") put.set(i.id, i);
-          this.view.applyChanges(name, incarnation, version, [...put.values()], [...new Set(deletes)].filter((id) => lastOp.get(id) === "del"), now);
-          this.applied += put.size + deletes.length;
+          const snapshots = { put: [...snapshotOps.values()].filter((x) => x !== undefined), del: [...snapshotOps].filter(([, x]) => x === undefined).map(([id]) => id) };
+          this.view.applyChanges(name, incarnation, version, [...put.values()], [...new Set(deletes)].filter((id) => lastOp.get(id) === "del"), now, snapshots);
+          this.applied += put.size + deletes.length + snapshotOps.size;
         } else {
           this.view.touch(name, now);
         }
@@ -249,6 +329,7 @@ export class InventoryFollower extends HostFollowers<Follow> {
     } finally {
       clearTimeout(silence);
       f.stop.signal.removeEventListener("abort", onStop);
+      interrupt.removeEventListener("abort", onInterrupt);
       call.abort();
     }
   }
@@ -264,12 +345,13 @@ const LIST_RESTARTS = 3;
 async function listWholeInventory(conn: HostConnection, signal: AbortSignal): Promise<ListInstancesResponse> {
   for (let attempt = 1; ; attempt++) {
     try {
-      const pages = await readAllPages((pageToken) => conn.inventory.listInstances({ pageSize: MAX_PAGE_SIZE, pageToken }, { signal, timeoutMs: LIST_TIMEOUT_MS }));
+      // With its snapshots (an agent from before snapshots ignores the flag and lists none).
+      const pages = await readAllPages((pageToken) => conn.inventory.listInstances({ pageSize: MAX_PAGE_SIZE, pageToken, includeSnapshots: true }, { signal, timeoutMs: LIST_TIMEOUT_MS }));
       const first = pages[0]!;
       if (pages.some((p) => p.resourceVersion !== first.resourceVersion || p.incarnation !== first.incarnation)) {
         throw new ConnectError("the pages of one list are of different versions", Code.Internal);
       }
-      return { ...first, instances: pages.flatMap((p) => p.instances), nextPageToken: "" };
+      return { ...first, instances: pages.flatMap((p) => p.instances), snapshots: pages.flatMap((p) => p.snapshots), nextPageToken: "" };
     } catch (e) {
       if (attempt < LIST_RESTARTS && ConnectError.from(e).code === Code.OutOfRange && !signal.aborted) continue;
       throw e;

@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import type Database from "better-sqlite3";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { InstanceSchema, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, SnapshotSchema, type Instance, type Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { namedStoreError, openStoreDatabase } from "../metering/store-database.js";
 import type { Migration } from "../metering/store-migrations.js";
 import { errorMessage } from "../../lib/error-message.js";
@@ -30,6 +30,23 @@ export const INVENTORY_MIGRATIONS: readonly Migration[] = [
       ) STRICT, WITHOUT ROWID;
     `,
   },
+  {
+    version: 2,
+    description: "the hosts' snapshots (versioned in the agents' inventory feed); every host relisted once",
+    sql: `
+      -- Each snapshot as the agent sent it (fleetlet.agent.v1.Snapshot, binary, with its
+      -- resource_version).
+      CREATE TABLE inventory_snapshots (
+        host     TEXT NOT NULL REFERENCES inventory_hosts (host) ON DELETE CASCADE,
+        id       TEXT NOT NULL,
+        snapshot BLOB NOT NULL,
+        PRIMARY KEY (host, id)
+      ) STRICT, WITHOUT ROWID;
+      -- A cursor stored before snapshots were followed resumes a feed whose snapshots this view
+      -- never saw: forget it, so every host is relisted (with its snapshots) at the next start.
+      UPDATE inventory_hosts SET incarnation = '';
+    `,
+  },
 ];
 
 export interface StoredHostView {
@@ -38,6 +55,7 @@ export interface StoredHostView {
   resourceVersion: number;
   lastSeenMs: number;
   instances: Instance[];
+  snapshots: Snapshot[];
 }
 
 /**
@@ -67,6 +85,9 @@ export class InventoryStore {
         "SELECT host, incarnation, resource_version AS resourceVersion, last_seen_ms AS lastSeenMs FROM inventory_hosts ORDER BY host",
       ),
       instances: db.prepare<[], { host: string; instance: Buffer }>("SELECT host, instance FROM inventory_instances ORDER BY host, id"),
+      putSnapshot: db.prepare<[string, string, Uint8Array]>("INSERT OR REPLACE INTO inventory_snapshots (host, id, snapshot) VALUES (?, ?, ?)"),
+      deleteSnapshot: db.prepare<[string, string]>("DELETE FROM inventory_snapshots WHERE host = ? AND id = ?"),
+      snapshots: db.prepare<[], { host: string; snapshot: Buffer }>("SELECT host, snapshot FROM inventory_snapshots ORDER BY host, id"),
     };
   }
 
@@ -94,7 +115,7 @@ export class InventoryStore {
 
   private loadViews(): StoredHostView[] {
     const views = new Map<string, StoredHostView>();
-    for (const h of this.stmts.hosts.all()) views.set(h.host, { ...h, instances: [] });
+    for (const h of this.stmts.hosts.all()) views.set(h.host, { ...h, instances: [], snapshots: [] });
     for (const row of this.stmts.instances.iterate()) {
       try {
         views.get(row.host)?.instances.push(fromBinary(InstanceSchema, row.instance));
@@ -102,16 +123,31 @@ export class InventoryStore {
         throw namedStoreError(this.file, new Error(`host ${row.host}: an instance row does not decode (${errorMessage(e)})`));
       }
     }
+    for (const row of this.stmts.snapshots.iterate()) {
+      try {
+        views.get(row.host)?.snapshots.push(fromBinary(SnapshotSchema, row.snapshot));
+      } catch (e) {
+        throw namedStoreError(this.file, new Error(`host ${row.host}: a snapshot row does not decode (${errorMessage(e)})`));
+      }
+    }
     return [...views.values()];
   }
 
-  /** One applied batch of a host and its new cursor, atomically. */
-  apply(host: string, cursor: { incarnation: string; resourceVersion: number; lastSeenMs: number }, put: Instance[], del: string[]): void {
+  /** One applied batch of a host (instances and snapshots) and its new cursor, atomically. */
+  apply(
+    host: string,
+    cursor: { incarnation: string; resourceVersion: number; lastSeenMs: number },
+    put: Instance[],
+    del: string[],
+    snapshots: { put: Snapshot[]; del: string[] } = { put: [], del: [] },
+  ): void {
     this.named(() =>
       this.db.transaction(() => {
         this.stmts.upsertHost.run(host, cursor.incarnation, cursor.resourceVersion, cursor.lastSeenMs);
         for (const i of put) this.stmts.putInstance.run(host, i.id, toBinary(InstanceSchema, i));
         for (const id of del) this.stmts.deleteInstance.run(host, id);
+        for (const s of snapshots.put) this.stmts.putSnapshot.run(host, s.id, toBinary(SnapshotSchema, s));
+        for (const id of snapshots.del) this.stmts.deleteSnapshot.run(host, id);
       })(),
     );
   }

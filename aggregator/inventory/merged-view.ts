@@ -2,8 +2,17 @@ import { randomBytes } from "node:crypto";
 import { create, equals, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import type { Instance, InstanceKind, InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { FleetEventType, FleetInstanceSchema, HostSyncSchema, HostSyncState, type FleetInstance, type HostSync } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import type { Instance, InstanceKind, InstanceState, Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import {
+  FleetEventType,
+  FleetInstanceSchema,
+  FleetSnapshotSchema,
+  HostSyncSchema,
+  HostSyncState,
+  type FleetInstance,
+  type FleetSnapshot,
+  type HostSync,
+} from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { EventRing } from "../../lib/event-ring.js";
 import { inventoryDigest } from "../../lib/inventory-digest.js";
 import type { InventoryStore } from "./inventory-store.js";
@@ -21,6 +30,8 @@ export interface HostView {
   digestMismatches: number;
   readonly instances: Map<string, FleetInstance>;
   sorted: FleetInstance[] | undefined;
+  readonly snapshots: Map<string, FleetSnapshot>;
+  sortedSnapshots: FleetSnapshot[] | undefined;
 }
 
 /** One change of the merged view, as kept for WatchInstances. */
@@ -30,6 +41,20 @@ export interface FleetChange {
   /** MODIFIED / DELETED: what it was (a filtered watch turns a move out of its filter into DELETED). */
   previous?: FleetInstance;
   hostSync?: HostSync;
+  /** A snapshot's change (instead of `instance`): seen only by watches with include_snapshots. */
+  snapshot?: FleetSnapshot;
+}
+
+/** The snapshots applied with a batch or a list: upserted ones, removed ids. */
+export interface SnapshotChanges {
+  put: Snapshot[];
+  del: string[];
+}
+
+export interface SnapshotFilter {
+  hosts?: ReadonlySet<string>;
+  /** The instances the snapshots were taken of (undefined / empty = any). */
+  instanceIds?: ReadonlySet<string>;
 }
 
 export interface InstanceFilter {
@@ -70,6 +95,7 @@ export class MergedView {
       view.lastSeenMs = stored.lastSeenMs;
       view.lastError = "not heard from since the aggregator started";
       for (const i of stored.instances) view.instances.set(i.id, fleetInstance(i, stored.host));
+      for (const s of stored.snapshots) view.snapshots.set(s.id, fleetSnapshot(s, stored.host));
     }
   }
 
@@ -106,6 +132,7 @@ export class MergedView {
     this.views.delete(name);
     this.sortedHosts = undefined;
     const changes: FleetChange[] = [...view.instances.values()].map((i) => ({ type: FleetEventType.DELETED, instance: i, previous: i }));
+    for (const s of view.snapshots.values()) changes.push({ type: FleetEventType.DELETED, snapshot: s });
     view.state = HostSyncState.UNSPECIFIED;
     view.lastError = "host removed";
     changes.push({ type: FleetEventType.HOST_SYNC, hostSync: this.hostSync(view) });
@@ -127,13 +154,13 @@ export class MergedView {
   }
 
   /**
-   * Applies a host's watched changes (in order) and moves its cursor to `version`: stored in
-   * one transaction, then in memory, then announced.
+   * Applies a host's watched changes (in order; instances and snapshots as their net effect)
+   * and moves its cursor to `version`: stored in one transaction, then in memory, then announced.
    */
-  applyChanges(name: string, incarnation: string, version: number, upserts: Instance[], deletes: string[], nowMs: number): void {
+  applyChanges(name: string, incarnation: string, version: number, upserts: Instance[], deletes: string[], nowMs: number, snapshots: SnapshotChanges = { put: [], del: [] }): void {
     const view = this.ensureHost(name);
     const put = upserts.map((i) => fleetInstance(i, name));
-    this.store?.apply(name, { incarnation, resourceVersion: version, lastSeenMs: nowMs }, upserts, deletes);
+    this.store?.apply(name, { incarnation, resourceVersion: version, lastSeenMs: nowMs }, upserts, deletes, snapshots);
     const changes: FleetChange[] = [];
     for (const i of put) {
       const previous = view.instances.get(i.id);
@@ -147,6 +174,7 @@ export class MergedView {
       changes.push({ type: FleetEventType.DELETED, instance: previous, previous });
     }
     if (changes.length > 0) view.sorted = undefined;
+    changes.push(...this.applySnapshots(view, snapshots));
     view.incarnation = incarnation;
     view.version = version;
     view.lastSeenMs = nowMs;
@@ -157,9 +185,10 @@ export class MergedView {
    * A complete list of a host replaces its part (inventory.md "Relist diffs, including
    * deletes"): what is missing from the list is deleted, what changed is put; an instance whose
    * content is equal except for its version (an agent restart renumbers every instance) is
-   * updated silently, without an event.
+   * updated silently, without an event. The same for its snapshots (an agent from before
+   * snapshots lists none: the host has none). The counts are of instances and snapshots.
    */
-  replace(name: string, incarnation: string, version: number, instances: Instance[], nowMs: number): { added: number; modified: number; deleted: number } {
+  replace(name: string, incarnation: string, version: number, instances: Instance[], nowMs: number, snapshots: Snapshot[] = []): { added: number; modified: number; deleted: number } {
     const view = this.ensureHost(name);
     const listed = new Map(instances.map((i) => [i.id, i]));
     const put: Instance[] = [];
@@ -185,12 +214,30 @@ export class MergedView {
       changes.push({ type: FleetEventType.DELETED, instance: previous, previous });
       counts.deleted++;
     }
-    this.store?.apply(name, { incarnation, resourceVersion: version, lastSeenMs: nowMs }, put, deletes);
+    // Snapshots: the same diff (their content never changes without their version).
+    const listedSnapshots = new Map(snapshots.map((s) => [s.id, s]));
+    const snapshotChanges: SnapshotChanges = { put: [], del: [] };
+    for (const [id, s] of listedSnapshots) {
+      const previous = view.snapshots.get(id);
+      if (previous && equals(FleetSnapshotSchema, { ...fleetSnapshot(s, name), resourceVersion: previous.resourceVersion }, previous)) {
+        if (previous.resourceVersion !== s.resourceVersion) snapshotChanges.put.push(s);
+        continue;
+      }
+      snapshotChanges.put.push(s);
+      counts[previous ? "modified" : "added"]++;
+    }
+    for (const id of view.snapshots.keys()) {
+      if (listedSnapshots.has(id)) continue;
+      snapshotChanges.del.push(id);
+      counts.deleted++;
+    }
+    this.store?.apply(name, { incarnation, resourceVersion: version, lastSeenMs: nowMs }, put, deletes, snapshotChanges);
     for (const i of silent) view.instances.set(i.id, i);
     for (const c of changes) {
       if (c.type === FleetEventType.DELETED) view.instances.delete(c.instance!.id);
       else view.instances.set(c.instance!.id, c.instance!);
     }
+    changes.push(...this.applySnapshots(view, snapshotChanges, true));
     view.sorted = undefined;
     view.incarnation = incarnation;
     view.version = version;
@@ -199,9 +246,36 @@ export class MergedView {
     return counts;
   }
 
-  /** The digest of a host's part, comparable with the agent's at the same version. */
+  /**
+   * A host's snapshot changes in memory (already stored); the changes to announce. `silentRenumber`:
+   * a snapshot equal but for its version takes the new version without an event (a relist).
+   */
+  private applySnapshots(view: HostView, changes: SnapshotChanges, silentRenumber = false): FleetChange[] {
+    const out: FleetChange[] = [];
+    for (const s of changes.put) {
+      const next = fleetSnapshot(s, view.name);
+      const previous = view.snapshots.get(s.id);
+      view.snapshots.set(s.id, next);
+      if (silentRenumber && previous && equals(FleetSnapshotSchema, { ...next, resourceVersion: previous.resourceVersion }, previous)) continue;
+      out.push({ type: previous ? FleetEventType.MODIFIED : FleetEventType.ADDED, snapshot: next });
+    }
+    for (const id of changes.del) {
+      const previous = view.snapshots.get(id);
+      if (!previous) continue;
+      view.snapshots.delete(id);
+      out.push({ type: FleetEventType.DELETED, snapshot: previous });
+    }
+    if (changes.put.length > 0 || changes.del.length > 0) view.sortedSnapshots = undefined;
+    return out;
+  }
+
+  /**
+   * The digest of a host's part (instances and snapshots), comparable with the agent's at the
+   * same version (lib/inventory-digest.ts: the same function on both sides).
+   */
   digest(name: string): { count: number; hash: string } {
-    return inventoryDigest(this.views.get(name)?.instances.values() ?? []);
+    const view = this.views.get(name);
+    return inventoryDigest(view?.instances.values() ?? [], view?.snapshots.values() ?? []);
   }
 
   /** Every host's sync state, sorted by host. */
@@ -218,6 +292,17 @@ export class MergedView {
       if (filter.hosts && !filter.hosts.has(view.name)) continue;
       view.sorted ??= [...view.instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
       for (const i of view.sorted) if (matches(i, filter)) out.push(i);
+    }
+    return out;
+  }
+
+  /** Matching snapshots, sorted by host then id. Shared objects: do not modify. */
+  listSnapshots(filter: SnapshotFilter): FleetSnapshot[] {
+    const out: FleetSnapshot[] = [];
+    for (const view of this.sortedViews()) {
+      if (filter.hosts && !filter.hosts.has(view.name)) continue;
+      view.sortedSnapshots ??= [...view.snapshots.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      for (const s of view.sortedSnapshots) if (snapshotMatches(s, filter)) out.push(s);
     }
     return out;
   }
@@ -240,6 +325,7 @@ export class MergedView {
       resourceVersion: BigInt(view.version),
       incarnation: view.incarnation,
       instanceCount: view.instances.size,
+      snapshotCount: view.snapshots.size,
       lastError: view.lastError,
       relists: view.relists,
       digestMismatches: view.digestMismatches,
@@ -247,7 +333,20 @@ export class MergedView {
   }
 
   private newView(name: string, state: HostSyncState): HostView {
-    const view: HostView = { name, state, incarnation: "", version: 0, lastSeenMs: undefined, lastError: "", relists: 0, digestMismatches: 0, instances: new Map(), sorted: undefined };
+    const view: HostView = {
+      name,
+      state,
+      incarnation: "",
+      version: 0,
+      lastSeenMs: undefined,
+      lastError: "",
+      relists: 0,
+      digestMismatches: 0,
+      instances: new Map(),
+      sorted: undefined,
+      snapshots: new Map(),
+      sortedSnapshots: undefined,
+    };
     this.views.set(name, view);
     this.sortedHosts = undefined;
     return view;
@@ -275,6 +374,12 @@ export function matches(i: FleetInstance, filter: InstanceFilter): boolean {
   return true;
 }
 
+export function snapshotMatches(s: FleetSnapshot, filter: SnapshotFilter): boolean {
+  if (filter.hosts && !filter.hosts.has(s.host)) return false;
+  if (filter.instanceIds && filter.instanceIds.size > 0 && !filter.instanceIds.has(s.instanceId)) return false;
+  return true;
+}
+
 /** Each FleetInstance's wire form as field 1 of ListInstancesResponse, made once (they are immutable). */
 const framed = new WeakMap<FleetInstance, Uint8Array>();
 
@@ -289,6 +394,11 @@ export function framedInstance(i: FleetInstance): Uint8Array {
     framed.set(i, bytes);
   }
   return bytes;
+}
+
+function fleetSnapshot(s: Snapshot, host: string): FleetSnapshot {
+  const { $typeName: _, ...fields } = s;
+  return create(FleetSnapshotSchema, { ...fields, host });
 }
 
 function fleetInstance(i: Instance, host: string): FleetInstance {

@@ -4,7 +4,18 @@ import { mkdirSync, rmSync } from "node:fs";
 import { create, equals, toBinary } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { InstanceEventType, InstanceSchema, InstanceState, WatchInstancesRequestSchema, WatchInstancesResponseSchema, type Instance, type InstanceEvent, type WatchInstancesResponse } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
+import {
+  InstanceEventType,
+  InstanceSchema,
+  InstanceState,
+  SnapshotSchema,
+  WatchInstancesRequestSchema,
+  WatchInstancesResponseSchema,
+  type Instance,
+  type InstanceEvent,
+  type Snapshot,
+  type WatchInstancesResponse,
+} from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
 import { validateInstance } from "../../../agent/inventory/instance-validation.js";
 import { watchInventory } from "../../../agent/inventory/inventory-watch.js";
@@ -33,26 +44,41 @@ async function watchUntil(r: InstanceRegistry, req: object, untilVersion: bigint
   return events;
 }
 
-function applyEvents(view: Map<string, Instance>, events: InstanceEvent[]): void {
+function applyEvents(view: Map<string, Instance>, events: InstanceEvent[], snapshots?: Map<string, Snapshot>): void {
   for (const e of events) {
+    if (e.type === InstanceEventType.BOOKMARK) continue;
+    if (e.snapshot) {
+      assert.ok(snapshots, `a snapshot event (${e.snapshot.id}) in a watch that did not ask for snapshots`);
+      assert.equal(e.instance, undefined, "a snapshot event carries no instance");
+      if (e.type === InstanceEventType.DELETED) snapshots.delete(e.snapshot.id);
+      else snapshots.set(e.snapshot.id, e.snapshot);
+      continue;
+    }
     if (e.type === InstanceEventType.ADDED || e.type === InstanceEventType.MODIFIED) view.set(e.instance!.id, e.instance!);
     else if (e.type === InstanceEventType.DELETED) view.delete(e.instance!.id);
   }
 }
 
 const snapshot = (r: InstanceRegistry) => new Map(r.feed.list().map((i) => [i.id, i]));
+const snapshotsOf = (r: InstanceRegistry) => new Map(r.feed.listSnapshots().map((s) => [s.id, s]));
 
 function assertSameView(a: Map<string, Instance>, b: Map<string, Instance>, what: string): void {
   assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort(), `${what}: ids`);
   for (const [id, i] of a) assert.ok(equals(InstanceSchema, i, b.get(id)!), `${what}: ${id} differs`);
 }
 
+function assertSameSnapshots(a: Map<string, Snapshot>, b: Map<string, Snapshot>, what: string): void {
+  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort(), `${what}: snapshot ids`);
+  for (const [id, s] of a) assert.ok(equals(SnapshotSchema, s, b.get(id)!), `${what}: snapshot ${id} differs`);
+}
+
 describe("WatchInstances on the agent", () => {
-  it("a watch from every version kept, applied to the list at that version, equals a fresh list", async () => {
+  it("a watch from every version kept, applied to the list at that version, equals a fresh list (instances and snapshots)", async () => {
     const r = InstanceRegistry.open(dir.path);
     const rand = prng(7);
-    const lists = new Map<bigint, Map<string, Instance>>([[r.resourceVersion, snapshot(r)]]);
-    for (let step = 0; step < 150; step++) {
+    const lists = new Map<bigint, { instances: Map<string, Instance>; snapshots: Map<string, Snapshot> }>([[r.resourceVersion, { instances: snapshot(r), snapshots: snapshotsOf(r) }]]);
+    let snapshotChanges = 0;
+    for (let step = 0; step < 200; step++) {
       const id = `vm${Math.floor(rand() * 12)}`;
       const roll = rand();
       // Sometimes several changes in one tick: one commit, their net effect per instance.
@@ -61,28 +87,79 @@ describe("WatchInstances on the agent", () => {
       for (let k = 0; k < burst; k++) {
         const target = k === 0 ? id : `vm${Math.floor(rand() * 12)}`;
         const current = r.get(target);
-        if (!current) ops.push(r.upsert(inst(target, { name: `n${step}` })));
+        const snapshotTurn = rand() < 0.25;
+        if (snapshotTurn) {
+          // Snapshots of the instance come and go (seed 003: part of the versioned inventory).
+          const snapId = `snap-${target}-${Math.floor(rand() * 2)}`;
+          if (r.feed.getSnapshot(snapId)) ops.push(r.removeSnapshot(snapId).catch(() => undefined));
+          else ops.push(r.registerSnapshot(create(SnapshotSchema, { id: snapId, instanceId: target, hypervisor: "cloud-hypervisor", storageBytes: 1024n })).catch(() => undefined));
+          snapshotChanges++;
+        } else if (!current) ops.push(r.upsert(inst(target, { name: `n${step}` })));
         else if (rand() < 0.25) ops.push(r.remove(target).catch(() => undefined));
         else if (rand() < 0.5) ops.push(r.setState(target, rand() < 0.5 ? InstanceState.RUNNING : InstanceState.STOPPED));
         else ops.push(r.upsert(inst(target, { name: current.name }))); // identical rewrite
       }
       await Promise.all(ops);
-      lists.set(r.resourceVersion, snapshot(r));
+      lists.set(r.resourceVersion, { instances: snapshot(r), snapshots: snapshotsOf(r) });
     }
     const fresh = snapshot(r);
-    assert.ok(lists.size > 60, `${lists.size} distinct versions: too little churn to test anything`);
+    const freshSnapshots = snapshotsOf(r);
+    assert.ok(lists.size > 80, `${lists.size} distinct versions: too little churn to test anything`);
+    assert.ok(snapshotChanges > 20 && freshSnapshots.size > 0, `${snapshotChanges} snapshot changes, ${freshSnapshots.size} left`);
+    let snapshotEvents = 0;
     for (const [version, list] of lists) {
-      const events = await watchUntil(r, { resourceVersion: version, incarnation: r.incarnation }, r.resourceVersion);
-      const view = new Map(list);
-      applyEvents(view, events);
+      // With snapshots: the whole inventory; without: exactly the instances, as before.
+      const events = await watchUntil(r, { resourceVersion: version, incarnation: r.incarnation, includeSnapshots: true }, r.resourceVersion);
+      const view = new Map(list.instances);
+      const snaps = new Map(list.snapshots);
+      applyEvents(view, events, snaps);
       assertSameView(view, fresh, `from version ${version}`);
+      assertSameSnapshots(snaps, freshSnapshots, `from version ${version}`);
+      snapshotEvents += events.filter((e) => e.snapshot).length;
       const versions = events.filter((e) => e.type !== InstanceEventType.BOOKMARK).map((e) => e.resourceVersion);
       assert.deepEqual(versions, [...versions].sort((a, b) => (a < b ? -1 : 1)), "in version order");
+      assert.equal(new Set(versions).size, versions.length, "one version per change, instances and snapshots in one sequence");
       assert.ok(versions.every((v) => v > version), "nothing at or before the version asked for");
+      const bookmark = events.at(-1)!;
+      assert.deepEqual({ count: bookmark.digest!.count, hash: bookmark.digest!.hash }, inventoryDigest(fresh.values(), freshSnapshots.values()), "the bookmark's digest covers the snapshots");
+      const old = await watchUntil(r, { resourceVersion: version, incarnation: r.incarnation }, r.resourceVersion);
+      const oldView = new Map(list.instances);
+      applyEvents(oldView, old);
+      assertSameView(oldView, fresh, `from version ${version}, instances only`);
+      assert.deepEqual({ count: old.at(-1)!.digest!.count, hash: old.at(-1)!.digest!.hash }, inventoryDigest(fresh.values()), "an instances-only watch keeps the instances-only digest");
     }
-    // The bookmark's digest is the agent's list digest, which the watcher can check.
-    const events = await watchUntil(r, { resourceVersion: r.resourceVersion, incarnation: r.incarnation }, r.resourceVersion);
-    assert.deepEqual({ count: events.at(-1)!.digest!.count, hash: events.at(-1)!.digest!.hash }, inventoryDigest(fresh.values()));
+    assert.ok(snapshotEvents > 0, "snapshot changes came as events");
+    // A watch without version: the current instances, then the current snapshots, as ADDED.
+    const initial = await watchUntil(r, { includeSnapshots: true }, r.resourceVersion);
+    const view = new Map<string, Instance>();
+    const snaps = new Map<string, Snapshot>();
+    applyEvents(view, initial, snaps);
+    assertSameView(view, fresh, "the current state");
+    assertSameSnapshots(snaps, freshSnapshots, "the current state");
+  });
+
+  it("snapshot changes take versions in the feed, kept across a restart; an identical re-registration takes none", async () => {
+    const r = InstanceRegistry.open(dir.path);
+    await r.upsert(inst("a"));
+    const registered = await r.registerSnapshot(create(SnapshotSchema, { id: "s1", instanceId: "a", storageBytes: 5n }));
+    assert.equal(registered.resourceVersion, 2n);
+    assert.equal(r.resourceVersion, 2n);
+    await r.registerSnapshot(create(SnapshotSchema, { id: "s1", instanceId: "a", storageBytes: 5n }));
+    assert.equal(r.resourceVersion, 2n, "the same snapshot again is no change");
+    await r.registerSnapshot(create(SnapshotSchema, { id: "s2", instanceId: "a", storageBytes: 7n }));
+    const removed = await r.removeSnapshot("s1");
+    assert.equal(removed.resourceVersion, 2n, "the removal answers the snapshot as it was");
+    assert.equal(r.resourceVersion, 4n);
+    assert.deepEqual(
+      r.feed.changesAfter(1)!.map((c) => `${InstanceEventType[c.item.type]}:${c.item.snapshot?.id}@${c.seq}`),
+      ["ADDED:s1@2", "ADDED:s2@3", "DELETED:s1@4"],
+    );
+    r.close();
+    const again = InstanceRegistry.open(dir.path);
+    assert.equal(again.resourceVersion, 4n);
+    assert.deepEqual(again.feed.listSnapshots().map((s) => `${s.id}@${s.resourceVersion}`), ["s2@3"]);
+    assert.deepEqual(again.feed.digest(true), inventoryDigest(again.feed.list(), again.feed.listSnapshots()));
+    again.close();
   });
 
   it("without a version: the current state as ADDED events, then a BOOKMARK; then live changes", async () => {
@@ -186,6 +263,6 @@ describe("WatchInstances on the agent", () => {
     assert.deepEqual(r.feed.changesAfter(Number(v)), []);
     mkdirSync(dir.path);
     await r.upsert(inst("b"));
-    assert.deepEqual(r.feed.changesAfter(Number(v))!.map((c) => `${InstanceEventType[c.item.type]}:${c.item.instance.id}`), ["ADDED:b"]);
+    assert.deepEqual(r.feed.changesAfter(Number(v))!.map((c) => `${InstanceEventType[c.item.type]}:${c.item.instance!.id}`), ["ADDED:b"]);
   });
 });
