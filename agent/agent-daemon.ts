@@ -6,8 +6,11 @@ import { startGrpcServer } from "../lib/rpc/grpc-server.js";
 import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
+import { reportFaultInjection } from "../lib/fault-injection.js";
 import { InstanceRegistry } from "./inventory/instance-registry.js";
+import type { RegistryLimits } from "../lib/resource-limits.js";
 import { watchProcessLiveness } from "./inventory/process-liveness.js";
+import { ProcessGroupRecord } from "./inventory/pid-ownership.js";
 import { join } from "node:path";
 import { MeteringService } from "../gen/fleetlet/agent/v1/metering_pb.js";
 import { MeteringLedger } from "./metering/ledger.js";
@@ -30,6 +33,7 @@ import { RuntimeService } from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { createRuntimeService } from "./runtime/runtime-service.js";
 import { setUpRuntimes, type RuntimeOptions } from "./runtime/runtime-setup.js";
 import type { StreamLimits } from "../lib/rpc/stream-budget.js";
+import type { ListenerLimits } from "../lib/rpc/listener-limits.js";
 
 /** Sweeps younger than this serve a watch tick without reading /proc again. */
 const SAMPLER_SHARE_MS = 50;
@@ -67,6 +71,16 @@ export interface AgentOptions {
   runtime?: RuntimeOptions;
   /** Per-stream byte budget and stall cut (default 64 KiB, 30 s). */
   streamLimits?: StreamLimits;
+  /** --allowed-uids: instance processes must run as these uids (empty: any). */
+  allowedUids?: number[];
+  /** --allowed-cgroups: instance processes must be in these cgroups or below (empty: any). */
+  allowedCgroups?: string[];
+  /** --standby-cgroup-root: the cgroup driver freezes only cgroups below it. */
+  standbyCgroupRoot?: string;
+  /** gRPC listener limits (docs/operations.md "Limits"); unset fields keep their defaults. */
+  limits?: Partial<ListenerLimits>;
+  /** Caps on instances and snapshots (docs/operations.md "Limits"). */
+  registryLimits?: Partial<RegistryLimits>;
 }
 
 export interface RunningAgent {
@@ -83,9 +97,12 @@ export interface RunningAgent {
 export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const logger = options.logger ?? createLogger("fleetlet-agent");
   const roots = options.roots ?? DEFAULT_ROOTS;
-  const claim = claimStateDir(options.stateDir, "agent");
+  const claim = claimStateDir(options.stateDir, "agent", (path, from, to) =>
+    logger.warn({ path, from: `0${from.toString(8)}`, to: `0${to.toString(8)}` }, "state dir: narrowed a path readable by group or others (made by an earlier version)"),
+  );
+  reportFaultInjection(logger);
   try {
-    const registry = InstanceRegistry.open(options.stateDir, roots, { watchHistory: options.watchHistory });
+    const registry = InstanceRegistry.open(options.stateDir, roots, { watchHistory: options.watchHistory, limits: options.registryLimits });
     // The metering ledger, made to agree with the registry before anything can change state
     // (a corrupt ledger or one that is not this registry's stops the agent: never skip data).
     // With --metering off there is none: not opened, not created, nothing written (the registry
@@ -105,7 +122,10 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     // A RUNNING instance whose process is gone becomes STOPPED (metering's stop-crash).
     const stopLiveness = watchProcessLiveness(registry, logger, roots.proc);
     const policyLimits = { ...DEFAULT_POLICY_LIMITS, ...(options.standbyMinIdleMs !== undefined ? { minIdleMs: options.standbyMinIdleMs } : {}) };
-    const validation = { tapPrefix: options.tapPrefix, standbyPolicyLimits: policyLimits };
+    // Which processes may be instances, checked at registration and before every driver acts.
+    const pidPolicy = { procRoot: roots.proc, allowedUids: options.allowedUids, allowedCgroups: options.allowedCgroups };
+    const processGroups = new ProcessGroupRecord();
+    const validation = { tapPrefix: options.tapPrefix, standbyPolicyLimits: policyLimits, pidPolicy, processGroups };
     const discovery = options.discover ? startDiscovery(registry, logger, validation, roots.proc) : undefined;
     // Watch ticks and scrapes share recent sweeps too: many streams opening at once, or a
     // scrape next to a watch, cost one pass over /proc, not one each.
@@ -120,15 +140,20 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       stateDir: options.stateDir,
       logger,
       concurrency: options.standbyConcurrency ?? 16,
-      exec: options.standbyExec,
+      // The exec driver's failure output is the host's: logged here, never returned to callers.
+      exec: options.standbyExec && { ...options.standbyExec, onFailureOutput: (command, output) => logger.warn({ command, output }, "exec driver: command failed") },
       conntrack: options.standby !== false,
       meter: metrics.meter,
       timings: options.standbyTimings,
+      pidPolicy,
+      processGroups,
+      cgroupRoot: options.standbyCgroupRoot,
     });
     const server = await startGrpcServer({
       listen: options.listen,
       logger,
       streamLimits: options.streamLimits,
+      limits: options.limits,
       services: [
         serviceRegistration(InventoryService, createInventoryService(registry, validation)),
         serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),

@@ -5,6 +5,7 @@ import { startGrpcServer } from "../lib/rpc/grpc-server.js";
 import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
+import { reportFaultInjection } from "../lib/fault-injection.js";
 import { createFleetService } from "./fleet-service.js";
 import { HostRegistry } from "./hosts/host-registry.js";
 import { MeteringFollower } from "./metering/metering-follower.js";
@@ -14,6 +15,7 @@ import { InventoryStore } from "./inventory/inventory-store.js";
 import { MergedView } from "./inventory/merged-view.js";
 import type { HostConfig, ReconnectBackoff } from "./hosts/host-connection.js";
 import type { StreamLimits } from "../lib/rpc/stream-budget.js";
+import type { ListenerLimits } from "../lib/rpc/listener-limits.js";
 
 export interface AggregatorOptions {
   listen: ListenAddress;
@@ -28,6 +30,10 @@ export interface AggregatorOptions {
   logger?: Logger;
   /** Per-stream byte budget and stall cut (default 64 KiB, 30 s). */
   streamLimits?: StreamLimits;
+  /** gRPC listener limits (docs/operations.md "Limits"); unset fields keep their defaults. */
+  limits?: Partial<ListenerLimits>;
+  /** AddHost past this many hosts: RESOURCE_EXHAUSTED (default DEFAULT_MAX_HOSTS). */
+  maxHosts?: number;
 }
 
 export interface RunningAggregator {
@@ -40,8 +46,11 @@ export interface RunningAggregator {
 /** Wires the aggregator: state dir → hosts and their channels → FleetService → one gRPC port. */
 export async function startAggregator(options: AggregatorOptions): Promise<RunningAggregator> {
   const logger = options.logger ?? createLogger("fleetlet-aggregator");
-  const claim = claimStateDir(options.stateDir, "aggregator");
-  const hosts = new HostRegistry(options.stateDir, options.backoff);
+  const claim = claimStateDir(options.stateDir, "aggregator", (path, from, to) =>
+    logger.warn({ path, from: `0${from.toString(8)}`, to: `0${to.toString(8)}` }, "state dir: narrowed a path readable by group or others (made by an earlier version)"),
+  );
+  reportFaultInjection(logger);
+  const hosts = new HostRegistry(options.stateDir, options.backoff, options.maxHosts);
   try {
     hosts.load(options.hosts);
     // The fleet's metering feed: every host's ledger merged exactly once (metering.md).
@@ -88,6 +97,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
       listen: options.listen,
       logger,
       streamLimits: options.streamLimits,
+      limits: options.limits,
       services: [
         serviceRegistration(
           FleetService,
@@ -95,7 +105,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
             defaultPerHostTimeoutMs: options.defaultPerHostTimeoutMs,
             fanOutConcurrency: options.fanOutConcurrency,
             metering: { store, follower },
-            inventory: { view },
+            inventory: { view, follower: inventory },
           }),
         ),
       ],

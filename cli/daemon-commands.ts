@@ -1,6 +1,7 @@
+import { faultInjection } from "../lib/fault-injection.js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Command } from "commander";
+import { Command, InvalidArgumentError } from "commander";
 import { validateTapPrefix } from "../agent/inventory/interface-name.js";
 import { parseRuntimeList, type RuntimeOptions } from "../agent/runtime/runtime-setup.js";
 import { mergeHostConfigs, parseHostsFile, parseHostsFlag } from "../aggregator/hosts/host-list-parser.js";
@@ -9,6 +10,8 @@ import { createLogger } from "../lib/rpc/logger.js";
 import { applyConfigFile, configurable, parse } from "./options.js";
 import { errorMessage } from "../lib/error-message.js";
 import { DEFAULT_STREAM_LIMITS } from "../lib/rpc/stream-budget.js";
+import { DEFAULT_LISTENER_LIMITS, type ListenerLimits } from "../lib/rpc/listener-limits.js";
+import { DEFAULT_MAX_HOSTS, DEFAULT_REGISTRY_LIMITS } from "../lib/resource-limits.js";
 import { DEFAULT_MIN_IDLE_MS, DEFAULT_STANDBY_TIMINGS } from "../agent/standby/standby-timings.js";
 
 /** Default state location: /var/lib/fleetlet as root, ./.fleetlet otherwise (architecture.md). */
@@ -41,6 +44,61 @@ async function runUntilSignal(name: string, start: () => Promise<{ close(): Prom
   process.on("SIGINT", () => stop("SIGINT"));
 }
 
+/** The gRPC listener limits, the same flags on both daemons (docs/operations.md "Limits"). */
+function addListenerLimitOptions(cmd: Command, prefix: "AGENT" | "AGGREGATOR"): Command {
+  const d = DEFAULT_LISTENER_LIMITS;
+  return cmd
+    .addOption(configurable(prefix, "--max-receive-message-size <bytes>", "largest request accepted (RESOURCE_EXHAUSTED past it)").default(d.maxReceiveMessageBytes).argParser(parse.positiveInt))
+    .addOption(configurable(prefix, "--max-send-message-size <bytes>", "largest response sent (container logs answer up to 16 MiB)").default(d.maxSendMessageBytes).argParser(parse.positiveInt))
+    .addOption(configurable(prefix, "--max-concurrent-streams <n>", "HTTP/2 streams one connection may have open (announced in SETTINGS)").default(d.maxConcurrentStreams).argParser(parse.positiveInt))
+    .addOption(configurable(prefix, "--max-connection-idle <duration>", "a connection with no call for this long is closed").default(d.maxConnectionIdleMs, "30m").argParser(parse.durationMs))
+    .addOption(configurable(prefix, "--max-connection-age <duration>", "a connection is asked to reconnect after this long").default(d.maxConnectionAgeMs, "24h").argParser(parse.durationMs))
+    .addOption(configurable(prefix, "--max-connection-age-grace <duration>", "calls still open this long after --max-connection-age are cut (watches resume)").default(d.maxConnectionAgeGraceMs, "1h").argParser(parse.durationMs))
+    .addOption(configurable(prefix, "--max-session-memory <MiB>", "HTTP/2 memory per connection past which new streams are refused").default(d.maxSessionMemoryMiB).argParser(parse.positiveInt))
+    .addOption(configurable(prefix, "--max-watch-streams <n>", "streaming calls (watches) open at once on this daemon (RESOURCE_EXHAUSTED past it)").default(d.maxStreams).argParser(parse.positiveInt))
+    .addOption(configurable(prefix, "--max-watch-streams-per-peer <n>", "streaming calls one client address may have open at once").default(d.maxStreamsPerPeer).argParser(parse.positiveInt));
+}
+
+type ListenerLimitFlags = {
+  maxReceiveMessageSize: number;
+  maxSendMessageSize: number;
+  maxConcurrentStreams: number;
+  maxConnectionIdle: number;
+  maxConnectionAge: number;
+  maxConnectionAgeGrace: number;
+  maxSessionMemory: number;
+  maxWatchStreams: number;
+  maxWatchStreamsPerPeer: number;
+};
+
+function listenerLimits(o: ListenerLimitFlags): ListenerLimits {
+  return {
+    maxReceiveMessageBytes: o.maxReceiveMessageSize,
+    maxSendMessageBytes: o.maxSendMessageSize,
+    maxConcurrentStreams: o.maxConcurrentStreams,
+    maxConnectionIdleMs: o.maxConnectionIdle,
+    maxConnectionAgeMs: o.maxConnectionAge,
+    maxConnectionAgeGraceMs: o.maxConnectionAgeGrace,
+    maxSessionMemoryMiB: o.maxSessionMemory,
+    maxStreams: o.maxWatchStreams,
+    maxStreamsPerPeer: o.maxWatchStreamsPerPeer,
+  };
+}
+
+/** --allowed-uids: "0,1000" → [0, 1000]. */
+function parseUidList(value: string): number[] {
+  return value.split(",").map((v) => parse.nonNegativeInt(v.trim()));
+}
+
+/** --allowed-cgroups, --standby-cgroup-root: absolute cgroup paths as /proc/<pid>/cgroup shows them. */
+function parseCgroupList(value: string): string[] {
+  return value.split(",").map((v) => {
+    const p = v.trim();
+    if (!p.startsWith("/") || p.split("/").includes("..")) throw new InvalidArgumentError(`${JSON.stringify(p)} is not an absolute cgroup path (as /proc/<pid>/cgroup shows it)`);
+    return p.length > 1 ? p.replace(/\/+$/, "") : p;
+  });
+}
+
 export function agentCommand(): Command {
   const cmd = new Command("agent")
     .description("the per-host daemon: inventory, metrics, standby and container runtimes on one gRPC port")
@@ -60,6 +118,9 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--metering-retain <n>", "acknowledged metering entries kept on disk (unacknowledged ones always are)").default(1_000_000).argParser(parse.nonNegativeInt))
     .addOption(configurable("AGENT", "--metering-segment-bytes <n>", "metering ledger segment size; retention deletes whole segments").default(64 * 1024 * 1024, "67108864").argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--discover <on|off>", "hypervisor processes in /proc (cloud-hypervisor, firecracker, qemu-system-*) become read-only instances").choices(["on", "off"]).default("off"))
+    .addOption(configurable("AGENT", "--allowed-uids <list>", "instance processes must run as one of these uids (comma-separated; default any)").argParser(parseUidList))
+    .addOption(configurable("AGENT", "--allowed-cgroups <list>", "instance processes must be in one of these cgroups or below (comma-separated paths; default any)").argParser(parseCgroupList))
+    .addOption(configurable("AGENT", "--standby-cgroup-root <path>", "the cgroup driver freezes only cgroups below this one (default: any but the root, init.scope and the agent's own)").argParser((v) => parseCgroupList(v)[0]!))
     .addOption(configurable("AGENT", "--watch-history <n>", "inventory changes kept for WatchInstances resume; an older version must relist").default(16_384).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--standby-exec <command>", "exec driver: standby command, run without a shell, split on spaces"))
     .addOption(configurable("AGENT", "--wake-exec <command>", "exec driver: wake command"))
@@ -69,11 +130,17 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--kube-node <name>", "Kubernetes: only pods on this node (default in a cluster: NODE_NAME, else the hostname; outside: all pods)"))
     .addOption(configurable("AGENT", "--stream-buffer <bytes>", "encoded bytes one server stream may hold for a client that does not read; the producer waits past it").default(DEFAULT_STREAM_LIMITS.maxPendingBytes).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--stream-stall-timeout <duration>", "a server stream whose client took none of its buffered bytes for this long is cut (RESOURCE_EXHAUSTED)").default(DEFAULT_STREAM_LIMITS.stallTimeoutMs, "30s").argParser(parse.durationMs))
+    .addOption(configurable("AGENT", "--max-instances <n>", "instances this agent holds (RESOURCE_EXHAUSTED past it)").default(DEFAULT_REGISTRY_LIMITS.maxInstances).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--max-snapshots <n>", "registered snapshots this agent holds").default(DEFAULT_REGISTRY_LIMITS.maxSnapshots).argParser(parse.positiveInt))
+    .addOption(configurable("AGENT", "--max-instances-per-pid <n>", "instances naming one pid (each keeps 4 file descriptors open)").default(DEFAULT_REGISTRY_LIMITS.maxInstancesPerPid).argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
     .action(async (_opts, command: Command) => {
       applyConfigFile(command);
-      const o = command.opts<{
+      const o = command.opts<ListenerLimitFlags & {
+        maxInstances: number;
+        maxSnapshots: number;
+        maxInstancesPerPid: number;
         listen: ListenAddress;
         stateDir?: string;
         metricsListen?: ListenAddress;
@@ -88,6 +155,9 @@ export function agentCommand(): Command {
         standbyReconnectDelay: number;
         watchHistory: number;
         discover: string;
+        allowedUids?: number[];
+        allowedCgroups?: string[];
+        standbyCgroupRoot?: string;
         metering: string;
         meteringRetain: number;
         meteringSegmentBytes: number;
@@ -131,16 +201,22 @@ export function agentCommand(): Command {
           standbyTimings: { reconcileMs: o.standbyReconcileInterval, syncMs: o.standbySyncInterval, reconnectMs: o.standbyReconnectDelay },
           watchHistory: o.watchHistory,
           discover: o.discover === "on",
+          allowedUids: o.allowedUids,
+          allowedCgroups: o.allowedCgroups,
+          standbyCgroupRoot: o.standbyCgroupRoot,
           metering: o.metering === "on",
           meteringRetain: o.meteringRetain,
           meteringSegmentBytes: o.meteringSegmentBytes,
-          standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [] },
+          standbyExec: { standby: o.standbyExec?.split(/\s+/).filter(Boolean) ?? [], wake: o.wakeExec?.split(/\s+/).filter(Boolean) ?? [], concurrency: o.standbyConcurrency },
           runtime: { runtimes, dockerHost: o.dockerHost, kubeconfig: o.kubeconfig, kubeNode: o.kubeNode },
           streamLimits: { maxPendingBytes: o.streamBuffer, stallTimeoutMs: o.streamStallTimeout },
+          limits: listenerLimits(o),
+          registryLimits: { maxInstances: o.maxInstances, maxSnapshots: o.maxSnapshots, maxInstancesPerPid: o.maxInstancesPerPid },
           logger: createLogger("fleetlet-agent", o.logLevel),
         }),
       );
     });
+  addListenerLimitOptions(cmd, "AGENT");
   return cmd;
 }
 
@@ -160,11 +236,13 @@ export function aggregatorCommand(): Command {
     .addOption(configurable("AGGREGATOR", "--watch-buffer <n>", "merged inventory changes kept for WatchInstances cursors").default(65_536).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--stream-buffer <bytes>", "encoded bytes one server stream may hold for a client that does not read; the producer waits past it").default(DEFAULT_STREAM_LIMITS.maxPendingBytes).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--stream-stall-timeout <duration>", "a server stream whose client took none of its buffered bytes for this long is cut (RESOURCE_EXHAUSTED)").default(DEFAULT_STREAM_LIMITS.stallTimeoutMs, "30s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--max-hosts <n>", "hosts this aggregator holds; AddHost past it gets RESOURCE_EXHAUSTED").default(DEFAULT_MAX_HOSTS).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGGREGATOR_* win over it")
     .action(async (_opts, command: Command) => {
       applyConfigFile(command);
-      const o = command.opts<{
+      const o = command.opts<ListenerLimitFlags & {
+        maxHosts: number;
         staleAfter: number;
         digestInterval: number;
         watchBuffer: number;
@@ -200,12 +278,15 @@ export function aggregatorCommand(): Command {
           defaultPerHostTimeoutMs: o.perHostTimeout,
           fanOutConcurrency: o.fanOutConcurrency,
           backoff: { initialMs: Math.min(1000, o.reconnectBackoffMax), maxMs: o.reconnectBackoffMax },
-          inventory: { staleAfterMs: o.staleAfter, digestIntervalMs: o.digestInterval, watchBuffer: o.watchBuffer, dropEventOf: process.env.FLEETLET_TEST_DROP_INVENTORY_EVENT || undefined },
+          inventory: { staleAfterMs: o.staleAfter, digestIntervalMs: o.digestInterval, watchBuffer: o.watchBuffer, dropEventOf: faultInjection("FLEETLET_TEST_DROP_INVENTORY_EVENT") },
           streamLimits: { maxPendingBytes: o.streamBuffer, stallTimeoutMs: o.streamStallTimeout },
+          limits: listenerLimits(o),
+          maxHosts: o.maxHosts,
           logger: createLogger("fleetlet-aggregator", o.logLevel),
         }),
       );
     });
+  addListenerLimitOptions(cmd, "AGGREGATOR");
   return cmd;
 }
 

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs";
+import { existsSync, fchmodSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs";
+import { APPEND_NOFOLLOW, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from "../lib/private-file.js";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
@@ -81,7 +82,8 @@ async function runUp(opts: UpOptions): Promise<number> {
 
   try {
     const base = resolve(opts.stateDir);
-    mkdirSync(base, { recursive: true });
+    // 0700, logs 0600: the daemons' logs name instances, hosts and addresses (security.md).
+    mkdirSync(base, { recursive: true, mode: PRIVATE_DIR_MODE });
     let agentAddr = `${opts.agentListen.hostForClients}:${opts.agentListen.port}`;
     let agentMetricsAddr = opts.agentMetricsListen;
     const aggAddr = `${opts.aggregatorListen.hostForClients}:${opts.aggregatorListen.port}`;
@@ -237,9 +239,11 @@ const logStart = new WeakMap<ChildProcess, number>();
 
 /** `prefix` (e.g. `ip netns exec NS`) execs the daemon, so the child's pid is the daemon's. */
 function spawnDaemon(args: string[], logFile: string, prefix: string[] = []): ChildProcess {
-  mkdirSync(dirname(logFile), { recursive: true });
+  mkdirSync(dirname(logFile), { recursive: true, mode: PRIVATE_DIR_MODE });
   const start = existsSync(logFile) ? statSync(logFile).size : 0;
-  const log = openSync(logFile, "a");
+  const log = openSync(logFile, APPEND_NOFOLLOW, PRIVATE_FILE_MODE);
+  // A log an earlier version created 0644 is narrowed: the mode given to open only applies to new files.
+  fchmodSync(log, PRIVATE_FILE_MODE);
   const [command, ...rest] = [...prefix, process.execPath, BIN, ...args];
   const child = spawn(command!, rest, { stdio: ["ignore", log, log] });
   logStart.set(child, start);

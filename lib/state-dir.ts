@@ -1,5 +1,6 @@
-import { accessSync, constants, existsSync, mkdirSync, openSync, closeSync, writeSync, readFileSync, unlinkSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { accessSync, chmodSync, constants, existsSync, lstatSync, mkdirSync, openSync, closeSync, readdirSync, statSync, writeSync, readFileSync, unlinkSync, type Stats } from "node:fs";
+import { dirname, join, resolve, sep } from "node:path";
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from "./private-file.js";
 import { errorMessage } from "./error-message.js";
 import { readProcStat } from "./proc-stat-parser.js";
 
@@ -10,13 +11,17 @@ import { readProcStat } from "./proc-stat-parser.js";
  * starting together cannot both claim it. A file whose process is gone, or whose pid now belongs
  * to another process (pid reuse after kill -9 or a reboot), is stale and taken over.
  * Throws with a one-line reason otherwise.
+ * Before anything is read, the directory and everything in it are checked (checkStateDirSafety):
+ * `onTightened` hears of each path narrowed to 0700/0600.
  */
-export function claimStateDir(dir: string, owner: string): { release(): void } {
+export function claimStateDir(dir: string, owner: string, onTightened?: (path: string, from: number, to: number) => void): { release(): void } {
+  checkPathComponents(dir);
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    mkdirSync(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
   } catch (e) {
     throw new Error(`state dir ${dir} is not usable: ${mkdirFailure(dir, e)}`);
   }
+  checkStateDirSafety(dir, onTightened);
   try {
     accessSync(dir, constants.W_OK | constants.R_OK | constants.X_OK);
   } catch (e) {
@@ -55,6 +60,66 @@ export function claimStateDir(dir: string, owner: string): { release(): void } {
   throw new Error(`state dir ${dir}: could not claim ${pidFile} (another ${owner} starting at the same time?)`);
 }
 
+/** "0o755" style, as chmod takes it. */
+function octal(mode: number): string {
+  return `0${(mode & 0o7777).toString(8)}`;
+}
+
+/**
+ * Refuses a state dir reached through a symlink owned by another user (not us, not root): such a
+ * user could point it, and everything we write, anywhere (security.md "State on disk"). Each
+ * component of the path as given is lstat'ed from the root down; missing ones are created 0700
+ * by the caller.
+ */
+function checkPathComponents(dir: string): void {
+  const me = process.geteuid?.();
+  const parts = resolve(dir).split(sep).filter((p) => p !== "");
+  let path = "";
+  for (const part of parts) {
+    path += `${sep}${part}`;
+    let st: Stats;
+    try {
+      st = lstatSync(path);
+    } catch {
+      return; // missing from here on: created by mkdir, by us
+    }
+    if (st.isSymbolicLink() && me !== undefined && st.uid !== me && st.uid !== 0) {
+      throw new Error(`state dir ${dir}: ${path} is a symlink owned by uid ${st.uid}, not by this user (uid ${me}) or root; refusing to follow it`);
+    }
+  }
+}
+
+/**
+ * The state dir and everything in it must be ours and writable by nobody else: a file another
+ * user can write (a ledger, a registry) is one they can forge. Refused, with a one-line error
+ * naming the path and its mode: anything writable by group or others, anything owned by another
+ * user, a symlink owned by another user. Readable by group or others (0755 / 0644, what earlier
+ * versions created) is narrowed to 0700 / 0600 in place, since the files are ours, and reported.
+ */
+export function checkStateDirSafety(dir: string, onTightened?: (path: string, from: number, to: number) => void): void {
+  const me = process.geteuid?.();
+  const visit = (path: string, depth: number): void => {
+    let st = lstatSync(path);
+    if (st.isSymbolicLink()) {
+      // Ours or root's (an operator moving metering/ to another disk): checked where it points.
+      if (me !== undefined && st.uid !== me && st.uid !== 0) throw new Error(`state dir ${dir}: ${path} is a symlink owned by uid ${st.uid}, not by this user (uid ${me}) or root; refusing to start`);
+      st = statSync(path);
+    }
+    if (me !== undefined && st.uid !== me) throw new Error(`state dir ${dir}: ${path} is owned by uid ${st.uid}, not by this user (uid ${me}); refusing to start (chown it)`);
+    if ((st.mode & 0o022) !== 0) {
+      throw new Error(`state dir ${dir}: ${path} is writable by group or others (mode ${octal(st.mode)}); refusing to start (chmod ${st.isDirectory() ? "700" : "600"} ${path})`);
+    }
+    const want = st.isDirectory() ? PRIVATE_DIR_MODE : PRIVATE_FILE_MODE;
+    if ((st.mode & 0o077) !== 0) {
+      chmodSync(path, want);
+      onTightened?.(path, st.mode & 0o7777, want);
+    }
+    // Depth-bounded: a symlink loop of our own must not hang the start.
+    if (st.isDirectory() && depth < 8) for (const name of readdirSync(path)) visit(join(path, name), depth + 1);
+  };
+  visit(dir, 0);
+}
+
 /**
  * Why a recursive mkdir failed. Node's recursive mkdir reports ENOENT for the path when a
  * missing parent cannot be created (a read-only filesystem, no permission), which reads as "a
@@ -66,7 +131,7 @@ function mkdirFailure(dir: string, error: unknown): string {
   let missing = dir;
   while (dirname(missing) !== missing && !existsSync(dirname(missing))) missing = dirname(missing);
   try {
-    mkdirSync(missing, { mode: 0o700 });
+    mkdirSync(missing, { mode: PRIVATE_DIR_MODE });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "EROFS") return `cannot create ${missing}: ${dirname(missing)} is on a read-only filesystem (EROFS)`;

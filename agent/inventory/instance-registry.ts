@@ -9,6 +9,7 @@ import { readProcStat } from "../../lib/proc-stat-parser.js";
 import { DEFAULT_ROOTS, type KernelRoots } from "../kernel/instance-probe.js";
 import { lifecycleEntries, snapshotRegisteredEntry, snapshotRemovedEntry, type LifecycleEntry, type LifecycleStep, type MeterState, type StepCause } from "../metering/lifecycle-entries.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { DEFAULT_REGISTRY_LIMITS, type RegistryLimits } from "../../lib/resource-limits.js";
 
 /**
  * Where lifecycle entries go (the metering ledger; structural so this file does not depend on
@@ -48,6 +49,8 @@ export type RegistryChange =
  * fsync, not one each.
  */
 export class InstanceRegistry {
+  /** Caps checked when something new is added; what is already stored stays (a lowered cap). */
+  limits: RegistryLimits = DEFAULT_REGISTRY_LIMITS;
   private readonly instances = new Map<string, Instance>();
   private sorted: Instance[] | undefined;
   private readonly listeners = new Set<(change: RegistryChange) => void>();
@@ -110,9 +113,10 @@ export class InstanceRegistry {
    * Loads the registry (snapshot + journal, registry-store.ts); anything on disk that cannot be
    * parsed stops the agent (no silent data loss).
    */
-  static open(stateDir: string, roots: KernelRoots = DEFAULT_ROOTS, options: { watchHistory?: number } = {}): InstanceRegistry {
+  static open(stateDir: string, roots: KernelRoots = DEFAULT_ROOTS, options: { watchHistory?: number; limits?: Partial<RegistryLimits> } = {}): InstanceRegistry {
     const { store, state } = RegistryStore.open(stateDir);
     const registry = new InstanceRegistry(join(stateDir, "instances.json"), roots, store, options.watchHistory ?? DEFAULT_WATCH_HISTORY);
+    registry.limits = { ...DEFAULT_REGISTRY_LIMITS, ...options.limits };
     if (!state) return registry;
     registry.committedLedgerSeq = { seq: state.ledgerSeq, at: state.ledgerSeqAt, existed: true, ledgerId: state.ledgerId };
     const stored: Instance[] = [];
@@ -280,6 +284,7 @@ export class InstanceRegistry {
       if (this.changeCount !== this.durableChangeCount || this.batch || (this.pending && this.ledger)) await this.commit();
       return this.instances.get(input.id) ?? previous;
     }
+    this.checkCaps(next, previous);
     this.set(next.id, next, previous);
     const undoMeter = this.meterStep({ type: "upsert", previous, meter: this.meter.get(next.id), next, cause: options.cause ?? "request", sourceSnapshotId: options.sourceSnapshotId }, next.id);
     await this.commit(() => {
@@ -287,6 +292,20 @@ export class InstanceRegistry {
       this.set(next.id, previous, next);
     });
     return next;
+  }
+
+  /** RESOURCE_EXHAUSTED naming the cap when adding `next` would exceed one. */
+  private checkCaps(next: Instance, previous: Instance | undefined): void {
+    if (!previous && this.instances.size >= this.limits.maxInstances) {
+      throw new ConnectError(`this agent holds its maximum of ${this.limits.maxInstances} instances (--max-instances)`, Code.ResourceExhausted);
+    }
+    if (next.pid !== undefined && next.pid > 0 && next.pid !== previous?.pid) {
+      let sharing = 0;
+      for (const i of this.instances.values()) if (i.pid === next.pid) sharing++;
+      if (sharing >= this.limits.maxInstancesPerPid) {
+        throw new ConnectError(`pid ${next.pid} already has the maximum of ${this.limits.maxInstancesPerPid} instances (--max-instances-per-pid)`, Code.ResourceExhausted);
+      }
+    }
   }
 
   /** Removes an instance; NOT_FOUND when there is none. Resolves once the removal is durable. */
@@ -346,6 +365,9 @@ export class InstanceRegistry {
       if (!equals(SnapshotSchema, previous, snapshot)) throw new ConnectError(`snapshot ${JSON.stringify(snapshot.id)} is already registered with other values`, Code.AlreadyExists);
       await this.commit();
       return this.feed.getSnapshot(snapshot.id) ?? previous;
+    }
+    if (this.snapshots.size >= this.limits.maxSnapshots) {
+      throw new ConnectError(`this agent holds its maximum of ${this.limits.maxSnapshots} snapshots (--max-snapshots)`, Code.ResourceExhausted);
     }
     this.snapshots.set(snapshot.id, snapshot);
     this.dirtySnapshots.add(snapshot.id);

@@ -10,6 +10,7 @@ import {
 import { normalizeStandbyPolicy, type PolicyLimits } from "../standby/standby-policy.js";
 import { invalidArgument, requireId, truncate } from "../../lib/rpc/field-error.js";
 import { deriveTapName, validateInterfaceName } from "./interface-name.js";
+import { checkPidOwnership, PidRefusal, readProcessFacts, type PidPolicy, type ProcessFacts, type ProcessGroupRecord } from "./pid-ownership.js";
 
 /** Linux PID_MAX_LIMIT on 64-bit (include/linux/threads.h). */
 const PID_MAX = 4_194_304;
@@ -20,6 +21,34 @@ export interface ValidationOptions {
   tapPrefix: string;
   /** --standby-min-idle and the other bounds of a standby policy (default DEFAULT_POLICY_LIMITS). */
   standbyPolicyLimits?: PolicyLimits;
+  /** Which pids may be instances (security.md "The host itself"); absent: /proc, no allow lists. */
+  pidPolicy?: PidPolicy;
+  /** Where registration records a pid that leads its own process group (the signal driver reads it). */
+  processGroups?: ProcessGroupRecord;
+}
+
+/**
+ * The ownership rules for an instance's pid at registration: INVALID_ARGUMENT for a pid that is
+ * never an instance (1, the agent and its ancestors, kernel threads), PERMISSION_DENIED outside
+ * --allowed-uids / --allowed-cgroups, both naming `instance.pid`. Returns what /proc says of the
+ * process (undefined: none yet; the drivers check again before acting).
+ */
+export function checkInstancePid(instance: Instance, options: ValidationOptions): ProcessFacts | undefined {
+  if (instance.pid === undefined) return undefined;
+  const policy = options.pidPolicy ?? { procRoot: "/proc" };
+  let facts: ProcessFacts | undefined;
+  try {
+    facts = readProcessFacts(policy.procRoot, instance.pid);
+  } catch (e) {
+    throw invalidArgument("instance.pid", `pid ${instance.pid}: /proc cannot be read: ${(e as Error).message}`);
+  }
+  try {
+    checkPidOwnership(instance.pid, facts, policy);
+  } catch (e) {
+    if (e instanceof PidRefusal) throw e.toConnectError("instance.pid");
+    throw e;
+  }
+  return facts;
 }
 
 /**

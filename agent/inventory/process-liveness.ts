@@ -8,9 +8,10 @@ export const LIVENESS_INTERVAL_MS = 2000;
 
 /**
  * metering.md "RUNNING, process found gone (pid exited or reused)": every couple of seconds,
- * each RUNNING instance with a pid is checked against /proc — gone, or the pid now belongs to a
- * process with another start time — and moved to STOPPED with cause "crash" (a `stop-crash`
- * entry). Containers are left to their runtime (it reports their exit with its code). One
+ * each RUNNING or STANDBY instance with a pid is checked against /proc — gone, or the pid now
+ * belongs to a process with another start time — and moved to STOPPED with cause "crash" (a
+ * `stop-crash` entry; a STANDBY one's compute had already stopped). A STANDBY instance must be
+ * checked too: its pid, reused, would otherwise be woken with SIGCONT (security.md). Containers are left to their runtime (it reports their exit with its code). One
  * stat read per instance; nothing when nothing runs.
  */
 export function watchProcessLiveness(registry: InstanceRegistry, logger: Logger, procRoot = "/proc", intervalMs = LIVENESS_INTERVAL_MS): () => void {
@@ -20,9 +21,9 @@ export function watchProcessLiveness(registry: InstanceRegistry, logger: Logger,
     running = true;
     try {
       for (const i of registry.list()) {
-        if (i.state !== InstanceState.RUNNING || i.pid === undefined || i.kind === InstanceKind.CONTAINER) continue;
+        if ((i.state !== InstanceState.RUNNING && i.state !== InstanceState.STANDBY) || i.pid === undefined || i.kind === InstanceKind.CONTAINER) continue;
         if (isAlive(procRoot, i.pid, i.pidStartTime)) continue;
-        logger.warn({ instance_id: i.id, pid: i.pid }, "process of a RUNNING instance is gone: STOPPED (stop-crash)");
+        logger.warn({ instance_id: i.id, pid: i.pid, state: InstanceState[i.state] }, "process of an instance is gone (exited, or its pid reused): STOPPED (stop-crash)");
         try {
           await registry.setState(i.id, InstanceState.STOPPED, "crash");
         } catch (e) {

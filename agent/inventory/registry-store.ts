@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import type { JsonValue } from "@bufbuild/protobuf";
 import { writeFileAtomic } from "../../lib/atomic-file.js";
+import { PRIVATE_FILE_MODE, READ_WRITE_NOFOLLOW, TRUNCATE_NOFOLLOW } from "../../lib/private-file.js";
 import { errorMessage } from "../../lib/error-message.js";
 
 /** Open intervals of one instance as stored: [compute open, storage open, ever ran] as 0/1. */
@@ -234,7 +235,7 @@ export class RegistryStore {
     const line = Buffer.from(`${crcHex(json)} ${json}\n`);
     // Opened on the first append (open() stays synchronous); positional writes, not O_APPEND,
     // so a failed write can be cut off exactly.
-    this.journal ??= await fsp.open(join(this.dir, journalName(this.gen)), "r+");
+    this.journal ??= await fsp.open(join(this.dir, journalName(this.gen)), READ_WRITE_NOFOLLOW);
     if (this.tornOffset !== undefined) {
       // The torn line open() set aside: cut off now, so no shorter record leaves its end behind.
       await this.journal.truncate(this.tornOffset);
@@ -264,7 +265,7 @@ export class RegistryStore {
     const gen = this.gen + 1;
     const jpath = join(this.dir, journalName(gen));
     // Created (empty) before the snapshot that names it: the snapshot's directory sync covers it.
-    const journal = await fsp.open(jpath, "w", 0o600);
+    const journal = await fsp.open(jpath, TRUNCATE_NOFOLLOW, PRIVATE_FILE_MODE);
     const body = JSON.stringify({ format: FORMAT, journal: gen, ...doc });
     const text = `${body.slice(0, -1)},"crc32":"${crcHex(body)}"}\n`;
     try {

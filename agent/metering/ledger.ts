@@ -19,7 +19,8 @@ import {
   segmentFileName,
   type Segment,
 } from "./ledger-segment.js";
-import { writeFileAtomicSync } from "../../lib/atomic-file.js";
+import { removeStaleTempFiles, writeFileAtomicSync } from "../../lib/atomic-file.js";
+import { APPEND_NOFOLLOW, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, READ_WRITE_NOFOLLOW } from "../../lib/private-file.js";
 import { errorMessage } from "../../lib/error-message.js";
 
 export { LedgerCorruptError } from "./ledger-corrupt-error.js";
@@ -154,7 +155,9 @@ export class MeteringLedger {
     const segmentBytes = positiveInteger(options.segmentBytes, DEFAULT_SEGMENT_BYTES, "segmentBytes", 1);
     const retain = positiveInteger(options.retainAcknowledgedEntries, DEFAULT_RETAIN, "retainAcknowledgedEntries", 0);
     const maxPending = positiveInteger(options.maxPendingEntries, DEFAULT_MAX_PENDING, "maxPendingEntries", 1);
-    mkdirSync(dir, { recursive: true });
+    // 0700 and files 0600, never through a symlink at a file's name (security.md "State on disk").
+    mkdirSync(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
+    removeStaleTempFiles(join(dir, META_FILE));
     const names = readdirSync(dir)
       .filter((n) => SEGMENT_NAME_RE.test(n))
       .sort();
@@ -217,7 +220,7 @@ export class MeteringLedger {
       }
       if (tornOffset !== undefined) {
         repairs.push(() => {
-          const fd = openSync(path, "r+");
+          const fd = openSync(path, READ_WRITE_NOFOLLOW);
           try {
             ftruncateSync(fd, tornOffset);
             fsyncSync(fd);
@@ -263,7 +266,7 @@ export class MeteringLedger {
       ack,
       recent: recent.slice(-RECENT_ENTRIES).map(freezeEntry),
     });
-    if (last) ledger.active = { segment: last, fd: openSync(last.path, "a"), crcFd: openSync(last.crcPath, "a") };
+    if (last) ledger.active = { segment: last, fd: openSync(last.path, APPEND_NOFOLLOW, PRIVATE_FILE_MODE), crcFd: openSync(last.crcPath, APPEND_NOFOLLOW, PRIVATE_FILE_MODE) };
     return ledger;
   }
 
@@ -509,11 +512,11 @@ export class MeteringLedger {
     const path = join(this.dir, segmentFileName(firstSeq));
     const crcPath = join(this.dir, checksumFileName(firstSeq));
     // The checksum file first: a segment never exists without it (open() relies on that).
-    const crcFd = await openAsync(crcPath, "a", 0o644);
+    const crcFd = await openAsync(crcPath, APPEND_NOFOLLOW, PRIVATE_FILE_MODE);
     let fd: number | undefined;
     try {
       if ((await fstatAsync(crcFd)).size !== 0) throw new Error(`${crcPath} exists and is not empty`);
-      fd = await openAsync(path, "a", 0o644);
+      fd = await openAsync(path, APPEND_NOFOLLOW, PRIVATE_FILE_MODE);
       const { size } = await fstatAsync(fd);
       if (size !== 0) throw new Error(`${path} exists and is not empty`);
       // The new names must survive a crash for the fdatasync of their data to mean anything.

@@ -11,6 +11,8 @@ import {
 import { invalidArgument, requireId } from "../../lib/rpc/field-error.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import type { StatsCollector } from "./stats-collector.js";
+import { CALLER_PEER } from "../../lib/rpc/service-adapter.js";
+import { peerAddress } from "../../lib/rpc/stream-slots.js";
 import { DEFAULT_INTERVAL_MS, MIN_INTERVAL_MS, type SharedSampler } from "./shared-sampler.js";
 
 const MAX_IDS = 10_000;
@@ -49,7 +51,7 @@ export function createMetricsService(
       if (interval < MIN_INTERVAL_MS || interval > MAX_INTERVAL_MS) {
         throw invalidArgument("interval_ms", `must be between ${MIN_INTERVAL_MS} and ${MAX_INTERVAL_MS} (0 = ${DEFAULT_INTERVAL_MS}), got ${req.intervalMs}`);
       }
-      for await (const batch of sampler.watch(interval, req.instanceIds, context.signal)) {
+      for await (const batch of sampler.watch(interval, req.instanceIds, context.signal, peerAddress(context.values.get(CALLER_PEER)))) {
         yield { stats: batch.stats, sampledAt: timestampFromMs(batch.sampledAtMs), droppedBatches: batch.dropped };
       }
     },

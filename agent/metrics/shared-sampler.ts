@@ -8,6 +8,8 @@ export const DEFAULT_INTERVAL_MS = 1000;
 export const WATCH_QUEUE_LIMIT = 8;
 /** Streams one agent serves at once; more get RESOURCE_EXHAUSTED. */
 export const MAX_WATCHERS = 1024;
+/** Stats watches one client (peer address) may hold: a share, so one client cannot take all slots. */
+export const MAX_WATCHERS_PER_PEER = MAX_WATCHERS / 4;
 
 export interface SampleBatch {
   /** Wall-clock epoch ms (reported as sampled_at). */
@@ -18,6 +20,7 @@ export interface SampleBatch {
 }
 
 interface Watcher {
+  peer: string;
   intervalMs: number;
   ids: ReadonlySet<string>;
   /** Monotonic ms: when a watcher is due is a duration, whatever the wall clock does. */
@@ -34,6 +37,7 @@ interface Watcher {
  */
 export class SharedSampler {
   private readonly watchers = new Set<Watcher>();
+  private readonly perPeer = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private tickMs = 0;
   /** Sweeps done since start; tests use it to check that watchers share them. */
@@ -45,12 +49,18 @@ export class SharedSampler {
     private readonly wallMs: () => number = () => Date.now(),
   ) {}
 
-  /** Streams batches until `signal` aborts. */
-  async *watch(intervalMs: number, ids: string[], signal: AbortSignal): AsyncGenerator<SampleBatch> {
+  /** Streams batches until `signal` aborts; `peer` is the client's address, for its share. */
+  async *watch(intervalMs: number, ids: string[], signal: AbortSignal, peer = ""): AsyncGenerator<SampleBatch> {
+    const held = this.perPeer.get(peer) ?? 0;
+    if (held >= MAX_WATCHERS_PER_PEER) {
+      throw new ConnectError(`at most ${MAX_WATCHERS_PER_PEER} stats watches per client (a quarter of the agent's ${MAX_WATCHERS}); ${peer || "this client"} has ${held}`, Code.ResourceExhausted);
+    }
     if (this.watchers.size >= MAX_WATCHERS) {
       throw new ConnectError(`at most ${MAX_WATCHERS} stats watches at once; this agent has ${this.watchers.size}`, Code.ResourceExhausted);
     }
+    this.perPeer.set(peer, held + 1);
     const watcher: Watcher = {
+      peer,
       intervalMs,
       ids: new Set(ids),
       lastDeliveredMs: 0,
@@ -77,6 +87,9 @@ export class SharedSampler {
     } finally {
       signal.removeEventListener("abort", onAbort);
       this.watchers.delete(watcher);
+      const left = (this.perPeer.get(peer) ?? 1) - 1;
+      if (left > 0) this.perPeer.set(peer, left);
+      else this.perPeer.delete(peer);
       this.reschedule();
     }
   }

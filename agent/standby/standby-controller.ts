@@ -421,6 +421,11 @@ export class StandbyController {
   async wake(id: string): Promise<void> {
     const instance = this.deps.instances.get(id);
     if (!instance) throw new ConnectError(`instance ${JSON.stringify(id)} not found`, Code.NotFound);
+    // Without conntrack (--standby off, or unavailable at start) this agent never put anything on
+    // standby: a STANDBY set through SetInstanceState must not become a SIGCONT / thaw / unpause.
+    if (!this.deps.source) {
+      throw new ConnectError(`wake ${JSON.stringify(id)}: standby is not running on this agent (${this.unsupportedReason ?? "conntrack unavailable"}): no driver acts`, Code.FailedPrecondition);
+    }
     if (instance.state !== InstanceState.STANDBY) {
       throw new ConnectError(`instance ${JSON.stringify(id)} is not on standby (state ${InstanceState[instance.state]})`, Code.FailedPrecondition);
     }

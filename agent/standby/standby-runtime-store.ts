@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { writeFileAtomic } from "../../lib/atomic-file.js";
+import { removeStaleTempFiles, writeFileAtomic } from "../../lib/atomic-file.js";
 import { errorMessage } from "../../lib/error-message.js";
 
 /** What survives an agent restart per instance (standby.md "Persisted runtime"), epoch ms. */
@@ -25,6 +25,8 @@ export class StandbyRuntimeStore {
 
   static open(stateDir: string): StandbyRuntimeStore {
     const store = new StandbyRuntimeStore(join(stateDir, "standby-runtime.json"));
+    // Temp files of a write cut short by a crash (random names: never reused, so never overwritten).
+    removeStaleTempFiles(store.path);
     if (existsSync(store.path)) {
       let doc: { runtimes?: Record<string, StandbyRuntime> };
       try {

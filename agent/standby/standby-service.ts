@@ -1,7 +1,7 @@
 import { clone, create } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { InstanceSchema } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSchema, InstanceSource } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import {
   StandbyReason,
   type StandbyService,
@@ -67,6 +67,9 @@ export function createStandbyService(
     },
     async setStandbyPolicy(req) {
       known("instance_id", req.instanceId);
+      if (registry.get(req.instanceId)!.source === InstanceSource.DISCOVERED) {
+        throw new ConnectError(`instance ${JSON.stringify(req.instanceId)} was discovered on the host and is read-only`, Code.FailedPrecondition);
+      }
       if (!req.policy) throw invalidArgument("policy", "is required");
       requireSupported("SetStandbyPolicy");
       const policy = normalizeStandbyPolicy(req.policy, "policy", limits);

@@ -1,3 +1,4 @@
+import { faultInjection } from "../../lib/fault-injection.js";
 import { readFileSync } from "node:fs";
 import { InstanceKind, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import type { Logger } from "../../lib/rpc/logger.js";
@@ -9,6 +10,7 @@ import type { ContainerRuntime } from "../runtime/container-runtime.js";
 import { createExecDriver, type ExecDriverCommands } from "./drivers/exec-driver.js";
 import { createSignalDriver } from "./drivers/signal-driver.js";
 import { DriverError, type DriverTarget, type StandbyDriver } from "./drivers/standby-driver.js";
+import type { PidPolicy, ProcessGroupRecord } from "../inventory/pid-ownership.js";
 import { type InterfaceReading, StandbyController, type StandbyInstance, SYSTEM_STANDBY_CLOCK } from "./standby-controller.js";
 import { StandbyRuntimeStore } from "./standby-runtime-store.js";
 import { registerStandbyInstruments } from "./standby-metrics.js";
@@ -32,6 +34,12 @@ export interface StandbySetupOptions {
   timings?: StandbyTimings;
   /** Where the conntrack sysctls are read (tests point it at a tree of their own). */
   procSysNetfilter?: string;
+  /** Which processes the signal and cgroup drivers may act on (security.md "The host itself"). */
+  pidPolicy?: PidPolicy;
+  /** Pids registration saw lead their own process group (only those are signalled as a group). */
+  processGroups?: ProcessGroupRecord;
+  /** --standby-cgroup-root: the cgroup driver freezes only cgroups below it. */
+  cgroupRoot?: string;
 }
 
 /**
@@ -70,9 +78,10 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     try {
       // The sockets live in a small reader process (native/conntrack-reader.c, see
       // conntrack-process-source.ts). FLEETLET_FAULT_DROP_CONNTRACK_NEW=1 and
-      // FLEETLET_FAULT_DROP_CONNTRACK_EVENTS=1 are fault injection (tests and drills only).
-      const dropNewEvents = process.env.FLEETLET_FAULT_DROP_CONNTRACK_NEW === "1";
-      const dropAllEvents = process.env.FLEETLET_FAULT_DROP_CONNTRACK_EVENTS === "1";
+      // FLEETLET_FAULT_DROP_CONNTRACK_EVENTS=1 are fault injection (tests and drills only,
+      // and only with FLEETLET_ENABLE_FAULT_INJECTION=1: lib/fault-injection.ts).
+      const dropNewEvents = faultInjection("FLEETLET_FAULT_DROP_CONNTRACK_NEW") === "1";
+      const dropAllEvents = faultInjection("FLEETLET_FAULT_DROP_CONNTRACK_EVENTS") === "1";
       if (dropNewEvents) options.logger.warn("fault injection: dropping every conntrack NEW event");
       if (dropAllEvents) options.logger.warn("fault injection: dropping every conntrack event");
       socket = new ConntrackProcessSource({ dropNewEvents, dropAllEvents, restartDelayMs: timings.reconnectMs });
@@ -88,8 +97,8 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
   const runtime = StandbyRuntimeStore.open(options.stateDir);
   runtime.onWriteError = (e) => options.logger.error({ err: e }, "could not persist the standby runtime");
   const drivers: Record<string, StandbyDriver> = {
-    signal: createSignalDriver(),
-    cgroup: createCgroupDriver(),
+    signal: createSignalDriver(options.pidPolicy),
+    cgroup: createCgroupDriver({ pid: options.pidPolicy ?? { procRoot: "/proc" }, freezeRoot: options.cgroupRoot }),
     exec: createExecDriver(options.exec ?? { standby: [], wake: [] }),
     docker: createDockerDriver(options.dockerRuntime ?? (() => undefined)),
   };
@@ -99,7 +108,16 @@ export async function setUpStandby(registry: InstanceRegistry, options: StandbyS
     if (!d) throw new DriverError(`no ${name} driver on this agent yet`);
     return d;
   };
-  const target = (i: Instance): DriverTarget => ({ id: i.id, pid: i.pid, ip: i.ip, kind: i.kind, runtimeRef: i.runtimeRef });
+  const target = (i: Instance): DriverTarget => ({
+    id: i.id,
+    pid: i.pid,
+    ip: i.ip,
+    kind: i.kind,
+    runtimeRef: i.runtimeRef,
+    source: i.source,
+    pidStartTime: i.pidStartTime,
+    ownProcessGroup: options.processGroups?.ownGroup(i.id, i.pid, i.pidStartTime) ?? false,
+  });
   const view = (i: Instance): StandbyInstance => ({
     id: i.id,
     state: i.state,

@@ -2,9 +2,10 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
-import { writeFileAtomicSync } from "../../lib/atomic-file.js";
+import { removeStaleTempFiles, writeFileAtomicSync } from "../../lib/atomic-file.js";
 import { HostConnection, type HostConfig, type ReconnectBackoff } from "./host-connection.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { DEFAULT_MAX_HOSTS } from "../../lib/resource-limits.js";
 
 const FILE = "hosts.json";
 
@@ -19,12 +20,16 @@ export class HostRegistry {
   constructor(
     private readonly stateDir: string,
     private readonly backoff: ReconnectBackoff,
+    /** AddHost past this many hosts gets RESOURCE_EXHAUSTED (each host is a connection and two follower streams). */
+    private readonly maxHosts: number = DEFAULT_MAX_HOSTS,
   ) {}
 
   /** Loads configured hosts, then the persisted API hosts (configuration wins on a clash). */
   load(configured: HostConfig[]): void {
     for (const h of configured) this.put(h);
     const path = join(this.stateDir, FILE);
+    // Temp files of a save cut short by a crash (random names: never reused, so never overwritten).
+    removeStaleTempFiles(path);
     if (!existsSync(path)) return;
     let saved: { name: string; address: string; perHostTimeoutMs?: number }[];
     try {
@@ -68,6 +73,9 @@ export class HostRegistry {
       existing.config.perHostTimeoutMs = config.perHostTimeoutMs;
       this.saveOrUndo(() => (existing.config.perHostTimeoutMs = before));
       return existing;
+    }
+    if (this.hosts.size >= this.maxHosts) {
+      throw new ConnectError(`this aggregator holds its maximum of ${this.maxHosts} hosts (--max-hosts)`, Code.ResourceExhausted);
     }
     const conn = this.put(config);
     this.saveOrUndo(() => {

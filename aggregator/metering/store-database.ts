@@ -1,4 +1,5 @@
 import Database from "better-sqlite3";
+import { ensurePrivateFile, tightenIfPresent } from "../../lib/private-file.js";
 import { METERING_MIGRATIONS, migrate, type Migration } from "./store-migrations.js";
 import { STORED_ENTRY_CHECKSUM_SQL, storedEntryChecksum } from "./stored-entry-checksum.js";
 
@@ -40,6 +41,12 @@ export function openStoreDatabase(
 ): Database.Database {
   let db: Database.Database | undefined;
   try {
+    // 0600 before SQLite opens it: SQLite would create it 0644 whatever the umask, and gives the
+    // -wal and -shm it creates the database file's mode (security.md "State on disk"). Ones
+    // left 0644 by an earlier version are narrowed too.
+    ensurePrivateFile(file);
+    tightenIfPresent(`${file}-wal`);
+    tightenIfPresent(`${file}-shm`);
     db = new Database(file);
     const mode = db.pragma("journal_mode = WAL", { simple: true });
     if (mode !== "wal") throw new Error(`journal_mode is ${String(mode)}, WAL could not be enabled (filesystem without shared memory?)`);

@@ -25,7 +25,7 @@ runBench(async ({ smoke }) => {
   const dir = tempDir("slow-consumers");
   const agent = await startFleetletDaemon(
     "agent",
-    ["--listen", "127.0.0.1:0", "--state-dir", join(dir, "agent"), "--metrics-listen", "off", "--runtime", "none", "--standby", "off", "--stream-stall-timeout", "10m"],
+    ["--listen", "127.0.0.1:0", "--state-dir", join(dir, "agent"), "--metrics-listen", "off", "--runtime", "none", "--standby", "off", "--stream-stall-timeout", "10m", "--max-watch-streams", "10000", "--max-watch-streams-per-peer", "10000"],
     join(dir, "agent.log"),
   );
   const transport = createGrpcJsTransport(agent.address);

@@ -10,6 +10,10 @@ import { createReflectionImpls } from "./reflection-service.js";
 import { adaptService, type CallInterceptor, type ServiceRegistration } from "./service-adapter.js";
 import type { Logger } from "./logger.js";
 import type { StreamLimits } from "./stream-budget.js";
+import { StreamSlots } from "./stream-slots.js";
+import { DEFAULT_LISTENER_LIMITS, type ListenerLimits } from "./listener-limits.js";
+
+export { DEFAULT_LISTENER_LIMITS, type ListenerLimits };
 import type { ListenAddress } from "../listen-address.js";
 
 export interface GrpcServerOptions {
@@ -21,7 +25,10 @@ export interface GrpcServerOptions {
   credentials?: grpc.ServerCredentials;
   /** Per-stream byte budget and stall cut for clients that do not read (default: 64 KiB, 30 s). */
   streamLimits?: StreamLimits;
+  /** Message sizes, streams, connection lifetimes and open watches (default DEFAULT_LISTENER_LIMITS). */
+  limits?: Partial<ListenerLimits>;
 }
+
 
 export interface RunningGrpcServer {
   /** host:port actually bound (port 0 resolved). */
@@ -56,8 +63,16 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     { service: ReflectionV1, impl: reflection.v1 } as unknown as ServiceRegistration,
     { service: ReflectionV1alpha, impl: reflection.v1alpha } as unknown as ServiceRegistration,
   ];
+  const limits: ListenerLimits = { ...DEFAULT_LISTENER_LIMITS, ...options.limits };
+  const streamSlots = new StreamSlots(limits);
   const server = new grpc.Server({
-    "grpc.max_receive_message_length": 16 * 1024 * 1024,
+    "grpc.max_receive_message_length": limits.maxReceiveMessageBytes,
+    "grpc.max_send_message_length": limits.maxSendMessageBytes,
+    "grpc.max_concurrent_streams": limits.maxConcurrentStreams,
+    "grpc.max_connection_idle_ms": limits.maxConnectionIdleMs,
+    "grpc.max_connection_age_ms": limits.maxConnectionAgeMs,
+    "grpc.max_connection_age_grace_ms": limits.maxConnectionAgeGraceMs,
+    "grpc-node.max_session_memory": limits.maxSessionMemoryMiB,
     // Keep idle client connections (the aggregator's long-lived channels) alive through NATs.
     "grpc.keepalive_time_ms": 60_000,
     "grpc.keepalive_permit_without_calls": 1,
@@ -70,6 +85,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       interceptors: options.interceptors,
       quietMethods,
       streamLimits: options.streamLimits,
+      streamSlots,
     });
     server.addService(definition, handlers);
   }

@@ -13,6 +13,7 @@ import {
 import {
   Code,
   ConnectError,
+  createContextKey,
   createHandlerContext,
   type HandlerContext,
   type ServiceImpl,
@@ -22,8 +23,12 @@ import { errorMessage } from "../error-message.js";
 import type { Logger } from "./logger.js";
 import { BudgetedStreamWriter, DEFAULT_STREAM_LIMITS, type StreamLimits } from "./stream-budget.js";
 import { codeName, headersToMetadata, metadataToHeaders, toGrpcStatus } from "./status-codes.js";
+import type { StreamSlots } from "./stream-slots.js";
 
 const CALL_COMPLETED = new ConnectError("call completed", Code.Canceled);
+
+/** The caller's transport address ("127.0.0.2:5123"), for limits kept per client until identities exist. */
+export const CALLER_PEER = createContextKey<string>("", { description: "caller peer address" });
 
 /** A Connect service implementation to serve; methods left out answer UNIMPLEMENTED. */
 export interface ServiceRegistration<S extends DescService = DescService> {
@@ -54,6 +59,8 @@ export interface AdapterOptions {
   quietMethods?: ReadonlySet<string>;
   /** Bytes a server stream may hold for a client that does not read, and when it is cut. */
   streamLimits?: StreamLimits;
+  /** Open streaming calls, capped per peer and in all; none: uncapped. */
+  streamSlots?: StreamSlots;
 }
 
 // Any handler's calls share these few operations; grpc-js has one type per method kind.
@@ -146,6 +153,7 @@ function makeHandler(
       requestHeader: metadataToHeaders(call.metadata),
     });
     const peer = call.getPeer();
+    context.values.set(CALLER_PEER, peer);
     // The handler's response headers go out once, before the first message or with the status
     // (grpc-js would otherwise send its defaults and drop them).
     let headerSent = false;
@@ -187,7 +195,7 @@ function makeHandler(
       }
       for (const interceptor of options.interceptors ?? []) interceptor(method, context, peer);
     };
-    return { context, finish, intercept, sendHeader, statusOf };
+    return { context, finish, intercept, sendHeader, statusOf, peer };
   };
 
   // The request side differs by kind (one decoded message, or a decoded stream); the response
@@ -221,11 +229,14 @@ function makeHandler(
   }
   return (call: grpc.ServerWritableStream<Buffer, Buffer> | grpc.ServerDuplexStream<Buffer, Buffer>) => {
     const any = call as unknown as AnyServerCall;
-    const { context, finish, intercept, sendHeader, statusOf } = begin(any);
+    const { context, finish, intercept, sendHeader, statusOf, peer } = begin(any);
     contextOf.set(any, context);
     void (async () => {
+      let releaseSlot: (() => void) | undefined;
       try {
         intercept();
+        // A streaming call holds buffers and a subscription for as long as it lasts: capped.
+        releaseSlot = options.streamSlots?.acquire(peer);
         const writer = new BudgetedStreamWriter(call, options.streamLimits ?? DEFAULT_STREAM_LIMITS, context.signal);
         await pump((fn as AnyStreamImpl)(requestOf(any), context), writer, method, context, sendHeader);
         const trailer = headersToMetadata(context.responseTrailer);
@@ -237,6 +248,8 @@ function makeHandler(
         // grpc-js turns an 'error' event on a server stream into the call's status.
         if (!call.cancelled) call.emit("error", statusOf(error));
         finish(error);
+      } finally {
+        releaseSlot?.();
       }
     })();
   };
@@ -244,7 +257,9 @@ function makeHandler(
 
 function decode<T extends DescMessage>(schema: T, bytes: Buffer, path: string): MessageShape<T> {
   try {
-    return fromBinary(schema, bytes);
+    // Unknown fields are dropped: kept, they would be stored with the message and served back
+    // to every reader forever, up to the max message size per call (security.md "Limits").
+    return fromBinary(schema, bytes, { readUnknownFields: false });
   } catch (e) {
     throw new ConnectError(
       `malformed ${schema.typeName} for ${path}: ${errorMessage(e)}`,

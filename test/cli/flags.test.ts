@@ -22,6 +22,11 @@ describe("bad flags", () => {
   it("agent: bad tap prefix", () => refuses(["agent", "--tap-prefix", "much-too-long"], /--tap-prefix/));
   it("agent: bad label budget", () => refuses(["agent", "--metrics-label-budget", "-3"], /metrics-label-budget/));
   it("agent: bad log level", () => refuses(["agent", "--log-level", "loud"], /--log-level/));
+  it("agent: bad --allowed-uids / --allowed-cgroups / --standby-cgroup-root", async () => {
+    await refuses(["agent", "--allowed-uids", "0,bob"], /--allowed-uids.*"bob" is not a whole number/);
+    await refuses(["agent", "--allowed-cgroups", "/machine.slice,user.slice"], /--allowed-cgroups.*"user.slice" is not an absolute cgroup path/);
+    await refuses(["agent", "--standby-cgroup-root", "/a/../b"], /--standby-cgroup-root.*is not an absolute cgroup path/);
+  });
   it("agent: unusable state dir", async () => {
     const d = tempDir("notadir");
     const file = join(d.path, "file");

@@ -4,6 +4,10 @@ import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { InstanceRegistry } from "../../agent/inventory/instance-registry.js";
 import { agentClients } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { standInProcess } from "../helpers/stand-in-process.js";
+
+// The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
+const standIn = standInProcess();
 
 // Restart: SIGKILL the agent, start it again on the same state dir, the same instances are
 // there; and SIGKILL in the middle of a registration storm never loses an acknowledged
@@ -23,7 +27,7 @@ describe("agent restart", () => {
     agent = await start();
     let c = agentClients(agent.address);
     for (const id of ["vm-a", "vm-b", "vm-c"]) {
-      await c.inventory.registerInstance({ instance: { id, name: `name-${id}`, pid: process.pid, allocatedVcpus: 3, labels: { k: id } } });
+      await c.inventory.registerInstance({ instance: { id, name: `name-${id}`, pid: standIn.pid, allocatedVcpus: 3, labels: { k: id } } });
     }
     const before = (await c.inventory.listInstances({})).instances;
     c.close();

@@ -6,6 +6,10 @@ import { tempDir } from "../helpers/temp-dir.js";
 import { TEST_IMAGE, TestDockerd, dockerdSkipReason } from "../helpers/dockerd.js";
 import { mustRunInCi } from "../helpers/root.js";
 import { repoPath } from "../helpers/paths.js";
+import { standInProcess } from "../helpers/stand-in-process.js";
+
+// The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
+const standIn = standInProcess();
 
 // A client that is not ours checks the wire: the buf CLI (from node_modules) with server
 // reflection, exactly as the README tells operators to call the daemons.
@@ -70,7 +74,7 @@ describe("buf curl against the agent", () => {
   it("calls every method with JSON", async () => {
     const inv = "fleetlet.agent.v1.InventoryService";
     const met = "fleetlet.agent.v1.MetricsService";
-    const reg = await call(agent.address, `${inv}/RegisterInstance`, { instance: { id: "vm-1", name: "one", pid: process.pid, allocatedVcpus: 2 } });
+    const reg = await call(agent.address, `${inv}/RegisterInstance`, { instance: { id: "vm-1", name: "one", pid: standIn.pid, allocatedVcpus: 2 } });
     assert.equal((reg.instance as { state: string }).state, "INSTANCE_STATE_RUNNING");
     const got = await call(agent.address, `${inv}/GetInstance`, { instanceId: "vm-1" });
     assert.equal((got.instance as { name: string }).name, "one");
@@ -88,15 +92,32 @@ describe("buf curl against the agent", () => {
     const health = await call(agent.address, "grpc.health.v1.Health/Check", { service: inv });
     assert.equal(health.status, "SERVING");
     const sb = "fleetlet.agent.v1.StandbyService";
-    const policy = await call(agent.address, `${sb}/SetStandbyPolicy`, { instanceId: "vm-1", policy: { enabled: true, idleTimeout: "300s", ignoreDestinationPorts: [22, 22] } });
-    assert.deepEqual(policy.policy, { enabled: true, idleTimeout: "5m0s", ignoreDestinationPorts: [22] });
+    // Where the kernel tracks no flows in the agent's namespace (a host without a conntrack
+    // rule, as CI's), standby is UNSUPPORTED and the mutating calls say so on the wire.
+    const before = await call(agent.address, `${sb}/GetStandbyStatus`, { instanceId: "vm-1" });
+    const supported = (before.status as { supported?: boolean }).supported === true;
+    const mutating: [string, object][] = [
+      [`${sb}/SetStandbyPolicy`, { instanceId: "vm-1", policy: { enabled: true, idleTimeout: "300s", ignoreDestinationPorts: [22, 22] } }],
+      [`${sb}/ResetIdle`, { instanceId: "vm-1" }],
+      [`${sb}/HoldStandby`, { instanceId: "vm-1", duration: "60s" }],
+    ];
+    if (supported) {
+      const policy = await call(agent.address, mutating[0]![0], mutating[0]![1]);
+      assert.deepEqual(policy.policy, { enabled: true, idleTimeout: "5m0s", ignoreDestinationPorts: [22] });
+      await call(agent.address, mutating[1]![0], mutating[1]![1]);
+      const held = await call(agent.address, mutating[2]![0], mutating[2]![1]);
+      assert.ok(held.holdUntil);
+    } else {
+      assert.match(String((before.status as { unsupportedReason?: string }).unsupportedReason), /conntrack/);
+      for (const [method, body] of mutating) {
+        const r = await bufCurl(["-d", JSON.stringify(body), `http://${agent.address}/${method}`]);
+        assert.match(r.stdout + r.stderr, /failed_precondition[\s\S]*standby is not supported/, `${method}: ${r.stdout}${r.stderr}`);
+      }
+    }
     const st = await call(agent.address, `${sb}/GetStandbyStatus`, { instanceId: "vm-1" });
     assert.match(String((st.status as { status: string }).status), /^STANDBY_STATE_/);
     const sts = await call(agent.address, `${sb}/ListStandbyStatus`, {});
     assert.ok((sts.statuses as { instanceId: string }[]).some((x) => x.instanceId === "vm-1"));
-    await call(agent.address, `${sb}/ResetIdle`, { instanceId: "vm-1" });
-    const held = await call(agent.address, `${sb}/HoldStandby`, { instanceId: "vm-1", duration: "60s" });
-    assert.ok(held.holdUntil);
     const wake = await bufCurl(["-d", '{"instanceId":"vm-1"}', `http://${agent.address}/${sb}/WakeInstance`]);
     assert.match(wake.stdout + wake.stderr, /failed_precondition/, "a running instance cannot be woken");
     const sw = await bufCurl(["--timeout", "1s", "-d", '{"instanceIds":["vm-1"]}', `http://${agent.address}/${sb}/WatchStandbyStatus`]);
@@ -123,7 +144,7 @@ describe("buf curl against the aggregator", () => {
   });
   it("calls every method with JSON", async () => {
     const fleet = "fleetlet.aggregator.v1.FleetService";
-    await call(agent.address, "fleetlet.agent.v1.InventoryService/RegisterInstance", { instance: { id: "vm-2", pid: process.pid } });
+    await call(agent.address, "fleetlet.agent.v1.InventoryService/RegisterInstance", { instance: { id: "vm-2", pid: standIn.pid } });
     const hosts = await call(aggregator.address, `${fleet}/ListHosts`, {});
     assert.equal((hosts.hosts as { name: string }[])[0]?.name, "local");
     const added = await call(aggregator.address, `${fleet}/AddHost`, { name: "extra", address: agent.address, perHostTimeout: "1s" });

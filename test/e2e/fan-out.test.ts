@@ -6,6 +6,10 @@ import { agentClients, fleetClient } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { ConnectionState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { standInProcess } from "../helpers/stand-in-process.js";
+
+// The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
+const standIn = standInProcess();
 
 // An aggregator and 3 agents as separate processes; one agent SIGSTOP'd (accepts TCP, never
 // answers) and one killed: the healthy host's stats come back within its deadline + 100 ms,
@@ -21,7 +25,7 @@ beforeAll(async () => {
   );
   for (const [i, a] of agents.entries()) {
     const c = agentClients(a.address);
-    await c.inventory.registerInstance({ instance: { id: `vm-${i}`, pid: a.pid, allocatedVcpus: 1 } });
+    await c.inventory.registerInstance({ instance: { id: `vm-${i}`, pid: standIn.pid, allocatedVcpus: 1 } });
     c.close();
   }
   const hosts = agents.map((a, i) => `host-${"abc"[i]}=${a.address}`).join(",");

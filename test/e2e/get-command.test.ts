@@ -3,6 +3,10 @@ import assert from "node:assert/strict";
 import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentClients } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { standInProcess } from "../helpers/stand-in-process.js";
+
+// The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
+const standIn = standInProcess();
 
 // `fleetlet get`: tables by default, -o json, and the hosts that did not answer with the reason.
 
@@ -13,7 +17,7 @@ let aggregator: DaemonProcess;
 beforeAll(async () => {
   agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dirs[0]!.path, "--metrics-listen", "off"]);
   const c = agentClients(agent.address);
-  await c.inventory.registerInstance({ instance: { id: "vm-get", name: "getter", pid: agent.pid, allocatedVcpus: 2, allocatedMemoryBytes: 1n << 30n, labels: { team: "a" } } });
+  await c.inventory.registerInstance({ instance: { id: "vm-get", name: "getter", pid: standIn.pid, allocatedVcpus: 2, allocatedMemoryBytes: 1n << 30n, labels: { team: "a" } } });
   c.close();
   // One live host and one that refuses connections.
   aggregator = await startDaemon(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", dirs[1]!.path, "--metrics-listen", "off", "--hosts", `live=${agent.address},gone=127.0.0.1:1`]);

@@ -56,7 +56,7 @@ const startAggregator = () =>
       proxies.map((p, i) => `h${i}=${p.address}`).join(","),
     ],
     15_000,
-    { FLEETLET_TEST_DROP_INVENTORY_EVENT: DROPPED },
+    { FLEETLET_TEST_DROP_INVENTORY_EVENT: DROPPED, FLEETLET_ENABLE_FAULT_INJECTION: "1" },
   );
 
 function inventory(i: number): { inv: Client<typeof InventoryService>; close(): void } {

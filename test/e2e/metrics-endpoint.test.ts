@@ -8,6 +8,10 @@ import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentClients } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { standInProcess } from "../helpers/stand-in-process.js";
+
+// The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
+const standIn = standInProcess();
 
 // The agent's Prometheus endpoint as a scraper sees it: per-instance fleetlet_vm_* series,
 // event-loop delay, and the standby instruments with every phase present.
@@ -25,7 +29,7 @@ beforeAll(async () => {
   });
   agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", state.path, "--metrics-listen", `127.0.0.1:${port}`]);
   const c = agentClients(agent.address);
-  await c.inventory.registerInstance({ instance: { id: "m-1", name: "scraped", pid: agent.pid, allocatedVcpus: 1 } });
+  await c.inventory.registerInstance({ instance: { id: "m-1", name: "scraped", pid: standIn.pid, allocatedVcpus: 1 } });
   c.close();
 });
 

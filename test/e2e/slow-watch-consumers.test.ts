@@ -34,7 +34,8 @@ function rssMb(pid: number): number {
 }
 
 beforeAll(async () => {
-  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dir.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off", "--stream-stall-timeout", "10m"]);
+  // One client with 2,000 streams: the stream caps are raised, this measures per-stream buffers.
+  agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", dir.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off", "--stream-stall-timeout", "10m", "--max-watch-streams", "10000", "--max-watch-streams-per-peer", "10000"]);
   createInterface({ input: agent.child.stdout! }).on("line", (line) => {
     if (!line.includes('"msg":"rpc"') || !line.includes("WatchInstances")) return;
     rpcLines.push(JSON.parse(line) as { method?: string; code?: string });

@@ -6,6 +6,10 @@ import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { type DaemonProcess, runFleetlet, startDaemon } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { standInProcess } from "../helpers/stand-in-process.js";
+
+// The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
+const standIn = standInProcess();
 
 // The standby controller's timings and the shortest idle timeout are agent flags (seed 002's
 // ControllerOptions), with standby.md's defaults: 2 s reconcile, 5 min sync, 200 ms reconnect,
@@ -25,7 +29,7 @@ async function agent(extra: string[]): Promise<{ daemon: DaemonProcess; register
   return {
     daemon,
     async register(idleTimeout) {
-      const r = await inventory.registerInstance({ instance: { id: `vm-${idleTimeout}`, pid: process.pid, ip: "10.0.0.2", networkEnabled: true, standbyPolicy: { enabled: true, idleTimeout } } });
+      const r = await inventory.registerInstance({ instance: { id: `vm-${idleTimeout}`, pid: standIn.pid, ip: "10.0.0.2", networkEnabled: true, standbyPolicy: { enabled: true, idleTimeout } } });
       return r.instance!.standbyPolicy!.idleTimeout;
     },
   };

@@ -256,7 +256,7 @@ describe.skipIf(skip)("auto-standby in network namespaces", () => {
   });
 
   it("every conntrack event dropped (fault injection) while traffic flows: 0 false standbys; once quiet, standby", async () => {
-    const env = await setUp({ FLEETLET_FAULT_DROP_CONNTRACK_EVENTS: "1" });
+    const env = await setUp({ FLEETLET_FAULT_DROP_CONNTRACK_EVENTS: "1", FLEETLET_ENABLE_FAULT_INJECTION: "1" });
     const pid = env.server.pid!;
     const status = await register(env, {}, env.hostIf);
     // 16 s of traffic, more than three timeouts, with not one event reaching the controller.
@@ -282,7 +282,7 @@ describe.skipIf(skip)("auto-standby in network namespaces", () => {
   });
 
   it("with every NEW event lost (fault injection), an open connection still never leads to standby", async () => {
-    const env = await setUp({ FLEETLET_FAULT_DROP_CONNTRACK_NEW: "1" });
+    const env = await setUp({ FLEETLET_FAULT_DROP_CONNTRACK_NEW: "1", FLEETLET_ENABLE_FAULT_INJECTION: "1" });
     const status = await register(env, {});
     const held = env.client(7000, 11_000);
     // The countdown ends at 5 s; the confirming dump finds the flow the events never reported.

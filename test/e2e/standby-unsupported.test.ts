@@ -8,6 +8,10 @@ import { tempDir } from "../helpers/temp-dir.js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { StandbyService, StandbyState } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
+import { standInProcess } from "../helpers/stand-in-process.js";
+
+// The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
+const standIn = standInProcess();
 
 // Without CAP_NET_ADMIN the conntrack table cannot be read: standby says UNSUPPORTED with the
 // reason, and the rest of the agent works.
@@ -35,7 +39,7 @@ describe.skipIf(skip)("an agent without CAP_NET_ADMIN", () => {
       const c = agentClients(address);
       const t = createGrpcJsTransport(address);
       try {
-        await c.inventory.registerInstance({ instance: { id: "u-1", pid: process.pid, ip: "10.0.0.1", networkEnabled: true, standbyPolicy: { enabled: true, idleTimeout: "5m" } } });
+        await c.inventory.registerInstance({ instance: { id: "u-1", pid: standIn.pid, ip: "10.0.0.1", networkEnabled: true, standbyPolicy: { enabled: true, idleTimeout: "5m" } } });
         const s = (await createClient(StandbyService, t).getStandbyStatus({ instanceId: "u-1" })).status!;
         assert.equal(s.status, StandbyState.UNSUPPORTED);
         assert.equal(s.supported, false);

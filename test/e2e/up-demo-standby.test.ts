@@ -197,7 +197,7 @@ describe.skipIf(skip)("fleetlet up --demo-network: standby and wake for real", (
   });
 
   it("with conntrack on but every conntrack event lost (fault injection): the busy demo never sleeps, the idle one does", async () => {
-    const demo = await startDemo([], { FLEETLET_FAULT_DROP_CONNTRACK_EVENTS: "1" });
+    const demo = await startDemo([], { FLEETLET_FAULT_DROP_CONNTRACK_EVENTS: "1", FLEETLET_ENABLE_FAULT_INJECTION: "1" });
     try {
       assert.equal(demo.refused, undefined, "tracking works: only the events are lost");
       const { idle } = await watch(demo, 16_000, (s) => s.status === StandbyState.IN_STANDBY);

@@ -1,20 +1,28 @@
-import { DriverError, requirePid, type DriverTarget, type StandbyDriver } from "./standby-driver.js";
+import { DriverError, identify, type DriverTarget, type StandbyDriver } from "./standby-driver.js";
 import { errorMessage } from "../../../lib/error-message.js";
-import { readProcStat } from "../../../lib/proc-stat-parser.js";
+import type { PidPolicy } from "../../inventory/pid-ownership.js";
 
 /**
- * SIGSTOP / SIGCONT. A process that leads its own process group is stopped as a group (its
- * children, e.g. a hypervisor's helpers, stop with it); otherwise just the process, never a
- * group it merely belongs to (that could be the agent's own).
+ * SIGSTOP / SIGCONT. The process is re-identified first (its recorded start time, the ownership
+ * rules). A process that registration saw lead its own process group, and still does, is stopped
+ * as a group (its children, e.g. a hypervisor's helpers, stop with it); otherwise just the pid,
+ * never a group it merely belongs to (that could be the agent's own). Never pid <= 1, never -1.
+ *
+ * Node has no pidfd API: between the start-time read and kill() the process could exit and its
+ * pid be handed out again. That window is a few microseconds (two syscalls), against seconds
+ * before this check existed; a pidfd (pidfd_open + pidfd_send_signal) would close it.
  */
-export function createSignalDriver(procRoot = "/proc"): StandbyDriver {
+export function createSignalDriver(policy: PidPolicy = { procRoot: "/proc" }): StandbyDriver {
   const send = (target: DriverTarget, signal: "SIGSTOP" | "SIGCONT") => {
-    const pid = requirePid(target, "signal");
-    const leader = processGroupOf(procRoot, pid) === pid;
+    const facts = identify(target, policy, "signal");
+    const pid = facts.pid;
+    const group = target.ownProcessGroup === true && facts.processGroup === pid;
+    // identify() already refused these; kill(0) / kill(-1) would reach the agent's group or everything.
+    if (!(pid > 1)) throw new DriverError(`signal driver: refusing pid ${pid}`);
     try {
-      process.kill(leader ? -pid : pid, signal);
+      process.kill(group ? -pid : pid, signal);
     } catch (e) {
-      throw new DriverError(`signal driver: ${signal} to ${leader ? "group " : ""}${pid}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
+      throw new DriverError(`signal driver: ${signal} to ${group ? "group " : ""}${pid}: ${(e as NodeJS.ErrnoException).code ?? errorMessage(e)}`);
     }
   };
   return {
@@ -26,13 +34,4 @@ export function createSignalDriver(procRoot = "/proc"): StandbyDriver {
       send(target, "SIGCONT");
     },
   };
-}
-
-/** The process group of `pid`, or undefined when it cannot be read (gone). */
-function processGroupOf(procRoot: string, pid: number): number | undefined {
-  try {
-    return readProcStat(pid, procRoot)?.processGroup;
-  } catch {
-    return undefined;
-  }
 }

@@ -1,6 +1,8 @@
 import { afterEach, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
+import { chmodSync, copyFileSync, linkSync } from "node:fs";
+import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { InstanceSchema, InstanceSource, InstanceState, SetInstanceStateRequestSchema, DeregisterInstanceRequestSchema } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -11,8 +13,8 @@ import { startDiscovery } from "../../../agent/discovery/discovery-sync.js";
 import { createLogger } from "../../../lib/rpc/logger.js";
 import { tempDir } from "../../helpers/temp-dir.js";
 
-// --discover on the real /proc: a real process whose command line says it is firecracker
-// (argv[0] "firecracker", "--id NAME") becomes a read-only instance and leaves with its process.
+// --discover on the real /proc: a real process whose executable is named firecracker (node under
+// that name, "--id NAME") becomes a read-only instance and leaves with its process.
 
 let dir: ReturnType<typeof tempDir>;
 const children: ChildProcess[] = [];
@@ -22,7 +24,26 @@ afterEach(() => {
   dir.remove();
 });
 
+/** A node binary whose file is named firecracker (a hard link, or a copy on another filesystem). */
+function firecrackerBinary(): string {
+  const path = join(dir.path, "firecracker");
+  try {
+    linkSync(process.execPath, path);
+  } catch {
+    copyFileSync(process.execPath, path);
+    chmodSync(path, 0o755);
+  }
+  return path;
+}
+
 function fakeFirecracker(name: string): ChildProcess {
+  const child = spawn(firecrackerBinary(), ["-e", "setInterval(() => {}, 1000)", "--", "--id", name], { stdio: "ignore" });
+  children.push(child);
+  return child;
+}
+
+/** Only argv[0] says firecracker: the executable is node. */
+function lyingFirecracker(name: string): ChildProcess {
   const child = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)", "--", "--id", name], { argv0: "firecracker", stdio: "ignore" });
   children.push(child);
   return child;
@@ -55,6 +76,19 @@ describe("--discover", () => {
       await new Promise((r) => child.once("exit", r));
       await discovery.sweep();
       assert.equal(registry.get("fc-disc-test-vm"), undefined, "removed with its process");
+    } finally {
+      discovery.stop();
+    }
+  });
+
+  it("a process whose command line says firecracker but whose executable is not is not discovered", async () => {
+    const registry = InstanceRegistry.open(dir.path);
+    lyingFirecracker("disc-liar");
+    await new Promise((r) => setTimeout(r, 200));
+    const discovery = startDiscovery(registry, logger, validation, "/proc", 60_000);
+    try {
+      await discovery.sweep();
+      assert.equal(registry.get("fc-disc-liar"), undefined);
     } finally {
       discovery.stop();
     }

@@ -136,7 +136,7 @@ describe("ContainerInstanceSync", () => {
   it("the docker driver pauses and unpauses the instance's container through the runtime", async () => {
     docker.put({ externalId: "p1", id: "docker-p1", state: ContainerState.RUNNING });
     const driver = createDockerDriver(() => docker);
-    const target = { id: "docker-p1", pid: undefined, ip: "", kind: InstanceKind.CONTAINER, runtimeRef: "docker/p1" };
+    const target = { id: "docker-p1", pid: undefined, ip: "", kind: InstanceKind.CONTAINER, runtimeRef: "docker/p1", source: InstanceSource.RUNTIME };
     await driver.standby(target);
     await driver.wake(target);
     assert.deepEqual([docker.paused, docker.unpaused], [["p1"], ["p1"]]);
