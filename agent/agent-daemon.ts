@@ -3,6 +3,9 @@ import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger, type Logger } from "../lib/rpc/logger.js";
 import { startGrpcServer } from "../lib/rpc/grpc-server.js";
+import { daemonIdentityResolvers } from "../lib/rpc/authz/authorize.js";
+import { TokensFile } from "../lib/rpc/authz/tokens-file.js";
+import type { TlsFiles } from "../lib/rpc/tls-credentials.js";
 import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
@@ -40,6 +43,12 @@ const SAMPLER_SHARE_MS = 50;
 
 export interface AgentOptions {
   listen: ListenAddress;
+  /** --tls-cert/--tls-key/--tls-ca (security.md "Identities and transport"); none: plaintext. */
+  tls?: TlsFiles;
+  /** --insecure: plaintext allowed off loopback. */
+  insecure?: boolean;
+  /** --tokens-file: callers need a bearer token from it (security.md "Authorisation"); none: every caller is "local" admin. */
+  tokensFile?: string;
   stateDir: string;
   /** undefined = no Prometheus endpoint. */
   metricsListen?: ListenAddress;
@@ -149,8 +158,12 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       processGroups,
       cgroupRoot: options.standbyCgroupRoot,
     });
+    const tokens = options.tokensFile === undefined ? undefined : new TokensFile(options.tokensFile, logger);
     const server = await startGrpcServer({
       listen: options.listen,
+      tls: options.tls,
+      insecure: options.insecure,
+      identify: daemonIdentityResolvers({ tokens, clientCertificates: options.tls?.caFile !== undefined }),
       logger,
       streamLimits: options.streamLimits,
       limits: options.limits,
@@ -180,6 +193,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
           sampler.close();
           standby.close();
           await server.close();
+          tokens?.close();
           await runtimes.close();
           registry.close();
           await ledger?.close();

@@ -2,6 +2,9 @@ import { ConnectionState, FleetService, HostSyncState } from "../gen/fleetlet/ag
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger, type Logger } from "../lib/rpc/logger.js";
 import { startGrpcServer } from "../lib/rpc/grpc-server.js";
+import { daemonIdentityResolvers } from "../lib/rpc/authz/authorize.js";
+import { TokensFile } from "../lib/rpc/authz/tokens-file.js";
+import { channelTlsCredentials, type TlsFiles } from "../lib/rpc/tls-credentials.js";
 import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
@@ -19,6 +22,16 @@ import type { ListenerLimits } from "../lib/rpc/listener-limits.js";
 
 export interface AggregatorOptions {
   listen: ListenAddress;
+  /** --tls-cert/--tls-key/--tls-ca of the aggregator's own listener; none: plaintext. */
+  tls?: TlsFiles;
+  /** --insecure: plaintext allowed off loopback. */
+  insecure?: boolean;
+  /** --agent-tls-*: dial agents over TLS (CA + SAN check), presenting our certificate (mTLS). */
+  agentTls?: TlsFiles;
+  /** --tokens-file: callers need a bearer token from it; none: every caller is "local" admin. */
+  tokensFile?: string;
+  /** --agent-token: presented to agents that have a tokens file (an admin token there). */
+  agentToken?: string;
   stateDir: string;
   metricsListen?: ListenAddress;
   hosts: HostConfig[];
@@ -50,7 +63,9 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
     logger.warn({ path, from: `0${from.toString(8)}`, to: `0${to.toString(8)}` }, "state dir: narrowed a path readable by group or others (made by an earlier version)"),
   );
   reportFaultInjection(logger);
-  const hosts = new HostRegistry(options.stateDir, options.backoff, options.maxHosts);
+  const agentCredentials = options.agentTls ? channelTlsCredentials(options.agentTls, (problem) => logger.warn({ problem }, "agent TLS files not reloaded"), "--agent-tls-ca") : undefined;
+  let tokens: TokensFile | undefined;
+  const hosts = new HostRegistry(options.stateDir, options.backoff, options.maxHosts, agentCredentials, options.agentToken);
   try {
     hosts.load(options.hosts);
     // The fleet's metering feed: every host's ledger merged exactly once (metering.md).
@@ -93,8 +108,12 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
       for (const h of hosts.list()) counts.set(h.state, (counts.get(h.state) ?? 0) + 1);
       for (const [state, n] of counts) result.observe(n, { state: ConnectionState[state] ?? String(state) });
     });
+    tokens = options.tokensFile === undefined ? undefined : new TokensFile(options.tokensFile, logger);
     const server = await startGrpcServer({
       listen: options.listen,
+      tls: options.tls,
+      insecure: options.insecure,
+      identify: daemonIdentityResolvers({ tokens, clientCertificates: options.tls?.caFile !== undefined }),
       logger,
       streamLimits: options.streamLimits,
       limits: options.limits,
@@ -119,6 +138,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
       close() {
         closed ??= (async () => {
           await server.close();
+          tokens?.close();
           await follower.close();
           await inventory.close();
           store.close();
@@ -132,6 +152,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
       },
     };
   } catch (e) {
+    tokens?.close();
     hosts.close();
     claim.release();
     throw e;

@@ -26,6 +26,8 @@ import { watchFleetInventory } from "./inventory/fleet-inventory-watch.js";
 import { framedInstance, type InstanceFilter, type MergedView, type SnapshotFilter } from "./inventory/merged-view.js";
 import type { RelistCounts } from "./inventory/inventory-follower.js";
 import { probeHost } from "./hosts/host-probe.js";
+import { CALLER_IDENTITY } from "../lib/rpc/authz/identity.js";
+import { onBehalfOfHeaders } from "../lib/rpc/authz/call-credentials.js";
 import { invalidArgument, requireId } from "../lib/rpc/field-error.js";
 import { countWithinBytes, fieldBytes, ListPager } from "../lib/paging/list-pager.js";
 import { parseHostPort } from "../lib/listen-address.js";
@@ -129,7 +131,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
         if (existing && existing.config.address !== req.address) {
           throw new ConnectError(`host ${JSON.stringify(req.name)} already exists with address ${existing.config.address}`, Code.AlreadyExists);
         }
-        const { probe, connectionState } = await probeHost(req.address, perHostTimeoutMs ?? options.defaultPerHostTimeoutMs, context.signal);
+        const { probe, connectionState } = await probeHost(req.address, perHostTimeoutMs ?? options.defaultPerHostTimeoutMs, context.signal, hosts.credentials, hosts.agentToken);
         const host = create(HostSchema, {
           name: req.name,
           address: req.address,
@@ -236,11 +238,13 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       // Relayed as it comes; the agent validates the rest and its errors (NOT_FOUND for the
       // container, UNAVAILABLE for its runtime) reach the caller unchanged.
       const { host: _, $typeName: __, ...agentRequest } = req;
-      for await (const m of host.runtime.streamContainerLogs(agentRequest, { signal: context.signal })) {
+      // The agent authorises the aggregator's own token and records the end user beside it.
+      const headers = onBehalfOfHeaders(context.values.get(CALLER_IDENTITY)?.name);
+      for await (const m of host.runtime.streamContainerLogs(agentRequest, { signal: context.signal, headers })) {
         yield { lines: m.lines, endReason: m.endReason, endDetail: m.endDetail, errors: m.errors };
       }
     },
-    acceptMeteringGap(req) {
+    acceptMeteringGap(req, context) {
       const store = requireMetering();
       requireId("host", req.host);
       if (!hosts.get(req.host)) throw new ConnectError(`host ${JSON.stringify(req.host)} not found`, Code.NotFound);
@@ -250,7 +254,9 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       if (reason === "" || reason.length > 256 || /[\u0000-\u001f\u007f]/.test(reason)) throw invalidArgument("reason", "is required: 1 to 256 printable characters saying why the entries are given up");
       let gap;
       try {
-        gap = store.acceptGap(req.host, req.ledgerId, Number(req.resumeSeq), reason);
+        // Who gave the entries up is kept with the gap (security.md "Audit").
+        const caller = context.values.get(CALLER_IDENTITY);
+        gap = store.acceptGap(req.host, req.ledgerId, Number(req.resumeSeq), caller ? `${reason} (accepted by ${caller.name})` : reason);
       } catch (e) {
         if (e instanceof MeteringConflictError) throw new ConnectError(e.message, Code.FailedPrecondition);
         throw e;

@@ -8,6 +8,7 @@ import { mergeHostConfigs, parseHostsFile, parseHostsFlag } from "../aggregator/
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger } from "../lib/rpc/logger.js";
 import { applyConfigFile, configurable, parse } from "./options.js";
+import type { TlsFiles } from "../lib/rpc/tls-credentials.js";
 import { errorMessage } from "../lib/error-message.js";
 import { DEFAULT_STREAM_LIMITS } from "../lib/rpc/stream-budget.js";
 import { DEFAULT_LISTENER_LIMITS, type ListenerLimits } from "../lib/rpc/listener-limits.js";
@@ -42,6 +43,39 @@ async function runUntilSignal(name: string, start: () => Promise<{ close(): Prom
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+}
+
+/** TLS of the gRPC listener, the same flags on both daemons (docs/operations.md "TLS"). */
+function addTlsOptions(cmd: Command, prefix: "AGENT" | "AGGREGATOR"): Command {
+  return cmd
+    .addOption(configurable(prefix, "--tls-cert <file>", "PEM certificate (chain) of this listener; re-read when it changes"))
+    .addOption(configurable(prefix, "--tls-key <file>", "PEM private key of --tls-cert; re-read when it changes"))
+    .addOption(configurable(prefix, "--tls-ca <file>", "PEM CA: clients must present a certificate chaining to it (mTLS)"))
+    .addOption(configurable(prefix, "--insecure", "allow plaintext gRPC on a non-loopback --listen (warned at every start)"));
+}
+
+interface TlsFlags {
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  /** true from the flag; "true"/"false" from a --config file (a string "false" must not count). */
+  insecure?: boolean | string;
+}
+
+function insecureFlag(o: TlsFlags): boolean {
+  return o.insecure === true || o.insecure === "true";
+}
+
+function tlsFiles(o: TlsFlags): TlsFiles | undefined {
+  if (o.tlsCert === undefined && o.tlsKey === undefined && o.tlsCa === undefined) return undefined;
+  return { certFile: o.tlsCert, keyFile: o.tlsKey, caFile: o.tlsCa };
+}
+
+/** --tokens-file on both daemons (docs/operations.md "Roles and tokens"). */
+function addTokensFileOption(cmd: Command, prefix: "AGENT" | "AGGREGATOR"): Command {
+  return cmd.addOption(
+    configurable(prefix, "--tokens-file <file>", "bearer tokens, one 'name role sha256-hex' per line, re-read on change; unset: every caller is 'local' admin (loopback development)"),
+  );
 }
 
 /** The gRPC listener limits, the same flags on both daemons (docs/operations.md "Limits"). */
@@ -137,7 +171,8 @@ export function agentCommand(): Command {
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGENT_* win over it")
     .action(async (_opts, command: Command) => {
       applyConfigFile(command);
-      const o = command.opts<ListenerLimitFlags & {
+      const o = command.opts<ListenerLimitFlags & TlsFlags & {
+        tokensFile?: string;
         maxInstances: number;
         maxSnapshots: number;
         maxInstancesPerPid: number;
@@ -190,6 +225,9 @@ export function agentCommand(): Command {
       await runUntilSignal("agent", () =>
         startAgent({
           listen: o.listen,
+          tls: tlsFiles(o),
+          insecure: insecureFlag(o),
+          tokensFile: o.tokensFile,
           stateDir: o.stateDir ?? join(defaultStateBase(), "agent"),
           metricsListen: o.metricsListen,
           tapPrefix: o.tapPrefix,
@@ -217,6 +255,8 @@ export function agentCommand(): Command {
       );
     });
   addListenerLimitOptions(cmd, "AGENT");
+  addTlsOptions(cmd, "AGENT");
+  addTokensFileOption(cmd, "AGENT");
   return cmd;
 }
 
@@ -241,7 +281,12 @@ export function aggregatorCommand(): Command {
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGGREGATOR_* win over it")
     .action(async (_opts, command: Command) => {
       applyConfigFile(command);
-      const o = command.opts<ListenerLimitFlags & {
+      const o = command.opts<ListenerLimitFlags & TlsFlags & {
+        tokensFile?: string;
+        agentToken?: string;
+        agentTlsCa?: string;
+        agentTlsCert?: string;
+        agentTlsKey?: string;
         maxHosts: number;
         staleAfter: number;
         digestInterval: number;
@@ -272,6 +317,11 @@ export function aggregatorCommand(): Command {
       await runUntilSignal("aggregator", () =>
         startAggregator({
           listen: o.listen,
+          tls: tlsFiles(o),
+          insecure: insecureFlag(o),
+          agentTls: o.agentTlsCa === undefined && o.agentTlsCert === undefined && o.agentTlsKey === undefined ? undefined : { caFile: o.agentTlsCa, certFile: o.agentTlsCert, keyFile: o.agentTlsKey },
+          tokensFile: o.tokensFile,
+          agentToken: o.agentToken,
           stateDir: o.stateDir ?? join(defaultStateBase(), "aggregator"),
           metricsListen: o.metricsListen,
           hosts,
@@ -287,6 +337,13 @@ export function aggregatorCommand(): Command {
       );
     });
   addListenerLimitOptions(cmd, "AGGREGATOR");
+  addTokensFileOption(cmd, "AGGREGATOR").addOption(
+    configurable("AGGREGATOR", "--agent-token <token>", "bearer token presented to agents started with --tokens-file (admin there: it acknowledges metering)"),
+  );
+  addTlsOptions(cmd, "AGGREGATOR")
+    .addOption(configurable("AGGREGATOR", "--agent-tls-ca <file>", "dial agents over TLS: their certificates must chain to this CA and name the dialled host/IP"))
+    .addOption(configurable("AGGREGATOR", "--agent-tls-cert <file>", "client certificate presented to agents (mTLS)"))
+    .addOption(configurable("AGGREGATOR", "--agent-tls-key <file>", "private key of --agent-tls-cert"));
   return cmd;
 }
 

@@ -32,6 +32,7 @@ import {
   type Container,
 } from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { clientTransportOptions } from "./client-token.js";
 import { readAllPages } from "../lib/paging/read-all-pages.js";
 import { getMetering, meteringFromOption, meteringLimitOption } from "./metering-command.js";
 import { parse } from "./options.js";
@@ -68,7 +69,7 @@ export function getCommand(): Command {
         command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${errorMessage(e)}`, { exitCode: 2 });
       }
       if (await getMetering(what, opts, command)) return;
-      const transport = createGrpcJsTransport(target);
+      const transport = createGrpcJsTransport(target, clientTransportOptions());
       const call = { timeoutMs: opts.timeout };
       try {
         if (opts.agent) {

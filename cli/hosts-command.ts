@@ -4,6 +4,7 @@ import { toJsonString } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { AddHostResponseSchema, ConnectionState, FleetService, HostSyncState, ResyncHostResponseSchema } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { clientTransportOptions } from "./client-token.js";
 import { parse } from "./options.js";
 import { formatTable } from "./table.js";
 import { errorMessage } from "../lib/error-message.js";
@@ -88,7 +89,7 @@ async function run(
   f: (fleet: ReturnType<typeof createClient<typeof FleetService>>, call: { timeoutMs: number }) => Promise<{ text: string; failed: boolean }>,
 ): Promise<void> {
   const target = opts.aggregator ?? "127.0.0.1:7700";
-  const transport = createGrpcJsTransport(target);
+  const transport = createGrpcJsTransport(target, clientTransportOptions());
   try {
     const out = await f(createClient(FleetService, transport), { timeoutMs: opts.timeout });
     process.stdout.write(`${out.text}\n`);

@@ -4,6 +4,7 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { LogEndReason, LogStream, RuntimeService, type LogLine } from "../gen/fleetlet/agent/v1/runtime_pb.js";
 import { FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { clientTransportOptions } from "./client-token.js";
 import { parse } from "./options.js";
 import { errorMessage } from "../lib/error-message.js";
 
@@ -50,7 +51,7 @@ export function logsCommand(): Command {
       } catch (e) {
         command.error(`error: ${opts.agent ? "--agent" : "--aggregator"}: ${errorMessage(e)}`, { exitCode: 2 });
       }
-      const transport = createGrpcJsTransport(address);
+      const transport = createGrpcJsTransport(address, clientTransportOptions());
       const abort = new AbortController();
       const onSignal = () => abort.abort();
       process.once("SIGINT", onSignal);

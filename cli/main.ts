@@ -1,25 +1,37 @@
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Option } from "commander";
 import { agentCommand, aggregatorCommand } from "./daemon-commands.js";
+import { certsCommand } from "./certs-command.js";
 import { getCommand } from "./get-command.js";
 import { hostsCommand } from "./hosts-command.js";
 import { logsCommand } from "./logs-command.js";
 import { meteringCommand } from "./metering-command.js";
 import { upCommand } from "./up-command.js";
+import { tokensCommand } from "./tokens-command.js";
+import { setClientToken } from "./client-token.js";
+import { addClientTlsOptions, setClientTls } from "./client-tls.js";
+
+/** The commands that call a daemon and take --tls-ca/--tls-cert/--tls-key (cli/client-tls.ts). */
+const CLIENT_COMMANDS = new Set(["get", "hosts", "logs", "metering"]);
 
 /**
  * The `fleetlet` command. Bad flags print one line and exit 2 (usage errors), as every daemon
  * must; --help exits 0.
  */
 export async function main(argv: string[]): Promise<void> {
-  const program = new Command("fleetlet")
+  const program: Command = new Command("fleetlet")
     .description("per-host gRPC agent and fleet aggregator for VMs and containers")
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(`fleetlet: ${text.trim().replace(/\n+/g, " ")}\n`) })
-    .showSuggestionAfterError(true);
-  for (const sub of [agentCommand(), aggregatorCommand(), getCommand(), hostsCommand(), logsCommand(), meteringCommand(), upCommand()]) {
+    .showSuggestionAfterError(true)
+    // The clients' bearer token (daemons with --tokens-file); accepted after the subcommand too.
+    .addOption(new Option("--token <token>", "bearer token sent by the client commands").env("FLEETLET_TOKEN"))
+    .hook("preAction", (root: Command) => setClientToken(root.opts<{ token?: string }>().token))
+    .hook("preAction", (_program: Command, action: Command) => setClientTls(action));
+  for (const sub of [agentCommand(), aggregatorCommand(), certsCommand(), getCommand(), hostsCommand(), logsCommand(), meteringCommand(), tokensCommand(), upCommand()]) {
     sub.exitOverride().configureOutput({
       outputError: (text, write) => write(`fleetlet ${sub.name()}: ${text.trim().replace(/\n+/g, " ")}\n`),
     });
+    if (CLIENT_COMMANDS.has(sub.name())) addClientTlsOptions(sub);
     program.addCommand(sub);
   }
   try {

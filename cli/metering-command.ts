@@ -6,6 +6,7 @@ import { FleetService, ReadMeteringEntriesResponseSchema as FleetReadSchema, typ
 import { MeteringService, ReadMeteringEntriesResponseSchema as AgentReadSchema } from "../gen/fleetlet/agent/v1/metering_pb.js";
 import { formatDurationMs } from "../lib/duration.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
+import { clientTransportOptions } from "./client-token.js";
 import { IntervalPairer, formatShape, intervalJson, intervalsSummary, intervalsTable, parseMeteringLine } from "./metering-intervals.js";
 import { parse } from "./options.js";
 import { formatTable } from "./table.js";
@@ -53,7 +54,7 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
     return false;
   }
   const target = opts.agent ?? opts.aggregator ?? "127.0.0.1:7700";
-  const transport = createGrpcJsTransport(target);
+  const transport = createGrpcJsTransport(target, clientTransportOptions());
   const call = { timeoutMs: opts.timeout };
   const from = opts.from ?? 0n;
   const limit = opts.limit ?? 0;
@@ -206,7 +207,7 @@ export function meteringCommand(): Command {
       .requiredOption("--reason <text>", "why the entries are given up (kept with the gap)")
       .action(async (host: string, opts: { aggregator?: string; ledgerId: string; resumeSeq: bigint; reason: string }, command: Command) => {
         const address = aggregatorAddress(opts.aggregator, command);
-        const transport = createGrpcJsTransport(address);
+        const transport = createGrpcJsTransport(address, clientTransportOptions());
         try {
           const res = await createClient(FleetService, transport).acceptMeteringGap({ host, ledgerId: opts.ledgerId, resumeSeq: opts.resumeSeq, reason: opts.reason }, { timeoutMs: 10_000 });
           const g = res.gap!;
@@ -259,7 +260,7 @@ async function readFeed(
 
 /** The exit code. */
 async function exportFeed(address: string, opts: ExportOptions): Promise<number> {
-  const transport = createGrpcJsTransport(address);
+  const transport = createGrpcJsTransport(address, clientTransportOptions());
   const fleet = createClient(FleetService, transport);
   const abort = new AbortController();
   const out = process.stdout;
@@ -344,7 +345,7 @@ async function exportFeed(address: string, opts: ExportOptions): Promise<number>
 
 /** The exit code. */
 async function printIntervals(address: string, opts: IntervalsOptions): Promise<number> {
-  const transport = createGrpcJsTransport(address);
+  const transport = createGrpcJsTransport(address, clientTransportOptions());
   const fleet = createClient(FleetService, transport);
   const pairer = new IntervalPairer();
   const from = opts.from < 1n ? 1n : opts.from;

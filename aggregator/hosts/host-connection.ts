@@ -6,6 +6,7 @@ import { RuntimeService } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
 import { MeteringService } from "../../gen/fleetlet/agent/v1/metering_pb.js";
 import { ConnectionState, type HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport, type GrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
+import { bearerTokenChannelOptions } from "../../lib/rpc/authz/call-credentials.js";
 
 export interface ReconnectBackoff {
   initialMs: number;
@@ -55,9 +56,15 @@ export class HostConnection {
   constructor(
     readonly config: HostConfig,
     backoff: ReconnectBackoff,
+    /** TLS to the agent (--agent-tls-*): its certificate is checked against the CA and the dialled host. */
+    credentials?: grpc.ChannelCredentials,
+    /** --agent-token: the aggregator's bearer token, sent on every call to the agent. */
+    agentToken?: string,
   ) {
     this.transport = createGrpcJsTransport(config.address, {
+      credentials,
       channelOptions: {
+        ...bearerTokenChannelOptions(agentToken),
         "grpc.initial_reconnect_backoff_ms": backoff.initialMs,
         "grpc.max_reconnect_backoff_ms": backoff.maxMs,
         "grpc.keepalive_time_ms": 30_000,

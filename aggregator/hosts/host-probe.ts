@@ -1,3 +1,4 @@
+import type * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -6,6 +7,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { codeName } from "../../lib/rpc/status-codes.js";
 import { connectionStateOf } from "./host-connection.js";
+import { bearerTokenChannelOptions } from "../../lib/rpc/authz/call-credentials.js";
 
 /**
  * AddHost's dry run: dials `address` on a channel of its own (the fleet's channels are not
@@ -14,8 +16,9 @@ import { connectionStateOf } from "./host-connection.js";
  * call that failed, with its gRPC code. A refused port fails at once (UNAVAILABLE); an address
  * that drops packets costs the timeout (DEADLINE_EXCEEDED). Never throws for the host's sake.
  */
-export async function probeHost(address: string, timeoutMs: number, signal?: AbortSignal): Promise<{ probe: HostProbe; connectionState: ConnectionState }> {
-  const transport = createGrpcJsTransport(address);
+export async function probeHost(address: string, timeoutMs: number, signal?: AbortSignal, credentials?: grpc.ChannelCredentials, agentToken?: string): Promise<{ probe: HostProbe; connectionState: ConnectionState }> {
+  // The fleet's own credentials: a TLS agent is probed over TLS, with the same SAN check.
+  const transport = createGrpcJsTransport(address, { credentials, channelOptions: bearerTokenChannelOptions(agentToken) });
   const started = performance.now();
   const deadline = started + timeoutMs;
   const remaining = () => Math.max(1, Math.round(deadline - performance.now()));

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import type * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { HostOrigin } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { removeStaleTempFiles, writeFileAtomicSync } from "../../lib/atomic-file.js";
@@ -22,6 +23,10 @@ export class HostRegistry {
     private readonly backoff: ReconnectBackoff,
     /** AddHost past this many hosts gets RESOURCE_EXHAUSTED (each host is a connection and two follower streams). */
     private readonly maxHosts: number = DEFAULT_MAX_HOSTS,
+    /** How every host (and AddHost's probe) is dialled: TLS with --agent-tls-*; none: plaintext. */
+    readonly credentials?: grpc.ChannelCredentials,
+    /** --agent-token: the bearer token every host connection (and AddHost's probe) presents. */
+    readonly agentToken?: string,
   ) {}
 
   /** Loads configured hosts, then the persisted API hosts (configuration wins on a clash). */
@@ -88,6 +93,12 @@ export class HostRegistry {
   remove(name: string): void {
     const conn = this.hosts.get(name);
     if (!conn) throw new ConnectError(`host ${JSON.stringify(name)} not found`, Code.NotFound);
+    // Configuration is the operator's: a removed configured host would come back at the next
+    // start, and an API caller could re-add the name pointing at another agent meanwhile.
+    if (conn.config.origin === HostOrigin.FLAG || conn.config.origin === HostOrigin.FILE) {
+      const flag = conn.config.origin === HostOrigin.FLAG ? "--hosts" : "--hosts-file";
+      throw new ConnectError(`host ${JSON.stringify(name)} is configured by ${flag}; remove it there and restart the aggregator`, Code.FailedPrecondition);
+    }
     this.hosts.delete(name);
     this.saveOrUndo(() => this.hosts.set(name, conn));
     conn.close();
@@ -110,7 +121,7 @@ export class HostRegistry {
 
   private put(config: HostConfig): HostConnection {
     this.hosts.get(config.name)?.close();
-    const conn = new HostConnection({ ...config }, this.backoff);
+    const conn = new HostConnection({ ...config }, this.backoff, this.credentials, this.agentToken);
     this.hosts.set(config.name, conn);
     return conn;
   }

@@ -15,14 +15,28 @@ import { DEFAULT_LISTENER_LIMITS, type ListenerLimits } from "./listener-limits.
 
 export { DEFAULT_LISTENER_LIMITS, type ListenerLimits };
 import type { ListenAddress } from "../listen-address.js";
+import { createAuthorizer, type IdentityResolver } from "./authz/authorize.js";
+import { serverTlsCredentials, type TlsFiles } from "./tls-credentials.js";
+import { plaintextBindProblem } from "./tls-plaintext-bind.js";
 
 export interface GrpcServerOptions {
   listen: ListenAddress;
   services: ServiceRegistration[];
   logger: Logger;
   interceptors?: CallInterceptor[];
-  /** TLS slots in here later; plaintext until then (loopback by default). */
-  credentials?: grpc.ServerCredentials;
+  /**
+   * How callers are identified (bearer tokens, client certificates), tried in order. Every call
+   * is authorised against the role table first (default deny). None: every caller is "local"
+   * with role admin — the development default on loopback (security.md "Authorisation").
+   */
+  identify?: IdentityResolver[];
+  /**
+   * TLS from these files, re-read on change (--tls-cert/--tls-key; --tls-ca: mTLS). Without
+   * them the listener is plaintext, which a non-loopback address refuses unless `insecure`.
+   */
+  tls?: TlsFiles;
+  /** --insecure: plaintext off loopback is allowed, with a warning at start. */
+  insecure?: boolean;
   /** Per-stream byte budget and stall cut for clients that do not read (default: 64 KiB, 30 s). */
   streamLimits?: StreamLimits;
   /** Message sizes, streams, connection lifetimes and open watches (default DEFAULT_LISTENER_LIMITS). */
@@ -42,11 +56,24 @@ export interface RunningGrpcServer {
   close(graceMs?: number): Promise<void>;
 }
 
+/** TLS from the files, or plaintext where security.md allows it (throws the one-line refusal). */
+function listenerCredentials(options: GrpcServerOptions): grpc.ServerCredentials {
+  const tls = options.tls;
+  if (tls && (tls.certFile !== undefined || tls.keyFile !== undefined || tls.caFile !== undefined)) {
+    return serverTlsCredentials(tls, (problem) => options.logger.warn({ problem }, "TLS files not reloaded"));
+  }
+  const bind = plaintextBindProblem(options.listen, "--listen", options.insecure ?? false);
+  if (bind.refuse) throw new Error(bind.refuse);
+  if (bind.warn) options.logger.warn({ listen: options.listen.grpcTarget }, bind.warn);
+  return grpc.ServerCredentials.createInsecure();
+}
+
 /**
  * One gRPC port serving the given Connect services plus grpc.health.v1 (a status per service)
  * and server reflection v1/v1alpha built from the same generated descriptors.
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
+  const credentials = listenerCredentials(options);
   const shutdown = new AbortController();
   // Every in-flight call listens on this signal; hundreds at once are normal.
   setMaxListeners(0, shutdown.signal);
@@ -77,12 +104,13 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     "grpc.keepalive_time_ms": 60_000,
     "grpc.keepalive_permit_without_calls": 1,
   });
+  const authorize = createAuthorizer({ resolvers: options.identify ?? [], logger: options.logger });
   const quietMethods = new Set([`/${Health.typeName}/Check`, `/${Health.typeName}/Watch`]);
   for (const registration of all) {
     const { definition, handlers } = adaptService(registration, {
       logger: options.logger,
       shutdownSignal: shutdown.signal,
-      interceptors: options.interceptors,
+      interceptors: [authorize, ...(options.interceptors ?? [])],
       quietMethods,
       streamLimits: options.streamLimits,
       streamSlots,
@@ -92,7 +120,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(
       `${options.listen.grpcTarget}`,
-      options.credentials ?? grpc.ServerCredentials.createInsecure(),
+      credentials,
       (err, boundPort) => (err ? reject(err) : resolve(boundPort)),
     );
   });

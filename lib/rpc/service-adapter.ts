@@ -24,8 +24,13 @@ import type { Logger } from "./logger.js";
 import { BudgetedStreamWriter, DEFAULT_STREAM_LIMITS, type StreamLimits } from "./stream-budget.js";
 import { codeName, headersToMetadata, metadataToHeaders, toGrpcStatus } from "./status-codes.js";
 import type { StreamSlots } from "./stream-slots.js";
+import { CALLER_TRANSPORT, transportSecurityOf, type CallTransportSecurity } from "./tls-peer-identity.js";
 
-const CALL_COMPLETED = new ConnectError("call completed", Code.Canceled);
+/** The reason a call's signal is aborted with when it completed normally (audit tells it from an error). */
+export const CALL_COMPLETED = new ConnectError("call completed", Code.Canceled);
+
+/** The decoded request of a unary or server-streaming call, for the audit line's target ids. */
+export const CALL_REQUEST = createContextKey<unknown>(undefined, { description: "decoded request" });
 
 /** The caller's transport address ("127.0.0.2:5123"), for limits kept per client until identities exist. */
 export const CALLER_PEER = createContextKey<string>("", { description: "caller peer address" });
@@ -48,7 +53,13 @@ export function serviceRegistration<S extends DescService>(
  * Per-call hook that runs before the handler: the place where authentication and per-method
  * authorisation slot in later without touching any service. Throw a ConnectError to refuse.
  */
-export type CallInterceptor = (method: DescMethod, context: HandlerContext, peer: string) => void;
+export type CallInterceptor = (
+  method: DescMethod,
+  context: HandlerContext,
+  peer: string,
+  /** TLS or not, and the client certificate the handshake verified (also CALLER_TRANSPORT in context.values). */
+  transport: CallTransportSecurity,
+) => void;
 
 export interface AdapterOptions {
   logger: Logger;
@@ -154,6 +165,8 @@ function makeHandler(
     });
     const peer = call.getPeer();
     context.values.set(CALLER_PEER, peer);
+    const transport = transportSecurityOf(call);
+    context.values.set(CALLER_TRANSPORT, transport);
     // The handler's response headers go out once, before the first message or with the status
     // (grpc-js would otherwise send its defaults and drop them).
     let headerSent = false;
@@ -193,7 +206,7 @@ function makeHandler(
       if (typeof fn !== "function") {
         throw new ConnectError(`${path} is not implemented`, Code.Unimplemented);
       }
-      for (const interceptor of options.interceptors ?? []) interceptor(method, context, peer);
+      for (const interceptor of options.interceptors ?? []) interceptor(method, context, peer, transport);
     };
     return { context, finish, intercept, sendHeader, statusOf, peer };
   };
@@ -201,10 +214,14 @@ function makeHandler(
   // The request side differs by kind (one decoded message, or a decoded stream); the response
   // side is one message through the unary callback, or a stream pumped with back-pressure.
   const contextOf = new WeakMap<AnyServerCall, HandlerContext>();
-  const requestOf = (call: AnyServerCall): unknown =>
-    method.methodKind === "unary" || method.methodKind === "server_streaming"
-      ? decode(method.input, call.request, path)
-      : decodeStream(call as unknown as Readable, method.input, path, contextOf.get(call)!.signal);
+  const requestOf = (call: AnyServerCall): unknown => {
+    if (method.methodKind !== "unary" && method.methodKind !== "server_streaming") {
+      return decodeStream(call as unknown as Readable, method.input, path, contextOf.get(call)!.signal);
+    }
+    const request = decode(method.input, call.request, path);
+    contextOf.get(call)!.values.set(CALL_REQUEST, request);
+    return request;
+  };
 
   if (method.methodKind === "unary" || method.methodKind === "client_streaming") {
     return (call: AnyServerCall, callback: grpc.sendUnaryData<Buffer>) => {

@@ -9,6 +9,9 @@ import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-
 import { agentLedgerLines, checkFleetFeed, type FleetRow } from "../helpers/metering-checker.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { METERING_STORE_FILE } from "../../aggregator/metering/metering-store.js";
 
 // A lost aggregator store meets an agent that already dropped what the old store acknowledged
 // (retention 0, 4 KiB segments): the new aggregator merges nothing for the host and says where
@@ -104,6 +107,13 @@ describe("a lost aggregator store and an operator-accepted metering gap", () => 
     const ok = await runFleetlet(["metering", "accept-gap", "h0", "--aggregator", aggregator.address, "--ledger-id", stuck.ledgerId, "--resume-seq", String(firstRetained), "--reason", "store lost in test"]);
     assert.equal(ok.code, 0, ok.stderr);
     assert.equal(ok.stdout, `accepted: host h0 ledger ${stuck.ledgerId}: entries 1..${firstRetained - 1n} given up; following from ${firstRetained}\n`);
+    // Who accepted it is kept with the gap and in the audit line (no tokens file: "local").
+    const db = new Database(join(secondStore.path, METERING_STORE_FILE), { readonly: true });
+    const stored = db.prepare("SELECT reason FROM metering_gaps WHERE host = 'h0'").get() as { reason: string };
+    db.close();
+    assert.equal(stored.reason, "store lost in test (accepted by local)");
+    const auditLine = aggregator.lines.filter((l) => l.includes('"audit":true')).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.audit === true && l.method === "/fleetlet.aggregator.v1.FleetService/AcceptMeteringGap" && l.code === "OK");
+    assert.deepEqual([auditLine?.identity, auditLine?.host, auditLine?.ledger_id], ["local", "h0", stuck.ledgerId]);
     const readFeed = async () => {
       const rows: FleetRow[] = [];
       let from = 1n;
