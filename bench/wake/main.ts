@@ -283,7 +283,7 @@ async function startAgentInNs(ns: string, ip: string, stateDir: string, logPath:
   const fd = openSync(logPath, "a");
   let agent: Child;
   try {
-    const args = [FLEETLET_BIN, "agent", "--listen", `${ip}:0`, "--state-dir", stateDir, "--metrics-listen", "off"];
+    const args = [FLEETLET_BIN, "agent", "--listen", `${ip}:0`, "--insecure", "--state-dir", stateDir, "--metrics-listen", "off"];
     agent = (nsenter ? startInNetNsOnly : startInNs)(ns, process.execPath, args, { stdio: ["ignore", fd, fd] });
   } finally {
     closeSync(fd);

@@ -47,7 +47,7 @@ beforeAll(async () => {
   dockerd = await TestDockerd.start({ netns: hostNs });
   dockerd.docker("network", "create", "--driver", "bridge", "--subnet", subnet, `fltnet-${tag}`);
 
-  const agent = spawn("ip", ["netns", "exec", hostNs, process.execPath, FLEETLET_BIN, "agent", "--listen", `${agentIp}:0`, "--state-dir", state.path, "--metrics-listen", "off", "--runtime", "docker", "--docker-host", dockerd.host], {
+  const agent = spawn("ip", ["netns", "exec", hostNs, process.execPath, FLEETLET_BIN, "agent", "--listen", `${agentIp}:0`, "--insecure", "--state-dir", state.path, "--metrics-listen", "off", "--runtime", "docker", "--docker-host", dockerd.host], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   children.push(agent);

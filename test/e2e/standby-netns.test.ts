@@ -102,7 +102,7 @@ async function setUp(agentEnv: Record<string, string> = {}, { conntrackRule = tr
   children.push(env.server);
   await new Promise((r) => env.server.stdout!.once("data", r));
 
-  const agent = spawn("ip", ["netns", "exec", hostNs, process.execPath, FLEETLET_BIN, "agent", "--listen", `${agentIp}:0`, "--state-dir", state.path, "--metrics-listen", "off"], {
+  const agent = spawn("ip", ["netns", "exec", hostNs, process.execPath, FLEETLET_BIN, "agent", "--listen", `${agentIp}:0`, "--insecure", "--state-dir", state.path, "--metrics-listen", "off"], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, ...agentEnv },
   });
