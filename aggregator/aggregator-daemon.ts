@@ -11,6 +11,7 @@ import { claimStateDir } from "../lib/state-dir.js";
 import { reportFaultInjection } from "../lib/fault-injection.js";
 import { createFleetService } from "./fleet-service.js";
 import { HostRegistry } from "./hosts/host-registry.js";
+import type { AddressAllowlist } from "./hosts/address-allowlist.js";
 import { MeteringFollower } from "./metering/metering-follower.js";
 import { MeteringStore } from "./metering/metering-store.js";
 import { InventoryFollower, type InventoryFollowerOptions } from "./inventory/inventory-follower.js";
@@ -47,6 +48,8 @@ export interface AggregatorOptions {
   limits?: Partial<ListenerLimits>;
   /** AddHost past this many hosts: RESOURCE_EXHAUSTED (default DEFAULT_MAX_HOSTS). */
   maxHosts?: number;
+  /** --add-host-allow: the addresses AddHost may use (unset: any). */
+  addHostAllow?: AddressAllowlist;
 }
 
 export interface RunningAggregator {
@@ -125,6 +128,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
             fanOutConcurrency: options.fanOutConcurrency,
             metering: { store, follower },
             inventory: { view, follower: inventory },
+            addHostAllow: options.addHostAllow,
           }),
         ),
       ],

@@ -41,6 +41,7 @@ import { followSource } from "../lib/rpc/follow-source.js";
 import { hostTimeoutProblem } from "../lib/host-timeout.js";
 import type { HostConnection } from "./hosts/host-connection.js";
 import type { HostRegistry } from "./hosts/host-registry.js";
+import type { AddressAllowlist } from "./hosts/address-allowlist.js";
 import { errorMessage } from "../lib/error-message.js";
 
 export interface FleetOptions {
@@ -53,6 +54,8 @@ export interface FleetOptions {
   inventory?: { view: MergedView; follower?: { resync(name: string): Promise<RelistCounts> } };
   /** The merged metering feed (metering.md); absent in tests that do not need it. */
   metering?: { store: MeteringStore; follower: MeteringFollower };
+  /** --add-host-allow: the addresses AddHost may use (unset: any). */
+  addHostAllow?: AddressAllowlist;
 }
 
 const listStatsMethod = MetricsService.method.listInstanceStats;
@@ -123,6 +126,10 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
         throw invalidArgument("address", errorMessage(e));
       }
       if (port === 0) throw invalidArgument("address", "port 0 cannot be dialled");
+      const host = parseHostPort(req.address).host;
+      if (options.addHostAllow && !options.addHostAllow.allows(host)) {
+        throw new ConnectError(`address: ${host} is outside --add-host-allow (${options.addHostAllow.text})`, Code.PermissionDenied);
+      }
       const perHostTimeoutMs = req.perHostTimeout ? checkedTimeout(req.perHostTimeout, "per_host_timeout") : undefined;
       if (req.dryRun) {
         // What the real add would refuse is refused here too; then the address is tried on a

@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError } from "commander";
 import { validateTapPrefix } from "../agent/inventory/interface-name.js";
 import { parseRuntimeList, type RuntimeOptions } from "../agent/runtime/runtime-setup.js";
 import { mergeHostConfigs, parseHostsFile, parseHostsFlag } from "../aggregator/hosts/host-list-parser.js";
+import { AddressAllowlist } from "../aggregator/hosts/address-allowlist.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger } from "../lib/rpc/logger.js";
 import { applyConfigFile, configurable, parse } from "./options.js";
@@ -276,6 +277,7 @@ export function aggregatorCommand(): Command {
     .addOption(configurable("AGGREGATOR", "--watch-buffer <n>", "merged inventory changes kept for WatchInstances cursors").default(65_536).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--stream-buffer <bytes>", "encoded bytes one server stream may hold for a client that does not read; the producer waits past it").default(DEFAULT_STREAM_LIMITS.maxPendingBytes).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--stream-stall-timeout <duration>", "a server stream whose client took none of its buffered bytes for this long is cut (RESOURCE_EXHAUSTED)").default(DEFAULT_STREAM_LIMITS.stallTimeoutMs, "30s").argParser(parse.durationMs))
+    .addOption(configurable("AGGREGATOR", "--add-host-allow <list>", "addresses AddHost may use: IPs, CIDRs and exact host names, comma-separated (default: any); --hosts/--hosts-file are not checked").argParser(parseAllowlist))
     .addOption(configurable("AGGREGATOR", "--max-hosts <n>", "hosts this aggregator holds; AddHost past it gets RESOURCE_EXHAUSTED").default(DEFAULT_MAX_HOSTS).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGGREGATOR_* win over it")
@@ -288,6 +290,7 @@ export function aggregatorCommand(): Command {
         agentTlsCert?: string;
         agentTlsKey?: string;
         maxHosts: number;
+        addHostAllow?: AddressAllowlist;
         staleAfter: number;
         digestInterval: number;
         watchBuffer: number;
@@ -332,6 +335,7 @@ export function aggregatorCommand(): Command {
           streamLimits: { maxPendingBytes: o.streamBuffer, stallTimeoutMs: o.streamStallTimeout },
           limits: listenerLimits(o),
           maxHosts: o.maxHosts,
+          addHostAllow: o.addHostAllow,
           logger: createLogger("fleetlet-aggregator", o.logLevel),
         }),
       );
@@ -345,6 +349,14 @@ export function aggregatorCommand(): Command {
     .addOption(configurable("AGGREGATOR", "--agent-tls-cert <file>", "client certificate presented to agents (mTLS)"))
     .addOption(configurable("AGGREGATOR", "--agent-tls-key <file>", "private key of --agent-tls-cert"));
   return cmd;
+}
+
+function parseAllowlist(value: string): AddressAllowlist {
+  try {
+    return new AddressAllowlist(value);
+  } catch (e) {
+    throw new InvalidArgumentError(errorMessage(e));
+  }
 }
 
 const LEVELS = new Set(["trace", "debug", "info", "warn", "error", "fatal", "silent"]);
