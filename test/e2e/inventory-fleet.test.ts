@@ -1,3 +1,4 @@
+import { until } from "../helpers/until.js";
 import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { createClient, type Client } from "@connectrpc/connect";
@@ -9,7 +10,6 @@ import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { startTcpProxy, type TcpProxy } from "../helpers/tcp-proxy-process.js";
 import { compareMergedView } from "../helpers/inventory-checker.js";
 import { tempDir } from "../helpers/temp-dir.js";
-import { errorMessage } from "../../lib/error-message.js";
 
 // inventory.md end to end with separate processes: an aggregator following 3 agents, each
 // through a TCP proxy process (so a partition is a SIGSTOP of the proxy: the link is cut while
@@ -69,20 +69,6 @@ function fleet(): { fleet: Client<typeof FleetService>; close(): void } {
   return { fleet: createClient(FleetService, t), close: () => t.close() };
 }
 
-async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${errorMessage(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** Each agent's own list, as (host, instance). */
 async function agentLists(): Promise<{ host: string; version: bigint; instances: Instance[] }[]> {

@@ -1,3 +1,4 @@
+import { until } from "../helpers/until.js";
 import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
@@ -7,7 +8,6 @@ import { FleetEventType, HostSyncState, type FleetInstanceEvent } from "../../ge
 import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentClients, fleetClient } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
-import { errorMessage } from "../../lib/error-message.js";
 
 // Seed 003's inventory edges, end to end with an agent and an aggregator as processes:
 // snapshots registered on the agent appear in the fleet view (list and watch); `fleetlet hosts
@@ -45,20 +45,6 @@ afterAll(async () => {
   for (const d of dirs) d.remove();
 });
 
-async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${errorMessage(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** The agent's own inventory and the fleet's view of h1, as comparable text. */
 async function bothSides(): Promise<{ agent: string[]; fleet: string[]; version: bigint; sync: { state: HostSyncState; version: bigint; relists: number } }> {

@@ -1,3 +1,4 @@
+import { until } from "../helpers/until.js";
 import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -7,7 +8,6 @@ import { createClient } from "@connectrpc/connect";
 import { InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { FleetService, HostSyncState } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
-import { errorMessage } from "../../lib/error-message.js";
 import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
 
@@ -41,20 +41,6 @@ async function withUmask0<T>(f: () => Promise<T>): Promise<T> {
   }
 }
 
-async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${errorMessage(last)}` : ""}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** Every path under `root` (itself included) whose mode is not 0700 (dirs) / 0600 (files). */
 function wrongModes(root: string): { names: string[]; wrong: string[] } {
