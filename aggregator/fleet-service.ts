@@ -11,6 +11,7 @@ import {
   FleetSnapshotSchema,
   HostSchema,
   ListInstanceStatsResponseSchema,
+  ConnectionState,
   HostOrigin,
   HostSyncState,
   type Host,
@@ -113,6 +114,10 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
             h.syncState = inv.state;
             h.agentIncarnation ||= inv.incarnation;
           }
+          // last_error is the latest failure of any call to the host: a fan-out's, else the
+          // inventory follower's, else the metering follower's. A host that never answered (a
+          // refused certificate, say) has had no fan-out yet; without this it showed no reason.
+          if (!h.lastError && h.connectionState !== ConnectionState.READY) h.lastError = inv?.lastError || h.metering?.lastError || "";
           return h;
         }),
       };

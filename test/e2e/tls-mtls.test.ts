@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -12,6 +11,8 @@ import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { FLEETLET_BIN, runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { repoPath } from "../helpers/paths.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { until } from "../helpers/until.js";
+import { issueExpiredClientCertificate, servedCertificateSerial } from "../helpers/test-certificates.js";
 
 // Every certificate comes from `fleetlet certs`; the agents listen on 127.0.0.2 / 127.0.0.3
 // (loopback addresses of their own, so an IP SAN can name one and not the other).
@@ -25,17 +26,6 @@ let aggregator: DaemonProcess;
 async function fleetlet(...args: string[]): Promise<void> {
   const r = await runFleetlet(args);
   assert.equal(r.code, 0, `fleetlet ${args.join(" ")}: ${r.stderr}`);
-}
-
-/** A client certificate valid only in 2020: `openssl ca` can set the dates `fleetlet certs` does not. */
-function issueExpired(): void {
-  const cnf = d("expired.cnf");
-  writeFileSync(d("index.txt"), "");
-  writeFileSync(d("serial"), "1000\n");
-  writeFileSync(cnf, `[ca]\ndefault_ca = d\n[d]\ndatabase = ${d("index.txt")}\nnew_certs_dir = ${dir.path}\nserial = ${d("serial")}\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\norganizationalUnitName = optional\n`);
-  execFileSync("openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", d("expired.key")]);
-  execFileSync("openssl", ["req", "-new", "-key", d("expired.key"), "-subj", "/OU=viewer/CN=old", "-out", d("expired.csr")]);
-  execFileSync("openssl", ["ca", "-batch", "-config", cnf, "-cert", d("ca", "ca.crt"), "-keyfile", d("ca", "ca.key"), "-in", d("expired.csr"), "-out", d("expired.crt"), "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-notext"], { stdio: "ignore" });
 }
 
 function tlsClient(address: string, files: { cert?: string; key?: string; ca?: string }) {
@@ -61,27 +51,7 @@ async function listOnce(address: string, files: { cert?: string; key?: string; c
 }
 
 /** The serial of the certificate a fresh TLS connection is shown. */
-function servedSerial(address: string): Promise<string> {
-  const [host, port] = [address.slice(0, address.lastIndexOf(":")), Number(address.slice(address.lastIndexOf(":") + 1))];
-  return new Promise((res, rej) => {
-    const socket = connect({ host, port, ca: readFileSync(d("ca", "ca.crt")), cert: readFileSync(d("users", "alice.crt")), key: readFileSync(d("users", "alice.key")), ALPNProtocols: ["h2"] }, () => {
-      const serial = socket.getPeerCertificate().serialNumber;
-      socket.destroy();
-      res(serial);
-    });
-    socket.on("error", rej);
-  });
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const servedSerial = (address: string) => servedCertificateSerial(address, { ca: d("ca", "ca.crt"), cert: d("users", "alice.crt"), key: d("users", "alice.key") });
 
 const tlsFlags = (name: string) => ["--tls-cert", d("hosts", `${name}.crt`), "--tls-key", d("hosts", `${name}.key`), "--tls-ca", d("ca", "ca.crt")];
 
@@ -92,7 +62,7 @@ beforeAll(async () => {
   await fleetlet("certs", "client", "--ca-dir", d("ca"), "--out", d("users"), "--name", "aggregator", "--role", "aggregator");
   await fleetlet("certs", "client", "--ca-dir", d("ca"), "--out", d("users"), "--name", "alice", "--role", "viewer");
   await fleetlet("certs", "client", "--ca-dir", d("other-ca"), "--out", d("other-users"), "--name", "mallory", "--role", "admin");
-  issueExpired();
+  issueExpiredClientCertificate(d("ca"), dir.path, "expired");
   const common = ["--metrics-listen", "off", "--runtime", "none"];
   agent = await startDaemon(["agent", "--listen", "127.0.0.2:0", ...tlsFlags("agent1"), "--state-dir", d("a1-state"), ...common]);
   // agent1's certificate and key, stolen and served from another address.

@@ -62,7 +62,7 @@ function auditLines(d: DaemonProcess): Record<string, unknown>[] {
 describe("bearer tokens and roles across a real agent and aggregator", () => {
   it("viewer reads, admin writes, the aggregator follows metering with its token, audit records both", async () => {
     const agentTokens = join(secrets.path, "agent-tokens");
-    writeFileSync(agentTokens, `viewer-user viewer ${hashToken(TOKENS.viewer)}\nroot admin ${hashToken(TOKENS.admin)}\naggregator admin ${hashToken(TOKENS.aggregator)}\n`);
+    writeFileSync(agentTokens, `viewer-user viewer ${hashToken(TOKENS.viewer)}\nroot admin ${hashToken(TOKENS.admin)}\naggregator aggregator ${hashToken(TOKENS.aggregator)}\n`);
     const aggTokens = join(secrets.path, "agg-tokens");
     writeFileSync(aggTokens, `viewer-user viewer ${hashToken(TOKENS.viewer)}\nroot admin ${hashToken(TOKENS.admin)}\n`);
     agent = await startDaemon(["agent", "--listen", "127.0.0.1:0", "--state-dir", agentDir.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off", "--tokens-file", agentTokens]);
@@ -100,8 +100,10 @@ describe("bearer tokens and roles across a real agent and aggregator", () => {
     const fleet = client(FleetService, aggregator.address, TOKENS.viewer);
     const feed = await fleet.readMeteringEntries({ fromFleetSeq: 1n });
     assert.ok(feed.entries.some((e) => e.host === "h1"));
-    // A viewer may not acknowledge on the agent (only the aggregator's admin token may).
+    // Neither a viewer nor an admin may acknowledge on the agent: only the aggregator's identity.
     assert.equal(await codeOf(metering.acknowledgeMeteringEntries({ ledgerId: status.ledgerId, seq: status.lastSeq })), Code.PermissionDenied);
+    const adminAck = client(MeteringService, agent.address, TOKENS.admin).acknowledgeMeteringEntries({ ledgerId: status.ledgerId, seq: status.lastSeq });
+    assert.equal(await codeOf(adminAck), Code.PermissionDenied);
 
     // A configured host cannot be removed through the API, even by an admin.
     const removeErr = await client(FleetService, aggregator.address, TOKENS.admin).removeHost({ name: "h1" }).then(

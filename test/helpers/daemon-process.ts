@@ -23,8 +23,16 @@ export interface DaemonProcess {
  * tests never clash) and resolves once it logged that it serves, with the address it bound
  * (so the log level must stay at info or below).
  */
-export async function startDaemon(args: string[], timeoutMs = 15_000, env?: Record<string, string>): Promise<DaemonProcess> {
-  const child = spawn(process.execPath, [FLEETLET_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"], env: env ? { ...process.env, ...env } : process.env });
+export async function startDaemon(
+  args: string[],
+  timeoutMs = 15_000,
+  env?: Record<string, string>,
+  options: { wrap?: string[] } = {},
+): Promise<DaemonProcess> {
+  // `wrap` runs the daemon under a command that execs it in place (`ip netns exec NS`): the child's
+  // pid is then the daemon's own, so stop() signals the daemon and not a wrapper.
+  const [command, ...prefix] = [...(options.wrap ?? []), process.execPath];
+  const child = spawn(command!, [...prefix, FLEETLET_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"], env: env ? { ...process.env, ...env } : process.env });
   const lines: string[] = [];
   const exited = new Promise<number | string>((res) => child.once("exit", (code, signal) => res(code ?? signal ?? -1)));
   const address = await new Promise<string>((res, rej) => {

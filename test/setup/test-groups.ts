@@ -18,6 +18,7 @@ export const ROOT_FILES = [
   "test/e2e/docker-standby-netns.test.ts",
   "test/e2e/fuzz-rpc.test.ts",
   "test/e2e/metrics-veth.test.ts",
+  "test/e2e/multi-host-mtls.test.ts",
   "test/e2e/pid-ownership.test.ts",
   "test/e2e/runtime-fleet.test.ts",
   "test/e2e/standby-netns.test.ts",

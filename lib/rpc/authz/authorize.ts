@@ -48,8 +48,8 @@ export function clientCertificateResolver(): IdentityResolver {
     if (!cert) return undefined;
     const name = cert.commonName || cert.subjectAltNames[0] || `serial:${cert.serialNumber}`;
     // OU=aggregator (`fleetlet certs client --role aggregator`): the aggregator's own identity,
-    // which acknowledges metering entries on agents: admin there.
-    const role = cert.organizationalUnits.map((ou) => (ou === "aggregator" ? "admin" : ou)).find(isRole);
+    // the only one that may acknowledge metering entries on agents.
+    const role = cert.organizationalUnits.find(isRole);
     if (!role) throw new ConnectError(`client certificate ${name} carries no role (OU=viewer|operator|admin|aggregator)`, Code.Unauthenticated);
     return { name, via: "certificate", role };
   };
@@ -126,7 +126,9 @@ export function createAuthorizer(options: AuthorizerOptions): CallInterceptor {
     const needed = requiredRole(path);
     if (needed === undefined) {
       refuse(new ConnectError(`${path} is not in the role table; refused by default`, Code.PermissionDenied), caller);
-    } else if (!roleIncludes(caller.role, needed)) {
+    } else if (caller.via !== "local" && !roleIncludes(caller.role, needed)) {
+      // "local" (no credentials configured, loopback only) may call every method in the table,
+      // the aggregator's acknowledgements included: `fleetlet up` needs no set-up.
       refuse(new ConnectError(`${path} needs role ${needed}; ${caller.name} has role ${caller.role}`, Code.PermissionDenied), caller);
     }
     context.values.set(CALLER_IDENTITY, caller);
@@ -156,13 +158,15 @@ export function createAuthorizer(options: AuthorizerOptions): CallInterceptor {
 }
 
 /**
- * The resolvers a daemon uses: verified client certificates when the listener asks for them
- * (--tls-ca), bearer tokens when --tokens-file is set. Neither: [] — every caller is "local"
- * admin, the loopback development default.
+ * The resolvers a daemon uses: bearer tokens when --tokens-file is set, verified client
+ * certificates when the listener asks for them (--tls-ca). Neither: [] — every caller is "local"
+ * admin, the loopback development default. A token comes first: with mTLS every connection has a
+ * certificate (often one per machine or tool), while a token names the person or job making this
+ * call; a bad token is refused, never silently replaced by the certificate's role.
  */
 export function daemonIdentityResolvers(options: { tokens?: TokensFile; clientCertificates: boolean }): IdentityResolver[] {
   return [
-    ...(options.clientCertificates ? [clientCertificateResolver()] : []),
     ...(options.tokens ? [bearerTokenResolver(options.tokens)] : []),
+    ...(options.clientCertificates ? [clientCertificateResolver()] : []),
   ];
 }

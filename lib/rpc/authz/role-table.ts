@@ -4,19 +4,26 @@
  * (default deny), and test/lib/rpc/authz/role-table.test.ts walks the generated descriptors so a
  * new RPC cannot ship without an entry.
  */
-export type Role = "viewer" | "operator" | "admin";
+export type Role = "viewer" | "operator" | "admin" | "aggregator";
 
-/** Roles in order: each includes everything the ones before it may do. */
-export const ROLES: readonly Role[] = ["viewer", "operator", "admin"];
+/**
+ * viewer < operator < admin, each including the ones before it; and "aggregator", the
+ * aggregator's own identity on agents: what an operator may do (its routed log calls) plus
+ * acknowledging metering entries, which no other role may (an acknowledgement lets retention
+ * delete entries the aggregator has not merged: security.md "The aggregator's own identity needs
+ * only what it calls"). An admin cannot acknowledge; the aggregator cannot register instances.
+ */
+export const ROLES: readonly Role[] = ["viewer", "operator", "admin", "aggregator"];
 
-const RANK: Record<Role, number> = { viewer: 1, operator: 2, admin: 3 };
+const RANK: Record<Role, number> = { viewer: 1, operator: 2, admin: 3, aggregator: 2 };
 
 export function isRole(value: string): value is Role {
   return Object.hasOwn(RANK, value);
 }
 
-/** Whether `held` includes `needed` (viewer < operator < admin). */
+/** Whether `held` includes `needed` (viewer < operator < admin; aggregator = operator + its own). */
 export function roleIncludes(held: Role, needed: Role): boolean {
+  if (needed === "aggregator") return held === "aggregator";
   return RANK[held] >= RANK[needed];
 }
 
@@ -48,10 +55,10 @@ export const METHOD_ROLES: Readonly<Record<string, Role>> = {
   "/fleetlet.agent.v1.InventoryService/RemoveSnapshot": "admin",
   "/fleetlet.agent.v1.InventoryService/ListSnapshots": "viewer",
 
-  // Agent: metering. Acknowledging lets retention delete entries: only the aggregator (admin).
+  // Agent: metering. Acknowledging lets retention delete entries: only the aggregator's identity.
   "/fleetlet.agent.v1.MeteringService/ReadMeteringEntries": "viewer",
   "/fleetlet.agent.v1.MeteringService/WatchMeteringEntries": "viewer",
-  "/fleetlet.agent.v1.MeteringService/AcknowledgeMeteringEntries": "admin",
+  "/fleetlet.agent.v1.MeteringService/AcknowledgeMeteringEntries": "aggregator",
   "/fleetlet.agent.v1.MeteringService/GetMeteringStatus": "viewer",
 
   // Agent: standby lifecycle.

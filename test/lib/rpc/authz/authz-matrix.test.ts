@@ -34,7 +34,7 @@ function reachedImpl(service: DescService): ServiceRegistration {
 }
 
 const BUILT_IN = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
-const TOKENS: Record<Role, string> = { viewer: "viewer-secret-1", operator: "operator-secret-2", admin: "admin-secret-3" };
+const TOKENS: Record<Role, string> = { viewer: "viewer-secret-1", operator: "operator-secret-2", admin: "admin-secret-3", aggregator: "aggregator-secret-4" };
 
 /** One call with an empty request; resolves with the status code (and message). */
 function callStatus(client: grpc.Client, method: DescMethod, token: string | undefined): Promise<grpc.StatusObject> {

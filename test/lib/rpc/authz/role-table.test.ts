@@ -17,10 +17,13 @@ describe("role table", () => {
     assert.deepEqual(stale, [], "role table entries for methods that no longer exist");
   });
 
-  it("orders roles viewer < operator < admin and puts the dangerous calls at admin", () => {
+  it("orders roles viewer < operator < admin and puts the dangerous calls at admin (acknowledging at the aggregator's own role)", () => {
     assert.ok(roleIncludes("admin", "operator") && roleIncludes("operator", "viewer"));
     assert.ok(!roleIncludes("viewer", "operator") && !roleIncludes("operator", "admin"));
-    assert.equal(requiredRole("/fleetlet.agent.v1.MeteringService/AcknowledgeMeteringEntries"), "admin");
+    // Only the aggregator's identity acknowledges metering; it cannot do an admin's work.
+    assert.equal(requiredRole("/fleetlet.agent.v1.MeteringService/AcknowledgeMeteringEntries"), "aggregator");
+    assert.ok(!roleIncludes("admin", "aggregator") && roleIncludes("aggregator", "aggregator"));
+    assert.ok(roleIncludes("aggregator", "operator") && !roleIncludes("aggregator", "admin"));
     assert.equal(requiredRole("/fleetlet.aggregator.v1.FleetService/RemoveHost"), "admin");
     assert.equal(requiredRole("/fleetlet.agent.v1.RuntimeService/StreamContainerLogs"), "operator");
     assert.equal(requiredRole("/grpc.health.v1.Health/Check"), "viewer");
