@@ -261,14 +261,26 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
       requireId("host", req.host);
       if (!hosts.get(req.host)) throw new ConnectError(`host ${JSON.stringify(req.host)} not found`, Code.NotFound);
       if (!/^[0-9a-f]{16}$/.test(req.ledgerId)) throw invalidArgument("ledger_id", `must be the host's 16-hex-digit ledger id, got ${JSON.stringify(req.ledgerId.slice(0, 40))}`);
-      if (req.resumeSeq < 2n || req.resumeSeq > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument("resume_seq", `must be between 2 and 2^53, got ${req.resumeSeq}`);
+      // The ledger the agent now reports instead of the followed one (HostMetering.pending_ledger_id):
+      // accepting it is a ledger change, which may resume at seq 1.
+      const cursor = store.cursor(req.host);
+      const pending = options.metering?.follower.status(req.host)?.pendingLedgerId ?? "";
+      const change = cursor !== undefined && req.ledgerId !== cursor.ledgerId && req.ledgerId === pending;
+      const minResume = change ? 1n : 2n;
+      if (req.resumeSeq < minResume || req.resumeSeq > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument("resume_seq", `must be between ${minResume} and 2^53, got ${req.resumeSeq}`);
       const reason = req.reason.trim();
       if (reason === "" || reason.length > 256 || /[\u0000-\u001f\u007f]/.test(reason)) throw invalidArgument("reason", "is required: 1 to 256 printable characters saying why the entries are given up");
       let gap;
       try {
         // Who gave the entries up is kept with the gap (security.md "Audit").
         const caller = context.values.get(CALLER_IDENTITY);
-        gap = store.acceptGap(req.host, req.ledgerId, Number(req.resumeSeq), caller ? `${reason} (accepted by ${caller.name})` : reason);
+        const why = caller ? `${reason} (accepted by ${caller.name})` : reason;
+        if (change) {
+          const accepted = store.acceptLedgerChange(req.host, req.ledgerId, Number(req.resumeSeq), why);
+          gap = accepted.gap ?? { host: req.host, ledgerId: req.ledgerId, afterSeq: 0, resumeSeq: Number(req.resumeSeq), acceptedAtMs: accepted.change.changedAtMs, reason: why };
+        } else {
+          gap = store.acceptGap(req.host, req.ledgerId, Number(req.resumeSeq), why);
+        }
       } catch (e) {
         if (e instanceof MeteringConflictError) throw new ConnectError(e.message, Code.FailedPrecondition);
         throw e;

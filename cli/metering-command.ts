@@ -199,10 +199,10 @@ export function meteringCommand(): Command {
   );
   metering.addCommand(
     sub("accept-gap")
-      .description("give up a host's entries that its agent no longer has and this aggregator never merged (a lost store): recorded with the reason; the host is followed from --resume-seq")
+      .description("give up a host's entries that its agent no longer has and this aggregator never merged (a lost store), or accept the new ledger its agent reports (LAST-ERROR in fleetlet get metering names it): recorded with the reason; the host is followed from --resume-seq")
       .argument("<host>", "the host (fleetlet get hosts)")
       .option("--aggregator <host:port>", "aggregator (default 127.0.0.1:7700)")
-      .requiredOption("--ledger-id <id>", "the host's current ledger id (fleetlet get metering)")
+      .requiredOption("--ledger-id <id>", "the host's current ledger id, or its pending one to accept a ledger change (fleetlet get metering)")
       .addOption(new Option("--resume-seq <seq>", "first seq to merge: the agent's first retained seq (fleetlet get metering shows it)").argParser(parseSeq).makeOptionMandatory())
       .requiredOption("--reason <text>", "why the entries are given up (kept with the gap)")
       .action(async (host: string, opts: { aggregator?: string; ledgerId: string; resumeSeq: bigint; reason: string }, command: Command) => {
@@ -211,7 +211,8 @@ export function meteringCommand(): Command {
         try {
           const res = await createClient(FleetService, transport).acceptMeteringGap({ host, ledgerId: opts.ledgerId, resumeSeq: opts.resumeSeq, reason: opts.reason }, { timeoutMs: 10_000 });
           const g = res.gap!;
-          process.stdout.write(`accepted: host ${g.host} ledger ${g.ledgerId}: entries ${g.afterSeq + 1n}..${g.resumeSeq - 1n} given up; following from ${g.resumeSeq}\n`);
+          const skipped = g.resumeSeq > g.afterSeq + 1n ? `entries ${g.afterSeq + 1n}..${g.resumeSeq - 1n} given up` : "nothing of it given up";
+          process.stdout.write(`accepted: host ${g.host} ledger ${g.ledgerId}: ${skipped}; following from ${g.resumeSeq}\n`);
         } catch (e) {
           process.stderr.write(`fleetlet metering accept-gap: ${address}: ${ConnectError.from(e).message}\n`);
           process.exitCode = 1;

@@ -8,7 +8,7 @@ import { codeName, isConnectionTrouble } from "../../lib/rpc/status-codes.js";
 import type { HostConnection } from "../hosts/host-connection.js";
 import type { HostRegistry } from "../hosts/host-registry.js";
 import { HostFollowers, type HostFollow } from "../hosts/host-followers.js";
-import { MeteringGapError, type MeteringStore } from "./metering-store.js";
+import { MeteringGapError, MeteringLedgerChangedError, type MeteringStore } from "./metering-store.js";
 import { errorMessage } from "../../lib/error-message.js";
 import { monotonicMs } from "../../lib/monotonic-clock.js";
 
@@ -53,10 +53,13 @@ export class MeteringFollower extends HostFollowers<Follow> {
     const f = this.follows.get(host);
     if (!f) return undefined;
     const lagSeconds = f.behindSinceMs === undefined ? 0 : (monotonicMs() - f.behindSinceMs) / 1000;
+    const cursor = this.store.cursor(host);
     return create(HostMeteringSchema, {
       ...f.status,
       lagSeconds,
-      ledgerChanges: this.store.cursor(host)?.ledgerChanges ?? f.status.ledgerChanges,
+      // Accepted already (the cursor moved to it): no longer pending, even before the next stream.
+      pendingLedgerId: f.status.pendingLedgerId === cursor?.ledgerId ? "" : f.status.pendingLedgerId,
+      ledgerChanges: cursor?.ledgerChanges ?? f.status.ledgerChanges,
       acceptedGaps: this.store.acceptedGaps(host).length,
     });
   }
@@ -82,8 +85,15 @@ export class MeteringFollower extends HostFollowers<Follow> {
       } catch (e) {
         if (f.stop.signal.aborted) return;
         const err = ConnectError.from(e);
-        if (err.code === Code.OutOfRange && this.replaced(name, err.rawMessage, f)) {
+        const ledger = err.code === Code.OutOfRange ? this.reportedLedger(name, err.rawMessage, f) : undefined;
+        if (ledger === "first") {
           delay = BACKOFF_INITIAL_MS;
+          continue;
+        }
+        if (ledger === "pending") {
+          // Waits for an admin (AcceptMeteringGap): asked again with the usual backoff.
+          await sleepUnlessAborted(delay, f.stop.signal);
+          delay = Math.min(delay * 2, BACKOFF_MAX_MS);
           continue;
         }
         if (err.code === Code.FailedPrecondition && (await this.meteringOff(name, conn, f))) {
@@ -155,6 +165,7 @@ export class MeteringFollower extends HostFollowers<Follow> {
         f.status.agentLastSeq = m.lastSeq;
         f.status.agentReportedAt = timestampNow();
         f.status.lastError = "";
+        f.status.pendingLedgerId = "";
         f.status.agentFirstRetainedSeq = 0n;
         f.status.meteringOff = false;
         this.updateLag(f);
@@ -219,14 +230,31 @@ export class MeteringFollower extends HostFollowers<Follow> {
    * OUT_OF_RANGE naming a ledger other than ours: the host's ledger was replaced. Recorded in
    * the store (nothing of the old one is mixed with the new), then followed from seq 1.
    */
-  private replaced(name: string, message: string, f: Follow): boolean {
+  /**
+   * OUT_OF_RANGE naming the agent's current ledger. With no cursor yet (a new store) it is the
+   * host's first ledger, followed from seq 1. Another ledger than the cursor's: the agent's ledger was lost or replaced (or
+   * another agent answers at the address). Never followed on its own (security.md): the host's
+   * status shows the pending ledger and what to run, and nothing is merged until an admin
+   * accepts the change (AcceptMeteringGap with that ledger id moves the cursor to it).
+   */
+  private reportedLedger(name: string, message: string, f: Follow): "first" | "pending" | undefined {
     const current = /current ledger_id=([0-9a-f]+)/.exec(message)?.[1];
     const cursor = this.store.cursor(name);
-    if (!current || current === cursor?.ledgerId) return false;
-    this.logger.warn({ host: name, from: cursor?.ledgerId, to: current }, "metering: the host's ledger was replaced; following the new one from seq 1");
-    this.store.merge(name, current, []);
-    f.status.ledgerId = current;
-    f.status.mergedSeq = 0n;
-    return true;
+    if (!current || current === cursor?.ledgerId) return undefined;
+    if (!cursor) {
+      // The host's first ledger (a new store): followed without acceptance, from seq 1.
+      this.store.merge(name, current, []);
+      f.status.ledgerId = current;
+      f.status.mergedSeq = 0n;
+      return "first";
+    }
+    const refused = new MeteringLedgerChangedError(name, cursor.ledgerId, cursor.seq, current);
+    if (f.status.pendingLedgerId !== current) {
+      this.logger.warn({ host: name, from: cursor.ledgerId, merged_seq: cursor.seq, to: current }, "metering: the host reports another ledger; nothing merged until an admin accepts the change");
+    }
+    f.status.pendingLedgerId = current;
+    f.status.lastError = `FAILED_PRECONDITION: ${refused.message}`;
+    return "pending";
   }
+
 }

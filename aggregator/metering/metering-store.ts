@@ -54,6 +54,8 @@ export interface LedgerChange {
   fromSeq: number;
   toLedgerId: string;
   changedAtMs: number;
+  /** Who accepted the change and why ("" for changes followed on their own by older versions). */
+  reason: string;
 }
 
 export interface MeteringBatchEntry {
@@ -71,7 +73,25 @@ export class MeteringGapError extends Error {
  * host had already replaced. Nothing was written; retrying will not help.
  */
 export class MeteringConflictError extends Error {
-  override readonly name = "MeteringConflictError";
+  override readonly name: string = "MeteringConflictError";
+}
+
+/**
+ * A batch of a ledger other than the host's cursor: the agent's ledger was lost or replaced, or
+ * another agent answers at the host's address. Merged only after an admin accepted the change.
+ */
+export class MeteringLedgerChangedError extends MeteringConflictError {
+  override readonly name = "MeteringLedgerChangedError";
+  constructor(
+    readonly host: string,
+    readonly fromLedgerId: string,
+    readonly fromSeq: number,
+    readonly toLedgerId: string,
+  ) {
+    super(
+      `host ${host} is followed at ledger ${fromLedgerId} (merged up to seq ${fromSeq}) but reports ledger ${toLedgerId}: nothing of it is merged until an admin accepts the change (fleetlet metering accept-gap ${host} --ledger-id ${toLedgerId} --resume-seq 1 --reason ...)`,
+    );
+  }
 }
 
 /** A malformed entry (its line, its seq, an empty host or ledger id): nothing was written. */
@@ -107,11 +127,11 @@ function prepareStatements(db: Database.Database) {
     updateCursor: db.prepare<[string, number, number, number, string]>(
       "UPDATE host_cursors SET ledger_id = ?, seq = ?, ledger_changes = ?, updated_at_ms = ? WHERE host = ?",
     ),
-    insertChange: db.prepare<[string, string, number, string, number]>(
-      "INSERT INTO host_ledger_changes (host, from_ledger_id, from_seq, to_ledger_id, changed_at_ms) VALUES (?, ?, ?, ?, ?)",
+    insertChange: db.prepare<[string, string, number, string, number, string]>(
+      "INSERT INTO host_ledger_changes (host, from_ledger_id, from_seq, to_ledger_id, changed_at_ms, reason) VALUES (?, ?, ?, ?, ?, ?)",
     ),
     changes: db.prepare<[string], LedgerChange>(
-      "SELECT host, from_ledger_id AS fromLedgerId, from_seq AS fromSeq, to_ledger_id AS toLedgerId, changed_at_ms AS changedAtMs FROM host_ledger_changes WHERE host = ? ORDER BY rowid",
+      "SELECT host, from_ledger_id AS fromLedgerId, from_seq AS fromSeq, to_ledger_id AS toLedgerId, changed_at_ms AS changedAtMs, reason FROM host_ledger_changes WHERE host = ? ORDER BY rowid",
     ),
     wasReplaced: db.prepare<[string, string, string, string], { found: number }>(
       `SELECT EXISTS (SELECT 1 FROM host_ledger_changes WHERE host = ? AND from_ledger_id = ?)
@@ -189,11 +209,40 @@ export class MeteringStore {
       this.db.transaction((): AcceptedGap => {
         const cursor = this.stmt.cursor.get(host);
         if (!cursor) throw new MeteringConflictError(`host ${host} has no metering cursor yet: there is nothing to skip`);
-        if (cursor.ledgerId !== ledgerId) throw new MeteringConflictError(`host ${host} is followed at ledger ${cursor.ledgerId}, not ${ledgerId}`);
+        if (cursor.ledgerId !== ledgerId) throw new MeteringConflictError(`host ${host} is followed at ledger ${cursor.ledgerId}, not ${ledgerId} (another ledger is accepted only once the host's agent reports it: pending_ledger_id in its metering status)`);
         if (!(resumeSeq > cursor.seq + 1)) throw new MeteringConflictError(`no gap: ledger ${ledgerId} of host ${host} is merged up to seq ${cursor.seq}, so ${resumeSeq} is not beyond the next entry`);
         this.stmt.insertGap.run(host, ledgerId, cursor.seq, resumeSeq, now, reason);
         this.stmt.updateCursor.run(ledgerId, resumeSeq - 1, cursor.ledgerChanges, now, host);
         return { host, ledgerId, afterSeq: cursor.seq, resumeSeq, acceptedAtMs: now, reason };
+      }).immediate(),
+    );
+  }
+
+  /**
+   * An admin accepts that `host` now has the ledger `ledgerId` (its agent's metering directory was
+   * lost or replaced): in one transaction the change is recorded with `reason`, entries of the new
+   * ledger before `resumeSeq` are recorded as a gap when resumeSeq > 1, and the cursor moves to
+   * (ledgerId, resumeSeq - 1). What the old ledger had past the cursor is given up. Without this
+   * a merge of another ledger is refused (MeteringLedgerChangedError): never followed on its own.
+   * MeteringConflictError when the host has no cursor (its first ledger needs no acceptance),
+   * ledgerId is the current one, or it is a ledger the host already left (no going back).
+   */
+  acceptLedgerChange(host: string, ledgerId: string, resumeSeq: number, reason: string, now = Date.now()): { change: LedgerChange; gap?: AcceptedGap } {
+    if (!Number.isSafeInteger(resumeSeq) || resumeSeq < 1) throw new RangeError(`acceptLedgerChange: resumeSeq must be a positive integer, got ${resumeSeq}`);
+    return this.guard(() =>
+      this.db.transaction(() => {
+        const cursor = this.stmt.cursor.get(host);
+        if (!cursor) throw new MeteringConflictError(`host ${host} has no metering cursor yet: its first ledger is followed without acceptance`);
+        if (cursor.ledgerId === ledgerId) throw new MeteringConflictError(`host ${host} is already followed at ledger ${ledgerId}: no change to accept`);
+        if (this.stmt.wasReplaced.get(host, ledgerId, host, ledgerId)!.found) {
+          throw new MeteringConflictError(`host ${host}: ledger ${ledgerId} was followed before (current ${cursor.ledgerId}); refusing to go back to it`);
+        }
+        this.stmt.insertChange.run(host, cursor.ledgerId, cursor.seq, ledgerId, now, reason);
+        const gap = resumeSeq > 1 ? { host, ledgerId, afterSeq: 0, resumeSeq, acceptedAtMs: now, reason } : undefined;
+        if (gap) this.stmt.insertGap.run(host, ledgerId, 0, resumeSeq, now, reason);
+        this.stmt.updateCursor.run(ledgerId, resumeSeq - 1, cursor.ledgerChanges + 1, now, host);
+        const change: LedgerChange = { host, fromLedgerId: cursor.ledgerId, fromSeq: cursor.seq, toLedgerId: ledgerId, changedAtMs: now, reason };
+        return gap ? { change, gap } : { change };
       }).immediate(),
     );
   }
@@ -208,11 +257,11 @@ export class MeteringStore {
    * starting at most at cursor.seq + 1 (a start at or below the cursor is a redelivery: those
    * entries are skipped). In one transaction: the new entries get fleet_seq max + 1, + 1 each,
    * and the host's cursor moves to the batch's last seq (never backwards). A ledgerId other than
-   * the cursor's is a replaced ledger: the change is recorded and the new ledger must start at
-   * seq 1; an empty batch records just the change (cursor seq 0).
+   * the cursor's is refused with MeteringLedgerChangedError until an admin accepted the change
+   * (acceptLedgerChange): a lost or replaced agent ledger is never followed on its own.
    * Throws MeteringGapError (entries missing), MeteringConflictError (a stored entry with
-   * another line, a return to a replaced ledger) or MeteringEntryError (malformed input), all
-   * with nothing written. Returns the rows newly inserted, then tells the subscribers.
+   * another line, another ledger) or MeteringEntryError (malformed input), all with nothing
+   * written. Returns the rows newly inserted, then tells the subscribers.
    */
   merge(host: string, ledgerId: string, entries: readonly MeteringBatchEntry[]): StoredEntry[] {
     if (typeof host !== "string" || host === "") throw new MeteringEntryError("merge: host is empty");
@@ -282,15 +331,15 @@ export class MeteringStore {
     now: number,
   ): StoredEntry[] {
     const cursor = this.stmt.cursor.get(host);
-    const replaced = cursor !== undefined && cursor.ledgerId !== ledgerId;
-    const expectedFirst = cursor !== undefined && !replaced ? cursor.seq + 1 : 1;
-    if (replaced && this.stmt.wasReplaced.get(host, ledgerId, host, ledgerId)!.found) {
-      throw new MeteringConflictError(
-        `host ${host}: ledger ${ledgerId} was already replaced (current ${cursor.ledgerId}); refusing to go back to it; nothing merged`,
-      );
+    if (cursor !== undefined && cursor.ledgerId !== ledgerId) {
+      if (this.stmt.wasReplaced.get(host, ledgerId, host, ledgerId)!.found) {
+        throw new MeteringConflictError(`host ${host}: ledger ${ledgerId} was already replaced (current ${cursor.ledgerId}); refusing to go back to it; nothing merged`);
+      }
+      throw new MeteringLedgerChangedError(host, cursor.ledgerId, cursor.seq, ledgerId);
     }
+    const expectedFirst = cursor !== undefined ? cursor.seq + 1 : 1;
     if (entries.length > 0 && entries[0]!.seq > expectedFirst) {
-      const what = cursor === undefined ? "a new host's ledger" : replaced ? `replacing ledger ${cursor.ledgerId}, the new ledger` : `cursor at ${cursor.seq}, the batch`;
+      const what = cursor === undefined ? "a new host's ledger" : `cursor at ${cursor.seq}, the batch`;
       throw new MeteringGapError(
         `host ${host} ledger ${ledgerId}: ${what} must start at seq ${expectedFirst}, got ${entries[0]!.seq} (seqs ${expectedFirst}..${entries[0]!.seq - 1} missing); nothing merged`,
       );
@@ -299,7 +348,6 @@ export class MeteringStore {
 
     // The parent row first (foreign key), already at its final seq: it commits with the entries.
     if (cursor === undefined) this.stmt.insertCursor.run(host, ledgerId, lastSeq, now);
-    else if (replaced) this.stmt.insertChange.run(host, cursor.ledgerId, cursor.seq, ledgerId, now);
 
     const rows: StoredEntry[] = [];
     let next = this.stmt.maxFleetSeq.get()!.last + 1;
@@ -310,7 +358,7 @@ export class MeteringStore {
       if (this.stmt.insertEntry.run(next, host, ledgerId, seq, line, f.kind, f.vmId, f.snapshotId, f.emittedAt, now, crc).changes === 1) {
         // At or below the cursor and not stored: inside a gap an operator accepted (given up
         // for good); the transaction is rolled back.
-        if (cursor !== undefined && !replaced && seq <= cursor.seq) {
+        if (cursor !== undefined && seq <= cursor.seq) {
           throw new MeteringConflictError(`host ${host} ledger ${ledgerId} seq ${seq}: inside an accepted gap (the cursor is at ${cursor.seq}); nothing merged`);
         }
         rows.push({ fleetSeq: next, host, ledgerId, seq, line, kind: f.kind, vmId: f.vmId, snapshotId: f.snapshotId, emittedAt: f.emittedAt, mergedAtMs: now });
@@ -325,10 +373,7 @@ export class MeteringStore {
       }
     }
 
-    if (cursor !== undefined) {
-      if (replaced) this.stmt.updateCursor.run(ledgerId, lastSeq, cursor.ledgerChanges + 1, now, host);
-      else if (lastSeq > cursor.seq) this.stmt.updateCursor.run(ledgerId, lastSeq, cursor.ledgerChanges, now, host);
-    }
+    if (cursor !== undefined && lastSeq > cursor.seq) this.stmt.updateCursor.run(ledgerId, lastSeq, cursor.ledgerChanges, now, host);
     return rows;
   }
 

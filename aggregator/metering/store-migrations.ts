@@ -91,6 +91,14 @@ export const METERING_MIGRATIONS: readonly Migration[] = [
          SET row_crc = fleetlet_entry_crc(fleet_seq, host, ledger_id, seq, line, kind, vm_id, snapshot_id, emitted_at, merged_at_ms);
     `,
   },
+  {
+    version: 4,
+    description: "who accepted a host's ledger change, and why (changes need an admin's acceptance)",
+    // Changes recorded before this version were followed on their own: their reason stays empty.
+    sql: `
+      ALTER TABLE host_ledger_changes ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+    `,
+  },
 ];
 
 /** The store was written by a newer fleetlet: its schema is unknown here, so it is not touched. */

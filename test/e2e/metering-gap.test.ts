@@ -10,6 +10,7 @@ import { agentLedgerLines, checkFleetFeed, type FleetRow } from "../helpers/mete
 import { tempDir } from "../helpers/temp-dir.js";
 import { errorMessage } from "../../lib/error-message.js";
 import { join } from "node:path";
+import { rmSync } from "node:fs";
 import Database from "better-sqlite3";
 import { METERING_STORE_FILE } from "../../aggregator/metering/metering-store.js";
 
@@ -141,4 +142,71 @@ describe("a lost aggregator store and an operator-accepted metering gap", () => 
     fleetT.close();
     agentT.close();
   });
+
+  it("a replaced agent ledger is not followed until an admin accepts the change; then it is, from seq 1", async () => {
+    const fleetT = createGrpcJsTransport(aggregator!.address);
+    const fleet = createClient(FleetService, fleetT);
+    try {
+      const readAll = async () => {
+        const rows = [];
+        let from = 1n;
+        for (;;) {
+          const res = await fleet.readMeteringEntries({ fromFleetSeq: from, limit: 10_000 });
+          rows.push(...res.entries);
+          if (res.entries.length === 0) return rows;
+          from = res.nextFleetSeq;
+        }
+      };
+      const before = await until("the feed caught up", async () => {
+        const m = (await fleet.listHosts({})).hosts[0]?.metering;
+        return m && m.lagEntries === 0n && m.lastError === "" ? m : undefined;
+      });
+      const feedBefore = (await readAll()).length;
+      // The agent's metering directory is lost: the same agent (same address) starts a new ledger.
+      const address = agent!.address;
+      await agent!.stop();
+      rmSync(join(agentDir.path, "metering"), { recursive: true, force: true });
+      agent = await startDaemon(["agent", "--listen", address, "--state-dir", agentDir.path, "--metrics-listen", "off", "--runtime", "none", "--standby", "off"]);
+      await flips(6);
+      const newLedger = JSON.parse(agentLedgerLines(agentDir.path)[0]!) as { ledger?: string };
+      const pending = await until("the aggregator reports the pending ledger", async () => {
+        const m = (await fleet.listHosts({})).hosts[0]?.metering;
+        return m?.pendingLedgerId ? m : undefined;
+      });
+      assert.notEqual(pending.pendingLedgerId, before.ledgerId);
+      if (newLedger.ledger !== undefined) assert.equal(pending.pendingLedgerId, newLedger.ledger);
+      assert.equal(pending.ledgerId, before.ledgerId, "still followed at the old ledger");
+      assert.match(pending.lastError, new RegExp(`^FAILED_PRECONDITION: host h0 is followed at ledger ${before.ledgerId} \\(merged up to seq \\d+\\) but reports ledger ${pending.pendingLedgerId}: nothing of it is merged until an admin accepts the change`));
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal((await readAll()).length, feedBefore, "nothing of the new ledger merged on its own");
+      const shown = await runFleetlet(["get", "metering", "--aggregator", aggregator!.address]);
+      assert.match(shown.stdout, new RegExp(`fleetlet metering accept-gap h0 --ledger-id ${pending.pendingLedgerId} --resume-seq 1`));
+
+      // Only the ledger the agent reports can be accepted.
+      const wrong = await runFleetlet(["metering", "accept-gap", "h0", "--aggregator", aggregator!.address, "--ledger-id", "00000000000000ff", "--resume-seq", "1", "--reason", "x"]);
+      assert.equal(wrong.code, 1);
+      assert.match(wrong.stderr, /invalid_argument.*resume_seq: must be between 2/);
+      const ok = await runFleetlet(["metering", "accept-gap", "h0", "--aggregator", aggregator!.address, "--ledger-id", pending.pendingLedgerId, "--resume-seq", "1", "--reason", "metering dir lost in test"]);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(ok.stdout, `accepted: host h0 ledger ${pending.pendingLedgerId}: nothing of it given up; following from 1\n`);
+      const lines = agentLedgerLines(agentDir.path);
+      const merged = await until("the new ledger merged", async () => {
+        const rows = (await readAll()).filter((e) => e.ledgerId === pending.pendingLedgerId);
+        return rows.length >= lines.length ? rows : undefined;
+      });
+      assert.deepEqual(
+        merged.map((e) => [Number(e.seq), e.line]),
+        lines.map((l, i) => [i + 1, l]),
+        "the new ledger from seq 1, byte for byte",
+      );
+      const after = (await fleet.listHosts({})).hosts[0]!.metering!;
+      assert.deepEqual([after.ledgerId, after.pendingLedgerId, after.ledgerChanges, after.lastError], [pending.pendingLedgerId, "", before.ledgerChanges + 1, ""]);
+      const db = new Database(join(secondStore.path, METERING_STORE_FILE), { readonly: true });
+      const change = db.prepare("SELECT from_ledger_id AS f, to_ledger_id AS t, reason FROM host_ledger_changes WHERE host = 'h0'").get() as { f: string; t: string; reason: string };
+      db.close();
+      assert.deepEqual(change, { f: before.ledgerId, t: pending.pendingLedgerId, reason: "metering dir lost in test (accepted by local)" });
+    } finally {
+      fleetT.close();
+    }
+  }, 60_000);
 });

@@ -59,6 +59,8 @@ function main(stateDir: string, config: WriterConfig): void {
     const entries = [];
     for (let seq = from; seq <= to; seq++) entries.push({ seq, line: writerLine(host, ledgerId, seq) });
     report({ t: "intent", host, ledgerId, from, to });
+    // A host given a new ledger by the test: accepted first (as an admin would), then merged.
+    if (c && c.ledgerId !== ledgerId) store.acceptLedgerChange(host, ledgerId, 1, "writer: ledger replaced");
     const rows = store.merge(host, ledgerId, entries);
     report({ t: "committed", host, ledgerId, from, to, fleetSeqs: rows.map((r) => r.fleetSeq) });
   }

@@ -11,6 +11,7 @@ import {
   MeteringConflictError,
   MeteringEntryError,
   MeteringGapError,
+  MeteringLedgerChangedError,
   MeteringStore,
   MeteringStoreCorruptError,
   type StoredEntry,
@@ -139,6 +140,7 @@ describe("MeteringStore", () => {
     const store = MeteringStore.open(dir);
     store.merge("h1", "L1", batch(1, 5));
     store.merge("h2", "M1", batch(1, 3));
+    store.acceptLedgerChange("h1", "L2", 1, "test");
     store.merge("h1", "L2", batch(1, 2));
     const entries = allEntries(store);
     const cursors = [store.cursor("h1"), store.cursor("h2")];
@@ -224,34 +226,46 @@ describe("MeteringStore", () => {
     assert.equal(store.merge("h1", "L1", batch(11, 11))[0]!.fleetSeq, 11);
   });
 
-  it("a replaced ledger is recorded and the new one followed from seq 1; old and new never mixed", () => {
+  it("another ledger is refused until an admin accepts the change; then followed from the accepted seq; old and new never mixed", () => {
     const store = openStore(freshDir());
     store.merge("h1", "A", batch(1, 5));
     store.merge("h2", "X", batch(1, 2));
-    assert.throws(() => store.merge("h1", "B", batch(3, 4)), (e: Error) => e instanceof MeteringGapError && /replacing ledger A, the new ledger must start at seq 1/.test(e.message));
-    assert.equal(store.cursor("h1")!.ledgerChanges, 0, "a refused change is not recorded");
+    // Never followed on its own, not even an empty batch or one starting at seq 1.
+    for (const entries of [batch(1, 3), []]) {
+      assert.throws(
+        () => store.merge("h1", "B", entries),
+        (e: Error) => e instanceof MeteringLedgerChangedError && /followed at ledger A \(merged up to seq 5\) but reports ledger B: nothing of it is merged until an admin accepts/.test(e.message),
+      );
+    }
+    assert.deepEqual({ ...store.cursor("h1")!, updatedAtMs: 0 }, { host: "h1", ledgerId: "A", seq: 5, ledgerChanges: 0, updatedAtMs: 0 }, "a refused change changes nothing");
+    assert.equal(store.lastFleetSeq(), 7);
+    assert.throws(() => store.acceptLedgerChange("h1", "A", 1, "x"), /already followed at ledger A/);
+    assert.throws(() => store.acceptLedgerChange("h9", "B", 1, "x"), /no metering cursor yet/);
+    assert.throws(() => store.acceptLedgerChange("h1", "B", 0, "x"), RangeError);
 
+    const accepted = store.acceptLedgerChange("h1", "B", 1, "disk replaced (accepted by alice)", 1234);
+    assert.deepEqual(accepted, { change: { host: "h1", fromLedgerId: "A", fromSeq: 5, toLedgerId: "B", changedAtMs: 1234, reason: "disk replaced (accepted by alice)" } });
+    assert.throws(() => store.merge("h1", "B", batch(3, 4)), (e: Error) => e instanceof MeteringGapError && /must start at seq 1/.test(e.message));
     const rows = store.merge("h1", "B", batch(1, 3));
     assert.deepEqual(rows.map((r) => [r.fleetSeq, r.ledgerId, r.seq]), [[8, "B", 1], [9, "B", 2], [10, "B", 3]]);
     assert.deepEqual({ ...store.cursor("h1")!, updatedAtMs: 0 }, { host: "h1", ledgerId: "B", seq: 3, ledgerChanges: 1, updatedAtMs: 0 });
-    assert.deepEqual(
-      store.ledgerChanges("h1").map((c) => [c.fromLedgerId, c.fromSeq, c.toLedgerId]),
-      [["A", 5, "B"]],
-    );
+    assert.deepEqual(store.ledgerChanges("h1").map((c) => [c.fromLedgerId, c.fromSeq, c.toLedgerId, c.reason]), [["A", 5, "B", "disk replaced (accepted by alice)"]]);
     assert.deepEqual(store.entriesOf("h1", "A").map((r) => r.seq), [1, 2, 3, 4, 5]);
     assert.deepEqual(store.entriesOf("h1", "B").map((r) => r.seq), [1, 2, 3]);
     assert.deepEqual(store.entriesOf("h1").map((r) => `${r.ledgerId}${r.seq}`), ["A1", "A2", "A3", "A4", "A5", "B1", "B2", "B3"]);
 
     assert.throws(() => store.merge("h1", "A", batch(6, 7)), MeteringConflictError, "no going back to a replaced ledger");
     assert.throws(() => store.merge("h1", "A", batch(1, 1)), MeteringConflictError, "not even as a redelivery");
+    assert.throws(() => store.acceptLedgerChange("h1", "A", 6, "x"), /followed before/, "nor by acceptance");
     assert.deepEqual(store.merge("h1", "B", batch(4, 4)).map((r) => r.seq), [4]);
 
-    // An empty batch of another ledger records the change alone: the follower learnt of a new
-    // ledger that has no entries yet.
-    assert.deepEqual(store.merge("h1", "C", []), []);
-    assert.deepEqual({ ...store.cursor("h1")!, updatedAtMs: 0 }, { host: "h1", ledgerId: "C", seq: 0, ledgerChanges: 2, updatedAtMs: 0 });
-    assert.throws(() => store.merge("h1", "C", batch(2, 2)), MeteringGapError);
-    assert.equal(store.merge("h1", "C", batch(1, 1))[0]!.ledgerId, "C");
+    // Accepted at a later seq (the new ledger already dropped its start): a gap on record too.
+    const later = store.acceptLedgerChange("h1", "C", 3, "late", 99);
+    assert.deepEqual(later.gap, { host: "h1", ledgerId: "C", afterSeq: 0, resumeSeq: 3, acceptedAtMs: 99, reason: "late" });
+    assert.deepEqual({ ...store.cursor("h1")!, updatedAtMs: 0 }, { host: "h1", ledgerId: "C", seq: 2, ledgerChanges: 2, updatedAtMs: 0 });
+    assert.deepEqual(store.acceptedGaps("h1").map((g) => [g.ledgerId, g.afterSeq, g.resumeSeq]), [["C", 0, 3]]);
+    assert.throws(() => store.merge("h1", "C", batch(1, 1)), MeteringConflictError, "inside the accepted gap");
+    assert.equal(store.merge("h1", "C", batch(3, 3))[0]!.ledgerId, "C");
     assert.deepEqual(store.cursor("h2")!.ledgerChanges, 0, "other hosts untouched");
     allEntries(store);
   });
@@ -417,7 +431,8 @@ describe("MeteringStore", () => {
             continue;
           }
           assert.ok(cursor, `${host}: cursor present`);
-          const inFlightHere = inFlight?.host === host && inFlight.ledgerId === cursor.ledgerId && cursor.seq === inFlight.to;
+          // The in-flight batch committed, or (a new ledger) only its acceptance did: cursor at seq 0.
+          const inFlightHere = inFlight?.host === host && inFlight.ledgerId === cursor.ledgerId && (cursor.seq === inFlight.to || (cursor.seq === 0 && last.ledgerId !== cursor.ledgerId));
           if (!inFlightHere) assert.deepEqual([cursor.ledgerId, cursor.seq], [last.ledgerId, last.to], `${host}: cursor = last committed batch`);
           // Every ledger of the host: seq 1..max, each exactly once, in fleet order.
           const byLedger = new Map<string, number[]>();
