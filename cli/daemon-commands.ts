@@ -91,7 +91,8 @@ function addListenerLimitOptions(cmd: Command, prefix: "AGENT" | "AGGREGATOR"): 
     .addOption(configurable(prefix, "--max-connection-age-grace <duration>", "calls still open this long after --max-connection-age are cut (watches resume)").default(d.maxConnectionAgeGraceMs, "1h").argParser(parse.durationMs))
     .addOption(configurable(prefix, "--max-session-memory <MiB>", "HTTP/2 memory per connection past which new streams are refused").default(d.maxSessionMemoryMiB).argParser(parse.positiveInt))
     .addOption(configurable(prefix, "--max-watch-streams <n>", "streaming calls (watches) open at once on this daemon (RESOURCE_EXHAUSTED past it)").default(d.maxStreams).argParser(parse.positiveInt))
-    .addOption(configurable(prefix, "--max-watch-streams-per-peer <n>", "streaming calls one client address may have open at once").default(d.maxStreamsPerPeer).argParser(parse.positiveInt));
+    .addOption(configurable(prefix, "--max-watch-streams-per-peer <n>", "streaming calls one client (its identity; its address with no credentials configured) may have open at once").default(d.maxStreamsPerPeer).argParser(parse.positiveInt))
+    .addOption(configurable(prefix, "--max-mutating-calls-per-second <n>", "state-changing calls one identity (token or certificate) may make per second, bursts of twice that; 0: no limit").default(d.maxMutatingCallsPerSecond).argParser(parse.nonNegativeInt));
 }
 
 type ListenerLimitFlags = {
@@ -104,6 +105,7 @@ type ListenerLimitFlags = {
   maxSessionMemory: number;
   maxWatchStreams: number;
   maxWatchStreamsPerPeer: number;
+  maxMutatingCallsPerSecond: number;
 };
 
 function listenerLimits(o: ListenerLimitFlags): ListenerLimits {
@@ -117,6 +119,7 @@ function listenerLimits(o: ListenerLimitFlags): ListenerLimits {
     maxSessionMemoryMiB: o.maxSessionMemory,
     maxStreams: o.maxWatchStreams,
     maxStreamsPerPeer: o.maxWatchStreamsPerPeer,
+    maxMutatingCallsPerSecond: o.maxMutatingCallsPerSecond,
   };
 }
 

@@ -12,6 +12,7 @@ import type { Logger } from "./logger.js";
 import type { StreamLimits } from "./stream-budget.js";
 import { StreamSlots } from "./stream-slots.js";
 import { DEFAULT_LISTENER_LIMITS, type ListenerLimits } from "./listener-limits.js";
+import { MutatingRateLimit } from "./authz/mutating-rate-limit.js";
 
 export { DEFAULT_LISTENER_LIMITS, type ListenerLimits };
 import type { ListenAddress } from "../listen-address.js";
@@ -104,7 +105,11 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     "grpc.keepalive_time_ms": 60_000,
     "grpc.keepalive_permit_without_calls": 1,
   });
-  const authorize = createAuthorizer({ resolvers: options.identify ?? [], logger: options.logger });
+  const authorize = createAuthorizer({
+    resolvers: options.identify ?? [],
+    logger: options.logger,
+    mutatingRateLimit: limits.maxMutatingCallsPerSecond > 0 ? new MutatingRateLimit(limits.maxMutatingCallsPerSecond) : undefined,
+  });
   const quietMethods = new Set([`/${Health.typeName}/Check`, `/${Health.typeName}/Watch`]);
   for (const registration of all) {
     const { definition, handlers } = adaptService(registration, {

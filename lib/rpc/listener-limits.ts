@@ -19,6 +19,11 @@ export interface ListenerLimits extends StreamSlotLimits {
   maxConnectionAgeGraceMs: number;
   /** HTTP/2 memory per connection (MiB) past which new streams are refused (ENHANCE_YOUR_CALM). */
   maxSessionMemoryMiB: number;
+  /**
+   * State-changing calls (operator/admin/aggregator methods) one authenticated identity may make
+   * per second, with bursts of twice that; RESOURCE_EXHAUSTED past it. 0: no limit.
+   */
+  maxMutatingCallsPerSecond: number;
 }
 
 export const DEFAULT_LISTENER_LIMITS: ListenerLimits = {
@@ -32,5 +37,9 @@ export const DEFAULT_LISTENER_LIMITS: ListenerLimits = {
   maxConnectionAgeMs: 24 * 3_600_000,
   maxConnectionAgeGraceMs: 3_600_000,
   maxSessionMemoryMiB: 64,
+  // The agent answers a few thousand registrations a second (bench/agent-rpc): one identity may
+  // use a tenth of that, so a runaway script or a stolen token leaves room for everyone else,
+  // while a control plane registering 10,000 instances at boot takes 20 s.
+  maxMutatingCallsPerSecond: 500,
   ...DEFAULT_STREAM_SLOT_LIMITS,
 };

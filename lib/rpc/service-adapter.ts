@@ -24,6 +24,7 @@ import type { Logger } from "./logger.js";
 import { BudgetedStreamWriter, DEFAULT_STREAM_LIMITS, type StreamLimits } from "./stream-budget.js";
 import { codeName, headersToMetadata, metadataToHeaders, toGrpcStatus } from "./status-codes.js";
 import type { StreamSlots } from "./stream-slots.js";
+import { CALLER_IDENTITY, limitKey } from "./authz/identity.js";
 import { CALLER_TRANSPORT, transportSecurityOf, type CallTransportSecurity } from "./tls-peer-identity.js";
 
 /** The reason a call's signal is aborted with when it completed normally (audit tells it from an error). */
@@ -253,7 +254,7 @@ function makeHandler(
       try {
         intercept();
         // A streaming call holds buffers and a subscription for as long as it lasts: capped.
-        releaseSlot = options.streamSlots?.acquire(peer);
+        releaseSlot = options.streamSlots?.acquire(limitKey(context.values.get(CALLER_IDENTITY), peer));
         const writer = new BudgetedStreamWriter(call, options.streamLimits ?? DEFAULT_STREAM_LIMITS, context.signal);
         await pump((fn as AnyStreamImpl)(requestOf(any), context), writer, method, context, sendHeader);
         const trailer = headersToMetadata(context.responseTrailer);

@@ -3,12 +3,13 @@ import { Code, ConnectError } from "@connectrpc/connect";
 /**
  * Caps on open streaming calls (security.md "Limits"). Each open watch holds buffers, a
  * subscription and an HTTP/2 stream (~70 KiB measured), so without a cap 3,030 idle watches
- * took an agent from 114 MB to 328 MB. Until client identities exist, a peer is its IP address.
+ * took an agent from 114 MB to 328 MB. A client is its identity (token or certificate), or its
+ * address when the daemon has no credentials configured (identity.ts limitKey).
  */
 export interface StreamSlotLimits {
   /** Streaming calls open at once on this listener, all peers together. */
   maxStreams: number;
-  /** Streaming calls one peer (client IP) may have open at once. */
+  /** Streaming calls one client (identity, else address) may have open at once. */
   maxStreamsPerPeer: number;
 }
 
@@ -24,13 +25,13 @@ export class StreamSlots {
 
   constructor(private readonly limits: StreamSlotLimits = DEFAULT_STREAM_SLOT_LIMITS) {}
 
-  acquire(peer: string): () => void {
-    const key = peerAddress(peer);
+  /** `key`: the client's limitKey (an identity, or an address with no credentials configured). */
+  acquire(key: string): () => void {
     const held = this.perPeer.get(key) ?? 0;
     // The per-peer check first: a peer over its share learns about its own limit, not the global one.
     if (held >= this.limits.maxStreamsPerPeer) {
       throw new ConnectError(
-        `too many open streams from ${key}: at most ${this.limits.maxStreamsPerPeer} per client (--max-watch-streams-per-peer)`,
+        `too many open streams for ${key}: at most ${this.limits.maxStreamsPerPeer} per client (--max-watch-streams-per-peer)`,
         Code.ResourceExhausted,
       );
     }

@@ -4,7 +4,8 @@ import type { Logger } from "../logger.js";
 import type { CallTransportSecurity } from "../tls-peer-identity.js";
 import { CALL_COMPLETED, CALL_REQUEST, type CallInterceptor } from "../service-adapter.js";
 import { codeName } from "../status-codes.js";
-import { CALLER_IDENTITY, type Identity, LOCAL_ADMIN, ON_BEHALF_OF_HEADER } from "./identity.js";
+import { CALLER_IDENTITY, type Identity, LOCAL_ADMIN, limitKey, ON_BEHALF_OF_HEADER } from "./identity.js";
+import type { MutatingRateLimit } from "./mutating-rate-limit.js";
 import { isMutatingRole, isRole, requiredRole, roleIncludes } from "./role-table.js";
 import type { TokensFile } from "./tokens-file.js";
 
@@ -23,6 +24,8 @@ export interface AuthorizerOptions {
   resolvers: IdentityResolver[];
   /** Where audit lines go (pino, `"audit":true`). */
   logger: Logger;
+  /** Mutating calls per second per authenticated identity (--max-mutating-calls-per-second); none: unlimited. */
+  mutatingRateLimit?: MutatingRateLimit;
 }
 
 /** Bearer tokens (`authorization: Bearer <token>`) checked against the tokens file. */
@@ -91,7 +94,7 @@ export function auditTargets(request: unknown): Record<string, string> {
  * of an operator/admin method write one audit line.
  */
 export function createAuthorizer(options: AuthorizerOptions): CallInterceptor {
-  const { logger, resolvers } = options;
+  const { logger, resolvers, mutatingRateLimit } = options;
   const audit = (fields: Record<string, unknown>) => logger.info({ audit: true, ...fields }, "audit");
   return (method: DescMethod, context: HandlerContext, peer: string, transport: CallTransportSecurity) => {
     const path = `/${method.parent.typeName}/${method.name}`;
@@ -130,6 +133,14 @@ export function createAuthorizer(options: AuthorizerOptions): CallInterceptor {
       // "local" (no credentials configured, loopback only) may call every method in the table,
       // the aggregator's acknowledgements included: `fleetlet up` needs no set-up.
       refuse(new ConnectError(`${path} needs role ${needed}; ${caller.name} has role ${caller.role}`, Code.PermissionDenied), caller);
+    }
+    // "local" is every caller of a daemon with no credentials configured (loopback development):
+    // one identity for all, so it is not rate limited (per address it would be one user anyway).
+    if (mutatingRateLimit && needed !== undefined && isMutatingRole(needed) && caller.via !== "local" && !mutatingRateLimit.take(limitKey(caller, peer))) {
+      refuse(
+        new ConnectError(`${caller.name} made more than ${mutatingRateLimit.perSecond} state-changing calls per second (--max-mutating-calls-per-second); retry later`, Code.ResourceExhausted),
+        caller,
+      );
     }
     context.values.set(CALLER_IDENTITY, caller);
     if (needed !== undefined && isMutatingRole(needed)) {

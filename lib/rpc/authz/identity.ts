@@ -1,4 +1,5 @@
 import { createContextKey } from "@connectrpc/connect";
+import { peerAddress } from "../stream-slots.js";
 import type { Role } from "./role-table.js";
 
 /**
@@ -27,4 +28,13 @@ export const ON_BEHALF_OF_HEADER = "x-fleetlet-on-behalf-of";
 /** "alice" or "aggregator (for alice)" — how logs and stored records name a caller. */
 export function describeCaller(identity: Identity, onBehalfOf?: string): string {
   return onBehalfOf ? `${identity.name} (for ${onBehalfOf})` : identity.name;
+}
+
+/**
+ * Whose share a call counts against for per-client limits (open streams, mutating-call rate): an
+ * authenticated caller by identity, wherever it connects from (many addresses do not buy more);
+ * with no credentials configured ("local"), by the client's address, the only thing known.
+ */
+export function limitKey(identity: Identity | undefined, peer: string): string {
+  return identity && identity.via !== "local" ? `${identity.via} ${identity.name}` : peerAddress(peer);
 }
