@@ -139,7 +139,11 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     // Watch ticks and scrapes share recent sweeps too: many streams opening at once, or a
     // scrape next to a watch, cost one pass over /proc, not one each.
     const sampler = new SharedSampler((ids) => collector.recentSweep(SAMPLER_SHARE_MS, ids));
-    const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen);
+    const metrics = await startDaemonMetrics("fleetlet-agent", options.metricsListen, {
+      tls: options.tls,
+      insecure: options.insecure,
+      warn: (message) => logger.warn({ metrics_listen: options.metricsListen?.grpcTarget }, message),
+    });
     registerVmInstruments(metrics, () => collector.recentSweep(options.statsMaxAgeMs ?? 0), options.metricsLabelBudget, logger);
     if (ledger) registerMeteringInstruments(metrics.meter, ledger, registry);
     registerMeteringEnabledGauge(metrics.meter, ledger !== undefined);

@@ -82,7 +82,11 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
       digestIntervalMs: options.inventory?.digestIntervalMs ?? 60_000,
       dropEventOf: options.inventory?.dropEventOf,
     });
-    const metrics = await startDaemonMetrics("fleetlet-aggregator", options.metricsListen);
+    const metrics = await startDaemonMetrics("fleetlet-aggregator", options.metricsListen, {
+      tls: options.tls,
+      insecure: options.insecure,
+      warn: (message) => logger.warn({ metrics_listen: options.metricsListen?.grpcTarget }, message),
+    });
     const applied = metrics.meter.createObservableCounter("fleetlet_aggregator_inventory_changes_applied", { description: "Watched instance changes applied to the merged inventory" });
     applied.addCallback((result) => result.observe(inventory.applied));
     const relists = metrics.meter.createObservableCounter("fleetlet_aggregator_inventory_relists", { description: "Host relists (first load, expired cursor, new incarnation, digest mismatch)" });

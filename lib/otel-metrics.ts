@@ -6,6 +6,9 @@ import type { ListenAddress } from "./listen-address.js";
 import { errorMessage } from "./error-message.js";
 import { type DaemonTracing, startDaemonTracing } from "./otel-tracing.js";
 import { otlpMetricsConfig } from "./otlp-env.js";
+import { isLoopbackHost, plaintextBindProblem } from "./rpc/tls-plaintext-bind.js";
+import type { TlsFiles } from "./rpc/tls-credentials.js";
+import { createReloadingHttpsServer } from "./rpc/tls-https-server.js";
 
 /**
  * Series written straight in the Prometheus text format, produced fresh at each scrape.
@@ -36,7 +39,24 @@ const FLUSH_ON_SHUTDOWN_MS = 2000;
  * OTLP traces endpoint starts the daemon's tracer (otel-tracing.ts). With neither the endpoint
  * nor OTLP metrics the instruments are no-ops (and cost nothing).
  */
-export async function startDaemonMetrics(serviceName: string, listen: ListenAddress | undefined): Promise<DaemonMetrics> {
+export interface MetricsEndpointSecurity {
+  /** The daemon's --tls-cert/--tls-key/--tls-ca: the endpoint serves HTTPS with them when off loopback. */
+  tls?: TlsFiles;
+  /** --insecure: plaintext off loopback allowed (with a warning). */
+  insecure?: boolean;
+  /** Warnings: plaintext off loopback, rejected certificate files on reload. */
+  warn?: (message: string) => void;
+}
+
+export async function startDaemonMetrics(serviceName: string, listen: ListenAddress | undefined, security: MetricsEndpointSecurity = {}): Promise<DaemonMetrics> {
+  // security.md "Prometheus endpoints stay on loopback by default; serving them off-box needs TLS
+  // too (or an explicit flag)": refused before anything is started.
+  const https = listen !== undefined && !isLoopbackHost(listen.host) && security.tls?.certFile !== undefined;
+  if (listen && !https) {
+    const bind = plaintextBindProblem(listen, "--metrics-listen", security.insecure ?? false);
+    if (bind.refuse) throw new Error(bind.refuse.replace("give --tls-cert and --tls-key", "give --tls-cert and --tls-key (the endpoint then serves HTTPS)").replace("plaintext gRPC", "plaintext metrics"));
+    if (bind.warn) security.warn?.(bind.warn.replace("PLAINTEXT gRPC", "PLAINTEXT metrics"));
+  }
   // process.env, not a parameter: the exporters read their other OTEL_ variables from it too.
   const otlp = otlpMetricsConfig(process.env);
   const tracing = await startDaemonTracing(serviceName);
@@ -53,16 +73,17 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
   });
   const meter = provider.getMeter("fleetlet");
   let server: http.Server | undefined;
+  let stopTls: (() => void) | undefined;
   let url: string | undefined;
   if (listen && exporter && prometheus) {
     try {
-      server = await servePrometheus(listen, exporter, new prometheus.PrometheusSerializer(), () => exposition?.() ?? "");
+      ({ server, stopTls } = await servePrometheus(listen, exporter, new prometheus.PrometheusSerializer(), () => exposition?.() ?? "", https ? security : undefined));
     } catch (e) {
       // The daemon will not start: stop the OTLP timers it would otherwise keep alive.
       await Promise.all([provider.shutdown({ timeoutMillis: 0 }).catch(() => {}), tracing.shutdown()]);
       throw e;
     }
-    url = `http://${listen.hostForClients}:${(server.address() as { port: number }).port}/metrics`;
+    url = `${https ? "https" : "http"}://${listen.hostForClients}:${(server!.address() as { port: number }).port}/metrics`;
   }
 
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
@@ -92,6 +113,7 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
     },
     async shutdown() {
       loopDelay.disable();
+      stopTls?.();
       if (server) {
         const s = server;
         await new Promise<void>((resolve) => s.close(() => resolve()));
@@ -122,8 +144,9 @@ async function servePrometheus(
   exporter: PrometheusExporter,
   serializer: PrometheusSerializer,
   exposition: () => string,
-): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
+  tls: MetricsEndpointSecurity | undefined,
+): Promise<{ server: http.Server; stopTls?: () => void }> {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
       res.writeHead(404).end("not found: GET /metrics\n");
       return;
@@ -138,12 +161,19 @@ async function servePrometheus(
         res.writeHead(500).end(`# collection failed: ${errorMessage(e)}\n`);
       }
     })();
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(listen.port, listen.host, () => resolve());
-  });
-  return server;
+  };
+  const secured = tls?.tls ? createReloadingHttpsServer(tls.tls, handler, (problem) => tls.warn?.(`metrics endpoint: ${problem}`)) : undefined;
+  const server: http.Server = secured ? (secured.server as unknown as http.Server) : http.createServer(handler);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(listen.port, listen.host, () => resolve());
+    });
+  } catch (e) {
+    secured?.stop();
+    throw e;
+  }
+  return { server, stopTls: secured?.stop };
 }
 
 /** Escapes a label value for the Prometheus text format. */

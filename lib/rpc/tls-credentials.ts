@@ -70,6 +70,16 @@ export class CheckedCertificateFiles implements CertificateProvider {
     return this.identity !== null;
   }
 
+  /** The last good certificate and key (null without certFile). */
+  get currentIdentity(): IdentityUpdate | null {
+    return this.identity;
+  }
+
+  /** The last good CA (null without caFile). */
+  get currentCa(): CaUpdate | null {
+    return this.ca;
+  }
+
   get hasCa(): boolean {
     return this.ca !== null;
   }

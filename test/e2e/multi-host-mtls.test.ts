@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes, X509Certificate } from "node:crypto";
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -40,6 +41,7 @@ const HOSTS = [1, 2, 3].map((i) => ({
 }));
 const PORT = 7701;
 const IMPOSTOR_PORT = 7702;
+const METRICS_PORT = 9464;
 const TOKENS = { admin: "tok-admin-multi-host", unknown: "tok-nobody-knows" };
 
 const dir = tempDir("multi-host-mtls");
@@ -84,17 +86,17 @@ beforeAll(async () => {
   issueClientCertificateWithoutRole(d("ca"), d("users"), "nobody");
   writeFileSync(d("tokens"), `root admin ${hashToken(TOKENS.admin)}\n`, { mode: 0o600 });
 
-  const common = ["--metrics-listen", "off", "--runtime", "none", "--standby", "off"];
+  const common = ["--runtime", "none", "--standby", "off"];
   for (const h of HOSTS) {
     agents.push(
-      await startDaemon(["agent", "--listen", `${h.ip}:${PORT}`, ...serverTls(h.name), "--tokens-file", d("tokens"), "--state-dir", d(`state-${h.name}`), ...common], 20_000, undefined, {
+      await startDaemon(["agent", "--listen", `${h.ip}:${PORT}`, ...serverTls(h.name), "--tokens-file", d("tokens"), "--state-dir", d(`state-${h.name}`), ...common, "--metrics-listen", `${h.ip}:${METRICS_PORT}`], 20_000, undefined, {
         wrap: ["ip", "netns", "exec", h.ns],
       }),
     );
   }
   // Host 1's certificate and key, stolen and served from host 3's namespace.
   const h3 = HOSTS[2]!;
-  impostor = await startDaemon(["agent", "--listen", `${h3.ip}:${IMPOSTOR_PORT}`, ...serverTls("h1"), "--state-dir", d("state-impostor"), ...common], 20_000, undefined, {
+  impostor = await startDaemon(["agent", "--listen", `${h3.ip}:${IMPOSTOR_PORT}`, ...serverTls("h1"), "--state-dir", d("state-impostor"), ...common, "--metrics-listen", "off"], 20_000, undefined, {
     wrap: ["ip", "netns", "exec", h3.ns],
   });
   aggregator = await startDaemon([
@@ -314,4 +316,39 @@ describe.skipIf(skip)("three agents in network namespaces, the aggregator in the
       HOSTS.map(() => ConnectionState.READY),
     );
   }, 60_000);
+
+  it("the Prometheus endpoint off loopback serves HTTPS with the agent's certificate and asks for a client certificate", async () => {
+    const h1 = HOSTS[0]!;
+    const get = (files: { cert?: string; key?: string }) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = httpsRequest(
+          {
+            host: h1.ip,
+            port: METRICS_PORT,
+            path: "/metrics",
+            ca: readFileSync(d("ca", "ca.crt")),
+            ...(files.cert ? { cert: readFileSync(files.cert), key: readFileSync(files.key!) } : {}),
+            timeout: 10_000,
+          },
+          (res) => {
+            let body = "";
+            res.setEncoding("utf8");
+            res.on("data", (c: string) => (body += c));
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+          },
+        );
+        req.on("error", reject);
+        req.end();
+      });
+    const scraped = await get({ cert: d("users", "alice.crt"), key: d("users", "alice.key") });
+    assert.equal(scraped.status, 200);
+    assert.match(scraped.body, /^fleetlet_event_loop_delay_p99_seconds/m);
+    await assert.rejects(get({}), "no client certificate: refused in the handshake");
+    // Plain HTTP to the same port is not answered with metrics.
+    const plain = await fetch(`http://${h1.ip}:${METRICS_PORT}/metrics`, { signal: AbortSignal.timeout(5000) }).then(
+      (r) => r.status,
+      () => "refused",
+    );
+    assert.notEqual(plain, 200);
+  });
 });

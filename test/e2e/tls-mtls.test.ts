@@ -199,6 +199,11 @@ describe("mTLS between the aggregator and agents", () => {
       const fromConfig = await runFleetlet(["agent", "--listen", "0.0.0.0:0", "--state-dir", state.path, "--metrics-listen", "off", "--runtime", "none", "--config", join(state.path, "config.json")]);
       assert.equal(fromConfig.code, 2, fromConfig.stderr);
       assert.match(fromConfig.stderr, /is not a loopback address/);
+      // The Prometheus endpoint too: off loopback it needs the TLS files (then HTTPS) or --insecure.
+      const metrics = await runFleetlet(["agent", "--listen", "127.0.0.1:0", "--state-dir", state.path, "--metrics-listen", "0.0.0.0:0", "--runtime", "none"]);
+      assert.equal(metrics.code, 2, metrics.stderr);
+      assert.match(metrics.stderr, /^fleetlet agent: --metrics-listen 0\.0\.0\.0:0 is not a loopback address: give --tls-cert and --tls-key \(the endpoint then serves HTTPS\)/);
+      assert.equal(metrics.stderr.trim().split("\n").length, 1);
     } finally {
       state.remove();
     }
