@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { base64Decode } from "@bufbuild/protobuf/wire";
@@ -22,6 +22,7 @@ import { parseHostPort } from "../../lib/listen-address.js";
 import { createLogger } from "../../lib/rpc/logger.js";
 import { mustRunInCi } from "../helpers/root.js";
 import { repoPath } from "../helpers/paths.js";
+import { pythonGrpcCall, pythonGrpcSkipReason, type PythonResult } from "../helpers/python-grpc.js";
 import { createEchoProbe, createEchoService } from "../lib/rpc/echo-service.js";
 
 // Clients that are not ours check what our gRPC server puts on the wire: error details in
@@ -30,8 +31,6 @@ import { createEchoProbe, createEchoService } from "../lib/rpc/echo-service.js";
 // grpc-js, our Connect transport, the buf CLI (Go, connect-go) and Python's grpcio (C core).
 
 const BUF = repoPath("node_modules", ".bin", "buf");
-// Debian's python3-grpcio is for Debian's interpreter, not whichever python3 is first on PATH.
-const PYTHON = "/usr/bin/python3";
 const SERVICE = "fleetlet.testing.v1.EchoService";
 const SERVICES = [
   SERVICE,
@@ -40,68 +39,11 @@ const SERVICES = [
   "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-function pythonSkipReason(): string | false {
-  try {
-    execFileSync(PYTHON, ["-c", "import grpc"], { stdio: "ignore" });
-    return false;
-  } catch {
-    return `needs Debian's python3-grpcio for ${PYTHON} (apt-get install python3-grpcio; scripts/setup.sh installs it)`;
-  }
-}
-const pythonSkip = mustRunInCi(pythonSkipReason());
+const pythonSkip = mustRunInCi(pythonGrpcSkipReason());
 
-/**
- * A gRPC client in Python with no generated code: grpcio's generic methods carry bytes (no
- * serializers), requests and responses cross as hex. Prints one line per response message, then
- * `status <CODE> <details>` and each binary trailer as `trailer <key> <hex>`.
- */
-const PYTHON_CLIENT = `
-import sys, grpc
-target, kind, method, *requests = sys.argv[1:]
-channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
-payloads = [bytes.fromhex(r) for r in requests]
-def report(code, details, trailers):
-    print("status", code.name, details)
-    for key, value in trailers or ():
-        if key.endswith("-bin"):
-            print("trailer", key, value.hex())
-try:
-    if kind == "unary":
-        response, call = channel.unary_unary(method).with_call(payloads[0], timeout=10)
-        print("message", response.hex())
-    else:
-        call = channel.stream_stream(method)(iter(payloads), timeout=10)
-        for response in call:
-            print("message", response.hex())
-    report(call.code(), call.details(), call.trailing_metadata())
-except grpc.RpcError as e:
-    report(e.code(), e.details(), e.trailing_metadata())
-`;
-
-interface PythonResult {
-  messages: Uint8Array[];
-  status: string;
-  binaryTrailers: Map<string, Uint8Array>;
-}
-
+/** A call from Python's grpcio (test/helpers/python-grpc.ts), plaintext to the server here. */
 function python(kind: "unary" | "stream", method: string, requests: Uint8Array[]): Promise<PythonResult> {
-  const args = ["-c", PYTHON_CLIENT, server.address, kind, method, ...requests.map((r) => Buffer.from(r).toString("hex"))];
-  return new Promise((res, rej) => {
-    execFile(PYTHON, args, { timeout: 30_000 }, (err, stdout, stderr) => {
-      if (err) {
-        rej(new Error(`python client failed: ${err.message}\n${stderr}`));
-        return;
-      }
-      const out: PythonResult = { messages: [], status: "", binaryTrailers: new Map() };
-      for (const line of stdout.trim().split("\n")) {
-        const [what, first = "", ...rest] = line.split(" ");
-        if (what === "message") out.messages.push(Buffer.from(first, "hex"));
-        else if (what === "status") out.status = [first, ...rest].join(" ");
-        else if (what === "trailer") out.binaryTrailers.set(first, Buffer.from(rest[0] ?? "", "hex"));
-      }
-      res(out);
-    });
-  });
+  return pythonGrpcCall(server.address, kind, method, requests);
 }
 
 function bufCurl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
