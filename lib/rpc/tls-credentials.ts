@@ -192,8 +192,21 @@ export function serverTlsCredentials(files: TlsFiles, onRejected?: (problem: str
   // (identity, ca), so the providers go in swapped to arrive where they belong; the e2e test
   // (test/e2e/tls-mtls.test.ts) fails if a grpc-js upgrade fixes that. A null CA provider means
   // no client certificate is asked for; the typing does not say grpc-js takes one.
-  return grpc.experimental.createCertificateProviderServerCredentials(identity, ca as CertificateProvider, ca !== null);
+  const credentials = grpc.experimental.createCertificateProviderServerCredentials(identity, ca as CertificateProvider, ca !== null);
+  // grpc-js hands these to http2.createSecureServer, whose TLS handshake timeout is Node's 120 s
+  // default: a connection that never finishes its ClientHello held a file descriptor for two
+  // minutes, so a few thousand of them (no identity needed) kept every new client out
+  // (test/e2e/tls-clients-fuzz.test.ts). A real handshake takes milliseconds.
+  const constructorOptions = credentials._getConstructorOptions.bind(credentials);
+  credentials._getConstructorOptions = () => {
+    const options = constructorOptions();
+    return options && { ...options, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS };
+  };
+  return credentials;
 }
+
+/** How long a client may take to complete the TLS handshake before its connection is dropped. */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /**
  * A client's credentials: the server's certificate is verified against the CA file and the host

@@ -1,6 +1,6 @@
 import * as https from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { CheckedCertificateFiles, type TlsFiles } from "./tls-credentials.js";
+import { CheckedCertificateFiles, TLS_HANDSHAKE_TIMEOUT_MS, type TlsFiles } from "./tls-credentials.js";
 
 /**
  * An HTTPS server (the Prometheus endpoint off loopback) with the daemon's --tls-* files: the
@@ -21,7 +21,7 @@ export function createReloadingHttpsServer(
     return { cert: identity.certificate, key: identity.privateKey, ...(ca ? { ca: ca.caCertificate } : {}) };
   };
   const requireClientCertificate = files.caFile !== undefined;
-  const server = https.createServer({ ...context(), minVersion: "TLSv1.2", requestCert: requireClientCertificate, rejectUnauthorized: requireClientCertificate }, handler);
+  const server = https.createServer({ ...context(), minVersion: "TLSv1.2", handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS, requestCert: requireClientCertificate, rejectUnauthorized: requireClientCertificate }, handler);
   // Whichever file changed, the whole context is rebuilt from the last good pair and CA.
   const update = () => server.setSecureContext(context());
   checked.addIdentityCertificateListener(update);
