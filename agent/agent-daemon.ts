@@ -1,4 +1,4 @@
-import { InventoryService } from "../gen/fleetlet/agent/v1/inventory_pb.js";
+import { InstanceSource, InventoryService } from "../gen/fleetlet/agent/v1/inventory_pb.js";
 import { MetricsService } from "../gen/fleetlet/agent/v1/metrics_pb.js";
 import type { ListenAddress } from "../lib/listen-address.js";
 import { createLogger, type Logger } from "../lib/rpc/logger.js";
@@ -134,6 +134,8 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     // Which processes may be instances, checked at registration and before every driver acts.
     const pidPolicy = { procRoot: roots.proc, allowedUids: options.allowedUids, allowedCgroups: options.allowedCgroups };
     const processGroups = new ProcessGroupRecord();
+    // Registered instances only: discovered and runtime ones are never signalled as a group.
+    processGroups.restore(registry.list().filter((i) => i.source === InstanceSource.REGISTERED || i.source === InstanceSource.UNSPECIFIED), roots.proc);
     const validation = { tapPrefix: options.tapPrefix, standbyPolicyLimits: policyLimits, pidPolicy, processGroups };
     const discovery = options.discover ? startDiscovery(registry, logger, validation, roots.proc) : undefined;
     // Watch ticks and scrapes share recent sweeps too: many streams opening at once, or a

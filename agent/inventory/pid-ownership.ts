@@ -178,12 +178,26 @@ export class PidGone extends Error {
 
 /**
  * Which instances' pids registration saw lead their own process group, with the start time it
- * saw: the signal driver signals a group only for these. Kept in memory: after an agent restart
- * an instance's group is not recorded until it is registered again, so only its pid is signalled
- * (the safe side; documented in docs/operations.md "Security").
+ * saw: the signal driver signals a group only for these. Kept in memory and rebuilt when the
+ * agent starts (`restore`): an instance whose recorded process, by its start time, still leads
+ * its own group is recorded again. That group can only hold processes the instance's own
+ * process or its descendants put there (setpgid moves only oneself or one's children, within
+ * one session), so it is the instance's own process tree, as at registration. Without the
+ * rebuild a restarted agent stopped the parent and left its workers running.
  */
 export class ProcessGroupRecord {
   private readonly leaders = new Map<string, { pid: number; startTime: bigint }>();
+
+  /** At start: every instance with a recorded pid and start time, checked against /proc now. */
+  restore(instances: Iterable<{ id: string; pid?: number; pidStartTime?: bigint }>, procRoot: string): number {
+    let restored = 0;
+    for (const i of instances) {
+      if (i.pid === undefined || i.pidStartTime === undefined) continue;
+      this.note(i.id, i.pid, i.pidStartTime, readProcessFacts(procRoot, i.pid));
+      if (this.leaders.has(i.id)) restored++;
+    }
+    return restored;
+  }
 
   /** After a registration: `facts` as read then, `startTime` as the registry recorded it. */
   note(id: string, pid: number | undefined, startTime: bigint | undefined, facts: ProcessFacts | undefined): void {

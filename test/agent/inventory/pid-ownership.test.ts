@@ -95,6 +95,17 @@ describe("RegisterInstance: pid ownership", () => {
     assert.equal(groups.ownGroup("leader", a.pid, a.pidStartTime), true);
     assert.equal(groups.ownGroup("leader", a.pid, (a.pidStartTime ?? 0n) + 1n), false, "another process on that pid");
     assert.equal(groups.ownGroup("member", b.pid, b.pidStartTime), false, "a member of the test's group");
+
+    // An agent restart: a new record rebuilt from the stored instances and /proc as it is now.
+    const restarted = new ProcessGroupRecord();
+    const stale = { id: "stale", pid: leader.pid!, pidStartTime: (a.pidStartTime ?? 0n) + 1n };
+    assert.equal(restarted.restore([a, b, stale, { id: "no-pid" }], DEFAULT_ROOTS.proc), 1);
+    assert.equal(restarted.ownGroup("leader", a.pid, a.pidStartTime), true, "the same process still leads its group");
+    assert.equal(restarted.ownGroup("member", b.pid, b.pidStartTime), false);
+    assert.equal(restarted.ownGroup("stale", stale.pid, stale.pidStartTime), false, "a recorded start time that is not the process's");
+    leader.kill("SIGKILL");
+    await new Promise((r) => leader.once("exit", r));
+    assert.equal(new ProcessGroupRecord().restore([a], DEFAULT_ROOTS.proc), 0, "the process is gone");
   });
 
   it("a registration cannot take over a RUNTIME or DISCOVERED instance's id (FAILED_PRECONDITION)", async () => {
