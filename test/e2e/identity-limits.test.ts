@@ -12,6 +12,7 @@ import { hashToken } from "../../lib/rpc/authz/tokens-file.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { codeOf } from "../helpers/call-code.js";
 
 // Per-identity limits on a real agent with a tokens file (security.md "Limits"): open watch
 // streams are counted per identity, not per address (more addresses do not buy more streams;
@@ -73,14 +74,6 @@ function inventory(token: string) {
   return createClient(InventoryService, transport);
 }
 
-async function codeOf(call: Promise<unknown>): Promise<Code | "OK"> {
-  try {
-    await call;
-    return "OK";
-  } catch (e) {
-    return ConnectError.from(e).code;
-  }
-}
 
 describe("per-identity limits", () => {
   it("watch streams are one identity's share wherever it connects from; another identity on the same address has its own", async () => {

@@ -18,6 +18,7 @@ import { mustRunInCi, rootSkipReason } from "../helpers/root.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { issueClientCertificateWithoutRole, issueExpiredClientCertificate, servedCertificateSerial } from "../helpers/test-certificates.js";
 import { until } from "../helpers/until.js";
+import { codeOf } from "../helpers/call-code.js";
 
 // security.md "How it is tested": three agents, each in a network namespace of its own with its
 // own address behind a veth pair, the aggregator in the root namespace, everything over mTLS with
@@ -150,14 +151,6 @@ function transportFor(address: string, caller: Caller) {
   return transport;
 }
 
-async function codeOf(call: () => Promise<unknown>): Promise<Code | "OK"> {
-  try {
-    await call();
-    return "OK";
-  } catch (e) {
-    return ConnectError.from(e).code;
-  }
-}
 
 describe.skipIf(skip)("three agents in network namespaces, the aggregator in the root namespace, all over mTLS", () => {
   it("the aggregator follows all three agents; the stolen certificate served for host 3's address is refused", async () => {

@@ -11,6 +11,7 @@ import { bearerTokenChannelOptions } from "../../lib/rpc/authz/call-credentials.
 import { hashToken } from "../../lib/rpc/authz/tokens-file.js";
 import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { codeOf } from "../helpers/call-code.js";
 
 // A real agent and aggregator, both with --tokens-file: the CLI with a viewer token reads but
 // cannot change anything, the aggregator's metering follower works with its admin agent token,
@@ -37,14 +38,6 @@ function client<S extends typeof InventoryService | typeof MeteringService | typ
   return createClient(service, transport);
 }
 
-async function codeOf(call: Promise<unknown>): Promise<Code | "OK"> {
-  try {
-    await call;
-    return "OK";
-  } catch (e) {
-    return ConnectError.from(e).code;
-  }
-}
 
 async function until<T>(read: () => Promise<T>, ok: (v: T) => boolean, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;

@@ -99,13 +99,14 @@ describe("RegisterInstance: pid ownership", () => {
     // An agent restart: a new record rebuilt from the stored instances and /proc as it is now.
     const restarted = new ProcessGroupRecord();
     const stale = { id: "stale", pid: leader.pid!, pidStartTime: (a.pidStartTime ?? 0n) + 1n };
-    assert.equal(restarted.restore([a, b, stale, { id: "no-pid" }], DEFAULT_ROOTS.proc), 1);
+    const stored = [a, b].map((i) => ({ id: i.id ?? "", pid: i.pid, pidStartTime: i.pidStartTime }));
+    assert.equal(restarted.restore([...stored, stale, { id: "no-pid" }], DEFAULT_ROOTS.proc), 1);
     assert.equal(restarted.ownGroup("leader", a.pid, a.pidStartTime), true, "the same process still leads its group");
     assert.equal(restarted.ownGroup("member", b.pid, b.pidStartTime), false);
     assert.equal(restarted.ownGroup("stale", stale.pid, stale.pidStartTime), false, "a recorded start time that is not the process's");
     leader.kill("SIGKILL");
     await new Promise((r) => leader.once("exit", r));
-    assert.equal(new ProcessGroupRecord().restore([a], DEFAULT_ROOTS.proc), 0, "the process is gone");
+    assert.equal(new ProcessGroupRecord().restore(stored.slice(0, 1), DEFAULT_ROOTS.proc), 0, "the process is gone");
   });
 
   it("a registration cannot take over a RUNTIME or DISCOVERED instance's id (FAILED_PRECONDITION)", async () => {
