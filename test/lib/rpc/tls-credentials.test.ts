@@ -1,7 +1,8 @@
-import { afterAll, beforeAll, describe, it } from "vitest";
+import { afterAll, beforeAll, describe, it, vi } from "vitest";
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { Health } from "../../../gen/grpc/health/v1/health_pb.js";
@@ -58,6 +59,30 @@ describe("TLS listener and the caller's certificate identity", () => {
     const serial = new (await import("node:crypto")).X509Certificate(readFileSync(d("u", "alice.crt"))).serialNumber;
     assert.deepEqual(seen.at(-1), { tls: true, peerCertificate: { commonName: "alice", organizationalUnits: ["operator"], subjectAltNames: [], serialNumber: serial } });
     assert.deepEqual(seenInContext.at(-1), seen.at(-1));
+  });
+
+  it("a connection's certificate is read once, not per call; another connection's is its own", async () => {
+    await issueClientCertificate({ caDir: d("ca"), outDir: d("u"), name: "bob", role: "viewer" });
+    const reads = vi.spyOn(TLSSocket.prototype, "getPeerCertificate");
+    const as = (name: string) => createGrpcJsTransport(server.address, { credentials: channelTlsCredentials({ caFile: d("ca", "ca.crt"), certFile: d("u", `${name}.crt`), keyFile: d("u", `${name}.key`) }) });
+    const alice = as("alice");
+    const bob = as("bob");
+    try {
+      reads.mockClear();
+      const before = seen.length;
+      for (let i = 0; i < 20; i++) {
+        await createClient(Health, alice).check({ service: "" });
+        await createClient(Health, bob).check({ service: "" });
+      }
+      const names = seen.slice(before).map((t) => t.peerCertificate?.commonName);
+      assert.deepEqual(names, Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? "alice" : "bob")));
+      // Server side: once per connection (the client's own checks of the server add a few).
+      assert.ok(reads.mock.calls.length <= 6, `getPeerCertificate called ${reads.mock.calls.length} times for 40 calls on 2 connections`);
+    } finally {
+      reads.mockRestore();
+      alice.close();
+      bob.close();
+    }
   });
 
   it("a server certificate's IP and DNS SANs come back without their type prefix", async () => {
