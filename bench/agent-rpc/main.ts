@@ -24,7 +24,7 @@ import {
   startSleepers,
   tempDir,
 } from "../common/processes.js";
-import { H2GrpcClient } from "./h2-client.js";
+import { H2GrpcClient } from "../common/h2-grpc-client.js";
 import { check, figure, fmt, median, printFigures, progress, verdict } from "../common/report.js";
 
 const INSTANCES = 200;

@@ -25,7 +25,7 @@ import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
 import { startFarm } from "../common/agent-farm-process.js";
 import { FLEETLET_BIN, logProblems, processCpuMs, runBench, sleep, startFleetletDaemon, tempDir, type Daemon } from "../common/processes.js";
 import { check, figure, fmt, median, printFigures, progress, verdict, type Figure } from "../common/report.js";
-import { H2Client, type ClientTls } from "./h2-client.js";
+import { H2GrpcClient, type ClientTls } from "../common/h2-grpc-client.js";
 
 /** A few calls in flight over a couple of long-lived connections, as a CLI or a dashboard would. */
 const CONNECTIONS = 2;
@@ -273,7 +273,7 @@ async function makeCertificates(dir: string): Promise<Pki> {
 
 /** `calls` calls, IN_FLIGHT at a time over CONNECTIONS connections opened (and handshaken) before the clock starts. */
 async function unaryLoad(agent: Daemon, tls: ClientTls | undefined, path: string, request: Buffer, verify: (res: Buffer, i: number) => void, calls: number): Promise<UnaryRun> {
-  const clients = await Promise.all(Array.from({ length: CONNECTIONS }, () => H2Client.connect(agent.address, tls)));
+  const clients = await Promise.all(Array.from({ length: CONNECTIONS }, () => H2GrpcClient.connect(agent.address, tls)));
   try {
     let next = 0;
     const agent0 = processCpuMs(agent.pid);
@@ -306,7 +306,7 @@ async function freshLoad(agent: Daemon, tls: ClientTls | undefined, path: string
     Array.from({ length: FRESH_IN_FLIGHT }, async () => {
       while (next < calls) {
         const i = next++;
-        const client = await H2Client.connect(agent.address, tls);
+        const client = await H2GrpcClient.connect(agent.address, tls);
         try {
           verify(await client.unary(path, request), i);
         } finally {
