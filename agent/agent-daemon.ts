@@ -8,6 +8,7 @@ import { TokensFile } from "../lib/rpc/authz/tokens-file.js";
 import type { TlsFiles } from "../lib/rpc/tls-credentials.js";
 import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
+import { readHostInfo } from "./inventory/host-info.js";
 import { claimStateDir } from "../lib/state-dir.js";
 import { reportFaultInjection } from "../lib/fault-injection.js";
 import { InstanceRegistry } from "./inventory/instance-registry.js";
@@ -52,6 +53,8 @@ export interface AgentOptions {
   stateDir: string;
   /** undefined = no Prometheus endpoint. */
   metricsListen?: ListenAddress;
+  /** --host-label k=v: reported to the aggregator with the host's facts (GetHostInfo). */
+  hostLabels?: Record<string, string>;
   tapPrefix: string;
   metricsLabelBudget: number;
   /** How old a shared sweep ListInstanceStats may answer from; 0 = always fresh. */
@@ -165,6 +168,13 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       cgroupRoot: options.standbyCgroupRoot,
     });
     const tokens = options.tokensFile === undefined ? undefined : new TokensFile(options.tokensFile, logger);
+    const hostInfo = () =>
+      readHostInfo({
+        procRoot: roots.proc,
+        labels: options.hostLabels ?? {},
+        incarnation: registry.incarnation,
+        standby: () => ({ supported: options.standby !== false && standby.controller.supported, reason: options.standby === false ? "--standby off" : standby.unsupportedReason }),
+      });
     const server = await startGrpcServer({
       listen: options.listen,
       tls: options.tls,
@@ -174,7 +184,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       streamLimits: options.streamLimits,
       limits: options.limits,
       services: [
-        serviceRegistration(InventoryService, createInventoryService(registry, validation)),
+        serviceRegistration(InventoryService, createInventoryService(registry, { ...validation, hostInfo })),
         serviceRegistration(MetricsService, createMetricsService(registry, collector, sampler, options.statsMaxAgeMs ?? 0)),
         serviceRegistration(StandbyService, createStandbyService(registry, standby.controller, policyLimits)),
         serviceRegistration(RuntimeService, createRuntimeService(runtimes.runtimes, runtimes.events)),

@@ -20,6 +20,11 @@ import { MergedView } from "./inventory/merged-view.js";
 import type { HostConfig, ReconnectBackoff } from "./hosts/host-connection.js";
 import type { StreamLimits } from "../lib/rpc/stream-budget.js";
 import type { ListenerLimits } from "../lib/rpc/listener-limits.js";
+import { PolicyStore } from "./policies/policy-store.js";
+import { RuleSet } from "./policies/rule-set.js";
+import { RulesFile } from "./policies/rules-file.js";
+import { ValidationLoop } from "./policies/validation-loop.js";
+import { registerPolicyInstruments } from "./policies/policy-metrics.js";
 
 export interface AggregatorOptions {
   listen: ListenAddress;
@@ -50,6 +55,8 @@ export interface AggregatorOptions {
   maxHosts?: number;
   /** --add-host-allow: the addresses AddHost may use (unset: any). */
   addHostAllow?: AddressAllowlist;
+  /** Fleet policies (issue 14): --policies FILE, --policy-sweep-interval; `off`: no policies at all. */
+  policies?: { off?: boolean; file?: string; sweepIntervalMs?: number };
 }
 
 export interface RunningAggregator {
@@ -82,6 +89,8 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
       digestIntervalMs: options.inventory?.digestIntervalMs ?? 60_000,
       dropEventOf: options.inventory?.dropEventOf,
     });
+    // Fleet policies over the merged view (policies.md): rules, then the validation loop.
+    const policies = options.policies?.off ? undefined : startPolicies(view, options, logger);
     const metrics = await startDaemonMetrics("fleetlet-aggregator", options.metricsListen, {
       tls: options.tls,
       insecure: options.insecure,
@@ -109,6 +118,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
         if (s) result.observe(Number(s.lagEntries), { host: h.config.name });
       }
     });
+    if (policies) registerPolicyInstruments(metrics.meter, policies.loop, policies.rules);
     const hostGauge = metrics.meter.createObservableGauge("fleetlet_aggregator_hosts", { unit: "{host}", description: "Hosts by connection state" });
     hostGauge.addCallback((result) => {
       const counts = new Map<number, number>();
@@ -133,6 +143,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
             metering: { store, follower },
             inventory: { view, follower: inventory },
             addHostAllow: options.addHostAllow,
+            policies,
           }),
         ),
       ],
@@ -149,6 +160,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
           tokens?.close();
           await follower.close();
           await inventory.close();
+          policies?.close();
           store.close();
           inventoryStore.close();
           hosts.close();
@@ -163,6 +175,47 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
     tokens?.close();
     hosts.close();
     claim.release();
+    throw e;
+  }
+}
+
+/** The rules in force (built-in, --policies file, API) and the loop that validates the view against them. */
+function startPolicies(view: MergedView, options: AggregatorOptions, logger: Logger) {
+  const store = PolicyStore.open(options.stateDir);
+  let rules: RuleSet | undefined;
+  let file: RulesFile | undefined;
+  try {
+    file = options.policies?.file
+      ? new RulesFile(
+          options.policies.file,
+          (content) => {
+            rules?.setFile(content);
+            logger.info({ file: options.policies?.file, rules: content.rules.length, version: rules?.version }, "policies file reloaded");
+          },
+          (problem) => logger.warn({ problem }, "policies file not reloaded"),
+        )
+      : undefined;
+    rules = new RuleSet(store, undefined, file?.content);
+    const loop = new ValidationLoop(view, rules, {
+      logger,
+      store,
+      sweepIntervalMs: options.policies?.sweepIntervalMs ?? 10_000,
+      startGraceMs: options.inventory?.staleAfterMs ?? 30_000,
+    });
+    const ruleSet = rules;
+    return {
+      rules: ruleSet,
+      loop,
+      fileError: () => file?.lastError ?? "",
+      close() {
+        file?.close();
+        loop.close();
+        store.close();
+      },
+    };
+  } catch (e) {
+    file?.close();
+    store.close();
     throw e;
   }
 }

@@ -14,6 +14,10 @@ import {
   ConnectionState,
   HostOrigin,
   HostSyncState,
+  PolicyRuleSchema,
+  PolicySeverity,
+  PolicySource,
+  PolicySummarySchema,
   type Host,
   type HostResult,
   HostResultSchema,
@@ -44,6 +48,9 @@ import type { HostConnection } from "./hosts/host-connection.js";
 import type { HostRegistry } from "./hosts/host-registry.js";
 import type { AddressAllowlist } from "./hosts/address-allowlist.js";
 import { errorMessage } from "../lib/error-message.js";
+import { RULE_NAME, RuleError } from "./policies/policy-rule.js";
+import { RuleSetConflict, type RuleSet } from "./policies/rule-set.js";
+import type { ValidationLoop } from "./policies/validation-loop.js";
 
 export interface FleetOptions {
   defaultPerHostTimeoutMs: number;
@@ -57,6 +64,8 @@ export interface FleetOptions {
   metering?: { store: MeteringStore; follower: MeteringFollower };
   /** --add-host-allow: the addresses AddHost may use (unset: any). */
   addHostAllow?: AddressAllowlist;
+  /** Fleet policies (issue 14): the rules in force and the validation loop; absent: FAILED_PRECONDITION. */
+  policies?: { rules: RuleSet; loop: ValidationLoop; fileError?: () => string };
 }
 
 const listStatsMethod = MetricsService.method.listInstanceStats;
@@ -69,6 +78,10 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
   const requireInventory = () => {
     if (!options.inventory) throw new ConnectError("the merged inventory is not enabled on this aggregator", Code.FailedPrecondition);
     return options.inventory.view;
+  };
+  const requirePolicies = () => {
+    if (!options.policies) throw new ConnectError("policies are not enabled on this aggregator", Code.FailedPrecondition);
+    return options.policies;
   };
   const requireMetering = () => {
     if (!options.metering) throw new ConnectError("metering is not enabled on this aggregator", Code.FailedPrecondition);
@@ -113,6 +126,7 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
           if (inv) {
             h.syncState = inv.state;
             h.agentIncarnation ||= inv.incarnation;
+            h.info = inv.info;
           }
           // last_error is the latest failure of any call to the host: a fan-out's, else the
           // inventory follower's, else the metering follower's. A host that never answered (a
@@ -256,6 +270,39 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
         yield { lines: m.lines, endReason: m.endReason, endDetail: m.endDetail, errors: m.errors };
       }
     },
+    listPolicies() {
+      const p = requirePolicies();
+      const status = p.loop.status();
+      return {
+        rules: p.rules.list().map(toPolicyRule),
+        version: BigInt(p.rules.version),
+        summaries: status.summaries.map((x) => create(PolicySummarySchema, x)),
+        parameters: Object.fromEntries(p.rules.parameters),
+        unvalidated: status.unvalidated,
+        validationLagSeconds: Math.round(status.lagMs) / 1000,
+        fileError: p.fileError?.() ?? "",
+      };
+    },
+    putPolicy(req) {
+      const p = requirePolicies();
+      if (!req.rule) throw invalidArgument("rule", "is required");
+      try {
+        const rule = p.rules.put({ name: req.rule.name, severity: req.rule.severity, description: req.rule.description, failsWhen: req.rule.failsWhen, source: PolicySource.API });
+        return { rule: toPolicyRule(rule), version: BigInt(p.rules.version) };
+      } catch (e) {
+        throw policyError(e);
+      }
+    },
+    deletePolicy(req) {
+      const p = requirePolicies();
+      requireId("name", req.name);
+      try {
+        p.rules.delete(req.name);
+      } catch (e) {
+        throw policyError(e);
+      }
+      return { version: BigInt(p.rules.version) };
+    },
     acceptMeteringGap(req, context) {
       const store = requireMetering();
       requireId("host", req.host);
@@ -360,9 +407,20 @@ export function createFleetService(hosts: HostRegistry, options: FleetOptions): 
   };
 }
 
+function toPolicyRule(r: { name: string; severity: PolicySeverity; description: string; failsWhen: string; source: PolicySource }) {
+  return create(PolicyRuleSchema, { name: r.name, severity: r.severity, description: r.description, failsWhen: r.failsWhen, source: r.source });
+}
+
+/** A rule refused (INVALID_ARGUMENT naming the field), a file-owned name (FAILED_PRECONDITION), an unknown one (NOT_FOUND). */
+function policyError(e: unknown): ConnectError {
+  if (e instanceof RuleError) return invalidArgument(e.field, e.message);
+  if (e instanceof RuleSetConflict) return new ConnectError(e.message, e.kind === "not-found" ? Code.NotFound : Code.FailedPrecondition);
+  return ConnectError.from(e);
+}
+
 /** The filters of List/WatchInstances, checked: each bad value names its field. */
 function instanceFilter(
-  req: { hosts: string[]; labels: Record<string, string>; states: InstanceState[]; kinds: InstanceKind[] },
+  req: { hosts: string[]; labels: Record<string, string>; states: InstanceState[]; kinds: InstanceKind[]; failingRules: string[]; concernSeverities: PolicySeverity[] },
   selectHosts: (names: string[]) => HostConnection[],
 ): InstanceFilter {
   const hosts = req.hosts.length > 0 ? new Set(selectHosts(req.hosts).map((h) => h.config.name)) : undefined;
@@ -376,7 +434,20 @@ function instanceFilter(
   req.kinds.forEach((k, i) => {
     if (k === InstanceKind.UNSPECIFIED || !(k in InstanceKind)) throw invalidArgument(`kinds[${i}]`, `must be one of VM, CONTAINER, PROCESS, got ${k}`);
   });
-  return { hosts, labels: Object.keys(req.labels).length > 0 ? req.labels : undefined, states: new Set(req.states), kinds: new Set(req.kinds) };
+  req.failingRules.forEach((r, i) => {
+    if (!RULE_NAME.test(r)) throw invalidArgument(`failing_rules[${i}]`, `a rule name must match ${RULE_NAME.source}, got ${JSON.stringify(r.slice(0, 80))}`);
+  });
+  req.concernSeverities.forEach((sev, i) => {
+    if (sev === PolicySeverity.UNSPECIFIED || !(sev in PolicySeverity)) throw invalidArgument(`concern_severities[${i}]`, `must be one of INFO, WARNING, CRITICAL, got ${sev}`);
+  });
+  return {
+    hosts,
+    labels: Object.keys(req.labels).length > 0 ? req.labels : undefined,
+    states: new Set(req.states),
+    kinds: new Set(req.kinds),
+    failingRules: new Set(req.failingRules),
+    concernSeverities: new Set(req.concernSeverities),
+  };
 }
 
 /** The filters a page_token is bound to, in a canonical form. */
@@ -386,6 +457,8 @@ function filterFingerprint(f: InstanceFilter): string {
     f.labels ? Object.entries(f.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) : null,
     [...(f.states ?? [])].sort((a, b) => a - b),
     [...(f.kinds ?? [])].sort((a, b) => a - b),
+    [...(f.failingRules ?? [])].sort(),
+    [...(f.concernSeverities ?? [])].sort((a, b) => a - b),
   ]);
   return createHash("sha256").update(canonical).digest("base64url").slice(0, 16);
 }

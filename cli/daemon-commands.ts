@@ -123,6 +123,16 @@ function listenerLimits(o: ListenerLimitFlags): ListenerLimits {
   };
 }
 
+/** --host-label k=v, repeatable: the labels so far with this one added (label syntax as instances'). */
+function parseHostLabel(value: string, previous: Record<string, string> | undefined): Record<string, string> {
+  const at = value.indexOf("=");
+  const k = at > 0 ? value.slice(0, at) : "";
+  const v = at > 0 ? value.slice(at + 1) : "";
+  if (!/^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$/.test(k)) throw new InvalidArgumentError(`${JSON.stringify(value)}: want key=value, the key 1 to 253 of A-Z a-z 0-9 . _ / -`);
+  if (v.length > 256 || /[\u0000-\u001f\u007f]/.test(v)) throw new InvalidArgumentError(`${JSON.stringify(value)}: the value is at most 256 printable characters`);
+  return { ...(previous ?? {}), [k]: v };
+}
+
 /** --allowed-uids: "0,1000" → [0, 1000]. */
 function parseUidList(value: string): number[] {
   return value.split(",").map((v) => parse.nonNegativeInt(v.trim()));
@@ -156,6 +166,7 @@ export function agentCommand(): Command {
     .addOption(configurable("AGENT", "--metering-retain <n>", "acknowledged metering entries kept on disk (unacknowledged ones always are)").default(1_000_000).argParser(parse.nonNegativeInt))
     .addOption(configurable("AGENT", "--metering-segment-bytes <n>", "metering ledger segment size; retention deletes whole segments").default(64 * 1024 * 1024, "67108864").argParser(parse.positiveInt))
     .addOption(configurable("AGENT", "--discover <on|off>", "hypervisor processes in /proc (cloud-hypervisor, firecracker, qemu-system-*) become read-only instances").choices(["on", "off"]).default("off"))
+    .addOption(configurable("AGENT", "--host-label <k=v>", "a label of this host, reported to the aggregator for its policies (repeat for more)").argParser(parseHostLabel).default(undefined))
     .addOption(configurable("AGENT", "--allowed-uids <list>", "instance processes must run as one of these uids (comma-separated; default any)").argParser(parseUidList))
     .addOption(configurable("AGENT", "--allowed-cgroups <list>", "instance processes must be in one of these cgroups or below (comma-separated paths; default any)").argParser(parseCgroupList))
     .addOption(configurable("AGENT", "--standby-cgroup-root <path>", "the cgroup driver freezes only cgroups below this one (default: any but the root, init.scope and the agent's own)").argParser((v) => parseCgroupList(v)[0]!))
@@ -195,6 +206,7 @@ export function agentCommand(): Command {
         watchHistory: number;
         discover: string;
         allowedUids?: number[];
+        hostLabel?: Record<string, string>;
         allowedCgroups?: string[];
         standbyCgroupRoot?: string;
         metering: string;
@@ -234,6 +246,7 @@ export function agentCommand(): Command {
           tokensFile: o.tokensFile,
           stateDir: o.stateDir ?? join(defaultStateBase(), "agent"),
           metricsListen: o.metricsListen,
+          hostLabels: o.hostLabel,
           tapPrefix: o.tapPrefix,
           metricsLabelBudget: o.metricsLabelBudget,
           statsMaxAgeMs: o.statsMaxAge,
@@ -281,6 +294,8 @@ export function aggregatorCommand(): Command {
     .addOption(configurable("AGGREGATOR", "--stream-buffer <bytes>", "encoded bytes one server stream may hold for a client that does not read; the producer waits past it").default(DEFAULT_STREAM_LIMITS.maxPendingBytes).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--stream-stall-timeout <duration>", "a server stream whose client took none of its buffered bytes for this long is cut (RESOURCE_EXHAUSTED)").default(DEFAULT_STREAM_LIMITS.stallTimeoutMs, "30s").argParser(parse.durationMs))
     .addOption(configurable("AGGREGATOR", "--add-host-allow <list>", "addresses AddHost may use: IPs, CIDRs and exact host names, comma-separated (default: any); --hosts/--hosts-file are not checked").argParser(parseAllowlist))
+    .addOption(configurable("AGGREGATOR", "--policies <file|off>", "policy rules (YAML or JSON), re-read on change, on top of the built-in ones; 'off': no policies at all"))
+    .addOption(configurable("AGGREGATOR", "--policy-sweep-interval <duration>", "how often every instance whose validation is behind is validated").default(10_000, "10s").argParser(parse.durationMs))
     .addOption(configurable("AGGREGATOR", "--max-hosts <n>", "hosts this aggregator holds; AddHost past it gets RESOURCE_EXHAUSTED").default(DEFAULT_MAX_HOSTS).argParser(parse.positiveInt))
     .addOption(configurable("AGGREGATOR", "--log-level <level>", "pino level: trace, debug, info, warn, error, silent").default("info"))
     .option("--config <file>", "JSON config file keyed by flag name; flags and FLEETLET_AGGREGATOR_* win over it")
@@ -294,6 +309,8 @@ export function aggregatorCommand(): Command {
         agentTlsKey?: string;
         maxHosts: number;
         addHostAllow?: AddressAllowlist;
+        policies?: string;
+        policySweepInterval: number;
         staleAfter: number;
         digestInterval: number;
         watchBuffer: number;
@@ -339,6 +356,7 @@ export function aggregatorCommand(): Command {
           limits: listenerLimits(o),
           maxHosts: o.maxHosts,
           addHostAllow: o.addHostAllow,
+          policies: o.policies === "off" ? { off: true } : { file: o.policies, sweepIntervalMs: o.policySweepInterval },
           logger: createLogger("fleetlet-aggregator", o.logLevel),
         }),
       );

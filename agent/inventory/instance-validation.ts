@@ -5,6 +5,7 @@ import {
   InstanceSchema,
   InstanceSource,
   InstanceState,
+  type HostInfo,
   type Instance,
 } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { normalizeStandbyPolicy, type PolicyLimits } from "../standby/standby-policy.js";
@@ -25,6 +26,8 @@ export interface ValidationOptions {
   pidPolicy?: PidPolicy;
   /** Where registration records a pid that leads its own process group (the signal driver reads it). */
   processGroups?: ProcessGroupRecord;
+  /** GetHostInfo's answer (host-info.ts); absent: UNIMPLEMENTED. */
+  hostInfo?: () => HostInfo;
 }
 
 /**

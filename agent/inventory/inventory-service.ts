@@ -109,6 +109,10 @@ export function createInventoryService(
       requireId("snapshot_id", req.snapshotId);
       return { snapshot: await registry.removeSnapshot(req.snapshotId) };
     },
+    getHostInfo() {
+      if (!options.hostInfo) throw new ConnectError("host facts are not available from this agent", Code.Unimplemented);
+      return { host: options.hostInfo() };
+    },
     listSnapshots(req) {
       // The published (durable) snapshots, versioned with the instances: a list continues
       // from its kept state, or from the live one while nothing changed.

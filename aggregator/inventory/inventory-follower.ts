@@ -1,3 +1,4 @@
+import { errorMessage } from "../../lib/error-message.js";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { InstanceEventType, type Instance, type ListInstancesResponse, type Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -233,14 +234,33 @@ export class InventoryFollower extends HostFollowers<Follow> {
     const counts = this.view.replace(name, res.incarnation, Number(res.resourceVersion), res.instances, Date.now(), res.snapshots);
     v.relists++;
     this.relists++;
+    this.refreshHostInfo(name, conn, f);
     f.lastDigestCheckMs = f.lastHeardMs = monotonicMs();
     this.logger.debug({ host: name, version: res.resourceVersion, ...counts }, "inventory: host listed");
     return counts;
   }
 
+  /**
+   * The host's facts for policies (InventoryService.GetHostInfo), asked after every list (a new
+   * incarnation may be a new agent version) and when a watch resumes without them (after an
+   * aggregator restart). In the background: the inventory never waits for it. An agent without
+   * the method (UNIMPLEMENTED) or one that fails leaves the facts unknown (policies see
+   * facts_known false) until the next list.
+   */
+  private refreshHostInfo(name: string, conn: HostConnection, f: Follow): void {
+    // Also a call that throws at once (a test double without the method) stays out of the follow.
+    Promise.resolve()
+      .then(() => conn.inventory.getHostInfo({}, { timeoutMs: 5000, signal: f.stop.signal }))
+      .then(
+        (r) => this.view.setHostInfo(name, r.host),
+        (e: unknown) => this.logger.debug({ host: name, err: errorMessage(e) }, "inventory: host facts not read"),
+      );
+  }
+
   /** Watches from the host's cursor until the stream fails; each message applied in order. */
   private async watch(name: string, conn: HostConnection, f: Follow): Promise<void> {
     const v = this.view.host(name)!;
+    if (!v.info) this.refreshHostInfo(name, conn, f);
     const incarnation = v.incarnation;
     const silentMs = Math.max(2000, 3 * this.bookmarkMs);
     // This stream's own signal: aborted by the follower's stop or by the silence timer below.

@@ -2,14 +2,16 @@ import { randomBytes } from "node:crypto";
 import { create, equals, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import type { Instance, InstanceKind, InstanceState, Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import type { HostInfo, Instance, InstanceKind, InstanceState, Snapshot } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import {
   FleetEventType,
   FleetInstanceSchema,
   FleetSnapshotSchema,
   HostSyncSchema,
   HostSyncState,
+  type Concern,
   type FleetInstance,
+  type PolicySeverity,
   type FleetSnapshot,
   type HostSync,
 } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
@@ -32,6 +34,8 @@ export interface HostView {
   sorted: FleetInstance[] | undefined;
   readonly snapshots: Map<string, FleetSnapshot>;
   sortedSnapshots: FleetSnapshot[] | undefined;
+  /** What the agent last reported of its host (GetHostInfo); undefined before, or from an agent without it. */
+  info: HostInfo | undefined;
 }
 
 /** One change of the merged view, as kept for WatchInstances. */
@@ -43,6 +47,8 @@ export interface FleetChange {
   hostSync?: HostSync;
   /** A snapshot's change (instead of `instance`): seen only by watches with include_snapshots. */
   snapshot?: FleetSnapshot;
+  /** MODIFIED by the policy loop: only the instance's concerns changed (not the agent's data). */
+  concernsOnly?: boolean;
 }
 
 /** The snapshots applied with a batch or a list: upserted ones, removed ids. */
@@ -62,6 +68,10 @@ export interface InstanceFilter {
   labels?: Record<string, string>;
   states?: ReadonlySet<InstanceState>;
   kinds?: ReadonlySet<InstanceKind>;
+  /** Only instances failing one of these rules. */
+  failingRules?: ReadonlySet<string>;
+  /** Only instances with a concern of one of these severities. */
+  concernSeverities?: ReadonlySet<PolicySeverity>;
 }
 
 export const DEFAULT_FLEET_WATCH_BUFFER = 65_536;
@@ -81,6 +91,7 @@ export class MergedView {
   private readonly ring: EventRing<FleetChange>;
   private seq = 0;
   private readonly listeners = new Set<() => void>();
+  private readonly hostListeners = new Set<(host: string) => void>();
 
   constructor(
     private readonly store: InventoryStore | undefined,
@@ -137,15 +148,54 @@ export class MergedView {
     view.lastError = "host removed";
     changes.push({ type: FleetEventType.HOST_SYNC, hostSync: this.hostSync(view) });
     this.emit(changes);
+    this.hostChanged(name);
   }
 
   /** Changes a host's sync state (and its reason); a HOST_SYNC event when either changed. */
   setState(name: string, state: HostSyncState, lastError = ""): void {
     const view = this.views.get(name);
     if (!view || (view.state === state && view.lastError === lastError)) return;
+    const stateChanged = view.state !== state;
     view.state = state;
     view.lastError = lastError;
     this.emit([{ type: FleetEventType.HOST_SYNC, hostSync: this.hostSync(view) }]);
+    if (stateChanged) this.hostChanged(name);
+  }
+
+  /** What the agent reported of its host (GetHostInfo), kept in memory; host listeners are told. */
+  setHostInfo(name: string, info: HostInfo | undefined): void {
+    const view = this.views.get(name);
+    if (!view || (view.info === info)) return;
+    view.info = info;
+    this.hostChanged(name);
+  }
+
+  /**
+   * The policy loop's findings on an instance (issue 14): a new object with `concerns` (same
+   * resource_version, the agent's data untouched), announced as MODIFIED with concernsOnly.
+   * Nothing is written to the inventory store (results have their own). False when the instance
+   * is no longer there or is not the object the concerns were computed for.
+   */
+  setConcerns(name: string, id: string, expected: FleetInstance, concerns: Concern[]): boolean {
+    const view = this.views.get(name);
+    const previous = view?.instances.get(id);
+    if (!view || previous !== expected) return false;
+    const next = create(FleetInstanceSchema, { ...previous, concerns });
+    framedInstance(next);
+    view.instances.set(id, next);
+    view.sorted = undefined;
+    this.emit([{ type: FleetEventType.MODIFIED, instance: next, previous, concernsOnly: true }]);
+    return true;
+  }
+
+  /** Called with a host's name when its sync state, facts or instances changed, or it was removed. */
+  onHostChange(listener: (host: string) => void): () => void {
+    this.hostListeners.add(listener);
+    return () => this.hostListeners.delete(listener);
+  }
+
+  private hostChanged(name: string): void {
+    for (const l of this.hostListeners) l(name);
   }
 
   touch(name: string, nowMs: number): void {
@@ -159,7 +209,8 @@ export class MergedView {
    */
   applyChanges(name: string, incarnation: string, version: number, upserts: Instance[], deletes: string[], nowMs: number, snapshots: SnapshotChanges = { put: [], del: [] }): void {
     const view = this.ensureHost(name);
-    const put = upserts.map((i) => fleetInstance(i, name));
+    // Concerns stay with the instance until the policy loop validates its new revision.
+    const put = upserts.map((i) => fleetInstance(i, name, view.instances.get(i.id)?.concerns));
     this.store?.apply(name, { incarnation, resourceVersion: version, lastSeenMs: nowMs }, upserts, deletes, snapshots);
     const changes: FleetChange[] = [];
     for (const i of put) {
@@ -179,6 +230,7 @@ export class MergedView {
     view.version = version;
     view.lastSeenMs = nowMs;
     this.emit(changes);
+    if (put.length > 0 || deletes.length > 0) this.hostChanged(name);
   }
 
   /**
@@ -198,7 +250,7 @@ export class MergedView {
     for (const [id, i] of listed) {
       const previous = view.instances.get(id);
       if (previous && previous.resourceVersion === i.resourceVersion && view.incarnation === incarnation) continue;
-      const next = fleetInstance(i, name);
+      const next = fleetInstance(i, name, previous?.concerns);
       put.push(i);
       if (previous && equals(FleetInstanceSchema, { ...next, resourceVersion: previous.resourceVersion }, previous)) {
         silent.push(next);
@@ -243,6 +295,7 @@ export class MergedView {
     view.version = version;
     view.lastSeenMs = nowMs;
     this.emit(changes);
+    this.hostChanged(name);
     return counts;
   }
 
@@ -346,6 +399,7 @@ export class MergedView {
       sorted: undefined,
       snapshots: new Map(),
       sortedSnapshots: undefined,
+      info: undefined,
     };
     this.views.set(name, view);
     this.sortedHosts = undefined;
@@ -371,6 +425,8 @@ export function matches(i: FleetInstance, filter: InstanceFilter): boolean {
   if (filter.labels) {
     for (const [k, v] of Object.entries(filter.labels)) if (i.labels[k] !== v) return false;
   }
+  if (filter.failingRules && filter.failingRules.size > 0 && !i.concerns.some((c) => filter.failingRules!.has(c.rule))) return false;
+  if (filter.concernSeverities && filter.concernSeverities.size > 0 && !i.concerns.some((c) => filter.concernSeverities!.has(c.severity))) return false;
   return true;
 }
 
@@ -401,9 +457,9 @@ function fleetSnapshot(s: Snapshot, host: string): FleetSnapshot {
   return create(FleetSnapshotSchema, { ...fields, host });
 }
 
-function fleetInstance(i: Instance, host: string): FleetInstance {
+function fleetInstance(i: Instance, host: string, concerns: Concern[] = []): FleetInstance {
   const { $typeName: _, ...fields } = i;
-  const out = create(FleetInstanceSchema, { ...fields, host });
+  const out = create(FleetInstanceSchema, { ...fields, host, concerns });
   // Encoded as it enters the view (on the follower's time), so a list only concatenates.
   framedInstance(out);
   return out;

@@ -54,6 +54,7 @@ export const METHOD_ROLES: Readonly<Record<string, Role>> = {
   "/fleetlet.agent.v1.InventoryService/RegisterSnapshot": "admin",
   "/fleetlet.agent.v1.InventoryService/RemoveSnapshot": "admin",
   "/fleetlet.agent.v1.InventoryService/ListSnapshots": "viewer",
+  "/fleetlet.agent.v1.InventoryService/GetHostInfo": "viewer",
 
   // Agent: metering. Acknowledging lets retention delete entries: only the aggregator's identity.
   "/fleetlet.agent.v1.MeteringService/ReadMeteringEntries": "viewer",
@@ -100,6 +101,10 @@ export const METHOD_ROLES: Readonly<Record<string, Role>> = {
   "/fleetlet.aggregator.v1.FleetService/ReadMeteringEntries": "viewer",
   "/fleetlet.aggregator.v1.FleetService/WatchMeteringEntries": "viewer",
   "/fleetlet.aggregator.v1.FleetService/AcceptMeteringGap": "admin",
+  // Policies: reading them is a view of the fleet; changing them changes what everyone is told.
+  "/fleetlet.aggregator.v1.FleetService/ListPolicies": "viewer",
+  "/fleetlet.aggregator.v1.FleetService/PutPolicy": "admin",
+  "/fleetlet.aggregator.v1.FleetService/DeletePolicy": "admin",
 
   // The test-only echo service (served by the adapter's own tests, never by a daemon).
   "/fleetlet.testing.v1.EchoService/Echo": "viewer",

@@ -1,0 +1,39 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { ConcernSchema, type Concern, type FleetInstance, type PolicyHost } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import type { CompiledRule } from "./policy-rule.js";
+
+/**
+ * One instance against every rule in force (policies.md): a concern for each rule it fails, and
+ * for each rule that could not be evaluated on it ("rule X could not be evaluated: ..." — never a
+ * silent pass). A concern it already had keeps its `since`. Sorted by rule name.
+ */
+export function evaluateInstance(
+  rules: readonly CompiledRule[],
+  instance: FleetInstance,
+  host: PolicyHost,
+  params: ReadonlyMap<string, number>,
+  previous: readonly Concern[],
+  nowMs: number,
+): Concern[] {
+  const out: Concern[] = [];
+  for (const rule of rules) {
+    const outcome = rule.evaluate(instance, host, params);
+    if (outcome.fails === false) continue;
+    const message = outcome.error !== undefined ? `rule ${rule.name} could not be evaluated: ${outcome.error}` : rule.description || `fails rule ${rule.name}`;
+    const before = previous.find((c) => c.rule === rule.name && c.severity === rule.severity && c.message === message);
+    out.push(create(ConcernSchema, { rule: rule.name, severity: rule.severity, message, since: before?.since ?? timestampFromMs(nowMs) }));
+  }
+  return out.sort((a, b) => (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0));
+}
+
+/** Whether two concern lists say the same (rule, severity, message; `since` aside). */
+export function sameConcerns(a: readonly Concern[], b: readonly Concern[]): boolean {
+  if (a.length !== b.length) return false;
+  return a.every((c, i) => c.rule === b[i]!.rule && c.severity === b[i]!.severity && c.message === b[i]!.message);
+}
+
+/** Whether a concern says its rule could not be evaluated (counted as an error in summaries). */
+export function isEvaluationError(c: Concern): boolean {
+  return c.message.startsWith(`rule ${c.rule} could not be evaluated: `);
+}

@@ -1,0 +1,240 @@
+import { CelScalar, celEnv, isCelError, mapType, objectType, parse, plan, type CelEnv } from "@bufbuild/cel";
+import { createRegistry, create, type DescMessage } from "@bufbuild/protobuf";
+import type { Expr, SourceInfo } from "@bufbuild/cel-spec/cel/expr/syntax_pb.js";
+import { file_fleetlet_agent_v1_inventory, InstanceKind, InstanceSource, InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import {
+  file_fleetlet_aggregator_v1_fleet,
+  FleetInstanceSchema,
+  HostSyncState,
+  PolicyHostSchema,
+  PolicySeverity,
+  type PolicySource,
+  type FleetInstance,
+  type PolicyHost,
+} from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { errorMessage } from "../../lib/error-message.js";
+
+/** A rule as written (file, API or built in), before it is checked. */
+export interface RuleSpec {
+  name: string;
+  severity: PolicySeverity;
+  description: string;
+  failsWhen: string;
+  source: PolicySource;
+}
+
+/** What one evaluation found: the instance fails the rule, passes it, or could not be evaluated. */
+export type RuleOutcome = { fails: boolean; error?: undefined } | { fails?: undefined; error: string };
+
+/** A checked rule with its expression planned once: evaluate() never throws. */
+export interface CompiledRule extends RuleSpec {
+  evaluate(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome;
+}
+
+/** A rule refused: `field` names what is wrong (rule.name, rule.fails_when, ...). */
+export class RuleError extends Error {
+  override readonly name = "RuleError";
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export const RULE_NAME = /^[a-z][a-z0-9-]{0,62}$/;
+const MAX_DESCRIPTION = 512;
+const MAX_EXPRESSION = 4096;
+
+// Both proto files: expressions may name enum values by their full names
+// (fleetlet.agent.v1.InstanceState.INSTANCE_STATE_RUNNING) as well as by number.
+const registry = createRegistry(file_fleetlet_agent_v1_inventory, file_fleetlet_aggregator_v1_fleet);
+const VARIABLES = {
+  instance: objectType(FleetInstanceSchema),
+  host: objectType(PolicyHostSchema),
+  params: mapType(CelScalar.STRING, CelScalar.DOUBLE),
+};
+let env: CelEnv | undefined;
+function celEnvironment(): CelEnv {
+  env ??= celEnv({ registry, variables: VARIABLES });
+  return env;
+}
+
+/**
+ * Checks a rule and plans its expression (policies.md "Rules"): the name, severity and
+ * description first, then the CEL expression — parsed (a syntax error keeps CEL's
+ * `<input>:line:col`), every `instance.x` / `host.x` field path checked against the messages
+ * (with the position of the unknown field), and a trial run on probe instances: an error that
+ * every probe gives (no overload for these types, an unknown function) is the expression's,
+ * not the data's. @bufbuild/cel 0.6 does not export its type checker; errors that depend on
+ * data (a missing map key) stay for run time, where they become concerns.
+ */
+export function compileRule(spec: RuleSpec): CompiledRule {
+  if (!RULE_NAME.test(spec.name)) throw new RuleError("rule.name", `must match ${RULE_NAME.source}, got ${JSON.stringify(spec.name.slice(0, 80))}`);
+  const where = `rule ${spec.name}`;
+  if (!(spec.severity in PolicySeverity) || spec.severity === PolicySeverity.UNSPECIFIED) {
+    throw new RuleError("rule.severity", `${where}: must be info, warning or critical`);
+  }
+  if (spec.description.length > MAX_DESCRIPTION || /[\u0000-\u001f\u007f]/.test(spec.description)) {
+    throw new RuleError("rule.description", `${where}: at most ${MAX_DESCRIPTION} printable characters`);
+  }
+  const source = spec.failsWhen.trim();
+  if (source === "") throw new RuleError("rule.fails_when", `${where}: an expression is required`);
+  if (source.length > MAX_EXPRESSION) throw new RuleError("rule.fails_when", `${where}: at most ${MAX_EXPRESSION} characters`);
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(source);
+  } catch (e) {
+    throw new RuleError("rule.fails_when", `${where}: ${errorMessage(e)}`);
+  }
+  checkFieldPaths(parsed.expr, parsed.sourceInfo, source, where);
+  let run: ReturnType<typeof plan<typeof VARIABLES>>;
+  try {
+    run = plan(celEnvironment(), parsed) as ReturnType<typeof plan<typeof VARIABLES>>;
+  } catch (e) {
+    throw new RuleError("rule.fails_when", `${where}: ${errorMessage(e)}`);
+  }
+  const evaluate = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome => {
+    try {
+      const r = run({ instance, host, params: params as Map<string, number> });
+      if (isCelError(r)) return { error: r.message };
+      if (typeof r !== "boolean") return { error: `the expression gave ${describeValue(r)}, not a bool` };
+      return { fails: r };
+    } catch (e) {
+      return { error: errorMessage(e) };
+    }
+  };
+  const probes = probeInputs();
+  const outcomes = probes.map(([i, h, p]) => evaluate(i, h, p));
+  const staticError = outcomes.every((o) => o.error !== undefined && STATIC_ERROR.test(o.error)) ? outcomes[0]!.error : undefined;
+  if (staticError) throw new RuleError("rule.fails_when", `${where}: ${staticError}`);
+  const notBool = outcomes.find((o) => o.error?.endsWith("not a bool"));
+  if (notBool && outcomes.every((o) => o.error?.endsWith("not a bool"))) throw new RuleError("rule.fails_when", `${where}: ${notBool.error}`);
+  return { ...spec, failsWhen: source, evaluate };
+}
+
+// Errors of the expression itself rather than of one instance's data.
+const STATIC_ERROR = /no matching overload|unresolved attribute|undeclared reference|unknown function|no such overload/i;
+
+function describeValue(v: unknown): string {
+  if (v === null) return "null";
+  if (typeof v === "bigint") return `an int (${v})`;
+  if (typeof v === "number") return `a double (${v})`;
+  if (typeof v === "string") return "a string";
+  return `a ${typeof v}`;
+}
+
+/**
+ * Walks the expression for field paths rooted at `instance` and `host` and checks each field
+ * against the message it selects from, down through message fields (a map or scalar ends the
+ * check: its keys are data). A comprehension variable that shadows them is left alone.
+ */
+function checkFieldPaths(expr: Expr, info: SourceInfo | undefined, source: string, where: string): void {
+  const roots: Record<string, DescMessage> = { instance: FleetInstanceSchema, host: PolicyHostSchema };
+  const typeOf = (e: Expr, shadowed: ReadonlySet<string>): DescMessage | undefined => {
+    const k = e.exprKind;
+    if (k.case === "identExpr") return shadowed.has(k.value.name) ? undefined : roots[k.value.name];
+    if (k.case !== "selectExpr" || !k.value.operand) return undefined;
+    const parent = typeOf(k.value.operand, shadowed);
+    if (!parent) return undefined;
+    // A rule sees the instance as the agent reported it, not what other rules found.
+    const field = parent.fields.find((f) => f.name === k.value.field && !(parent === FleetInstanceSchema && f.name === "concerns"));
+    if (!field) {
+      const known = parent.fields
+        .filter((f) => !(parent === FleetInstanceSchema && f.name === "concerns"))
+        .map((f) => f.name)
+        .join(", ");
+      throw new RuleError("rule.fails_when", `${where}: ${position(info, source, e.id)}: ${parent.name} has no field ${JSON.stringify(k.value.field)} (it has: ${known})`);
+    }
+    return field.fieldKind === "message" ? field.message : undefined;
+  };
+  const walk = (e: Expr | undefined, shadowed: ReadonlySet<string>): void => {
+    if (!e) return;
+    const k = e.exprKind;
+    switch (k.case) {
+      case "selectExpr":
+        typeOf(e, shadowed);
+        walk(k.value.operand, shadowed);
+        return;
+      case "callExpr":
+        walk(k.value.target, shadowed);
+        for (const a of k.value.args) walk(a, shadowed);
+        return;
+      case "listExpr":
+        for (const a of k.value.elements) walk(a, shadowed);
+        return;
+      case "structExpr":
+        for (const entry of k.value.entries) {
+          if (entry.keyKind.case === "mapKey") walk(entry.keyKind.value, shadowed);
+          walk(entry.value, shadowed);
+        }
+        return;
+      case "comprehensionExpr": {
+        const c = k.value;
+        walk(c.iterRange, shadowed);
+        const inner = new Set([...shadowed, c.iterVar, c.iterVar2, c.accuVar].filter(Boolean));
+        walk(c.accuInit, inner);
+        walk(c.loopCondition, inner);
+        walk(c.loopStep, inner);
+        walk(c.result, inner);
+        return;
+      }
+      default:
+        return;
+    }
+  };
+  walk(expr, new Set());
+}
+
+/** "<input>:line:col" of an expression node, as CEL's own parse errors say it. */
+function position(info: SourceInfo | undefined, source: string, id: bigint): string {
+  const offset = info?.positions[id.toString()] ?? 0;
+  const before = source.slice(0, offset);
+  const line = before.split("\n").length;
+  const col = offset - before.lastIndexOf("\n");
+  return `<input>:${line}:${col}`;
+}
+
+/** An instance and host with every field set, and both empty: what a static error fails on both. */
+function probeInputs(): [FleetInstance, PolicyHost, ReadonlyMap<string, number>][] {
+  const full = create(FleetInstanceSchema, {
+    id: "probe",
+    name: "probe",
+    kind: InstanceKind.VM,
+    state: InstanceState.RUNNING,
+    pid: 1,
+    tapDevice: "tap0",
+    ip: "10.0.0.1",
+    networkEnabled: true,
+    hasVgpu: true,
+    allocatedVcpus: 1,
+    allocatedMemoryBytes: 1n,
+    allocatedStorageBytes: 1n,
+    hypervisor: "probe",
+    standbyPolicy: { enabled: true },
+    labels: { probe: "probe" },
+    source: InstanceSource.REGISTERED,
+    runtimeRef: "probe",
+    pidStartTime: 1n,
+    resourceVersion: 1n,
+    host: "probe",
+  });
+  const fullHost = create(PolicyHostSchema, {
+    name: "probe",
+    labels: { probe: "probe" },
+    syncState: HostSyncState.SYNCED,
+    agentVersion: "0",
+    cpuCount: 1,
+    memoryBytes: 1n,
+    kernel: "probe",
+    standbySupported: true,
+    allocatedVcpus: 1n,
+    allocatedMemoryBytes: 1n,
+    factsKnown: true,
+  });
+  const params = new Map([["probe", 1]]);
+  return [
+    [full, fullHost, params],
+    [create(FleetInstanceSchema), create(PolicyHostSchema), new Map()],
+  ];
+}

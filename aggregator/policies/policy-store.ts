@@ -1,0 +1,165 @@
+import { join } from "node:path";
+import type Database from "better-sqlite3";
+import { fromJsonString, toJsonString } from "@bufbuild/protobuf";
+import { ConcernSchema, type PolicySeverity, type Concern } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { namedStoreError, openStoreDatabase } from "../metering/store-database.js";
+import type { Migration } from "../metering/store-migrations.js";
+
+export const POLICY_STORE_FILE = "policies.sqlite";
+
+export const POLICY_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: "policy rules put through the API, the rule set's version, and validation results",
+    sql: `
+      -- Rules put through FleetService.PutPolicy; deleted = 1 keeps a built-in rule off.
+      CREATE TABLE policy_rules (
+        name       TEXT    NOT NULL PRIMARY KEY,
+        severity   INTEGER NOT NULL,
+        description TEXT   NOT NULL,
+        fails_when TEXT    NOT NULL,
+        deleted    INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
+      ) STRICT, WITHOUT ROWID;
+      -- The rule set's version, bumped whenever its content (hash) differs from the last one.
+      CREATE TABLE policy_rule_set (
+        id      INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL,
+        hash    TEXT    NOT NULL
+      ) STRICT;
+      -- What each instance was last validated against, and what was found (concerns as JSON).
+      CREATE TABLE policy_results (
+        host              TEXT NOT NULL,
+        id                TEXT NOT NULL,
+        instance_revision TEXT NOT NULL,
+        host_revision     TEXT NOT NULL,
+        rule_hash         TEXT NOT NULL,
+        concerns          TEXT NOT NULL,
+        PRIMARY KEY (host, id)
+      ) STRICT, WITHOUT ROWID;
+    `,
+  },
+];
+
+export interface StoredRule {
+  name: string;
+  severity: PolicySeverity;
+  description: string;
+  failsWhen: string;
+  deleted: boolean;
+}
+
+/** What an instance was validated against, and the concerns found. */
+export interface ValidationResult {
+  instanceRevision: string;
+  hostRevision: string;
+  ruleHash: string;
+  concerns: Concern[];
+}
+
+/**
+ * The aggregator's policy state on disk (`policies.sqlite`, synchronous=NORMAL: results can be
+ * recomputed, rules put through the API are small and written at once). Results are keyed by
+ * the revisions they were computed at, so a stale row is simply "behind" after a restart.
+ */
+export class PolicyStore {
+  private readonly stmts;
+
+  private constructor(
+    private readonly db: Database.Database,
+    readonly file: string,
+  ) {
+    this.stmts = {
+      rules: db.prepare<[], { name: string; severity: number; description: string; failsWhen: string; deleted: number }>(
+        "SELECT name, severity, description, fails_when AS failsWhen, deleted FROM policy_rules ORDER BY name",
+      ),
+      putRule: db.prepare<[string, number, string, string, number]>(
+        "INSERT OR REPLACE INTO policy_rules (name, severity, description, fails_when, deleted) VALUES (?, ?, ?, ?, ?)",
+      ),
+      deleteRule: db.prepare<[string]>("DELETE FROM policy_rules WHERE name = ?"),
+      ruleSet: db.prepare<[], { version: number; hash: string }>("SELECT version, hash FROM policy_rule_set WHERE id = 1"),
+      putRuleSet: db.prepare<[number, string]>("INSERT OR REPLACE INTO policy_rule_set (id, version, hash) VALUES (1, ?, ?)"),
+      results: db.prepare<[], { host: string; id: string; instanceRevision: string; hostRevision: string; ruleHash: string; concerns: string }>(
+        "SELECT host, id, instance_revision AS instanceRevision, host_revision AS hostRevision, rule_hash AS ruleHash, concerns FROM policy_results",
+      ),
+      putResult: db.prepare<[string, string, string, string, string, string]>(
+        "INSERT OR REPLACE INTO policy_results (host, id, instance_revision, host_revision, rule_hash, concerns) VALUES (?, ?, ?, ?, ?, ?)",
+      ),
+      deleteResult: db.prepare<[string, string]>("DELETE FROM policy_results WHERE host = ? AND id = ?"),
+    };
+  }
+
+  static open(stateDir: string): PolicyStore {
+    const file = join(stateDir, POLICY_STORE_FILE);
+    return new PolicyStore(openStoreDatabase(file, POLICY_MIGRATIONS, "NORMAL"), file);
+  }
+
+  private named<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      throw namedStoreError(this.file, e);
+    }
+  }
+
+  rules(): StoredRule[] {
+    return this.named(() => this.stmts.rules.all().map((r) => ({ ...r, severity: r.severity as PolicySeverity, deleted: r.deleted === 1 })));
+  }
+
+  /** A rule put (deleted false) or a built-in one turned off (deleted true), with the rule set's new version. */
+  saveRule(rule: StoredRule, version: number, hash: string): void {
+    this.named(() =>
+      this.db.transaction(() => {
+        this.stmts.putRule.run(rule.name, rule.severity, rule.description, rule.failsWhen, rule.deleted ? 1 : 0);
+        this.stmts.putRuleSet.run(version, hash);
+      })(),
+    );
+  }
+
+  /** An API rule removed (nothing left behind), with the rule set's new version. */
+  forgetRule(name: string, version: number, hash: string): void {
+    this.named(() =>
+      this.db.transaction(() => {
+        this.stmts.deleteRule.run(name);
+        this.stmts.putRuleSet.run(version, hash);
+      })(),
+    );
+  }
+
+  ruleSet(): { version: number; hash: string } | undefined {
+    return this.named(() => this.stmts.ruleSet.get());
+  }
+
+  saveRuleSet(version: number, hash: string): void {
+    this.named(() => this.stmts.putRuleSet.run(version, hash));
+  }
+
+  /** Every stored result, by "host\0id". */
+  results(): Map<string, ValidationResult> {
+    return this.named(() => {
+      const out = new Map<string, ValidationResult>();
+      for (const r of this.stmts.results.iterate()) {
+        const concerns = (JSON.parse(r.concerns) as unknown[]).map((c) => fromJsonString(ConcernSchema, JSON.stringify(c)));
+        out.set(`${r.host}\0${r.id}`, { instanceRevision: r.instanceRevision, hostRevision: r.hostRevision, ruleHash: r.ruleHash, concerns });
+      }
+      return out;
+    });
+  }
+
+  /** Results written (undefined: the instance is gone) in one transaction. */
+  saveResults(batch: ReadonlyMap<string, ValidationResult | undefined>): void {
+    if (batch.size === 0) return;
+    this.named(() =>
+      this.db.transaction(() => {
+        for (const [key, r] of batch) {
+          const [host, id] = key.split("\0") as [string, string];
+          if (!r) this.stmts.deleteResult.run(host, id);
+          else this.stmts.putResult.run(host, id, r.instanceRevision, r.hostRevision, r.ruleHash, `[${r.concerns.map((c) => toJsonString(ConcernSchema, c)).join(",")}]`);
+        }
+      })(),
+    );
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

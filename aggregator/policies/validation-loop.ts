@@ -1,0 +1,336 @@
+import { FleetEventType, type Concern, type FleetInstance, type PolicyHost, type PolicySeverity } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { errorMessage } from "../../lib/error-message.js";
+import { monotonicMs } from "../../lib/monotonic-clock.js";
+import type { Logger } from "../../lib/rpc/logger.js";
+import type { MergedView } from "../inventory/merged-view.js";
+import { evaluateInstance, isEvaluationError, sameConcerns } from "./policy-evaluator.js";
+import { policyHostOf, policyHostRevision } from "./policy-host.js";
+import type { CompiledRule } from "./policy-rule.js";
+import type { PolicyStore, ValidationResult } from "./policy-store.js";
+import type { RuleSet } from "./rule-set.js";
+
+/** Evaluates one instance; replaceable in tests to fail at random (the loop must not care). */
+export type InstanceEvaluator = (
+  rules: readonly CompiledRule[],
+  instance: FleetInstance,
+  host: PolicyHost,
+  params: ReadonlyMap<string, number>,
+  previous: readonly Concern[],
+  nowMs: number,
+) => Concern[];
+
+export interface ValidationLoopOptions {
+  logger: Logger;
+  /** The scheduled search (--policy-sweep-interval). */
+  sweepIntervalMs: number;
+  store?: PolicyStore;
+  /** Instances waiting for real-time validation at most; past it a change is left to the search. */
+  queueLimit?: number;
+  /** How long one slice of work may hold the event loop before yielding. */
+  sliceMs?: number;
+  /**
+   * After a restart every stored host is STALE until its follower hears from it: its instances
+   * keep their stored results for this long (--stale-after) rather than all failing
+   * host-stale-running for the few seconds a reconnect takes.
+   */
+  startGraceMs?: number;
+  evaluate?: InstanceEvaluator;
+}
+
+export interface RuleSummary {
+  rule: string;
+  severity: PolicySeverity;
+  passing: number;
+  failing: number;
+  unevaluated: number;
+  errors: number;
+}
+
+export interface LoopStatus {
+  summaries: RuleSummary[];
+  unvalidated: number;
+  /** Age of the oldest change not validated yet (ms); 0 when everything is current. */
+  lagMs: number;
+}
+
+/** Counters for metrics and tests. */
+export interface LoopCounters {
+  validated: number;
+  /** Evaluations that threw (logged; the instance stays behind for the search). */
+  failed: number;
+  /** Changes not queued because the queue was full (the search takes them). */
+  skipped: number;
+  sweeps: number;
+}
+
+const key = (host: string, id: string) => `${host}\0${id}`;
+
+/**
+ * Seed 003's validation loop over the merged view (policies.md "The validation loop"):
+ *
+ * - real time, best effort: a change of an instance queues it; a slice of the queue is
+ *   validated per turn of the event loop, after the change was applied and announced (the view
+ *   never waits for this). A full queue, or an evaluation that throws, is counted and logged,
+ *   and the instance stays behind;
+ * - the scheduled search every sweepIntervalMs validates every instance that is behind — its
+ *   instance revision, its host's revision or the rule set's hash is not the one it was
+ *   validated at — and not queued (the real-time path "reports" what it has in hand);
+ * - a host change (sync state, facts, its instances' sums) puts its instances behind; a rule
+ *   change puts everything behind: both by revision, nothing is walked at the change itself;
+ * - results go to the view (concerns, a MODIFIED event when they change) and to the store in
+ *   batches, keyed by the revisions: after a restart only what is behind is evaluated again.
+ */
+export class ValidationLoop {
+  private readonly results = new Map<string, ValidationResult>();
+  private readonly queued = new Set<string>();
+  private readonly changedAt = new Map<string, number>();
+  private readonly hosts = new Map<string, { facts: PolicyHost; revision: string }>();
+  private readonly dirtyHosts = new Map<string, number>();
+  private readonly unsaved = new Map<string, ValidationResult | undefined>();
+  private ruleChangedAt: number;
+  private cursor: number;
+  private draining = false;
+  private sweeping = false;
+  private readonly startedAt = monotonicMs();
+  private readonly timer: NodeJS.Timeout;
+  private readonly unsubscribe: (() => void)[] = [];
+  private readonly queueLimit: number;
+  private readonly sliceMs: number;
+  private readonly evaluate: InstanceEvaluator;
+  private closed = false;
+  readonly counters: LoopCounters = { validated: 0, failed: 0, skipped: 0, sweeps: 0 };
+
+  constructor(
+    private readonly view: MergedView,
+    private readonly rules: RuleSet,
+    private readonly options: ValidationLoopOptions,
+  ) {
+    this.queueLimit = options.queueLimit ?? 10_000;
+    this.sliceMs = options.sliceMs ?? 5;
+    this.evaluate = options.evaluate ?? evaluateInstance;
+    this.ruleChangedAt = this.startedAt;
+    // Stored results first: an instance still at the revision it was validated at gets its
+    // concerns back now, without an evaluation.
+    for (const [k, r] of options.store?.results() ?? []) {
+      const [host, id] = k.split("\0") as [string, string];
+      const instance = view.host(host)?.instances.get(id);
+      if (!instance) {
+        this.unsaved.set(k, undefined);
+        continue;
+      }
+      if (r.instanceRevision !== this.instanceRevision(host, instance)) continue;
+      this.results.set(k, r);
+      if (!sameConcerns(instance.concerns, r.concerns)) view.setConcerns(host, id, instance, r.concerns);
+    }
+    this.cursor = view.lastSeq;
+    this.unsubscribe.push(
+      view.subscribe(() => this.onViewChange()),
+      view.onHostChange((host) => {
+        if (!this.dirtyHosts.has(host)) this.dirtyHosts.set(host, monotonicMs());
+      }),
+      rules.onChange(() => {
+        this.ruleChangedAt = monotonicMs();
+        // A rule change is worth a search now rather than at the next interval.
+        setImmediate(() => this.sweep());
+      }),
+    );
+    this.timer = setInterval(() => this.sweep(), options.sweepIntervalMs);
+    this.timer.unref();
+    setImmediate(() => this.sweep());
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const u of this.unsubscribe) u();
+    this.flush();
+  }
+
+  /** Everything behind is validated now, in one go (tests; `fleetlet` never waits on this). */
+  validateAllNow(): void {
+    for (const [host, id, instance] of this.allInstances()) this.validate(host, id, instance);
+    this.flush();
+  }
+
+  private onViewChange(): void {
+    const changes = this.view.changesAfter(this.cursor);
+    if (!changes) {
+      // The ring passed us (a burst bigger than the watch buffer): the search finds what changed.
+      this.cursor = this.view.lastSeq;
+      return;
+    }
+    const now = monotonicMs();
+    for (const { seq, item } of changes) {
+      this.cursor = seq;
+      if (!item.instance || item.concernsOnly) continue;
+      const k = key(item.instance.host, item.instance.id);
+      if (item.type === FleetEventType.DELETED) {
+        this.results.delete(k);
+        this.queued.delete(k);
+        this.changedAt.delete(k);
+        this.unsaved.set(k, undefined);
+        continue;
+      }
+      if (!this.changedAt.has(k)) this.changedAt.set(k, now);
+      if (this.queued.has(k)) continue;
+      if (this.queued.size >= this.queueLimit) {
+        this.counters.skipped++;
+        continue;
+      }
+      this.queued.add(k);
+    }
+    if (this.queued.size > 0 && !this.draining) {
+      this.draining = true;
+      setImmediate(() => this.drain());
+    }
+  }
+
+  /** Real-time validation: the queue in slices of sliceMs. */
+  private drain(): void {
+    if (this.closed) return;
+    const until = monotonicMs() + this.sliceMs;
+    for (const k of this.queued) {
+      this.queued.delete(k);
+      const [host, id] = k.split("\0") as [string, string];
+      const instance = this.view.host(host)?.instances.get(id);
+      if (instance) this.validate(host, id, instance);
+      if (monotonicMs() >= until) break;
+    }
+    this.flush();
+    if (this.queued.size > 0) setImmediate(() => this.drain());
+    else this.draining = false;
+  }
+
+  /** The scheduled search: everything behind and not queued, in slices. */
+  private sweep(): void {
+    if (this.sweeping || this.closed) return;
+    this.sweeping = true;
+    this.counters.sweeps++;
+    const it = this.allInstances();
+    const step = () => {
+      if (this.closed) return;
+      const until = monotonicMs() + this.sliceMs;
+      for (;;) {
+        const next = it.next();
+        if (next.done) {
+          this.flush();
+          this.sweeping = false;
+          return;
+        }
+        const [host, id, instance] = next.value;
+        if (!this.queued.has(key(host, id))) this.validate(host, id, instance);
+        if (monotonicMs() >= until) break;
+      }
+      this.flush();
+      setImmediate(step);
+    };
+    step();
+  }
+
+  private *allInstances(): Generator<[string, string, FleetInstance]> {
+    for (const host of this.view.hostNames()) {
+      const view = this.view.host(host);
+      if (!view) continue;
+      // Snapshot the ids: validating replaces instance objects in the map.
+      for (const id of [...view.instances.keys()]) {
+        const instance = this.view.host(host)?.instances.get(id);
+        if (instance) yield [host, id, instance];
+      }
+    }
+  }
+
+  private instanceRevision(host: string, instance: FleetInstance): string {
+    return `${this.view.host(host)?.incarnation ?? ""}:${instance.resourceVersion}`;
+  }
+
+  private hostFacts(host: string): { facts: PolicyHost; revision: string } | undefined {
+    const view = this.view.host(host);
+    if (!view) return undefined;
+    let h = this.hosts.get(host);
+    if (!h || this.dirtyHosts.has(host)) {
+      const facts = policyHostOf(view);
+      h = { facts, revision: policyHostRevision(facts) };
+      this.hosts.set(host, h);
+      this.dirtyHosts.delete(host);
+    }
+    return h;
+  }
+
+  /** Whether the host's instances are still in the start grace (stored STALE, not heard from yet). */
+  private inStartGrace(host: string): boolean {
+    const grace = this.options.startGraceMs ?? 0;
+    if (grace <= 0 || monotonicMs() - this.startedAt >= grace) return false;
+    return this.view.host(host)?.lastError === "not heard from since the aggregator started";
+  }
+
+  /** Validates one instance if it is behind; true when it is current afterwards. */
+  private validate(host: string, id: string, instance: FleetInstance): boolean {
+    const k = key(host, id);
+    const h = this.hostFacts(host);
+    if (!h) return false;
+    const instanceRevision = this.instanceRevision(host, instance);
+    const ruleHash = this.rules.hash;
+    const r = this.results.get(k);
+    if (r && r.instanceRevision === instanceRevision && r.hostRevision === h.revision && r.ruleHash === ruleHash) return true;
+    if (r && this.inStartGrace(host)) return false;
+    let concerns: Concern[];
+    try {
+      concerns = this.evaluate(this.rules.list(), instance, h.facts, this.rules.parameters, instance.concerns, Date.now());
+    } catch (e) {
+      this.counters.failed++;
+      this.options.logger.debug({ host, instance_id: id, err: errorMessage(e) }, "policy validation failed; left for the scheduled search");
+      return false;
+    }
+    if (!sameConcerns(instance.concerns, concerns)) this.view.setConcerns(host, id, instance, concerns);
+    const result = { instanceRevision, hostRevision: h.revision, ruleHash, concerns };
+    this.results.set(k, result);
+    this.unsaved.set(k, result);
+    this.changedAt.delete(k);
+    this.counters.validated++;
+    return true;
+  }
+
+  private flush(): void {
+    if (this.unsaved.size === 0 || !this.options.store) {
+      this.unsaved.clear();
+      return;
+    }
+    try {
+      this.options.store.saveResults(this.unsaved);
+    } catch (e) {
+      // Results are recomputable: a failed write costs re-evaluation after a restart, nothing else.
+      this.options.logger.warn({ err: errorMessage(e) }, "policy results not saved");
+    }
+    this.unsaved.clear();
+  }
+
+  /** Per rule: passing / failing / unevaluated / errors, what is behind and for how long. */
+  status(): LoopStatus {
+    const rules = this.rules.list();
+    const summaries = new Map<string, RuleSummary>(rules.map((r) => [r.name, { rule: r.name, severity: r.severity, passing: 0, failing: 0, unevaluated: 0, errors: 0 }]));
+    let unvalidated = 0;
+    let oldest = Number.POSITIVE_INFINITY;
+    const now = monotonicMs();
+    for (const [host, id, instance] of this.allInstances()) {
+      const h = this.hostFacts(host);
+      const r = this.results.get(key(host, id));
+      const current = h !== undefined && r !== undefined && r.instanceRevision === this.instanceRevision(host, instance) && r.hostRevision === h.revision && r.ruleHash === this.rules.hash;
+      if (!current) {
+        unvalidated++;
+        const since = this.changedAt.get(key(host, id)) ?? (r && r.ruleHash !== this.rules.hash ? this.ruleChangedAt : (this.dirtyHosts.get(host) ?? this.startedAt));
+        oldest = Math.min(oldest, since);
+        for (const s of summaries.values()) s.unevaluated++;
+        continue;
+      }
+      for (const s of summaries.values()) {
+        const c = r.concerns.find((x) => x.rule === s.rule);
+        if (!c) s.passing++;
+        else {
+          s.failing++;
+          if (isEvaluationError(c)) s.errors++;
+        }
+      }
+    }
+    return { summaries: [...summaries.values()], unvalidated, lagMs: unvalidated === 0 ? 0 : Math.max(0, now - oldest) };
+  }
+}
