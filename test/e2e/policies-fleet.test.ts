@@ -2,11 +2,11 @@ import { afterAll, beforeAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { InstanceKind, InstanceState, InventoryService } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { FleetEventType, FleetService, PolicySeverity, type FleetInstance } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../../lib/rpc/grpc-transport.js";
-import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
+import { runFleetlet, startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { until } from "../helpers/until.js";
 
@@ -122,6 +122,37 @@ describe("fleet policies with a real agent and aggregator", () => {
     const critical = await fleet.listInstances({ concernSeverities: [PolicySeverity.CRITICAL] });
     assert.deepEqual(critical.instances.map((i) => i.id), ["vm-big"]);
     assert.equal(policies.summaries.find((s) => s.rule === "big-vm")?.failing, 1);
+  });
+
+  it("PutPolicy / DeletePolicy: bad rules named with the CEL position, the file's rules not changeable, versions move", async () => {
+    const { fleet } = clients();
+    const err = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => ConnectError.from(e));
+    const bad = await err(fleet.putPolicy({ rule: { name: "typo", severity: PolicySeverity.WARNING, failsWhen: "instance.alocated_vcpus > 2" } }));
+    assert.equal(bad?.code, Code.InvalidArgument);
+    assert.match(bad!.rawMessage, /^rule\.fails_when: rule typo: <input>:1:9: FleetInstance has no field "alocated_vcpus"/);
+    const syntax = await err(fleet.putPolicy({ rule: { name: "typo", severity: PolicySeverity.WARNING, failsWhen: "instance.allocated_vcpus >" } }));
+    assert.match(syntax!.rawMessage, /^rule\.fails_when: rule typo: <input>:1:\d+: /);
+    assert.equal((await err(fleet.putPolicy({ rule: { name: "big-vm", severity: PolicySeverity.INFO, failsWhen: "true" } })))?.code, Code.FailedPrecondition);
+    assert.equal((await err(fleet.deletePolicy({ name: "nope" })))?.code, Code.NotFound);
+    const v0 = (await fleet.listPolicies({})).version;
+    const put = await fleet.putPolicy({ rule: { name: "labelled-db", severity: PolicySeverity.WARNING, description: "a db", failsWhen: 'instance.labels.exists(k, k == "team") && instance.labels["team"] == "db"' } });
+    assert.equal(put.version, v0 + 1n);
+    assert.equal((await fleet.deletePolicy({ name: "labelled-db" })).version, v0 + 2n);
+    // A file edit that does not parse keeps the rules in force and says why.
+    writeFileSync(d("policies.yaml"), "rules: [");
+    const broken = await until("file_error", async () => ((await fleet.listPolicies({})).fileError || undefined), 5000);
+    assert.match(broken, /policies\.yaml: not YAML or JSON: .*; keeping the rules read before/);
+    assert.equal((await fleet.listPolicies({})).rules.find((r) => r.name === "big-vm")?.description, "more than 4 vCPUs");
+    writeFileSync(d("policies.yaml"), rulesFile(4));
+    await until("file_error cleared", async () => ((await fleet.listPolicies({})).fileError === "" ? true : undefined), 5000);
+  });
+
+  it("a rules file that does not check stops the start with one line", async () => {
+    writeFileSync(d("bad.yaml"), 'rules:\n  - name: x\n    fails_when: "instance.nope > 1"\n');
+    const r = await runFleetlet(["aggregator", "--listen", "127.0.0.1:0", "--state-dir", d("agg-bad"), "--metrics-listen", "off", "--policies", d("bad.yaml")]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^fleetlet aggregator: \S+bad\.yaml: rules\[0\]\.fails_when: rule x: <input>:1:9: FleetInstance has no field "nope"/);
+    assert.equal(r.stderr.trim().split("\n").length, 1);
   });
 
   it("a host whose agent stops: host-stale-running on its RUNNING instances past --stale-after", async () => {

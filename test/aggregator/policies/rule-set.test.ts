@@ -9,6 +9,7 @@ import { RuleSet, RuleSetConflict } from "../../../aggregator/policies/rule-set.
 import { parseRulesFile, RulesFile } from "../../../aggregator/policies/rules-file.js";
 import { tempDir } from "../../helpers/temp-dir.js";
 import { until } from "../../helpers/until.js";
+import { prng } from "../../helpers/random-message.js";
 
 let dir: ReturnType<typeof tempDir>;
 beforeEach(() => {
@@ -114,5 +115,24 @@ describe("RuleSet", () => {
     const third = PolicyStore.open(dir.path);
     assert.equal(new RuleSet(third, BUILTIN_RULES, parseRulesFile("p.yaml", FILE)).version, version + 2, "edited back while down: another version");
     third.close();
+  });
+});
+
+describe("parseRulesFile fuzz", () => {
+  it("random and mangled files give an Error naming the file, never anything else", () => {
+    const rnd = prng(Number(process.env.FLEETLET_FUZZ_SEED ?? 7));
+    const pieces = ["rules:", "\n  - ", "name: x", "fails_when: ", "'instance.allocated_vcpus > 1'", "severity: info", "parameters:", " {a: 1}", "[", "]", "{", "}", ":", "&a", "*a", "\"", "'", "!!binary", "\u0000", "- ", "\t", "42", "null", "true"];
+    let accepted = 0;
+    for (let i = 0; i < 2000; i++) {
+      const text = Array.from({ length: 1 + Math.floor(rnd() * 12) }, () => pieces[Math.floor(rnd() * pieces.length)]).join(rnd() < 0.5 ? "" : "\n");
+      try {
+        parseRulesFile("fz.yaml", text);
+        accepted++;
+      } catch (e) {
+        assert.ok(e instanceof Error, `not an Error for ${JSON.stringify(text)}`);
+        assert.match(e.message, /^fz\.yaml: /, `for ${JSON.stringify(text)}`);
+      }
+    }
+    assert.ok(accepted > 0 && accepted < 2000, `accepted ${accepted} of 2000`);
   });
 });
