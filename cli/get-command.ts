@@ -23,6 +23,8 @@ import {
   ListContainersResponseSchema as FleetContainersSchema,
   type HostMetering,
   type HostResult,
+  type Concern,
+  type PolicySeverity,
 } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import {
   ContainerState,
@@ -38,30 +40,41 @@ import { getMetering, meteringFromOption, meteringLimitOption } from "./metering
 import { parse } from "./options.js";
 import { formatAge, formatBytes, formatPercent, formatTable } from "./table.js";
 import { errorMessage } from "../lib/error-message.js";
+import { concernsCell, failingOption, getPolicies, severityOption } from "./policies-command.js";
 
 interface GetOptions {
   aggregator?: string;
   agent?: string;
   output: "table" | "json";
   timeout: number;
+  failing?: string[];
+  severity?: PolicySeverity[];
 }
+
+const RESOURCES = ["hosts", "instances", "stats", "standby", "containers", "metering", "policies"];
 
 export function getCommand(): Command {
   return new Command("get")
-    .description("read commands: hosts (aggregator), instances, stats, standby, containers and metering (aggregator or one agent)")
-    .argument("<what>", "hosts | instances | stats | standby | containers | metering")
+    .description("read commands: hosts and policies (aggregator), instances, stats, standby, containers and metering (aggregator or one agent)")
+    .argument("<what>", "hosts | instances | stats | standby | containers | metering | policies")
     .option("--aggregator <host:port>", "aggregator to ask (default 127.0.0.1:7700)")
     .option("--agent <host:port>", "ask one agent directly instead")
     .addOption(new Option("-o, --output <format>", "table or json").choices(["table", "json"]).default("table"))
     .addOption(new Option("--timeout <duration>", "deadline of the call").default(10_000, "10s").argParser(parse.durationMs))
     .addOption(meteringFromOption())
     .addOption(meteringLimitOption())
+    .addOption(failingOption())
+    .addOption(severityOption())
     .action(async (what: string, opts: GetOptions, command: Command) => {
-      if (!["hosts", "instances", "stats", "standby", "containers", "metering"].includes(what)) {
-        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances, stats, standby, containers or metering)`, { exitCode: 2 });
+      if (!RESOURCES.includes(what)) {
+        command.error(`error: unknown resource ${JSON.stringify(what)} (expected hosts, instances, stats, standby, containers, metering or policies)`, { exitCode: 2 });
       }
       if (opts.agent && opts.aggregator) command.error("error: give --agent or --aggregator, not both", { exitCode: 2 });
       if (opts.agent && what === "hosts") command.error("error: hosts come from the aggregator; drop --agent", { exitCode: 2 });
+      if (opts.agent && what === "policies") command.error("error: policies are the aggregator's (an agent has none); drop --agent", { exitCode: 2 });
+      const policyFilters = [opts.failing && "--failing", opts.severity && "--severity"].filter(Boolean).join(" and ");
+      if (policyFilters && what !== "instances") command.error(`error: ${policyFilters} ${policyFilters.includes(" and ") ? "apply" : "applies"} to get instances only`, { exitCode: 2 });
+      if (policyFilters && opts.agent) command.error(`error: ${policyFilters} filter on the aggregator's policies (an agent has none); drop --agent`, { exitCode: 2 });
       const target = opts.agent ?? opts.aggregator ?? "127.0.0.1:7700";
       try {
         parse.address(target);
@@ -95,7 +108,9 @@ export function getCommand(): Command {
           }
         } else {
           const fleet = createClient(FleetService, transport);
-          if (what === "hosts") {
+          if (what === "policies") {
+            await getPolicies(fleet, call, opts.output);
+          } else if (what === "hosts") {
             const res = await fleet.listHosts({}, call);
             print(opts, ListHostsResponseSchema, res, () =>
               formatTable(
@@ -128,7 +143,8 @@ export function getCommand(): Command {
               [standbyTable(res.statuses.map((s) => ({ host: s.host, status: s.status! })), true), hostResultLines(res.hostResults)].join("\n\n"),
             );
           } else if (what === "instances") {
-            const pages = await readAllPages((pageToken) => fleet.listInstances({ pageToken }, call));
+            const filters = { failingRules: opts.failing ?? [], concernSeverities: opts.severity ?? [] };
+            const pages = await readAllPages((pageToken) => fleet.listInstances({ pageToken, ...filters }, call));
             // One answer of the whole view (every page carries the same hosts and cursor).
             const res = { ...pages[0]!, instances: pages.flatMap((p) => p.instances), nextPageToken: "" };
             print(opts, FleetInstancesSchema, res, () =>
@@ -179,10 +195,18 @@ interface InstanceRow {
   allocatedVcpus: number;
   allocatedMemoryBytes: bigint;
   labels: Record<string, string>;
+  concerns?: Concern[];
 }
 
+/**
+ * Through the aggregator (withHost) there is a CONCERNS column: what the fleet's policies find
+ * wrong with each instance (`2 (critical: host-stale-running)`, `-`). It is in the default table,
+ * not behind an `-o wide` (which fleetlet does not have): as kubectl's STATUS and RESTARTS in
+ * `get pods`, it is what someone listing instances looks for first. It comes before LABELS,
+ * which stays last as kubectl's --show-labels column does. An agent has no policies: no column.
+ */
 export function instancesTable(rows: InstanceRow[], withHost: boolean): string {
-  const headers = ["ID", "NAME", "KIND", "STATE", "PID", "TAP", "VCPUS", "MEMORY", "LABELS"];
+  const headers = ["ID", "NAME", "KIND", "STATE", "PID", "TAP", "VCPUS", "MEMORY", ...(withHost ? ["CONCERNS"] : []), "LABELS"];
   return formatTable(
     withHost ? ["HOST", ...headers] : headers,
     rows.map((i) => {
@@ -195,6 +219,7 @@ export function instancesTable(rows: InstanceRow[], withHost: boolean): string {
         i.tapDevice || "-",
         String(i.allocatedVcpus),
         formatBytes(i.allocatedMemoryBytes),
+        ...(withHost ? [concernsCell(i.concerns ?? [])] : []),
         Object.entries(i.labels).map(([k, v]) => `${k}=${v}`).join(",") || "-",
       ];
       return withHost ? [i.host, ...cells] : cells;

@@ -5,13 +5,14 @@ import { getCommand } from "./get-command.js";
 import { hostsCommand } from "./hosts-command.js";
 import { logsCommand } from "./logs-command.js";
 import { meteringCommand } from "./metering-command.js";
+import { policiesCommand } from "./policies-command.js";
 import { upCommand } from "./up-command.js";
 import { tokensCommand } from "./tokens-command.js";
 import { setClientToken } from "./client-token.js";
 import { addClientTlsOptions, setClientTls } from "./client-tls.js";
 
 /** The commands that call a daemon and take --tls-ca/--tls-cert/--tls-key (cli/client-tls.ts). */
-const CLIENT_COMMANDS = new Set(["get", "hosts", "logs", "metering"]);
+const CLIENT_COMMANDS = new Set(["get", "hosts", "logs", "metering", "policies"]);
 
 /**
  * The `fleetlet` command. Bad flags print one line and exit 2 (usage errors), as every daemon
@@ -27,7 +28,7 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(new Option("--token <token>", "bearer token sent by the client commands").env("FLEETLET_TOKEN"))
     .hook("preAction", (root: Command) => setClientToken(root.opts<{ token?: string }>().token))
     .hook("preAction", (_program: Command, action: Command) => setClientTls(action));
-  for (const sub of [agentCommand(), aggregatorCommand(), certsCommand(), getCommand(), hostsCommand(), logsCommand(), meteringCommand(), tokensCommand(), upCommand()]) {
+  for (const sub of [agentCommand(), aggregatorCommand(), certsCommand(), getCommand(), hostsCommand(), logsCommand(), meteringCommand(), policiesCommand(), tokensCommand(), upCommand()]) {
     sub.exitOverride().configureOutput({
       outputError: (text, write) => write(`fleetlet ${sub.name()}: ${text.trim().replace(/\n+/g, " ")}\n`),
     });

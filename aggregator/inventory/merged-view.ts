@@ -9,6 +9,7 @@ import {
   FleetSnapshotSchema,
   HostSyncSchema,
   HostSyncState,
+  ConcernSchema,
   type Concern,
   type FleetInstance,
   type PolicySeverity,
@@ -180,8 +181,10 @@ export class MergedView {
     const view = this.views.get(name);
     const previous = view?.instances.get(id);
     if (!view || previous !== expected) return false;
-    const next = create(FleetInstanceSchema, { ...previous, concerns });
-    framedInstance(next);
+    // A shallow copy is a whole message (protobuf-es messages are plain objects); its wire form is
+    // the agent's part, already encoded, plus the concerns: only those are encoded here.
+    const next: FleetInstance = { ...previous, concerns };
+    framedWithConcerns(previous, next);
     view.instances.set(id, next);
     view.sorted = undefined;
     this.emit([{ type: FleetEventType.MODIFIED, instance: next, previous, concernsOnly: true }]);
@@ -438,6 +441,8 @@ export function snapshotMatches(s: FleetSnapshot, filter: SnapshotFilter): boole
 
 /** Each FleetInstance's wire form as field 1 of ListInstancesResponse, made once (they are immutable). */
 const framed = new WeakMap<FleetInstance, Uint8Array>();
+/** The encoded fields of an instance other than its concerns (the agent's data and host), shared by its copies. */
+const agentPart = new WeakMap<FleetInstance, Uint8Array>();
 
 /**
  * `instances` entry bytes of a ListInstancesResponse: the list of 100,000 instances is the
@@ -446,10 +451,33 @@ const framed = new WeakMap<FleetInstance, Uint8Array>();
 export function framedInstance(i: FleetInstance): Uint8Array {
   let bytes = framed.get(i);
   if (!bytes) {
-    bytes = new BinaryWriter().tag(1, WireType.LengthDelimited).bytes(toBinary(FleetInstanceSchema, i)).finish();
+    bytes = frame(agentPartOf(i), i.concerns);
     framed.set(i, bytes);
   }
   return bytes;
+}
+
+function agentPartOf(i: FleetInstance): Uint8Array {
+  let part = agentPart.get(i);
+  if (!part) {
+    part = toBinary(FleetInstanceSchema, i.concerns.length > 0 ? create(FleetInstanceSchema, { ...i, concerns: [] }) : i);
+    agentPart.set(i, part);
+  }
+  return part;
+}
+
+/** Field order does not matter on the wire: the agent's part, then each concern as field 101. */
+function frame(part: Uint8Array, concerns: readonly Concern[]): Uint8Array {
+  const body = new BinaryWriter().raw(part);
+  for (const c of concerns) body.tag(101, WireType.LengthDelimited).bytes(toBinary(ConcernSchema, c));
+  return new BinaryWriter().tag(1, WireType.LengthDelimited).bytes(body.finish()).finish();
+}
+
+/** `next` is `previous` with other concerns: it shares the agent's part and frames only its concerns. */
+function framedWithConcerns(previous: FleetInstance, next: FleetInstance): void {
+  const part = agentPartOf(previous);
+  agentPart.set(next, part);
+  framed.set(next, frame(part, next.concerns));
 }
 
 function fleetSnapshot(s: Snapshot, host: string): FleetSnapshot {
@@ -459,8 +487,17 @@ function fleetSnapshot(s: Snapshot, host: string): FleetSnapshot {
 
 function fleetInstance(i: Instance, host: string, concerns: Concern[] = []): FleetInstance {
   const { $typeName: _, ...fields } = i;
-  const out = create(FleetInstanceSchema, { ...fields, host, concerns });
-  // Encoded as it enters the view (on the follower's time), so a list only concatenates.
-  framedInstance(out);
+  const base = create(FleetInstanceSchema, { ...fields, host });
+  // Encoded as it enters the view (on the follower's time), so a list only concatenates; the
+  // concerns it carries over are framed after the agent's part (policy results replace only them).
+  const part = toBinary(FleetInstanceSchema, base);
+  if (concerns.length === 0) {
+    agentPart.set(base, part);
+    framed.set(base, frame(part, concerns));
+    return base;
+  }
+  const out: FleetInstance = { ...base, concerns };
+  agentPart.set(out, part);
+  framed.set(out, frame(part, concerns));
   return out;
 }

@@ -1,4 +1,4 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type DescField } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { ConcernSchema, type Concern, type FleetInstance, type PolicyHost } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import type { CompiledRule } from "./policy-rule.js";
@@ -17,13 +17,16 @@ export function evaluateInstance(
   nowMs: number,
 ): Concern[] {
   const out: Concern[] = [];
+  const scratch = { instance: new Map(), host: hostScratch(host) };
   for (const rule of rules) {
-    const outcome = rule.evaluate(instance, host, params);
+    const outcome = rule.evaluate(instance, host, params, scratch);
     if (outcome.fails === false) continue;
     const message = outcome.error !== undefined ? `rule ${rule.name} could not be evaluated: ${outcome.error}` : rule.description || `fails rule ${rule.name}`;
+    // The same concern as before is the same object (it keeps its since; nothing allocated).
     const before = previous.find((c) => c.rule === rule.name && c.severity === rule.severity && c.message === message);
-    out.push(create(ConcernSchema, { rule: rule.name, severity: rule.severity, message, since: before?.since ?? timestampFromMs(nowMs) }));
+    out.push(before ?? create(ConcernSchema, { rule: rule.name, severity: rule.severity, message, since: timestampFromMs(nowMs) }));
   }
+  // Sorted by rule name (RuleSet.list is already: then this only checks).
   return out.sort((a, b) => (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0));
 }
 
@@ -36,4 +39,16 @@ export function sameConcerns(a: readonly Concern[], b: readonly Concern[]): bool
 /** Whether a concern says its rule could not be evaluated (counted as an error in summaries). */
 export function isEvaluationError(c: Concern): boolean {
   return c.message.startsWith(`rule ${c.rule} could not be evaluated: `);
+}
+
+// A host's value keys, reused by all its instances while it is the same object (a new PolicyHost
+// is made whenever the host changes).
+const hostScratches = new WeakMap<PolicyHost, Map<readonly DescField[], string>>();
+function hostScratch(host: PolicyHost): Map<readonly DescField[], string> {
+  let m = hostScratches.get(host);
+  if (!m) {
+    m = new Map();
+    hostScratches.set(host, m);
+  }
+  return m;
 }

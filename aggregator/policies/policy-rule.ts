@@ -13,6 +13,7 @@ import {
   type PolicyHost,
 } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { errorMessage } from "../../lib/error-message.js";
+import { inputKey, ruleInputs, type InputScratch } from "./rule-inputs.js";
 
 /** A rule as written (file, API or built in), before it is checked. */
 export interface RuleSpec {
@@ -28,7 +29,12 @@ export type RuleOutcome = { fails: boolean; error?: undefined } | { fails?: unde
 
 /** A checked rule with its expression planned once: evaluate() never throws. */
 export interface CompiledRule extends RuleSpec {
-  evaluate(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome;
+  /** Memoised by the values the expression reads; `scratch` shares value keys between the rules of one validation. */
+  evaluate(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch): RuleOutcome;
+  /** The evaluator itself, every time (tests compare the two). */
+  evaluateUncached(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome;
+  /** Outcomes memoised now (distinct input values seen). */
+  memoSize(): number;
 }
 
 /** A rule refused: `field` names what is wrong (rule.name, rule.fails_when, ...). */
@@ -94,7 +100,7 @@ export function compileRule(spec: RuleSpec): CompiledRule {
   } catch (e) {
     throw new RuleError("rule.fails_when", `${where}: ${errorMessage(e)}`);
   }
-  const evaluate = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome => {
+  const run1 = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome => {
     try {
       const r = run({ instance, host, params: params as Map<string, number> });
       if (isCelError(r)) return { error: r.message };
@@ -104,13 +110,40 @@ export function compileRule(spec: RuleSpec): CompiledRule {
       return { error: errorMessage(e) };
     }
   };
+  // Outcomes memoised by the values the expression reads (rule-inputs.ts): the evaluator costs
+  // 1–4 µs a run, and most instances of a fleet share the few values a rule looks at.
+  const inputs = ruleInputs(parsed.expr, FleetInstanceSchema, PolicyHostSchema);
+  const memo = new Map<string, RuleOutcome>();
+  const evaluate = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch): RuleOutcome => {
+    const key = inputKey(inputs, instance, host, inputs.readsParams ? paramsKeyOf(params) : "", scratch);
+    if (key === undefined) return run1(instance, host, params);
+    const hit = memo.get(key);
+    if (hit) return hit;
+    const outcome = run1(instance, host, params);
+    if (memo.size >= MEMO_LIMIT) memo.clear();
+    memo.set(key, outcome);
+    return outcome;
+  };
   const probes = probeInputs();
-  const outcomes = probes.map(([i, h, p]) => evaluate(i, h, p));
+  const outcomes = probes.map(([i, h, p]) => run1(i, h, p));
   const staticError = outcomes.every((o) => o.error !== undefined && STATIC_ERROR.test(o.error)) ? outcomes[0]!.error : undefined;
   if (staticError) throw new RuleError("rule.fails_when", `${where}: ${staticError}`);
   const notBool = outcomes.find((o) => o.error?.endsWith("not a bool"));
   if (notBool && outcomes.every((o) => o.error?.endsWith("not a bool"))) throw new RuleError("rule.fails_when", `${where}: ${notBool.error}`);
-  return { ...spec, failsWhen: source, evaluate };
+  return { ...spec, failsWhen: source, evaluate, evaluateUncached: run1, memoSize: () => memo.size };
+}
+
+/** Memoised outcomes kept per rule at most (then forgotten at once: a fleet with that many distinct inputs gains little). */
+const MEMO_LIMIT = 65_536;
+
+const paramsKeys = new WeakMap<ReadonlyMap<string, number>, string>();
+function paramsKeyOf(params: ReadonlyMap<string, number>): string {
+  let key = paramsKeys.get(params);
+  if (key === undefined) {
+    key = JSON.stringify([...params].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+    paramsKeys.set(params, key);
+  }
+  return key;
 }
 
 // Errors of the expression itself rather than of one instance's data.

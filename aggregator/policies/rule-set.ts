@@ -25,6 +25,7 @@ export class RuleSetConflict extends Error {
  */
 export class RuleSet {
   private rules = new Map<string, CompiledRule>();
+  private sorted: CompiledRule[] | undefined;
   private params = new Map<string, number>();
   private readonly api = new Map<string, CompiledRule>();
   private readonly turnedOff = new Set<string>();
@@ -51,9 +52,10 @@ export class RuleSet {
     this.recompute();
   }
 
-  /** Rules in force, sorted by name. */
-  list(): CompiledRule[] {
-    return [...this.rules.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  /** Rules in force, sorted by name (the same array until the next change: do not modify). */
+  list(): readonly CompiledRule[] {
+    this.sorted ??= [...this.rules.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return this.sorted;
   }
 
   get(name: string): CompiledRule | undefined {
@@ -121,6 +123,7 @@ export class RuleSet {
     if (save) save(version, hash);
     else if (changed) this.store?.saveRuleSet(version, hash);
     this.rules = rules;
+    this.sorted = undefined;
     this.params = params;
     if (!changed) return;
     this.version = version;

@@ -6,6 +6,7 @@ import { FleetInstanceSchema, HostSyncState, PolicyHostSchema, PolicySeverity, P
 import { BUILTIN_RULES, DEFAULT_PARAMETERS } from "../../../aggregator/policies/builtin-rules.js";
 import { compileRule, RuleError } from "../../../aggregator/policies/policy-rule.js";
 import { evaluateInstance } from "../../../aggregator/policies/policy-evaluator.js";
+import { prng, randomMessage } from "../../helpers/random-message.js";
 
 const spec = (failsWhen: string, name = "r") => ({ name, severity: PolicySeverity.WARNING, description: "d", failsWhen, source: PolicySource.API });
 const refused = (field: string, text: RegExp) => (e: unknown) => e instanceof RuleError && e.field === field && text.test(e.message);
@@ -77,5 +78,40 @@ describe("compileRule", () => {
     assert.deepEqual(again[0]!.since, first[0]!.since);
     const later = evaluateInstance([rule], i, create(PolicyHostSchema), new Map(), [], 9000);
     assert.notDeepEqual(later[0]!.since, first[0]!.since);
+  });
+});
+
+describe("memoised evaluation", () => {
+  it("gives exactly the evaluator's outcome on random instances and hosts, and runs it once per distinct input", () => {
+    const rnd = prng(Number(process.env.FLEETLET_FUZZ_SEED ?? 11));
+    const exprs = [
+      "instance.allocated_vcpus > 4",
+      'instance.labels["team"] == "db"',
+      'instance.labels.exists(k, k.startsWith("a"))',
+      "has(instance.standby_policy) && instance.standby_policy.enabled",
+      "!has(instance.pid) || instance.pid > 100",
+      "instance.state == fleetlet.agent.v1.InstanceState.INSTANCE_STATE_RUNNING && host.sync_state == fleetlet.aggregator.v1.HostSyncState.HOST_SYNC_STATE_STALE",
+      "double(host.allocated_vcpus) > params.vcpu_overcommit_ratio * double(host.cpu_count)",
+      '[instance].exists(i, i.name == "x")',
+      'size(host.labels) > 1 && instance.name.contains("a")',
+    ].map((e, i) => compileRule(spec(e, `r${i}`)));
+    const params = [new Map([["vcpu_overcommit_ratio", 2]]), new Map([["vcpu_overcommit_ratio", 0.5]])];
+    let compared = 0;
+    for (let n = 0; n < 400; n++) {
+      const instance = create(FleetInstanceSchema, { ...randomMessage(FleetInstanceSchema, rnd), concerns: [] });
+      const host = randomMessage(PolicyHostSchema, rnd);
+      const p = params[n % 2]!;
+      for (const rule of exprs) {
+        assert.deepEqual(rule.evaluate(instance, host, p), rule.evaluateUncached(instance, host, p), `${rule.failsWhen} on ${n}`);
+        // Again, now from the memo.
+        assert.deepEqual(rule.evaluate(instance, host, p), rule.evaluateUncached(instance, host, p));
+        compared++;
+      }
+    }
+    assert.equal(compared, 400 * exprs.length);
+    // A rule that reads one enum sees a handful of values across a fleet.
+    const byState = compileRule(spec("instance.state == fleetlet.agent.v1.InstanceState.INSTANCE_STATE_RUNNING", "state"));
+    for (let n = 0; n < 1000; n++) byState.evaluate(create(FleetInstanceSchema, { id: `i${n}`, state: n % 3, allocatedVcpus: n }), create(PolicyHostSchema, { name: `h${n}` }), new Map());
+    assert.equal(byState.memoSize(), 3);
   });
 });
