@@ -466,11 +466,28 @@ function agentPartOf(i: FleetInstance): Uint8Array {
   return part;
 }
 
+/** A concern's field-101 bytes, made once per Concern object (the policy loop reuses unchanged ones). */
+const concernField = new WeakMap<Concern, Uint8Array>();
+
 /** Field order does not matter on the wire: the agent's part, then each concern as field 101. */
 function frame(part: Uint8Array, concerns: readonly Concern[]): Uint8Array {
-  const body = new BinaryWriter().raw(part);
-  for (const c of concerns) body.tag(101, WireType.LengthDelimited).bytes(toBinary(ConcernSchema, c));
-  return new BinaryWriter().tag(1, WireType.LengthDelimited).bytes(body.finish()).finish();
+  const fields = concerns.map((c) => {
+    let bytes = concernField.get(c);
+    if (!bytes) {
+      bytes = new BinaryWriter().tag(101, WireType.LengthDelimited).bytes(toBinary(ConcernSchema, c)).finish();
+      concernField.set(c, bytes);
+    }
+    return bytes;
+  });
+  const bodyLength = fields.reduce((n, f) => n + f.length, part.length);
+  const body = new Uint8Array(bodyLength);
+  body.set(part, 0);
+  let at = part.length;
+  for (const f of fields) {
+    body.set(f, at);
+    at += f.length;
+  }
+  return new BinaryWriter().tag(1, WireType.LengthDelimited).bytes(body).finish();
 }
 
 /** `next` is `previous` with other concerns: it shares the agent's part and frames only its concerns. */

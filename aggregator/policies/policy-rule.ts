@@ -35,6 +35,9 @@ export interface CompiledRule extends RuleSpec {
   evaluateUncached(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome;
   /** Outcomes memoised now (distinct input values seen). */
   memoSize(): number;
+  /** Whether it reads `host` (a host change needs it evaluated again) or `params`. */
+  readsHost: boolean;
+  readsParams: boolean;
 }
 
 /** A rule refused: `field` names what is wrong (rule.name, rule.fails_when, ...). */
@@ -130,7 +133,15 @@ export function compileRule(spec: RuleSpec): CompiledRule {
   if (staticError) throw new RuleError("rule.fails_when", `${where}: ${staticError}`);
   const notBool = outcomes.find((o) => o.error?.endsWith("not a bool"));
   if (notBool && outcomes.every((o) => o.error?.endsWith("not a bool"))) throw new RuleError("rule.fails_when", `${where}: ${notBool.error}`);
-  return { ...spec, failsWhen: source, evaluate, evaluateUncached: run1, memoSize: () => memo.size };
+  return {
+    ...spec,
+    failsWhen: source,
+    evaluate,
+    evaluateUncached: run1,
+    memoSize: () => memo.size,
+    readsHost: inputs.whole || inputs.hostPaths.length > 0,
+    readsParams: inputs.whole || inputs.readsParams,
+  };
 }
 
 /** Memoised outcomes kept per rule at most (then forgotten at once: a fleet with that many distinct inputs gains little). */

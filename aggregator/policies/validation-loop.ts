@@ -273,9 +273,26 @@ export class ValidationLoop {
     const r = this.results.get(k);
     if (r && r.instanceRevision === instanceRevision && r.hostRevision === h.revision && r.ruleHash === ruleHash) return true;
     if (r && this.inStartGrace(host)) return false;
+    const rules = this.rules.list();
+    this.rememberRuleSet();
+    // The same instance: only the rules whose inputs moved are evaluated again (a changed or new
+    // rule, those reading the host after a host change, those reading params after a parameter
+    // change); the other rules' concerns stand. A changed instance: every rule.
+    let evaluated = rules;
+    let kept: Concern[] = [];
+    if (r && r.instanceRevision === instanceRevision) {
+      const delta = r.ruleHash === ruleHash ? { changed: new Set<CompiledRule>(), removed: new Set<string>() } : this.ruleDelta(r.ruleHash);
+      if (delta) {
+        if (r.hostRevision !== h.revision) for (const rule of rules) if (rule.readsHost) delta.changed.add(rule);
+        evaluated = rules.filter((rule) => delta.changed.has(rule));
+        const again = new Set(evaluated.map((rule) => rule.name));
+        kept = r.concerns.filter((c) => !again.has(c.rule) && !delta.removed.has(c.rule));
+      }
+    }
     let concerns: Concern[];
     try {
-      concerns = this.evaluate(this.rules.list(), instance, h.facts, this.rules.parameters, instance.concerns, Date.now());
+      const fresh = this.evaluate(evaluated, instance, h.facts, this.rules.parameters, instance.concerns, Date.now());
+      concerns = kept.length === 0 ? fresh : [...kept, ...fresh].sort((a, b) => (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0));
     } catch (e) {
       this.counters.failed++;
       this.options.logger.debug({ host, instance_id: id, err: errorMessage(e) }, "policy validation failed; left for the scheduled search");
@@ -288,6 +305,50 @@ export class ValidationLoop {
     this.changedAt.delete(k);
     this.counters.validated++;
     return true;
+  }
+
+  /** The rules in force under each recent rule-set hash, to tell what a rule change changed. */
+  private readonly ruleSets = new Map<string, { rules: Map<string, CompiledRule>; params: ReadonlyMap<string, number> }>();
+
+  private rememberRuleSet(): void {
+    if (this.ruleSets.has(this.rules.hash)) return;
+    this.ruleSets.set(this.rules.hash, { rules: new Map(this.rules.list().map((r) => [r.name, r])), params: this.rules.parameters });
+    // A few are enough: results older than that are evaluated whole.
+    if (this.ruleSets.size > 8) this.ruleSets.delete(this.ruleSets.keys().next().value!);
+  }
+
+  /** Rules to evaluate again since rule set `hash` (new, changed, or reading changed params) and names gone; undefined when unknown. */
+  private ruleDelta(hash: string): { changed: Set<CompiledRule>; removed: ReadonlySet<string> } | undefined {
+    // The same for every instance validated at `hash`: worked out once per pair of rule sets.
+    const cacheKey = `${hash}>${this.rules.hash}`;
+    const cached = this.deltas.get(cacheKey);
+    if (cached) return { changed: new Set(cached.changed), removed: cached.removed };
+    const delta = this.computeDelta(hash);
+    if (delta) {
+      if (this.deltas.size > 16) this.deltas.clear();
+      this.deltas.set(cacheKey, delta);
+      return { changed: new Set(delta.changed), removed: delta.removed };
+    }
+    return undefined;
+  }
+
+  private readonly deltas = new Map<string, { changed: ReadonlySet<CompiledRule>; removed: ReadonlySet<string> }>();
+
+  private computeDelta(hash: string): { changed: Set<CompiledRule>; removed: Set<string> } | undefined {
+    const old = this.ruleSets.get(hash);
+    if (!old) return undefined;
+    const paramsChanged = !sameParams(old.params, this.rules.parameters);
+    const changed = new Set<CompiledRule>();
+    const current = this.rules.list();
+    for (const rule of current) {
+      const before = old.rules.get(rule.name);
+      // By content: a re-read rules file compiles its unchanged rules anew.
+      const same = before !== undefined && (before === rule || (before.severity === rule.severity && before.description === rule.description && before.failsWhen === rule.failsWhen));
+      if (!same || (paramsChanged && rule.readsParams)) changed.add(rule);
+    }
+    const names = new Set(current.map((r) => r.name));
+    const removed = new Set([...old.rules.keys()].filter((n) => !names.has(n)));
+    return { changed, removed };
   }
 
   private flush(): void {
@@ -333,4 +394,11 @@ export class ValidationLoop {
     }
     return { summaries: [...summaries.values()], unvalidated, lagMs: unvalidated === 0 ? 0 : Math.max(0, now - oldest) };
   }
+}
+
+function sameParams(a: ReadonlyMap<string, number>, b: ReadonlyMap<string, number>): boolean {
+  if (a === b) return true;
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
 }

@@ -35,6 +35,7 @@ const RULE_POOL = [
   { name: "zone-eu", failsWhen: 'host.labels.exists(k, k == "zone") && host.labels["zone"] == "eu" && instance.allocated_vcpus > 1' },
   { name: "half-host", failsWhen: "host.facts_known && double(host.allocated_vcpus) > 0.5 * double(host.cpu_count)" },
   { name: "named", failsWhen: 'instance.name.startsWith("x")' },
+  { name: "param-vcpus", failsWhen: "double(instance.allocated_vcpus) > params.vcpu_overcommit_ratio" },
 ];
 
 function randomInstance(rnd: () => number, id: string, version: number): Instance {
@@ -137,9 +138,12 @@ describe("ValidationLoop", () => {
       } else if (r < 0.92) {
         const pick = RULE_POOL[Math.floor(rnd() * RULE_POOL.length)]!;
         rules.put({ ...pick, severity: rnd() < 0.5 ? PolicySeverity.WARNING : PolicySeverity.CRITICAL, description: pick.name, source: PolicySource.API });
-      } else {
+      } else if (r < 0.96) {
         const names = rules.list().map((x) => x.name);
         if (names.length > 1) rules.delete(names[Math.floor(rnd() * names.length)]!);
+      } else {
+        // A parameter change (as a --policies file edit would bring).
+        rules.setFile({ rules: [], parameters: new Map([["vcpu_overcommit_ratio", Math.floor(rnd() * 8)]]) });
       }
       if (step % 25 === 24) {
         // A quiet period: no change until the loop has caught up (the search retries failures).
