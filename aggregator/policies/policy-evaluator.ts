@@ -1,6 +1,6 @@
 import { create, type DescField } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { ConcernSchema, type Concern, type FleetInstance, type PolicyHost } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { ConcernSchema, type Concern, type FleetInstance, type PolicyHost, type PolicySeverity } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import type { CompiledRule } from "./policy-rule.js";
 
 /**
@@ -24,7 +24,7 @@ export function evaluateInstance(
     const message = outcome.error !== undefined ? `rule ${rule.name} could not be evaluated: ${outcome.error}` : rule.description || `fails rule ${rule.name}`;
     // The same concern as before is the same object (it keeps its since; nothing allocated).
     const before = previous.find((c) => c.rule === rule.name && c.severity === rule.severity && c.message === message);
-    out.push(before ?? create(ConcernSchema, { rule: rule.name, severity: rule.severity, message, since: timestampFromMs(nowMs) }));
+    out.push(before ?? newConcern(rule.name, rule.severity, message, nowMs));
   }
   // Sorted by rule name (RuleSet.list is already: then this only checks).
   return out.sort((a, b) => (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0));
@@ -51,4 +51,23 @@ function hostScratch(host: PolicyHost): Map<readonly DescField[], string> {
     hostScratches.set(host, m);
   }
   return m;
+}
+
+// Concerns found in the same millisecond are equal whole (since included): one object for all of
+// them, so a sweep that finds the same problem on 10,000 instances makes (and encodes) it once.
+// Concern objects are never modified (a change makes new ones).
+let internedAt = Number.NaN;
+let interned = new Map<string, Concern>();
+function newConcern(rule: string, severity: PolicySeverity, message: string, nowMs: number): Concern {
+  if (nowMs !== internedAt) {
+    internedAt = nowMs;
+    interned = new Map();
+  }
+  const key = `${rule}\u0000${severity}\u0000${message}`;
+  let c = interned.get(key);
+  if (!c) {
+    c = create(ConcernSchema, { rule, severity, message, since: timestampFromMs(nowMs) });
+    interned.set(key, c);
+  }
+  return c;
 }

@@ -117,14 +117,28 @@ export function compileRule(spec: RuleSpec): CompiledRule {
   // 1–4 µs a run, and most instances of a fleet share the few values a rule looks at.
   const inputs = ruleInputs(parsed.expr, FleetInstanceSchema, PolicyHostSchema);
   const memo = new Map<string, RuleOutcome>();
+  // A rule whose inputs are nearly all distinct (an instance's name, its id) gains nothing from
+  // the memo and pays for its keys: after MEMO_TRIAL lookups with few hits it is turned off.
+  let lookups = 0;
+  let hits = 0;
+  let memoOff = inputs.whole;
   const evaluate = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch): RuleOutcome => {
+    if (memoOff) return run1(instance, host, params);
     const key = inputKey(inputs, instance, host, inputs.readsParams ? paramsKeyOf(params) : "", scratch);
     if (key === undefined) return run1(instance, host, params);
+    lookups++;
     const hit = memo.get(key);
-    if (hit) return hit;
+    if (hit) {
+      hits++;
+      return hit;
+    }
+    if (lookups >= MEMO_TRIAL && hits < lookups / 5) {
+      memoOff = true;
+      memo.clear();
+    }
     const outcome = run1(instance, host, params);
     if (memo.size >= MEMO_LIMIT) memo.clear();
-    memo.set(key, outcome);
+    if (!memoOff) memo.set(key, outcome);
     return outcome;
   };
   const probes = probeInputs();
@@ -146,6 +160,8 @@ export function compileRule(spec: RuleSpec): CompiledRule {
 
 /** Memoised outcomes kept per rule at most (then forgotten at once: a fleet with that many distinct inputs gains little). */
 const MEMO_LIMIT = 65_536;
+/** Lookups after which a memo hit by fewer than one in five is turned off for the rule. */
+const MEMO_TRIAL = 4096;
 
 const paramsKeys = new WeakMap<ReadonlyMap<string, number>, string>();
 function paramsKeyOf(params: ReadonlyMap<string, number>): string {
