@@ -29,9 +29,7 @@ export async function main(argv: string[]): Promise<void> {
     .hook("preAction", (root: Command) => setClientToken(root.opts<{ token?: string }>().token))
     .hook("preAction", (_program: Command, action: Command) => setClientTls(action));
   for (const sub of [agentCommand(), aggregatorCommand(), certsCommand(), getCommand(), hostsCommand(), logsCommand(), meteringCommand(), policiesCommand(), tokensCommand(), upCommand()]) {
-    sub.exitOverride().configureOutput({
-      outputError: (text, write) => write(`fleetlet ${sub.name()}: ${text.trim().replace(/\n+/g, " ")}\n`),
-    });
+    oneLineErrors(sub, `fleetlet ${sub.name()}`);
     if (CLIENT_COMMANDS.has(sub.name())) addClientTlsOptions(sub);
     program.addCommand(sub);
   }
@@ -44,4 +42,16 @@ export async function main(argv: string[]): Promise<void> {
     }
     throw e;
   }
+}
+
+/**
+ * Bad flags or arguments: one line naming the command, exit 2 (main's catch). Also for nested
+ * commands (`fleetlet hosts add`): commander does not pass exitOverride on to commands added with
+ * addCommand, so they printed two lines and exited 1.
+ */
+function oneLineErrors(cmd: Command, path: string): void {
+  cmd.exitOverride().configureOutput({
+    outputError: (text, write) => write(`${path}: ${text.trim().replace(/\n+/g, " ")}\n`),
+  });
+  for (const child of cmd.commands) oneLineErrors(child, `${path} ${child.name()}`);
 }
