@@ -66,6 +66,9 @@ export function validateInstance(input: Instance | undefined, options: Validatio
   if (!input) throw invalidArgument("instance", "is required");
   const out = clone(InstanceSchema, input);
   requireId("instance.id", out.id);
+  // Output only: a container's health is its runtime's to say.
+  out.health = 0;
+  out.healthSince = undefined;
   checkText("instance.name", out.name, 253);
   if (!(out.kind in InstanceKind)) throw invalidArgument("instance.kind", `unknown value ${out.kind}`);
   if (out.kind === InstanceKind.UNSPECIFIED) out.kind = InstanceKind.VM;

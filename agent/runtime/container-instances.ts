@@ -1,6 +1,7 @@
 import { clone, create, equals } from "@bufbuild/protobuf";
 import { InstanceKind, InstanceSchema, InstanceSource, InstanceState, type Instance } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { ContainerState, type Container } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { ContainerState, HealthStatus, type Container } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Logger } from "../../lib/rpc/logger.js";
 import type { InstanceRegistry } from "../inventory/instance-registry.js";
 import type { ContainerLimits, ContainerRuntime } from "./container-runtime.js";
@@ -39,7 +40,7 @@ export function shapeOfLimits(limits: ContainerLimits | undefined): { vcpus: num
 }
 
 /** The runtime-owned fields of a container's instance; everything else is kept from `previous`. */
-export function instanceOf(runtime: string, c: Container, previous: Instance | undefined, hostInterface = c.hostInterface, limits?: ContainerLimits): Instance {
+export function instanceOf(runtime: string, c: Container, previous: Instance | undefined, hostInterface = c.hostInterface, limits?: ContainerLimits, nowMs: () => number = Date.now): Instance {
   const next = previous ? clone(InstanceSchema, previous) : create(InstanceSchema, { id: c.id });
   next.name = c.name;
   next.kind = InstanceKind.CONTAINER;
@@ -57,6 +58,10 @@ export function instanceOf(runtime: string, c: Container, previous: Instance | u
   const shape = shapeOfLimits(limits);
   next.allocatedVcpus = shape.vcpus;
   next.allocatedMemoryBytes = shape.memoryBytes;
+  // Health for policies (container-unhealthy): since when it has been what it is now.
+  const health = c.health?.status ?? HealthStatus.UNSPECIFIED;
+  if (health !== previous?.health || !previous?.healthSince) next.healthSince = timestampFromMs(nowMs());
+  next.health = health;
   return next;
 }
 

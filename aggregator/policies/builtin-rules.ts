@@ -47,6 +47,13 @@ export const BUILTIN_RULES: readonly RuleSpec[] = [
     source: PolicySource.BUILTIN,
   },
   {
+    name: "container-unhealthy",
+    severity: PolicySeverity.WARNING,
+    description: "a container whose health check has been failing for longer than params.unhealthy_after_seconds",
+    failsWhen: `instance.kind == ${KIND}.INSTANCE_KIND_CONTAINER && instance.health == fleetlet.agent.v1.HealthStatus.HEALTH_STATUS_UNHEALTHY && has(instance.health_since) && now - instance.health_since > duration(string(int(params.unhealthy_after_seconds)) + "s")`,
+    source: PolicySource.BUILTIN,
+  },
+  {
     name: "host-stale-running",
     severity: PolicySeverity.CRITICAL,
     description: "RUNNING on a host the aggregator has not heard from for --stale-after: its state is not known",
@@ -56,4 +63,7 @@ export const BUILTIN_RULES: readonly RuleSpec[] = [
 ];
 
 /** Parameters rules see as `params`, before the --policies file's. */
-export const DEFAULT_PARAMETERS: ReadonlyMap<string, number> = new Map([["vcpu_overcommit_ratio", 4]]);
+export const DEFAULT_PARAMETERS: ReadonlyMap<string, number> = new Map([
+  ["vcpu_overcommit_ratio", 4],
+  ["unhealthy_after_seconds", 300],
+]);

@@ -18,8 +18,9 @@ export function evaluateInstance(
 ): Concern[] {
   const out: Concern[] = [];
   const scratch = { instance: new Map(), host: hostScratch(host) };
+  const now = timestampFromMs(nowMs);
   for (const rule of rules) {
-    const outcome = rule.evaluate(instance, host, params, scratch);
+    const outcome = rule.evaluate(instance, host, params, scratch, now);
     if (outcome.fails === false) continue;
     const message = outcome.error !== undefined ? `rule ${rule.name} could not be evaluated: ${outcome.error}` : rule.description || `fails rule ${rule.name}`;
     // The same concern as before is the same object (it keeps its since; nothing allocated).

@@ -1,7 +1,10 @@
 import { CelScalar, celEnv, isCelError, mapType, objectType, parse, plan, type CelEnv } from "@bufbuild/cel";
 import { createRegistry, create, type DescMessage } from "@bufbuild/protobuf";
+import { TimestampSchema, timestampNow, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { Expr, SourceInfo } from "@bufbuild/cel-spec/cel/expr/syntax_pb.js";
 import { file_fleetlet_agent_v1_inventory, InstanceKind, InstanceSource, InstanceState } from "../../gen/fleetlet/agent/v1/inventory_pb.js";
+import { file_fleetlet_agent_v1_runtime } from "../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { file_fleetlet_agent_v1_standby } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import {
   file_fleetlet_aggregator_v1_fleet,
   FleetInstanceSchema,
@@ -30,14 +33,16 @@ export type RuleOutcome = { fails: boolean; error?: undefined } | { fails?: unde
 /** A checked rule with its expression planned once: evaluate() never throws. */
 export interface CompiledRule extends RuleSpec {
   /** Memoised by the values the expression reads; `scratch` shares value keys between the rules of one validation. */
-  evaluate(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch): RuleOutcome;
+  evaluate(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch, now?: Timestamp): RuleOutcome;
   /** The evaluator itself, every time (tests compare the two). */
-  evaluateUncached(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome;
+  evaluateUncached(instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, now?: Timestamp): RuleOutcome;
   /** Outcomes memoised now (distinct input values seen). */
   memoSize(): number;
   /** Whether it reads `host` (a host change needs it evaluated again) or `params`. */
   readsHost: boolean;
   readsParams: boolean;
+  /** Reads `now`: its outcome can change with time alone (the scheduled search evaluates it again). */
+  readsNow: boolean;
 }
 
 /** A rule refused: `field` names what is wrong (rule.name, rule.fails_when, ...). */
@@ -57,11 +62,13 @@ const MAX_EXPRESSION = 4096;
 
 // Both proto files: expressions may name enum values by their full names
 // (fleetlet.agent.v1.InstanceState.INSTANCE_STATE_RUNNING) as well as by number.
-const registry = createRegistry(file_fleetlet_agent_v1_inventory, file_fleetlet_aggregator_v1_fleet);
+const registry = createRegistry(file_fleetlet_agent_v1_inventory, file_fleetlet_agent_v1_runtime, file_fleetlet_agent_v1_standby, file_fleetlet_aggregator_v1_fleet);
 const VARIABLES = {
   instance: objectType(FleetInstanceSchema),
   host: objectType(PolicyHostSchema),
   params: mapType(CelScalar.STRING, CelScalar.DOUBLE),
+  // The time of the evaluation: rules over durations (`now - instance.health_since > ...`).
+  now: objectType(TimestampSchema),
 };
 let env: CelEnv | undefined;
 function celEnvironment(): CelEnv {
@@ -103,9 +110,9 @@ export function compileRule(spec: RuleSpec): CompiledRule {
   } catch (e) {
     throw new RuleError("rule.fails_when", `${where}: ${errorMessage(e)}`);
   }
-  const run1 = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>): RuleOutcome => {
+  const run1 = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, now?: Timestamp): RuleOutcome => {
     try {
-      const r = run({ instance, host, params: params as Map<string, number> });
+      const r = run({ instance, host, params: params as Map<string, number>, now: now ?? timestampNow() });
       if (isCelError(r)) return { error: r.message };
       if (typeof r !== "boolean") return { error: `the expression gave ${describeValue(r)}, not a bool` };
       return { fails: r };
@@ -121,11 +128,12 @@ export function compileRule(spec: RuleSpec): CompiledRule {
   // the memo and pays for its keys: after MEMO_TRIAL lookups with few hits it is turned off.
   let lookups = 0;
   let hits = 0;
-  let memoOff = inputs.whole;
-  const evaluate = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch): RuleOutcome => {
-    if (memoOff) return run1(instance, host, params);
+  // Time is an input no key holds: a rule reading `now` is always evaluated.
+  let memoOff = inputs.whole || inputs.readsNow;
+  const evaluate = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch, now?: Timestamp): RuleOutcome => {
+    if (memoOff) return run1(instance, host, params, now);
     const key = inputKey(inputs, instance, host, inputs.readsParams ? paramsKeyOf(params) : "", scratch);
-    if (key === undefined) return run1(instance, host, params);
+    if (key === undefined) return run1(instance, host, params, now);
     lookups++;
     const hit = memo.get(key);
     if (hit) {
@@ -155,6 +163,7 @@ export function compileRule(spec: RuleSpec): CompiledRule {
     memoSize: () => memo.size,
     readsHost: inputs.whole || inputs.hostPaths.length > 0,
     readsParams: inputs.whole || inputs.readsParams,
+    readsNow: inputs.readsNow,
   };
 }
 

@@ -15,13 +15,15 @@ export interface RuleInputs {
   instancePaths: DescField[][];
   hostPaths: DescField[][];
   readsParams: boolean;
+  /** Reads `now` (the evaluation's time). */
+  readsNow: boolean;
   /** `instance` or `host` used whole: no key, always evaluated. */
   whole: boolean;
 }
 
 /** Collects the inputs of an expression already checked by checkFieldPaths (paths resolve). */
 export function ruleInputs(expr: Expr, instanceSchema: DescMessage, hostSchema: DescMessage): RuleInputs {
-  const inputs: RuleInputs = { instancePaths: [], hostPaths: [], readsParams: false, whole: false };
+  const inputs: RuleInputs = { instancePaths: [], hostPaths: [], readsParams: false, readsNow: false, whole: false };
   const roots: Record<string, DescMessage> = { instance: instanceSchema, host: hostSchema };
   /** A select chain down to `instance`/`host`: its root and fields, as far as they are message fields. */
   const pathOf = (e: Expr, shadowed: ReadonlySet<string>): { root: string; fields: DescField[] } | undefined => {
@@ -53,6 +55,7 @@ export function ruleInputs(expr: Expr, instanceSchema: DescMessage, hostSchema: 
       case "identExpr":
         if (shadowed.has(k.value.name)) return;
         if (k.value.name === "params") inputs.readsParams = true;
+        else if (k.value.name === "now") inputs.readsNow = true;
         else if (k.value.name in roots) inputs.whole = true;
         return;
       case "selectExpr": {

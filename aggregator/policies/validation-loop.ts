@@ -218,7 +218,7 @@ export class ValidationLoop {
           return;
         }
         const [host, id, instance] = next.value;
-        if (!this.queued.has(key(host, id))) this.validate(host, id, instance);
+        if (!this.queued.has(key(host, id))) this.validate(host, id, instance, true);
         if (monotonicMs() >= until) break;
       }
       this.flush();
@@ -263,17 +263,25 @@ export class ValidationLoop {
     return this.view.host(host)?.lastError === "not heard from since the aggregator started";
   }
 
-  /** Validates one instance if it is behind; true when it is current afterwards. */
-  private validate(host: string, id: string, instance: FleetInstance): boolean {
+  /**
+   * Validates one instance if it is behind; true when it is current afterwards. `timeTick` (the
+   * scheduled search): a current instance is evaluated again against the rules that read `now`,
+   * whose outcome can change with time alone.
+   */
+  private validate(host: string, id: string, instance: FleetInstance, timeTick = false): boolean {
     const k = key(host, id);
     const h = this.hostFacts(host);
     if (!h) return false;
     const instanceRevision = this.instanceRevision(host, instance);
     const ruleHash = this.rules.hash;
     const r = this.results.get(k);
-    if (r && r.instanceRevision === instanceRevision && r.hostRevision === h.revision && r.ruleHash === ruleHash) return true;
-    if (r && this.inStartGrace(host)) return false;
     const rules = this.rules.list();
+    if (r && r.instanceRevision === instanceRevision && r.hostRevision === h.revision && r.ruleHash === ruleHash) {
+      const timeRules = timeTick ? rules.filter((rule) => rule.readsNow) : [];
+      if (timeRules.length === 0) return true;
+      return this.apply(host, id, instance, timeRules, r.concerns.filter((c) => !timeRules.some((t) => t.name === c.rule)), { instanceRevision, hostRevision: h.revision, ruleHash }, h.facts);
+    }
+    if (r && this.inStartGrace(host)) return false;
     this.rememberRuleSet();
     // The same instance: only the rules whose inputs moved are evaluated again (a changed or new
     // rule, those reading the host after a host change, those reading params after a parameter
@@ -289,9 +297,23 @@ export class ValidationLoop {
         kept = r.concerns.filter((c) => !again.has(c.rule) && !delta.removed.has(c.rule));
       }
     }
+    return this.apply(host, id, instance, evaluated, kept, { instanceRevision, hostRevision: h.revision, ruleHash }, h.facts);
+  }
+
+  /** Evaluates `evaluated` on the instance, keeps `kept`, and records the result at `revisions`. */
+  private apply(
+    host: string,
+    id: string,
+    instance: FleetInstance,
+    evaluated: readonly CompiledRule[],
+    kept: Concern[],
+    revisions: { instanceRevision: string; hostRevision: string; ruleHash: string },
+    facts: PolicyHost,
+  ): boolean {
+    const k = key(host, id);
     let concerns: Concern[];
     try {
-      const fresh = this.evaluate(evaluated, instance, h.facts, this.rules.parameters, instance.concerns, Date.now());
+      const fresh = this.evaluate(evaluated, instance, facts, this.rules.parameters, instance.concerns, Date.now());
       concerns = kept.length === 0 ? fresh : [...kept, ...fresh].sort((a, b) => (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0));
     } catch (e) {
       this.counters.failed++;
@@ -299,7 +321,7 @@ export class ValidationLoop {
       return false;
     }
     if (!sameConcerns(instance.concerns, concerns)) this.view.setConcerns(host, id, instance, concerns);
-    const result = { instanceRevision, hostRevision: h.revision, ruleHash, concerns };
+    const result = { ...revisions, concerns };
     this.results.set(k, result);
     this.unsaved.set(k, result);
     this.changedAt.delete(k);

@@ -89,6 +89,7 @@ const row = (widths: number[], cells: string[]) => cells.map((c, i) => (i === ce
 
 const RULES: [name: string, severity: string, source: string, description: string][] = [
   ["big-vm", "warning", "file", "more vCPUs than params.max_vcpus"],
+  ["container-unhealthy", "warning", "builtin", "a container whose health check has been failing for longe..."],
   ["host-stale-running", "critical", "builtin", "RUNNING on a host the aggregator has not heard from for -..."],
   ["memory-above-host", "critical", "builtin", "allocated memory is more than the host has"],
   ["no-standby-policy", "info", "builtin", "no standby policy: the instance is never put on standby w..."],
@@ -98,7 +99,7 @@ const RULES: [name: string, severity: string, source: string, description: strin
 ];
 
 /**
- * `get policies` as it must read: the seven rules in force (six built in, one from the file) plus
+ * `get policies` as it must read: the eight rules in force (seven built in, one from the file) plus
  * `extra`, sorted by name, each with [PASSING, FAILING] from `counts` (default 0 0; UNEVALUATED
  * and ERRORS 0), then the rule set's line and the parameters.
  */
@@ -115,7 +116,7 @@ function rulesTable(counts: Record<string, [number, number]>, version = 1, extra
     ...rows,
     "",
     `rule set version ${version}, 0 unvalidated, validation lag 0s`,
-    "parameters: max_vcpus=4, vcpu_overcommit_ratio=1000",
+    "parameters: max_vcpus=4, unhealthy_after_seconds=300, vcpu_overcommit_ratio=1000",
     "",
   ].join("\n");
 }
@@ -156,6 +157,7 @@ describe("fleetlet get policies / policies put|delete", () => {
       doc.rules.map((x) => [x.name, x.severity, x.source]),
       [
         ["big-vm", "POLICY_SEVERITY_WARNING", "POLICY_SOURCE_FILE"],
+        ["container-unhealthy", "POLICY_SEVERITY_WARNING", "POLICY_SOURCE_BUILTIN"],
         ["host-stale-running", "POLICY_SEVERITY_CRITICAL", "POLICY_SOURCE_BUILTIN"],
         ["memory-above-host", "POLICY_SEVERITY_CRITICAL", "POLICY_SOURCE_BUILTIN"],
         ["no-standby-policy", "POLICY_SEVERITY_INFO", "POLICY_SOURCE_BUILTIN"],
@@ -166,7 +168,7 @@ describe("fleetlet get policies / policies put|delete", () => {
     );
     assert.equal(doc.rules[0]!.failsWhen, "instance.allocated_vcpus > params.max_vcpus");
     assert.equal(doc.version, "1");
-    assert.deepEqual(doc.parameters, { max_vcpus: 4, vcpu_overcommit_ratio: 1000 });
+    assert.deepEqual(doc.parameters, { max_vcpus: 4, unhealthy_after_seconds: 300, vcpu_overcommit_ratio: 1000 });
     // proto3 JSON leaves zero counts out.
     assert.deepEqual(doc.summaries.find((s) => s.rule === "big-vm"), { rule: "big-vm", severity: "POLICY_SEVERITY_WARNING", passing: 1, failing: 1 });
   });

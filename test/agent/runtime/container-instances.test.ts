@@ -3,8 +3,10 @@ import assert from "node:assert/strict";
 import { clone, create } from "@bufbuild/protobuf";
 import { InstanceKind, InstanceSchema, InstanceSource, InstanceState } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.js";
-import { ContainerState } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
-import { ContainerInstanceSync, shapeOfLimits } from "../../../agent/runtime/container-instances.js";
+import { ContainerSchema, ContainerState, HealthStatus } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { ContainerInstanceSync, instanceOf, shapeOfLimits } from "../../../agent/runtime/container-instances.js";
+import { validateInstance } from "../../../agent/inventory/instance-validation.js";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { ContainerLimits } from "../../../agent/runtime/container-runtime.js";
 import { MeteringLedger } from "../../../agent/metering/ledger.js";
 import { InstanceRegistry } from "../../../agent/inventory/instance-registry.js";
@@ -143,5 +145,22 @@ describe("ContainerInstanceSync", () => {
     await assert.rejects(driver.standby({ ...target, runtimeRef: "kubernetes/ns/p" }), /is not a Docker container/);
     await assert.rejects(createDockerDriver(() => undefined).standby(target), /not configured on this agent/);
     await assert.rejects(driver.standby({ ...target, runtimeRef: "docker/missing" }), /docker driver: pause docker\/missing: container missing not found/);
+  });
+});
+
+describe("a container's health on its instance (policies)", () => {
+  it("health and since when: kept while the health stays, reset when it changes; a registration cannot set them", () => {
+    let now = 1_000_000;
+    const container = (status: HealthStatus) => create(ContainerSchema, { id: "docker-abc", runtime: "docker", externalId: "abc", name: "web", state: ContainerState.RUNNING, health: { hasHealthcheck: true, status } });
+    const first = instanceOf("docker", container(HealthStatus.STARTING), undefined, "", undefined, () => now);
+    assert.equal(first.health, HealthStatus.STARTING);
+    assert.equal(timestampMs(first.healthSince!), 1_000_000);
+    now += 5000;
+    const same = instanceOf("docker", container(HealthStatus.STARTING), first, "", undefined, () => now);
+    assert.equal(timestampMs(same.healthSince!), 1_000_000, "still starting: since unchanged");
+    const unhealthy = instanceOf("docker", container(HealthStatus.UNHEALTHY), same, "", undefined, () => now);
+    assert.deepEqual([unhealthy.health, timestampMs(unhealthy.healthSince!)], [HealthStatus.UNHEALTHY, 1_005_000]);
+    const registered = validateInstance(create(InstanceSchema, { id: "vm", health: HealthStatus.UNHEALTHY, healthSince: { seconds: 1n, nanos: 0 } }), { tapPrefix: "fl-" });
+    assert.deepEqual([registered.health, registered.healthSince], [HealthStatus.UNSPECIFIED, undefined]);
   });
 });

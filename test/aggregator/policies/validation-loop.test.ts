@@ -4,6 +4,8 @@ import { create, equals } from "@bufbuild/protobuf";
 import { HostInfoSchema, InstanceKind, InstanceSchema, InstanceSource, InstanceState, type Instance } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
 import { FleetInstanceSchema, HostSyncState, PolicySeverity, PolicySource, type FleetInstance } from "../../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { StandbyPolicySchema } from "../../../gen/fleetlet/agent/v1/standby_pb.js";
+import { HealthStatus } from "../../../gen/fleetlet/agent/v1/runtime_pb.js";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { BUILTIN_RULES } from "../../../aggregator/policies/builtin-rules.js";
 import { evaluateInstance, sameConcerns } from "../../../aggregator/policies/policy-evaluator.js";
 import { policyHostOf } from "../../../aggregator/policies/policy-host.js";
@@ -202,5 +204,20 @@ describe("ValidationLoop", () => {
     } finally {
       dir.remove();
     }
+  });
+
+  it("a rule reading `now` is evaluated again by the search: a container unhealthy for longer than the threshold gets the concern with no change at all", async () => {
+    const view = new MergedView(undefined);
+    const rules = new RuleSet(undefined, BUILTIN_RULES, { rules: [], parameters: new Map([["unhealthy_after_seconds", 1]]) });
+    const loop = new ValidationLoop(view, rules, { logger, sweepIntervalMs: 200 });
+    loops.push(loop);
+    const container = create(InstanceSchema, { id: "c", kind: InstanceKind.CONTAINER, source: InstanceSource.RUNTIME, state: InstanceState.RUNNING, health: HealthStatus.UNHEALTHY, healthSince: timestampFromMs(Date.now()), resourceVersion: 1n });
+    view.applyChanges("h", "inc", 1, [container], [], 0);
+    await until("validated", async () => (loop.status().unvalidated === 0 ? true : undefined), 2000);
+    const rulesOf = () => view.host("h")!.instances.get("c")!.concerns.map((c) => c.rule);
+    assert.ok(!rulesOf().includes("container-unhealthy"), "not yet: unhealthy for less than a second");
+    const flipped = await until("container-unhealthy after the threshold", async () => (rulesOf().includes("container-unhealthy") ? true : undefined), 5000);
+    assert.ok(flipped);
+    assert.equal(view.host("h")!.version, 1, "the view did not change but for the concern");
   });
 });
