@@ -65,6 +65,9 @@ export interface LoopCounters {
 
 const key = (host: string, id: string) => `${host}\0${id}`;
 
+/** Result rows written per turn of the event loop. */
+const FLUSH_BATCH = 256;
+
 /**
  * Seed 003's validation loop over the merged view (policies.md "The validation loop"):
  *
@@ -143,13 +146,13 @@ export class ValidationLoop {
     this.closed = true;
     clearInterval(this.timer);
     for (const u of this.unsubscribe) u();
-    this.flush();
+    this.flush(true);
   }
 
   /** Everything behind is validated now, in one go (tests; `fleetlet` never waits on this). */
   validateAllNow(): void {
     for (const [host, id, instance] of this.allInstances()) this.validate(host, id, instance);
-    this.flush();
+    this.flush(true);
   }
 
   private onViewChange(): void {
@@ -373,19 +376,38 @@ export class ValidationLoop {
     return { changed, removed };
   }
 
-  private flush(): void {
+  /**
+   * Writes what was validated, at most FLUSH_BATCH rows a turn of the event loop (a row costs
+   * ~13 µs: a sweep that re-validated a whole fleet would otherwise hold the loop for a second);
+   * the rest follows in the next turns. `all`: everything now (close, validateAllNow).
+   */
+  private flush(all = false): void {
     if (this.unsaved.size === 0 || !this.options.store) {
       this.unsaved.clear();
       return;
     }
+    const batch = new Map<string, ValidationResult | undefined>();
+    for (const [k, v] of this.unsaved) {
+      if (!all && batch.size >= FLUSH_BATCH) break;
+      batch.set(k, v);
+    }
+    for (const k of batch.keys()) this.unsaved.delete(k);
     try {
-      this.options.store.saveResults(this.unsaved);
+      this.options.store.saveResults(batch);
     } catch (e) {
       // Results are recomputable: a failed write costs re-evaluation after a restart, nothing else.
       this.options.logger.warn({ err: errorMessage(e) }, "policy results not saved");
     }
-    this.unsaved.clear();
+    if (this.unsaved.size > 0 && !this.flushing && !this.closed) {
+      this.flushing = true;
+      setImmediate(() => {
+        this.flushing = false;
+        this.flush();
+      });
+    }
   }
+
+  private flushing = false;
 
   /** Per rule: passing / failing / unevaluated / errors, what is behind and for how long. */
   status(): LoopStatus {
