@@ -117,7 +117,7 @@ describe.each([
     const [file] = await ask([asks[1]!]);
     const names = fileNames(file);
     assert.equal(names[0], "fleetlet/agent/v1/inventory.proto");
-    assert.deepEqual(names.slice(1).sort(), ["fleetlet/agent/v1/standby.proto", "google/protobuf/duration.proto", "google/protobuf/timestamp.proto"]);
+    assert.deepEqual(names.slice(1).sort(), ["fleetlet/agent/v1/runtime.proto", "fleetlet/agent/v1/standby.proto", "google/protobuf/duration.proto", "google/protobuf/timestamp.proto"]);
   });
   it("answers a file name and a field's symbol with the file", async () => {
     const [byName, byField] = await ask([asks[2]!, asks[3]!]);
