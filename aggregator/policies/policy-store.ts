@@ -38,6 +38,15 @@ export const POLICY_MIGRATIONS: readonly Migration[] = [
       ) STRICT, WITHOUT ROWID;
     `,
   },
+  {
+    version: 2,
+    description: "the rule-set hash every stored result is valid under (after a complete search)",
+    // A row keeps the hash it was last written with when a later rule change left its concerns
+    // as they were (not rewriting 100,000 rows for one rule): validated_hash vouches for them.
+    sql: `
+      ALTER TABLE policy_rule_set ADD COLUMN validated_hash TEXT NOT NULL DEFAULT '';
+    `,
+  },
 ];
 
 export interface StoredRule {
@@ -77,6 +86,8 @@ export class PolicyStore {
       ),
       deleteRule: db.prepare<[string]>("DELETE FROM policy_rules WHERE name = ?"),
       ruleSet: db.prepare<[], { version: number; hash: string }>("SELECT version, hash FROM policy_rule_set WHERE id = 1"),
+      validatedHash: db.prepare<[], { validatedHash: string }>("SELECT validated_hash AS validatedHash FROM policy_rule_set WHERE id = 1"),
+      setValidatedHash: db.prepare<[string]>("UPDATE policy_rule_set SET validated_hash = ? WHERE id = 1"),
       putRuleSet: db.prepare<[number, string]>("INSERT OR REPLACE INTO policy_rule_set (id, version, hash) VALUES (1, ?, ?)"),
       results: db.prepare<[], { host: string; id: string; instanceRevision: string; hostRevision: string; ruleHash: string; concerns: string }>(
         "SELECT host, id, instance_revision AS instanceRevision, host_revision AS hostRevision, rule_hash AS ruleHash, concerns FROM policy_results",
@@ -131,6 +142,18 @@ export class PolicyStore {
 
   saveRuleSet(version: number, hash: string): void {
     this.named(() => this.stmts.putRuleSet.run(version, hash));
+  }
+
+  /**
+   * The rule-set hash under which every stored result is valid ("" = none): set after a complete
+   * search, cleared at every rule change before anything is validated under the new rules.
+   */
+  validatedHash(): string {
+    return this.named(() => this.stmts.validatedHash.get()?.validatedHash ?? "");
+  }
+
+  saveValidatedHash(hash: string): void {
+    this.named(() => this.stmts.setValidatedHash.run(hash));
   }
 
   /** Every stored result, by "host\0id". */

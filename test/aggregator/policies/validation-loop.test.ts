@@ -196,10 +196,31 @@ describe("ValidationLoop", () => {
       again.applyChanges("h", "inc", 3, [vm, create(InstanceSchema, { ...other, labels: { team: "x" }, resourceVersion: 3n })], [], 0);
       const store2 = PolicyStore.open(dir.path);
       const restarted = new ValidationLoop(again, new RuleSet(store2, BUILTIN_RULES), { logger, sweepIntervalMs: 3_600_000, store: store2 });
-      loops.push(restarted);
       assert.deepEqual(again.host("h")!.instances.get("vm")!.concerns.map((c) => c.rule), ["no-standby-policy", "running-without-process"], "restored without evaluating");
       restarted.validateAllNow();
       assert.equal(restarted.counters.validated, 1, "only the changed instance was evaluated");
+
+      // A rule change that changes no instance's concerns rewrites no row; the complete search
+      // vouches for them, so the next restart evaluates nothing.
+      const rules2 = new RuleSet(store2, BUILTIN_RULES);
+      const loop2 = new ValidationLoop(again, rules2, { logger, sweepIntervalMs: 3_600_000, store: store2 });
+      loop2.validateAllNow();
+      const rowsBefore = new Map([...store2.results()].map(([k, r]) => [k, r.ruleHash]));
+      rules2.put({ name: "huge", severity: PolicySeverity.WARNING, description: "", failsWhen: "instance.allocated_vcpus > 1000", source: PolicySource.API });
+      loop2.validateAllNow();
+      assert.deepEqual(new Map([...store2.results()].map(([k, r]) => [k, r.ruleHash])), rowsBefore, "no row rewritten");
+      assert.equal(store2.validatedHash(), rules2.hash);
+      loop2.close();
+      restarted.close();
+      const rules3 = new RuleSet(store2, BUILTIN_RULES);
+      assert.equal(rules3.hash, rules2.hash);
+      const loop3 = new ValidationLoop(again, rules3, { logger, sweepIntervalMs: 3_600_000, store: store2 });
+      loops.push(loop3);
+      loop3.validateAllNow();
+      assert.equal(loop3.counters.validated, 0, "all current after the restart");
+      // A later rule change clears the vouching until the next complete search.
+      rules3.put({ name: "huge", severity: PolicySeverity.WARNING, description: "", failsWhen: "instance.allocated_vcpus > 2000", source: PolicySource.API });
+      assert.equal(store2.validatedHash(), "");
       store2.close();
     } finally {
       dir.remove();
