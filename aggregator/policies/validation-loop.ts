@@ -26,7 +26,11 @@ export interface ValidationLoopOptions {
   store?: PolicyStore;
   /** Instances waiting for real-time validation at most; past it a change is left to the search. */
   queueLimit?: number;
-  /** How long one slice of work may hold the event loop before yielding. */
+  /**
+   * How long one slice of work may hold the event loop before yielding (default 1 ms: with 5 ms
+   * the search made timers up to 5 ms late, the fleet watch's p99 3.6x that of no policies; with
+   * 1 ms 1.5x, at the same CPU per search: bench/policies).
+   */
   sliceMs?: number;
   /**
    * After a restart every stored host is STALE until its follower hears from it: its instances
@@ -109,7 +113,7 @@ export class ValidationLoop {
     private readonly options: ValidationLoopOptions,
   ) {
     this.queueLimit = options.queueLimit ?? 10_000;
-    this.sliceMs = options.sliceMs ?? 5;
+    this.sliceMs = options.sliceMs ?? 1;
     this.evaluate = options.evaluate ?? evaluateInstance;
     this.ruleChangedAt = this.startedAt;
     // Stored results first: an instance still at the revision it was validated at gets its
