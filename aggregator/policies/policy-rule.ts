@@ -16,7 +16,7 @@ import {
   type PolicyHost,
 } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { errorMessage } from "../../lib/error-message.js";
-import { inputKey, ruleInputs, type InputScratch } from "./rule-inputs.js";
+import { inputKey, ruleInputs, walkExpr, type InputScratch } from "./rule-inputs.js";
 
 /** A rule as written (file, API or built in), before it is checked. */
 export interface RuleSpec {
@@ -217,42 +217,10 @@ function checkFieldPaths(expr: Expr, info: SourceInfo | undefined, source: strin
     }
     return field.fieldKind === "message" ? field.message : undefined;
   };
-  const walk = (e: Expr | undefined, shadowed: ReadonlySet<string>): void => {
-    if (!e) return;
-    const k = e.exprKind;
-    switch (k.case) {
-      case "selectExpr":
-        typeOf(e, shadowed);
-        walk(k.value.operand, shadowed);
-        return;
-      case "callExpr":
-        walk(k.value.target, shadowed);
-        for (const a of k.value.args) walk(a, shadowed);
-        return;
-      case "listExpr":
-        for (const a of k.value.elements) walk(a, shadowed);
-        return;
-      case "structExpr":
-        for (const entry of k.value.entries) {
-          if (entry.keyKind.case === "mapKey") walk(entry.keyKind.value, shadowed);
-          walk(entry.value, shadowed);
-        }
-        return;
-      case "comprehensionExpr": {
-        const c = k.value;
-        walk(c.iterRange, shadowed);
-        const inner = new Set([...shadowed, c.iterVar, c.iterVar2, c.accuVar].filter(Boolean));
-        walk(c.accuInit, inner);
-        walk(c.loopCondition, inner);
-        walk(c.loopStep, inner);
-        walk(c.result, inner);
-        return;
-      }
-      default:
-        return;
-    }
-  };
-  walk(expr, new Set());
+  walkExpr(expr, (e, shadowed) => {
+    if (e.exprKind.case === "selectExpr") typeOf(e, shadowed);
+    return false;
+  });
 }
 
 /** "<input>:line:col" of an expression node, as CEL's own parse errors say it. */

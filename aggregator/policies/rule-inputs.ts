@@ -48,25 +48,39 @@ export function ruleInputs(expr: Expr, instanceSchema: DescMessage, hostSchema: 
     }
     return { root, fields: intern(root, fields) };
   };
+  walkExpr(expr, (e, shadowed) => {
+    const k = e.exprKind;
+    if (k.case === "identExpr") {
+      if (k.value.name === "params") inputs.readsParams = true;
+      else if (k.value.name === "now") inputs.readsNow = true;
+      else if (k.value.name in roots) inputs.whole = true;
+      return true;
+    }
+    if (k.case !== "selectExpr") return false;
+    const p = pathOf(e, shadowed);
+    if (!p || p.fields.length === 0) return false;
+    (p.root === "instance" ? inputs.instancePaths : inputs.hostPaths).push(p.fields);
+    return true; // the path is the input: its operands are not separate uses
+  });
+  return inputs;
+}
+
+/**
+ * Visits every node of a CEL expression with the names comprehensions bind around it (a
+ * comprehension variable named `instance` is not the instance). `visit` returns true when it
+ * has handled the node whole (its children are not visited). Identifiers that are shadowed are
+ * not passed to `visit`.
+ */
+export function walkExpr(expr: Expr, visit: (e: Expr, shadowed: ReadonlySet<string>) => boolean): void {
   const walk = (e: Expr | undefined, shadowed: ReadonlySet<string>): void => {
     if (!e) return;
     const k = e.exprKind;
+    if (k.case === "identExpr" && shadowed.has(k.value.name)) return;
+    if (visit(e, shadowed)) return;
     switch (k.case) {
-      case "identExpr":
-        if (shadowed.has(k.value.name)) return;
-        if (k.value.name === "params") inputs.readsParams = true;
-        else if (k.value.name === "now") inputs.readsNow = true;
-        else if (k.value.name in roots) inputs.whole = true;
-        return;
-      case "selectExpr": {
-        const p = pathOf(e, shadowed);
-        if (p && p.fields.length > 0) {
-          (p.root === "instance" ? inputs.instancePaths : inputs.hostPaths).push(p.fields);
-          return;
-        }
+      case "selectExpr":
         walk(k.value.operand, shadowed);
         return;
-      }
       case "callExpr":
         walk(k.value.target, shadowed);
         for (const a of k.value.args) walk(a, shadowed);
@@ -95,7 +109,6 @@ export function ruleInputs(expr: Expr, instanceSchema: DescMessage, hostSchema: 
     }
   };
   walk(expr, new Set());
-  return inputs;
 }
 
 // One array per distinct path (across rules): a validation computes each path's value key once

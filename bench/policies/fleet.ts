@@ -9,17 +9,10 @@ import { StandbyPolicySchema } from "../../gen/fleetlet/agent/v1/standby_pb.js";
 import { PolicySeverity, PolicySource } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import type { RuleSpec } from "../../aggregator/policies/policy-rule.js";
 
-/** Deterministic PRNG (mulberry32): the same fleet and change stream in every run and round. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// The same seeded PRNG as the fuzz tests: the same fleet and change stream in every run and round.
+import { prng } from "../../test/helpers/random-message.js";
+
+export { prng };
 
 const ZONES = ["eu-1a", "eu-1b", "us-2a", "us-2b"];
 const ENVS = ["prod", "staging", "dev", "qa"];
