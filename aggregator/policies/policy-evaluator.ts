@@ -1,12 +1,15 @@
-import { create, type DescField } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { ConcernSchema, type Concern, type FleetInstance, type PolicyHost, type PolicySeverity } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import type { CompiledRule } from "./policy-rule.js";
+import type { InputPath } from "./rule-inputs.js";
 
 /**
  * One instance against every rule in force (policies.md): a concern for each rule it fails, and
  * for each rule that could not be evaluated on it ("rule X could not be evaluated: ..." — never a
- * silent pass). A concern it already had keeps its `since`. Sorted by rule name.
+ * silent pass). A concern it already had keeps its `since`. Sorted by rule name. `readNow`, when
+ * given, gets the names of the rules whose evaluation read `now` (their outcome may change with
+ * time alone; the others' will not until an input changes).
  */
 export function evaluateInstance(
   rules: readonly CompiledRule[],
@@ -15,12 +18,14 @@ export function evaluateInstance(
   params: ReadonlyMap<string, number>,
   previous: readonly Concern[],
   nowMs: number,
+  readNow?: Set<string>,
 ): Concern[] {
   const out: Concern[] = [];
   const scratch = { instance: new Map(), host: hostScratch(host) };
   const now = timestampFromMs(nowMs);
   for (const rule of rules) {
     const outcome = rule.evaluate(instance, host, params, scratch, now);
+    if (outcome.readNow) readNow?.add(rule.name);
     if (outcome.fails === false) continue;
     const message = outcome.error !== undefined ? `rule ${rule.name} could not be evaluated: ${outcome.error}` : rule.description || `fails rule ${rule.name}`;
     // The same concern as before is the same object (it keeps its since; nothing allocated).
@@ -44,8 +49,8 @@ export function isEvaluationError(c: Concern): boolean {
 
 // A host's value keys, reused by all its instances while it is the same object (a new PolicyHost
 // is made whenever the host changes).
-const hostScratches = new WeakMap<PolicyHost, Map<readonly DescField[], string>>();
-function hostScratch(host: PolicyHost): Map<readonly DescField[], string> {
+const hostScratches = new WeakMap<PolicyHost, Map<InputPath, string>>();
+function hostScratch(host: PolicyHost): Map<InputPath, string> {
   let m = hostScratches.get(host);
   if (!m) {
     m = new Map();

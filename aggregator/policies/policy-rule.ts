@@ -15,6 +15,7 @@ import {
   type FleetInstance,
   type PolicyHost,
 } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { RE2JS } from "@bufbuild/re2";
 import { errorMessage } from "../../lib/error-message.js";
 import { inputKey, ruleInputs, walkExpr, type InputScratch } from "./rule-inputs.js";
 
@@ -27,8 +28,13 @@ export interface RuleSpec {
   source: PolicySource;
 }
 
-/** What one evaluation found: the instance fails the rule, passes it, or could not be evaluated. */
-export type RuleOutcome = { fails: boolean; error?: undefined } | { fails?: undefined; error: string };
+/**
+ * What one evaluation found: the instance fails the rule, passes it, or could not be evaluated.
+ * `readNow`: the evaluation looked at `now` (CEL's && and || go left to right and stop early, so
+ * `instance.kind == CONTAINER && now - ... > d` reads `now` only for containers): only such an
+ * outcome can change with time alone.
+ */
+export type RuleOutcome = ({ fails: boolean; error?: undefined } | { fails?: undefined; error: string }) & { readNow?: boolean };
 
 /** A checked rule with its expression planned once: evaluate() never throws. */
 export interface CompiledRule extends RuleSpec {
@@ -72,8 +78,23 @@ const VARIABLES = {
 };
 let env: CelEnv | undefined;
 function celEnvironment(): CelEnv {
-  env ??= celEnv({ registry, variables: VARIABLES });
+  env ??= celEnv({ registry, variables: VARIABLES, re2: { compile: compiledRegex } });
   return env;
+}
+
+// CEL's `matches` compiles its pattern at every call (@bufbuild/cel std/logic.js); rules use a
+// handful of constant patterns, so they are compiled once. Bounded: a pattern built from data
+// (`instance.name.matches(instance.labels.re)`) cannot grow it without limit.
+const regexes = new Map<string, ReturnType<typeof RE2JS.compile>>();
+const REGEX_CACHE_LIMIT = 256;
+function compiledRegex(pattern: string): ReturnType<typeof RE2JS.compile> {
+  let re = regexes.get(pattern);
+  if (!re) {
+    re = RE2JS.compile(pattern);
+    if (regexes.size >= REGEX_CACHE_LIMIT) regexes.clear();
+    regexes.set(pattern, re);
+  }
+  return re;
 }
 
 /**
@@ -110,26 +131,44 @@ export function compileRule(spec: RuleSpec): CompiledRule {
   } catch (e) {
     throw new RuleError("rule.fails_when", `${where}: ${errorMessage(e)}`);
   }
+  const inputs = ruleInputs(parsed.expr, FleetInstanceSchema, PolicyHostSchema);
   const run1 = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, now?: Timestamp): RuleOutcome => {
+    // A rule naming `now` gets it through a getter, to learn whether this evaluation read it
+    // (the activation reads bindings by property: @bufbuild/cel ObjectActivation).
+    let readNow = false;
+    const bindings = inputs.readsNow
+      ? {
+          instance,
+          host,
+          params: params as Map<string, number>,
+          get now() {
+            readNow = true;
+            return now ?? timestampNow();
+          },
+        }
+      : { instance, host, params: params as Map<string, number>, now: NO_TIME };
+    let outcome: RuleOutcome;
     try {
-      const r = run({ instance, host, params: params as Map<string, number>, now: now ?? timestampNow() });
-      if (isCelError(r)) return { error: r.message };
-      if (typeof r !== "boolean") return { error: `the expression gave ${describeValue(r)}, not a bool` };
-      return { fails: r };
+      const r = run(bindings);
+      if (isCelError(r)) outcome = { error: r.message };
+      else if (typeof r !== "boolean") outcome = { error: `the expression gave ${describeValue(r)}, not a bool` };
+      else outcome = { fails: r };
     } catch (e) {
-      return { error: errorMessage(e) };
+      outcome = { error: errorMessage(e) };
     }
+    if (readNow) outcome.readNow = true;
+    return outcome;
   };
   // Outcomes memoised by the values the expression reads (rule-inputs.ts): the evaluator costs
   // 1–4 µs a run, and most instances of a fleet share the few values a rule looks at.
-  const inputs = ruleInputs(parsed.expr, FleetInstanceSchema, PolicyHostSchema);
   const memo = new Map<string, RuleOutcome>();
   // A rule whose inputs are nearly all distinct (an instance's name, its id) gains nothing from
   // the memo and pays for its keys: after MEMO_TRIAL lookups with few hits it is turned off.
   let lookups = 0;
   let hits = 0;
-  // Time is an input no key holds: a rule reading `now` is always evaluated.
-  let memoOff = inputs.whole || inputs.readsNow;
+  // Time is an input no key holds: an outcome that read `now` is never memoised; one that did not
+  // is a function of the keyed inputs like any other (the same inputs take the same path).
+  let memoOff = inputs.whole;
   const evaluate = (instance: FleetInstance, host: PolicyHost, params: ReadonlyMap<string, number>, scratch?: InputScratch, now?: Timestamp): RuleOutcome => {
     if (memoOff) return run1(instance, host, params, now);
     const key = inputKey(inputs, instance, host, inputs.readsParams ? paramsKeyOf(params) : "", scratch);
@@ -144,9 +183,9 @@ export function compileRule(spec: RuleSpec): CompiledRule {
       memoOff = true;
       memo.clear();
     }
-    const outcome = run1(instance, host, params);
+    const outcome = run1(instance, host, params, now);
     if (memo.size >= MEMO_LIMIT) memo.clear();
-    if (!memoOff) memo.set(key, outcome);
+    if (!memoOff && !outcome.readNow) memo.set(key, outcome);
     return outcome;
   };
   const probes = probeInputs();
@@ -166,6 +205,9 @@ export function compileRule(spec: RuleSpec): CompiledRule {
     readsNow: inputs.readsNow,
   };
 }
+
+// What a rule that never names `now` is given for it (the variable is declared for every rule).
+const NO_TIME = create(TimestampSchema);
 
 /** Memoised outcomes kept per rule at most (then forgotten at once: a fleet with that many distinct inputs gains little). */
 const MEMO_LIMIT = 65_536;

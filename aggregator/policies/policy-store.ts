@@ -47,7 +47,19 @@ export const POLICY_MIGRATIONS: readonly Migration[] = [
       ALTER TABLE policy_rule_set ADD COLUMN validated_hash TEXT NOT NULL DEFAULT '';
     `,
   },
+  {
+    version: 3,
+    description: "the rules whose outcome on the instance read the time (JSON list; NULL = not known)",
+    // Without it a restarted aggregator evaluates every time rule on every instance at its first
+    // search (a container's `now - health_since` check on 100,000 instances).
+    sql: `
+      ALTER TABLE policy_results ADD COLUMN time_rules TEXT;
+    `,
+  },
 ];
+
+/** No rule's outcome read the time (one shared set: compared by identity). */
+export const NO_TIME_RULES: ReadonlySet<string> = new Set();
 
 export interface StoredRule {
   name: string;
@@ -63,6 +75,8 @@ export interface ValidationResult {
   hostRevision: string;
   ruleHash: string;
   concerns: Concern[];
+  /** The rules whose outcome read `now` (their outcome can change with time alone); undefined: not known. */
+  timeRules: ReadonlySet<string> | undefined;
 }
 
 /**
@@ -89,11 +103,11 @@ export class PolicyStore {
       validatedHash: db.prepare<[], { validatedHash: string }>("SELECT validated_hash AS validatedHash FROM policy_rule_set WHERE id = 1"),
       setValidatedHash: db.prepare<[string]>("UPDATE policy_rule_set SET validated_hash = ? WHERE id = 1"),
       putRuleSet: db.prepare<[number, string]>("INSERT OR REPLACE INTO policy_rule_set (id, version, hash) VALUES (1, ?, ?)"),
-      results: db.prepare<[], { host: string; id: string; instanceRevision: string; hostRevision: string; ruleHash: string; concerns: string }>(
-        "SELECT host, id, instance_revision AS instanceRevision, host_revision AS hostRevision, rule_hash AS ruleHash, concerns FROM policy_results",
+      results: db.prepare<[], { host: string; id: string; instanceRevision: string; hostRevision: string; ruleHash: string; concerns: string; timeRules: string | null }>(
+        "SELECT host, id, instance_revision AS instanceRevision, host_revision AS hostRevision, rule_hash AS ruleHash, concerns, time_rules AS timeRules FROM policy_results",
       ),
-      putResult: db.prepare<[string, string, string, string, string, string]>(
-        "INSERT OR REPLACE INTO policy_results (host, id, instance_revision, host_revision, rule_hash, concerns) VALUES (?, ?, ?, ?, ?, ?)",
+      putResult: db.prepare<[string, string, string, string, string, string, string | null]>(
+        "INSERT OR REPLACE INTO policy_results (host, id, instance_revision, host_revision, rule_hash, concerns, time_rules) VALUES (?, ?, ?, ?, ?, ?, ?)",
       ),
       deleteResult: db.prepare<[string, string]>("DELETE FROM policy_results WHERE host = ? AND id = ?"),
     };
@@ -162,7 +176,7 @@ export class PolicyStore {
       const out = new Map<string, ValidationResult>();
       for (const r of this.stmts.results.iterate()) {
         const concerns = (JSON.parse(r.concerns) as unknown[]).map((c) => fromJsonString(ConcernSchema, JSON.stringify(c)));
-        out.set(`${r.host}\0${r.id}`, { instanceRevision: r.instanceRevision, hostRevision: r.hostRevision, ruleHash: r.ruleHash, concerns });
+        out.set(`${r.host}\0${r.id}`, { instanceRevision: r.instanceRevision, hostRevision: r.hostRevision, ruleHash: r.ruleHash, concerns, timeRules: timeRulesOf(r.timeRules) });
       }
       return out;
     });
@@ -176,7 +190,10 @@ export class PolicyStore {
         for (const [key, r] of batch) {
           const [host, id] = key.split("\0") as [string, string];
           if (!r) this.stmts.deleteResult.run(host, id);
-          else this.stmts.putResult.run(host, id, r.instanceRevision, r.hostRevision, r.ruleHash, `[${r.concerns.map((c) => toJsonString(ConcernSchema, c)).join(",")}]`);
+          else {
+            const timeRules = r.timeRules === undefined ? null : r.timeRules.size === 0 ? "[]" : JSON.stringify([...r.timeRules].sort());
+            this.stmts.putResult.run(host, id, r.instanceRevision, r.hostRevision, r.ruleHash, `[${r.concerns.map(concernJson).join(",")}]`, timeRules);
+          }
         }
       })(),
     );
@@ -184,5 +201,30 @@ export class PolicyStore {
 
   close(): void {
     this.db.close();
+  }
+}
+
+// A concern's JSON, made once per Concern object: the loop shares one object among every instance
+// that found the same problem in the same millisecond (policy-evaluator.ts newConcern), and
+// concern objects are never modified.
+const concernJsons = new WeakMap<Concern, string>();
+function concernJson(c: Concern): string {
+  let json = concernJsons.get(c);
+  if (json === undefined) {
+    json = toJsonString(ConcernSchema, c);
+    concernJsons.set(c, json);
+  }
+  return json;
+}
+
+/** A stored time_rules column: NULL (written before migration 3) or anything unreadable is "not known". */
+function timeRulesOf(column: string | null): ReadonlySet<string> | undefined {
+  if (column === null) return undefined;
+  if (column === "[]") return NO_TIME_RULES;
+  try {
+    const names: unknown = JSON.parse(column);
+    return Array.isArray(names) && names.every((n) => typeof n === "string") ? new Set(names) : undefined;
+  } catch {
+    return undefined;
   }
 }

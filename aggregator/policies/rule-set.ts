@@ -58,6 +58,14 @@ export class RuleSet {
     return this.sorted;
   }
 
+  /** The rules in force that read `now` (their outcome can change with time alone). */
+  timeRules(): readonly CompiledRule[] {
+    this.readingNow ??= this.list().filter((r) => r.readsNow);
+    return this.readingNow;
+  }
+
+  private readingNow: readonly CompiledRule[] | undefined;
+
   get(name: string): CompiledRule | undefined {
     return this.rules.get(name);
   }
@@ -124,6 +132,7 @@ export class RuleSet {
     else if (changed) this.store?.saveRuleSet(version, hash);
     this.rules = rules;
     this.sorted = undefined;
+    this.readingNow = undefined;
     this.params = params;
     if (!changed) return;
     this.version = version;

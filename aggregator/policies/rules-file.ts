@@ -1,5 +1,5 @@
 import { readFileSync, statSync } from "node:fs";
-import { parse as parseYaml } from "yaml";
+import { parseDocument } from "yaml";
 import { PolicySeverity, PolicySource } from "../../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { errorMessage } from "../../lib/error-message.js";
 import { compileRule, RuleError, type CompiledRule } from "./policy-rule.js";
@@ -35,7 +35,12 @@ const MAX_FILE_BYTES = 1024 * 1024;
 export function parseRulesFile(file: string, text: string): RulesFileContent {
   let doc: unknown;
   try {
-    doc = parseYaml(text, { uniqueKeys: true, maxAliasCount: 100 });
+    // A warning (an unknown tag such as !!binary) is refused like an error: the yaml package
+    // would otherwise print it to the daemon's stderr and go on with a guess.
+    const parsed = parseDocument(text, { uniqueKeys: true, logLevel: "silent" });
+    const problem = parsed.errors[0] ?? parsed.warnings[0];
+    if (problem) throw problem;
+    doc = parsed.toJS({ maxAliasCount: 100 });
   } catch (e) {
     throw new Error(`${file}: not YAML or JSON: ${errorMessage(e).split("\n")[0]}`);
   }

@@ -6,7 +6,7 @@ import type { MergedView } from "../inventory/merged-view.js";
 import { evaluateInstance, isEvaluationError, sameConcerns } from "./policy-evaluator.js";
 import { policyHostOf, policyHostRevision } from "./policy-host.js";
 import type { CompiledRule } from "./policy-rule.js";
-import type { PolicyStore, ValidationResult } from "./policy-store.js";
+import { NO_TIME_RULES, type PolicyStore, type ValidationResult } from "./policy-store.js";
 import type { RuleSet } from "./rule-set.js";
 
 /** Evaluates one instance; replaceable in tests to fail at random (the loop must not care). */
@@ -17,6 +17,7 @@ export type InstanceEvaluator = (
   params: ReadonlyMap<string, number>,
   previous: readonly Concern[],
   nowMs: number,
+  readNow?: Set<string>,
 ) => Concern[];
 
 export interface ValidationLoopOptions {
@@ -69,6 +70,26 @@ export interface LoopCounters {
 
 const key = (host: string, id: string) => `${host}\0${id}`;
 
+/**
+ * A result in memory: `timeRules` names the rules whose outcome read `now` (undefined: not
+ * known, as for a row read back from the store); `incarnation` the host's when it was validated.
+ */
+class LoopResult implements ValidationResult {
+  /** The instance object in the view this result is on (set by ValidationLoop.remember). */
+  object: FleetInstance | undefined = undefined;
+  // One class, every field set in the constructor: 100,000 of these are made by a search, and
+  // object literals spread from the revisions (then given more fields) cost twice as much.
+  constructor(
+    readonly instanceRevision: string,
+    readonly hostRevision: string,
+    readonly ruleHash: string,
+    readonly concerns: Concern[],
+    readonly timeRules: ReadonlySet<string> | undefined,
+    readonly incarnation: string,
+  ) {}
+}
+const NONE = NO_TIME_RULES;
+
 /** Result rows written per turn of the event loop. */
 const FLUSH_BATCH = 256;
 
@@ -88,7 +109,13 @@ const FLUSH_BATCH = 256;
  *   batches, keyed by the revisions: after a restart only what is behind is evaluated again.
  */
 export class ValidationLoop {
-  private readonly results = new Map<string, ValidationResult>();
+  /**
+   * By "host\0id". A result names the instance object in the view it was validated for (`object`;
+   * view objects are immutable: any change of the instance is a new object), so a search finds
+   * the current ones by identity, without building revision strings for 100,000 instances every
+   * interval.
+   */
+  private readonly results = new Map<string, LoopResult>();
   private readonly queued = new Set<string>();
   private readonly changedAt = new Map<string, number>();
   private readonly hosts = new Map<string, { facts: PolicyHost; revision: string }>();
@@ -98,6 +125,19 @@ export class ValidationLoop {
   private cursor: number;
   private draining = false;
   private sweeping = false;
+  private readScheduled = false;
+  /**
+   * Whether the next search must walk the whole view: set at start, by a rule change, a queue
+   * overflow, a change the view's ring dropped, a validation that failed or was deferred, an
+   * incomplete search. Otherwise the search walks only the hosts whose facts moved and the
+   * instances whose outcome depends on the time: nothing else can be behind, and a fleet of
+   * 100,000 at rest costs it next to nothing (the fleet watch's timers are not held up).
+   */
+  private fullWalk = true;
+  /** Hosts whose PolicyHost revision changed since the last search began. */
+  private readonly hostsBehind = new Set<string>();
+  /** Instances whose last result read `now` (or is not known not to). */
+  private readonly timeDependent = new Set<string>();
   private readonly startedAt = monotonicMs();
   private readonly timer: NodeJS.Timeout;
   private readonly unsubscribe: (() => void)[] = [];
@@ -130,17 +170,29 @@ export class ValidationLoop {
         continue;
       }
       if (r.instanceRevision !== this.instanceRevision(host, instance)) continue;
-      this.results.set(k, r);
-      if (!sameConcerns(instance.concerns, r.concerns)) view.setConcerns(host, id, instance, r.concerns);
+      const loaded = new LoopResult(r.instanceRevision, r.hostRevision, r.ruleHash, r.concerns, r.timeRules, view.host(host)!.incarnation);
+      this.results.set(k, loaded);
+      if (loaded.timeRules !== NONE) this.timeDependent.add(k);
+      this.remember(host, id, instance, loaded);
     }
     this.cursor = view.lastSeq;
     this.unsubscribe.push(
-      view.subscribe(() => this.onViewChange()),
+      // Read after the turn that made the change: the view's readers (fleet watches, woken in
+      // the same turn) send it first; validation is never on their path.
+      view.subscribe(() => {
+        if (this.readScheduled) return;
+        this.readScheduled = true;
+        setImmediate(() => {
+          this.readScheduled = false;
+          if (!this.closed) this.onViewChange();
+        });
+      }),
       view.onHostChange((host) => {
         if (!this.dirtyHosts.has(host)) this.dirtyHosts.set(host, monotonicMs());
       }),
       rules.onChange(() => {
         this.ruleChangedAt = monotonicMs();
+        this.fullWalk = true;
         // A rule change is worth a search now rather than at the next interval.
         setImmediate(() => this.sweep());
       }),
@@ -148,6 +200,11 @@ export class ValidationLoop {
     this.timer = setInterval(() => this.sweep(), options.sweepIntervalMs);
     this.timer.unref();
     setImmediate(() => this.sweep());
+  }
+
+  /** Whether a scheduled search is under way (benches wait for the first one before measuring). */
+  get searching(): boolean {
+    return this.sweeping;
   }
 
   close(): void {
@@ -171,6 +228,7 @@ export class ValidationLoop {
     if (!changes) {
       // The ring passed us (a burst bigger than the watch buffer): the search finds what changed.
       this.cursor = this.view.lastSeq;
+      this.fullWalk = true;
       return;
     }
     const now = monotonicMs();
@@ -180,6 +238,7 @@ export class ValidationLoop {
       const k = key(item.instance.host, item.instance.id);
       if (item.type === FleetEventType.DELETED) {
         this.results.delete(k);
+        this.timeDependent.delete(k);
         this.queued.delete(k);
         this.changedAt.delete(k);
         this.unsaved.set(k, undefined);
@@ -189,6 +248,7 @@ export class ValidationLoop {
       if (this.queued.has(k)) continue;
       if (this.queued.size >= this.queueLimit) {
         this.counters.skipped++;
+        this.fullWalk = true;
         continue;
       }
       this.queued.add(k);
@@ -207,7 +267,7 @@ export class ValidationLoop {
       this.queued.delete(k);
       const [host, id] = k.split("\0") as [string, string];
       const instance = this.view.host(host)?.instances.get(id);
-      if (instance) this.validate(host, id, instance);
+      if (instance && !this.validate(host, id, instance)) this.fullWalk = true;
       if (monotonicMs() >= until) break;
     }
     this.flush();
@@ -220,7 +280,20 @@ export class ValidationLoop {
     if (this.sweeping || this.closed) return;
     this.sweeping = true;
     this.counters.sweeps++;
-    const it = this.allInstances();
+    const walkAll = this.fullWalk;
+    this.fullWalk = false;
+    let it: Iterator<[string, string, FleetInstance]>;
+    if (walkAll) {
+      this.hostsBehind.clear();
+      it = this.allInstances();
+    } else {
+      // Facts of hosts that changed (their revision may not have: a label edit of an instance
+      // leaves the host's sums alone).
+      for (const host of [...this.dirtyHosts.keys()]) this.hostFacts(host);
+      const hosts = [...this.hostsBehind];
+      this.hostsBehind.clear();
+      it = this.someInstances(hosts, [...this.timeDependent]);
+    }
     // Complete: every instance validated under one rule hash (none queued, failed or in grace):
     // then every row on disk is valid under that hash, rewritten or not.
     const startHash = this.rules.hash;
@@ -231,7 +304,8 @@ export class ValidationLoop {
       for (;;) {
         const next = it.next();
         if (next.done) {
-          if (complete && startHash === this.rules.hash && this.options.store) {
+          if (!complete) this.fullWalk = true;
+          if (walkAll && complete && startHash === this.rules.hash && this.options.store) {
             this.flush(true);
             try {
               this.options.store.saveValidatedHash(startHash);
@@ -243,7 +317,7 @@ export class ValidationLoop {
           return;
         }
         const [host, id, instance] = next.value;
-        if (this.queued.has(key(host, id))) complete = false;
+        if (this.queued.size > 0 && this.queued.has(key(host, id))) complete = false;
         else if (!this.validate(host, id, instance, true)) complete = false;
         if (monotonicMs() >= until) break;
       }
@@ -253,15 +327,38 @@ export class ValidationLoop {
     step();
   }
 
+  /**
+   * Every instance of the view, read live: a Map iterator survives the map's changes between
+   * slices (validating replaces values; deleted ones are skipped, new ones come at the end); a
+   * host whose view was replaced meanwhile is left for the next search.
+   */
   private *allInstances(): Generator<[string, string, FleetInstance]> {
     for (const host of this.view.hostNames()) {
       const view = this.view.host(host);
       if (!view) continue;
-      // Snapshot the ids: validating replaces instance objects in the map.
-      for (const id of [...view.instances.keys()]) {
-        const instance = this.view.host(host)?.instances.get(id);
-        if (instance) yield [host, id, instance];
+      for (const [id, instance] of view.instances) {
+        if (this.view.host(host) !== view) break;
+        yield [host, id, instance];
       }
+    }
+  }
+
+  /** The instances of `hosts`, then those named by `keys` (host\0id) still in the view. */
+  private *someInstances(hosts: readonly string[], keys: readonly string[]): Generator<[string, string, FleetInstance]> {
+    const walked = new Set(hosts);
+    for (const host of hosts) {
+      const view = this.view.host(host);
+      if (!view) continue;
+      for (const [id, instance] of view.instances) {
+        if (this.view.host(host) !== view) break;
+        yield [host, id, instance];
+      }
+    }
+    for (const k of keys) {
+      const [host, id] = k.split("\0") as [string, string];
+      if (walked.has(host)) continue;
+      const instance = this.view.host(host)?.instances.get(id);
+      if (instance) yield [host, id, instance];
     }
   }
 
@@ -275,7 +372,9 @@ export class ValidationLoop {
     let h = this.hosts.get(host);
     if (!h || this.dirtyHosts.has(host)) {
       const facts = policyHostOf(view);
-      h = { facts, revision: policyHostRevision(facts) };
+      const revision = policyHostRevision(facts);
+      if (h && h.revision !== revision) this.hostsBehind.add(host);
+      h = { facts, revision };
       this.hosts.set(host, h);
       this.dirtyHosts.delete(host);
     }
@@ -295,16 +394,25 @@ export class ValidationLoop {
    * whose outcome can change with time alone.
    */
   private validate(host: string, id: string, instance: FleetInstance, timeTick = false): boolean {
-    const k = key(host, id);
     const h = this.hostFacts(host);
     if (!h) return false;
+    const k = key(host, id);
+    const known = this.results.get(k);
+    if (known?.object === instance && this.isCurrent(known, host, h.revision) && (!timeTick || known.timeRules === NONE)) return true;
     const instanceRevision = this.instanceRevision(host, instance);
     const ruleHash = this.rules.hash;
     const r = this.results.get(k);
     const rules = this.rules.list();
     if (r && r.instanceRevision === instanceRevision && r.hostRevision === h.revision && r.ruleHash === ruleHash) {
-      const timeRules = timeTick ? rules.filter((rule) => rule.readsNow) : [];
-      if (timeRules.length === 0) return true;
+      // Only the rules whose last outcome here read `now` (a healthy container's
+      // container-unhealthy did not: it stops at the health check): a search with nothing behind
+      // walks the fleet and evaluates almost nothing.
+      if (!timeTick || r.timeRules === NONE) return true;
+      const timeRules = rules.filter((rule) => rule.readsNow && (r.timeRules === undefined || r.timeRules.has(rule.name)));
+      if (timeRules.length === 0) {
+        this.timeDependent.delete(k);
+        return true;
+      }
       return this.apply(host, id, instance, timeRules, r.concerns.filter((c) => !timeRules.some((t) => t.name === c.rule)), { instanceRevision, hostRevision: h.revision, ruleHash }, h.facts);
     }
     if (r && this.inStartGrace(host)) return false;
@@ -338,25 +446,55 @@ export class ValidationLoop {
   ): boolean {
     const k = key(host, id);
     let concerns: Concern[];
+    const readNow = this.readNowScratch;
+    if (readNow.size > 0) readNow.clear();
     try {
-      const fresh = this.evaluate(evaluated, instance, facts, this.rules.parameters, instance.concerns, Date.now());
+      const fresh = this.evaluate(evaluated, instance, facts, this.rules.parameters, instance.concerns, Date.now(), readNow);
       concerns = kept.length === 0 ? fresh : [...kept, ...fresh].sort((a, b) => (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0));
     } catch (e) {
       this.counters.failed++;
+      this.fullWalk = true;
       this.options.logger.debug({ host, instance_id: id, err: errorMessage(e) }, "policy validation failed; left for the scheduled search");
       return false;
     }
-    if (!sameConcerns(instance.concerns, concerns)) this.view.setConcerns(host, id, instance, concerns);
     const before = this.results.get(k);
-    const result = { ...revisions, concerns };
+    // The rules not evaluated now keep what was known of them (unknown: assume they read it).
+    for (const rule of this.rules.timeRules()) {
+      if (evaluated.includes(rule)) continue;
+      if (before?.timeRules === undefined || before.timeRules.has(rule.name)) readNow.add(rule.name);
+    }
+    const result = new LoopResult(revisions.instanceRevision, revisions.hostRevision, revisions.ruleHash, concerns, readNow.size === 0 ? NONE : new Set(readNow), this.view.host(host)?.incarnation ?? "");
+    this.remember(host, id, instance, result);
     this.results.set(k, result);
+    if (result.timeRules === NONE) this.timeDependent.delete(k);
+    else this.timeDependent.add(k);
     // A row whose concerns and instance and host revisions are what is on disk already is not
     // rewritten for a new rule hash alone (~13 µs a row): the next complete search vouches for it.
-    const unchanged = before !== undefined && before.instanceRevision === revisions.instanceRevision && before.hostRevision === revisions.hostRevision && sameConcerns(before.concerns, concerns) && !this.unsaved.has(k);
+    const unchanged =
+      before !== undefined &&
+      before.instanceRevision === revisions.instanceRevision &&
+      before.hostRevision === revisions.hostRevision &&
+      sameConcerns(before.concerns, concerns) &&
+      sameNames(before.timeRules, result.timeRules) &&
+      !this.unsaved.has(k);
     if (!unchanged) this.unsaved.set(k, result);
     this.changedAt.delete(k);
     this.counters.validated++;
     return true;
+  }
+
+  private readonly readNowScratch = new Set<string>();
+
+  /** Puts the result's concerns on the instance (a new object when they changed) and files the result under the object now in the view. */
+  private remember(host: string, id: string, instance: FleetInstance, result: LoopResult): void {
+    let current: FleetInstance | undefined = instance;
+    if (!sameConcerns(instance.concerns, result.concerns)) current = this.view.setConcerns(host, id, instance, result.concerns) ? this.view.host(host)?.instances.get(id) : undefined;
+    result.object = current;
+  }
+
+  /** Whether a result filed under an instance object still holds: same host incarnation and facts, same rules. */
+  private isCurrent(r: LoopResult, host: string, hostRevision: string): boolean {
+    return r.ruleHash === this.rules.hash && r.hostRevision === hostRevision && r.incarnation === this.view.host(host)?.incarnation;
   }
 
   /** The rules in force under each recent rule-set hash, to tell what a rule change changed. */
@@ -446,7 +584,7 @@ export class ValidationLoop {
     for (const [host, id, instance] of this.allInstances()) {
       const h = this.hostFacts(host);
       const r = this.results.get(key(host, id));
-      const current = h !== undefined && r !== undefined && r.instanceRevision === this.instanceRevision(host, instance) && r.hostRevision === h.revision && r.ruleHash === this.rules.hash;
+      const current = h !== undefined && r !== undefined && (r.object === instance ? this.isCurrent(r, host, h.revision) : r.instanceRevision === this.instanceRevision(host, instance) && r.hostRevision === h.revision && r.ruleHash === this.rules.hash);
       if (!current) {
         unvalidated++;
         const since = this.changedAt.get(key(host, id)) ?? (r && r.ruleHash !== this.rules.hash ? this.ruleChangedAt : (this.dirtyHosts.get(host) ?? this.startedAt));
@@ -465,6 +603,13 @@ export class ValidationLoop {
     }
     return { summaries: [...summaries.values()], unvalidated, lagMs: unvalidated === 0 ? 0 : Math.max(0, now - oldest) };
   }
+}
+
+function sameNames(a: ReadonlySet<string> | undefined, b: ReadonlySet<string> | undefined): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined || a.size !== b.size) return false;
+  for (const n of a) if (!b.has(n)) return false;
+  return true;
 }
 
 function sameParams(a: ReadonlyMap<string, number>, b: ReadonlyMap<string, number>): boolean {

@@ -1,9 +1,10 @@
 import { afterEach, beforeEach, describe, it } from "vitest";
 import assert from "node:assert/strict";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { InstanceKind, InstanceSchema, InstanceState, type Instance } from "../../../gen/fleetlet/agent/v1/inventory_pb.js";
-import { FleetEventType, HostSyncState, WatchInstancesResponseSchema, type WatchInstancesResponse } from "../../../gen/fleetlet/aggregator/v1/fleet_pb.js";
-import { MergedView } from "../../../aggregator/inventory/merged-view.js";
+import { ConcernSchema, FleetEventType, FleetInstanceSchema, HostSyncState, ListInstancesResponseSchema, PolicySeverity, WatchInstancesResponseSchema, type WatchInstancesResponse } from "../../../gen/fleetlet/aggregator/v1/fleet_pb.js";
+import { framedInstance, MergedView } from "../../../aggregator/inventory/merged-view.js";
 import { InventoryStore } from "../../../aggregator/inventory/inventory-store.js";
 import { watchFleetInventory } from "../../../aggregator/inventory/fleet-inventory-watch.js";
 import { tempDir } from "../../helpers/temp-dir.js";
@@ -114,5 +115,24 @@ describe("MergedView", () => {
     assert.match(got[0]!, /^RESYNC:this watch fell behind/);
     assert.match((await events(view, "other.1", {}, 10))[0]!, /^RESYNC:the cursor is from another aggregator incarnation/);
     await assert.rejects(events(view, "garbage", {}, 10), /cursor: "garbage" is not a fleet cursor/);
+  });
+});
+
+describe("MergedView wire form with concerns", () => {
+  it("an instance's framed bytes decode to the instance with its concerns, for bodies of 1-, 2- and 3-byte lengths", () => {
+    const view = new MergedView(undefined);
+    // ~60 bytes, ~300 bytes and ~40,000 bytes of agent data.
+    const sizes = [0, 250, 40_000];
+    view.applyChanges("h", "inc", 1, sizes.map((n, k) => inst(`i${k}`, 1, { name: "x".repeat(n) })), [], 0);
+    sizes.forEach((_, k) => {
+      const before = view.host("h")!.instances.get(`i${k}`)!;
+      const concerns = Array.from({ length: k + 1 }, (_, c) => create(ConcernSchema, { rule: `rule-${c}`, severity: PolicySeverity.WARNING, message: "m".repeat(c * 100), since: timestampFromMs(1000 + c) }));
+      assert.ok(view.setConcerns("h", `i${k}`, before, concerns));
+      const after = view.host("h")!.instances.get(`i${k}`)!;
+      const decoded = fromBinary(ListInstancesResponseSchema, framedInstance(after));
+      assert.equal(decoded.instances.length, 1);
+      assert.ok(equals(FleetInstanceSchema, decoded.instances[0]!, after), `instance ${k} decodes to itself`);
+      assert.equal(decoded.instances[0]!.concerns.length, k + 1);
+    });
   });
 });

@@ -6,6 +6,7 @@ import { FleetInstanceSchema, HostSyncState, PolicyHostSchema, PolicySeverity, P
 import { BUILTIN_RULES, DEFAULT_PARAMETERS } from "../../../aggregator/policies/builtin-rules.js";
 import { compileRule, RuleError } from "../../../aggregator/policies/policy-rule.js";
 import { evaluateInstance } from "../../../aggregator/policies/policy-evaluator.js";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { prng, randomMessage } from "../../helpers/random-message.js";
 
 const spec = (failsWhen: string, name = "r") => ({ name, severity: PolicySeverity.WARNING, description: "d", failsWhen, source: PolicySource.API });
@@ -94,12 +95,30 @@ describe("memoised evaluation", () => {
       "double(host.allocated_vcpus) > params.vcpu_overcommit_ratio * double(host.cpu_count)",
       '[instance].exists(i, i.name == "x")',
       'size(host.labels) > 1 && instance.name.contains("a")',
+      // Map entries at constant keys are the inputs, not the whole map.
+      '"zone" in instance.labels && "zone" in host.labels && instance.labels["zone"] != host.labels["zone"]',
+      'has(instance.labels.team) && instance.labels.team == "db" || !("team" in instance.labels)',
+      'instance.labels["zone"] == "a" && size(instance.labels) > 2',
+      // has(): presence is the input (scalars, messages, repeated fields, nested).
+      '!has(instance.standby_policy) && has(instance.pid) || has(instance.labels)',
+      "has(instance.standby_policy.idle_timeout) != has(instance.standby_policy.ignore_source_cidrs)",
+      "has(instance.allocated_vcpus) && has(host.cpu_count)",
+      'instance.name.matches("^[a-m]") || instance.name.matches("[0-9]$")',
     ].map((e, i) => compileRule(spec(e, `r${i}`)));
+    // Random maps hardly ever hold the keys the rules name: some get them.
+    const withEntries = <T extends { labels: Record<string, string> }>(m: T): T => {
+      for (const k of ["zone", "team"]) {
+        const r = rnd();
+        if (r < 0.3) m.labels[k] = "a";
+        else if (r < 0.5) m.labels[k] = r < 0.4 ? "db" : "b";
+      }
+      return m;
+    };
     const params = [new Map([["vcpu_overcommit_ratio", 2]]), new Map([["vcpu_overcommit_ratio", 0.5]])];
     let compared = 0;
     for (let n = 0; n < 400; n++) {
-      const instance = create(FleetInstanceSchema, { ...randomMessage(FleetInstanceSchema, rnd), concerns: [] });
-      const host = randomMessage(PolicyHostSchema, rnd);
+      const instance = withEntries(create(FleetInstanceSchema, { ...randomMessage(FleetInstanceSchema, rnd), concerns: [] }));
+      const host = withEntries(randomMessage(PolicyHostSchema, rnd));
       const p = params[n % 2]!;
       for (const rule of exprs) {
         assert.deepEqual(rule.evaluate(instance, host, p), rule.evaluateUncached(instance, host, p), `${rule.failsWhen} on ${n}`);
@@ -109,9 +128,34 @@ describe("memoised evaluation", () => {
       }
     }
     assert.equal(compared, 400 * exprs.length);
+    // Rules reading `now`: an outcome that read it is never served from the memo (it changes with
+    // time alone); one that stopped before it is (the same inputs take the same path).
+    const timed = ["instance.allocated_vcpus > 4 && now.getSeconds() > 30", "!has(instance.health_since) || now.getSeconds() > 30"].map((e, i) => compileRule(spec(e, `t${i}`)));
+    const times = [timestampFromMs(10_000), timestampFromMs(40_000)];
+    let readNow = 0;
+    for (let n = 0; n < 400; n++) {
+      const instance = create(FleetInstanceSchema, { ...randomMessage(FleetInstanceSchema, rnd), concerns: [] });
+      const host = randomMessage(PolicyHostSchema, rnd);
+      for (const rule of timed) {
+        for (const now of [...times, ...times]) {
+          const memoised = rule.evaluate(instance, host, params[0]!, undefined, now);
+          assert.deepEqual(memoised, rule.evaluateUncached(instance, host, params[0]!, now), `${rule.failsWhen} on ${n} at ${now.seconds}`);
+          if (memoised.readNow) readNow++;
+        }
+      }
+    }
+    assert.ok(readNow > 400 && readNow < 400 * 2 * 4, `some outcomes read now, some did not (${readNow})`);
+    assert.ok(timed.every((r) => r.memoSize() > 0), "outcomes that did not read now are memoised");
     // A rule that reads one enum sees a handful of values across a fleet.
     const byState = compileRule(spec("instance.state == fleetlet.agent.v1.InstanceState.INSTANCE_STATE_RUNNING", "state"));
     for (let n = 0; n < 1000; n++) byState.evaluate(create(FleetInstanceSchema, { id: `i${n}`, state: n % 3, allocatedVcpus: n }), create(PolicyHostSchema, { name: `h${n}` }), new Map());
     assert.equal(byState.memoSize(), 3);
+    // A label read at a constant key: memoised by that label, whatever the other labels are.
+    const owner = compileRule(spec('!("owner" in instance.labels) || instance.labels.owner == ""', "owner"));
+    for (let n = 0; n < 1000; n++) {
+      const i = create(FleetInstanceSchema, { id: `i${n}`, labels: { app: `app-${n}`, ...(n % 2 === 0 ? { owner: `team-${n % 3}` } : {}) } });
+      assert.equal(owner.evaluate(i, create(PolicyHostSchema), new Map()).fails, n % 2 !== 0);
+    }
+    assert.equal(owner.memoSize(), 4, "absent, team-0, team-1, team-2");
   });
 });

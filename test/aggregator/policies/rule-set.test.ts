@@ -135,4 +135,17 @@ describe("parseRulesFile fuzz", () => {
     }
     assert.ok(accepted > 0 && accepted < 2000, `accepted ${accepted} of 2000`);
   });
+
+  it("an unknown YAML tag is refused naming the file, not printed as a process warning and guessed at", async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on("warning", onWarning);
+    try {
+      assert.throws(() => parseRulesFile("t.yaml", "rules:\n  - name: !shout x\n    severity: info\n    fails_when: 'true'\n"), /t\.yaml: not YAML or JSON: .*tag/i);
+      await new Promise((r) => setImmediate(r));
+    } finally {
+      process.off("warning", onWarning);
+    }
+    assert.deepEqual(warnings, []);
+  });
 });

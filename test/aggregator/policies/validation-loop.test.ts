@@ -83,8 +83,13 @@ function check(withPolicies: MergedView, without: MergedView, rules: RuleSet): s
   return problems;
 }
 
-describe("ValidationLoop", () => {
-  it(`property: after quiet periods concerns equal a fresh evaluation and the view equals one without policies (seed ${SEED})`, async () => {
+/**
+ * The property run. `unreliable`: the evaluator fails 20% of the time and the real-time queue
+ * holds 5 (every failure and overflow makes the next search walk everything); reliable: nothing
+ * fails or overflows, so the searches walk only the hosts whose facts moved and the instances
+ * whose outcome depends on the time — what is left behind then shows.
+ */
+async function propertyRun(unreliable: boolean): Promise<void> {
     const rnd = prng(SEED);
     const evalRnd = prng(SEED + 1);
     const withPolicies = new MergedView(undefined);
@@ -94,10 +99,10 @@ describe("ValidationLoop", () => {
     const loop = new ValidationLoop(withPolicies, rules, {
       logger,
       sweepIntervalMs: 20,
-      queueLimit: 5, // small: bursts overflow it and are left to the search
+      queueLimit: unreliable ? 5 : 10_000, // small: bursts overflow it and are left to the search
       sliceMs: 1,
       evaluate: (...args) => {
-        if (evalRnd() < 0.2) {
+        if (unreliable && evalRnd() < 0.2) {
           thrown++;
           throw new Error("injected evaluator failure");
         }
@@ -137,6 +142,9 @@ describe("ValidationLoop", () => {
           v.ensureHost(host);
           v.setState(host, state);
         });
+      } else if (!unreliable && Math.floor(step / 25) % 2 === 1) {
+        // Every other quiet period of the reliable run has no rule change (which would make the
+        // next search walk everything): only the partial searches can catch up there.
       } else if (r < 0.92) {
         const pick = RULE_POOL[Math.floor(rnd() * RULE_POOL.length)]!;
         rules.put({ ...pick, severity: rnd() < 0.5 ? PolicySeverity.WARNING : PolicySeverity.CRITICAL, description: pick.name, source: PolicySource.API });
@@ -155,10 +163,16 @@ describe("ValidationLoop", () => {
       }
     }
     assert.equal(checks, 16);
-    assert.ok(thrown > 10, `the evaluator failed ${thrown} times`);
-    assert.ok(loop.counters.skipped > 0, "bursts overflowed the real-time queue");
+    if (unreliable) {
+      assert.ok(thrown > 10, `the evaluator failed ${thrown} times`);
+      assert.ok(loop.counters.skipped > 0, "bursts overflowed the real-time queue");
+    } else assert.deepEqual([thrown, loop.counters.skipped, loop.counters.failed], [0, 0, 0]);
     assert.ok(loop.counters.sweeps > 2);
-  }, 120_000);
+}
+
+describe("ValidationLoop", () => {
+  it(`property: after quiet periods concerns equal a fresh evaluation and the view equals one without policies; evaluator failing, queue overflowing (seed ${SEED})`, () => propertyRun(true), 120_000);
+  it(`property: the same with nothing failing (searches walk only what moved) (seed ${SEED})`, () => propertyRun(false), 120_000);
 
   it("a change is validated in real time, before the next search, and never waits for it", async () => {
     const view = new MergedView(undefined);
@@ -240,5 +254,72 @@ describe("ValidationLoop", () => {
     const flipped = await until("container-unhealthy after the threshold", async () => (rulesOf().includes("container-unhealthy") ? true : undefined), 5000);
     assert.ok(flipped);
     assert.equal(view.host("h")!.version, 1, "the view did not change but for the concern");
+  });
+
+  it("the search evaluates a `now` rule again only where its last outcome read `now`: healthy containers and VMs are not evaluated at every sweep", async () => {
+    const view = new MergedView(undefined);
+    const rules = new RuleSet(undefined, BUILTIN_RULES, { rules: [], parameters: new Map([["unhealthy_after_seconds", 3600]]) });
+    const evaluatedIds: string[] = [];
+    const loop = new ValidationLoop(view, rules, {
+      logger,
+      sweepIntervalMs: 30,
+      evaluate: (...args) => {
+        evaluatedIds.push(args[1].id);
+        return evaluateInstance(...args);
+      },
+    });
+    loops.push(loop);
+    const instances = [
+      ...Array.from({ length: 20 }, (_, n) => create(InstanceSchema, { id: `healthy-${n}`, kind: InstanceKind.CONTAINER, source: InstanceSource.RUNTIME, state: InstanceState.RUNNING, health: HealthStatus.HEALTHY, healthSince: timestampFromMs(Date.now()), resourceVersion: 1n })),
+      ...Array.from({ length: 20 }, (_, n) => create(InstanceSchema, { id: `vm-${n}`, kind: InstanceKind.VM, source: InstanceSource.REGISTERED, state: InstanceState.RUNNING, resourceVersion: 1n })),
+      create(InstanceSchema, { id: "sick", kind: InstanceKind.CONTAINER, source: InstanceSource.RUNTIME, state: InstanceState.RUNNING, health: HealthStatus.UNHEALTHY, healthSince: timestampFromMs(Date.now()), resourceVersion: 1n }),
+    ];
+    view.applyChanges("h", "inc", 1, instances, [], 0);
+    await until("validated", async () => (loop.status().unvalidated === 0 ? true : undefined), 2000);
+    const sweepsBefore = loop.counters.sweeps;
+    evaluatedIds.length = 0;
+    await until("three more sweeps", async () => (loop.counters.sweeps >= sweepsBefore + 3 ? true : undefined), 5000);
+    // The unhealthy container's outcome depends on the time (not over the hour yet): evaluated
+    // at every sweep; nothing else is.
+    assert.ok(evaluatedIds.length >= 2, `the unhealthy container is evaluated again (${evaluatedIds.length} evaluations)`);
+    assert.deepEqual([...new Set(evaluatedIds)], ["sick"]);
+  });
+
+  it("which rules read `now` is stored with the result: after a restart the search evaluates only where they did", async () => {
+    const dir = tempDir("policy-time-rules");
+    try {
+      const view = new MergedView(undefined);
+      const instances = [
+        ...Array.from({ length: 10 }, (_, n) => create(InstanceSchema, { id: `healthy-${n}`, kind: InstanceKind.CONTAINER, source: InstanceSource.RUNTIME, state: InstanceState.RUNNING, health: HealthStatus.HEALTHY, resourceVersion: 1n })),
+        create(InstanceSchema, { id: "sick", kind: InstanceKind.CONTAINER, source: InstanceSource.RUNTIME, state: InstanceState.RUNNING, health: HealthStatus.UNHEALTHY, healthSince: timestampFromMs(Date.now()), resourceVersion: 1n }),
+      ];
+      view.applyChanges("h", "inc", 1, instances, [], 0);
+      const params = { rules: [], parameters: new Map([["unhealthy_after_seconds", 3600]]) };
+      const store = PolicyStore.open(dir.path);
+      const first = new ValidationLoop(view, new RuleSet(store, BUILTIN_RULES, params), { logger, sweepIntervalMs: 3_600_000, store });
+      first.validateAllNow();
+      first.close();
+      assert.deepEqual(
+        [...store.results()].filter(([, r]) => r.timeRules === undefined || r.timeRules.size > 0).map(([k, r]) => `${k.split("\0")[1]}:${[...(r.timeRules ?? ["?"])]}`),
+        ["sick:container-unhealthy"],
+      );
+      const evaluatedIds: string[] = [];
+      const restarted = new ValidationLoop(view, new RuleSet(store, BUILTIN_RULES, params), {
+        logger,
+        sweepIntervalMs: 20,
+        store,
+        evaluate: (...args) => {
+          evaluatedIds.push(args[1].id);
+          return evaluateInstance(...args);
+        },
+      });
+      loops.push(restarted);
+      await until("two searches", async () => (restarted.counters.sweeps >= 2 ? true : undefined), 5000);
+      assert.deepEqual([...new Set(evaluatedIds)], ["sick"]);
+      restarted.close();
+      store.close();
+    } finally {
+      dir.remove();
+    }
   });
 });
