@@ -90,6 +90,9 @@ class LoopResult implements ValidationResult {
 }
 const NONE = NO_TIME_RULES;
 
+/** How long real-time results wait to be written with others. */
+const FLUSH_DELAY_MS = 200;
+
 /** Result rows written per turn of the event loop. */
 const FLUSH_BATCH = 256;
 
@@ -210,6 +213,7 @@ export class ValidationLoop {
   close(): void {
     this.closed = true;
     clearInterval(this.timer);
+    clearTimeout(this.flushTimer);
     for (const u of this.unsubscribe) u();
     this.flush(true);
   }
@@ -270,7 +274,7 @@ export class ValidationLoop {
       if (instance && !this.validate(host, id, instance)) this.fullWalk = true;
       if (monotonicMs() >= until) break;
     }
-    this.flush();
+    this.flushSoon();
     if (this.queued.size > 0) setImmediate(() => this.drain());
     else this.draining = false;
   }
@@ -573,6 +577,21 @@ export class ValidationLoop {
   }
 
   private flushing = false;
+  private flushTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * Real-time results are written a little later, many to a transaction: one SQLite commit per
+   * change (and the WAL checkpoints they bring) would sit between the view's changes. A crash
+   * loses at most FLUSH_DELAY_MS of results, which are recomputed.
+   */
+  private flushSoon(): void {
+    if (this.flushTimer || this.closed) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      this.flush();
+    }, FLUSH_DELAY_MS);
+    this.flushTimer.unref();
+  }
 
   /** Per rule: passing / failing / unevaluated / errors, what is behind and for how long. */
   status(): LoopStatus {

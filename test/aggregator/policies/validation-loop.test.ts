@@ -191,6 +191,26 @@ describe("ValidationLoop", () => {
     await until("cleared", async () => (view.host("h")!.instances.get("vm")!.concerns.length === 0 ? true : undefined), 2000);
   });
 
+  it("real-time results reach the store a moment later, many to a transaction", async () => {
+    const dir = tempDir("policy-flush");
+    const store = PolicyStore.open(dir.path);
+    try {
+      const view = new MergedView(undefined);
+      const loop = new ValidationLoop(view, new RuleSet(store, BUILTIN_RULES), { logger, sweepIntervalMs: 3_600_000, store });
+      loops.push(loop);
+      await until("the first search", async () => (loop.counters.sweeps > 0 && !loop.searching ? true : undefined), 2000);
+      const vms = Array.from({ length: 5 }, (_, n) => create(InstanceSchema, { id: `vm${n}`, kind: InstanceKind.VM, state: InstanceState.RUNNING, source: InstanceSource.REGISTERED, pid: 5, resourceVersion: BigInt(n + 1) }));
+      vms.forEach((vm, n) => view.applyChanges("h", "inc", n + 1, [vm], [], 0));
+      await until("validated", async () => (loop.counters.validated >= 5 ? true : undefined), 2000);
+      const stored = await until("stored", async () => (store.results().size === 5 ? store.results() : undefined), 2000);
+      assert.deepEqual([...stored.values()].map((r) => r.concerns.map((c) => c.rule)), vms.map(() => ["no-standby-policy"]));
+      loop.close();
+    } finally {
+      store.close();
+      dir.remove();
+    }
+  });
+
   it("results are stored: a restart validates only what is behind", () => {
     const dir = tempDir("policy-loop");
     try {
