@@ -10,6 +10,7 @@ import { upCommand } from "./up-command.js";
 import { tokensCommand } from "./tokens-command.js";
 import { setClientToken } from "./client-token.js";
 import { addClientTlsOptions, setClientTls } from "./client-tls.js";
+import { fleetletVersion } from "../lib/fleetlet-version.js";
 
 /** The commands that call a daemon and take --tls-ca/--tls-cert/--tls-key (cli/client-tls.ts). */
 const CLIENT_COMMANDS = new Set(["get", "hosts", "logs", "metering", "policies"]);
@@ -24,6 +25,7 @@ export async function main(argv: string[]): Promise<void> {
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(`fleetlet: ${text.trim().replace(/\n+/g, " ")}\n`) })
     .showSuggestionAfterError(true)
+    .version(fleetletVersion(), "-V, --version", "print fleetlet's version")
     // The clients' bearer token (daemons with --tokens-file); accepted after the subcommand too.
     .addOption(new Option("--token <token>", "bearer token sent by the client commands").env("FLEETLET_TOKEN"))
     .hook("preAction", (root: Command) => setClientToken(root.opts<{ token?: string }>().token))

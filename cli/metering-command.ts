@@ -1,6 +1,5 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { toJsonString } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { FleetService, ReadMeteringEntriesResponseSchema as FleetReadSchema, type FleetMeteringEntry } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { MeteringService, ReadMeteringEntriesResponseSchema as AgentReadSchema } from "../gen/fleetlet/agent/v1/metering_pb.js";
@@ -10,6 +9,7 @@ import { clientTransportOptions } from "./client-token.js";
 import { IntervalPairer, formatShape, intervalJson, intervalsSummary, intervalsTable, parseMeteringLine } from "./metering-intervals.js";
 import { parse } from "./options.js";
 import { formatTable } from "./table.js";
+import { formatMessage, type OutputFormat } from "./output.js";
 import { errorMessage } from "../lib/error-message.js";
 
 /**
@@ -38,7 +38,7 @@ export const meteringLimitOption = () => new Option("--limit <n>", `metering: at
 interface GetMeteringOptions {
   aggregator?: string;
   agent?: string;
-  output: "table" | "json";
+  output: OutputFormat;
   timeout: number;
   from?: bigint;
   limit?: number;
@@ -62,8 +62,8 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
   try {
     if (opts.agent) {
       const res = await createClient(MeteringService, transport).readMeteringEntries({ fromSeq: from, limit }, call);
-      if (opts.output === "json") {
-        out = toJsonString(AgentReadSchema, res, { prettySpaces: 2 });
+      if (opts.output !== "table") {
+        out = formatMessage(AgentReadSchema, res, opts.output).trimEnd();
       } else {
         const rows = res.entries.map((e) => entryCells(e.line));
         const first = res.entries[0]?.seq;
@@ -77,8 +77,8 @@ export async function getMetering(what: string, opts: GetMeteringOptions, comman
     } else {
       const fleet = createClient(FleetService, transport);
       const res = await fleet.readMeteringEntries({ fromFleetSeq: from, limit }, call);
-      if (opts.output === "json") {
-        out = toJsonString(FleetReadSchema, res, { prettySpaces: 2 });
+      if (opts.output !== "table") {
+        out = formatMessage(FleetReadSchema, res, opts.output).trimEnd();
       } else {
         const hosts = (await fleet.listHosts({}, call)).hosts;
         const first = res.entries[0]?.fleetSeq;

@@ -19,6 +19,7 @@ import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import { clientTransportOptions } from "./client-token.js";
 import { parse } from "./options.js";
 import { formatTable } from "./table.js";
+import { formatMessage, type OutputFormat } from "./output.js";
 import { errorMessage } from "../lib/error-message.js";
 
 /**
@@ -146,9 +147,10 @@ function oneLine(text: string): string {
     .join(" ");
 }
 
-export async function getPolicies(fleet: Client<typeof FleetService>, call: { timeoutMs: number }, output: "table" | "json"): Promise<void> {
-  const res = await fleet.listPolicies({}, call);
-  process.stdout.write(output === "json" ? `${toJsonString(ListPoliciesResponseSchema, res, { prettySpaces: 2 })}\n` : `${policiesTable(res)}\n`);
+export async function getPolicies(fleet: Client<typeof FleetService>, call: { timeoutMs: number }, output: OutputFormat, pick: (rule: string) => boolean = () => true): Promise<void> {
+  const all = await fleet.listPolicies({}, call);
+  const res = { ...all, rules: all.rules.filter((r) => pick(r.name)), summaries: all.summaries.filter((x) => pick(x.rule)) };
+  process.stdout.write(output === "table" ? `${policiesTable(res)}\n` : formatMessage(ListPoliciesResponseSchema, res, output));
 }
 
 interface PoliciesOptions {

@@ -2,14 +2,17 @@
  * Plain aligned columns, kubectl style: upper-case headers, two spaces between columns,
  * no borders, so the output greps and pastes cleanly.
  */
+/** Set once per command from its flags (`--no-headers`). */
+export const tableOptions = { headers: true };
+
 export function formatTable(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const widths = (tableOptions.headers ? [headers, ...rows] : rows).reduce<number[]>((w, r) => headers.map((_, i) => Math.max(w[i] ?? 0, (r[i] ?? "").length)), []);
   const line = (cells: string[]) =>
     cells
       .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
       .join("  ")
       .trimEnd();
-  return [line(headers), ...rows.map(line)].join("\n");
+  return (tableOptions.headers ? [line(headers), ...rows.map(line)] : rows.map(line)).join("\n");
 }
 
 /** 1536 → "1.5Ki"; binary units as kubectl and free(1) -h use. */

@@ -36,7 +36,7 @@ export function startDiscovery(registry: InstanceRegistry, logger: Logger, valid
         checkInstancePid(create(InstanceSchema, { pid: h.pid }), validation);
         next = discoveredInstance(h, previous, validation);
       } catch (e) {
-        logger.debug({ pid: h.pid, id: h.id, err: errorMessage(e) }, "discovery: a hypervisor process's command line does not make a valid instance; skipped");
+        logger.debug({ process_pid: h.pid, id: h.id, err: errorMessage(e) }, "discovery: a hypervisor process's command line does not make a valid instance; skipped");
         continue;
       }
       if (previous && equals(InstanceSchema, { ...next, pidStartTime: previous.pidStartTime }, previous)) continue;

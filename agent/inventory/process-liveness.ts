@@ -23,7 +23,7 @@ export function watchProcessLiveness(registry: InstanceRegistry, logger: Logger,
       for (const i of registry.list()) {
         if ((i.state !== InstanceState.RUNNING && i.state !== InstanceState.STANDBY) || i.pid === undefined || i.kind === InstanceKind.CONTAINER) continue;
         if (isAlive(procRoot, i.pid, i.pidStartTime)) continue;
-        logger.warn({ instance_id: i.id, pid: i.pid, state: InstanceState[i.state] }, "process of an instance is gone (exited, or its pid reused): STOPPED (stop-crash)");
+        logger.warn({ instance_id: i.id, instance_pid: i.pid, state: InstanceState[i.state] }, "process of an instance is gone (exited, or its pid reused): STOPPED (stop-crash)");
         try {
           await registry.setState(i.id, InstanceState.STOPPED, "crash");
         } catch (e) {

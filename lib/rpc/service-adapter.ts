@@ -199,8 +199,11 @@ function makeHandler(
         peer,
         ...(error ? { error: error.rawMessage } : {}),
       };
-      if (quiet) options.logger.debug(fields, "rpc");
-      else if (error && isServerFault(error.code)) options.logger.warn(fields, "rpc");
+      // A call that succeeded is a debug line (a polling client such as `fleetlet up` made
+      // hundreds of KB of info lines in minutes); a refused or failed one is info, a server
+      // fault warn. Audited calls have their own info line (authorize.ts).
+      if (quiet || !error) options.logger.debug(fields, "rpc");
+      else if (isServerFault(error.code)) options.logger.warn(fields, "rpc");
       else options.logger.info(fields, "rpc");
     };
     const intercept = () => {

@@ -30,7 +30,7 @@ afterAll(async () => {
 });
 
 const startAgent = async (metering: "on" | "off") => {
-  agent = await startDaemon(["agent", "--listen", `127.0.0.1:${port}`, "--state-dir", agentDir.path, "--metrics-listen", "127.0.0.1:0", "--runtime", "none", "--standby", "off", "--metering", metering]);
+  agent = await startDaemon(["agent", "--listen", `127.0.0.1:${port}`, "--state-dir", agentDir.path, "--metrics-listen", "127.0.0.1:0", "--runtime", "none", "--standby", "off", "--metering", metering, "--log-level", "debug"]);
   port = Number(agent.address.split(":").at(-1));
   return agent;
 };
@@ -68,7 +68,7 @@ async function until<T>(what: string, get: () => Promise<T>, ok: (v: T) => boole
   }
 }
 
-/** The MeteringService calls the agent served so far (it logs every RPC), by method. */
+/** The MeteringService calls the agent served so far (it logs every RPC; the ones that succeed at debug), by method. */
 const meteringCalls = (a: DaemonProcess) =>
   a.lines
     .map((l) => /"method":"\/fleetlet\.agent\.v1\.MeteringService\/(\w+)"/.exec(l)?.[1])

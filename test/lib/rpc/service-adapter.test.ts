@@ -64,8 +64,9 @@ beforeAll(async () => {
   const logger = createLogger("test", "info");
   // Capture the per-RPC log lines instead of printing them.
   const capture = logger.child({});
-  (capture as unknown as { info: (o: Record<string, unknown>) => void }).info = (o) => logLines.push(o);
-  (capture as unknown as { warn: (o: Record<string, unknown>) => void }).warn = (o) => logLines.push(o);
+  for (const level of ["debug", "info", "warn"] as const) {
+    (capture as unknown as Record<string, (o: Record<string, unknown>) => void>)[level] = (o) => logLines.push({ ...o, level });
+  }
   server = await startGrpcServer({
     listen: parseHostPort("127.0.0.1:0"),
     logger: capture,
@@ -296,6 +297,12 @@ describe("unary", () => {
     assert.equal(line.code, "OK");
     assert.equal(typeof line.duration_ms, "number");
     assert.match(String(line.peer), /127\.0\.0\.1:\d+/);
+    // A call that succeeded is a debug line; one that was refused is info.
+    assert.equal(line.level, "debug");
+    const refusedFrom = logLines.length;
+    await rejectsWith(client.echo({ text: "x" }, { headers: { [REFUSE]: "1" } }), Code.PermissionDenied);
+    const refused = logLines.slice(refusedFrom).find((l) => l.method === "/fleetlet.testing.v1.EchoService/Echo");
+    assert.deepEqual([refused?.code, refused?.level], ["PERMISSION_DENIED", "info"]);
   });
 });
 
