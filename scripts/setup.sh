@@ -52,20 +52,4 @@ if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-# Build when any source is newer than the last build.
-stamp=dist/.build-stamp
-if [[ ! -f $stamp ]] || [[ -n "$(find agent aggregator lib cli gen test bench tsconfig.json package.json -newer "$stamp" -type f -print -quit 2>/dev/null)" ]]; then
-  npx tsc -p tsconfig.json
-  mkdir -p dist && touch "$stamp"
-fi
-
-# The conntrack reader: a small C program next to the compiled agent (see its header comment).
-reader=dist/agent/kernel/conntrack-reader
-if [[ ! -x $reader || agent/kernel/native/conntrack-reader.c -nt $reader ]]; then
-  if command -v gcc >/dev/null; then
-    mkdir -p "$(dirname "$reader")"
-    gcc -O2 -Wall -Wextra -Werror -o "$reader" agent/kernel/native/conntrack-reader.c
-  else
-    echo "setup: no gcc, the conntrack reader is not built: standby will answer UNSUPPORTED" >&2
-  fi
-fi
+bash scripts/build.sh

@@ -33,4 +33,10 @@ export const ROOT_FILES = [
  * whose timings (stale-after, bookmark intervals, SIGKILL at random moments) assume both cores,
  * and the 2,000-stream slow-consumer run (its memory bound is the agent's alone).
  */
-export const ALONE_FILES = ["test/e2e/metering-fleet.test.ts", "test/e2e/inventory-fleet.test.ts", "test/e2e/slow-watch-consumers.test.ts"];
+export const ALONE_FILES = [
+  "test/e2e/metering-fleet.test.ts",
+  "test/e2e/inventory-fleet.test.ts",
+  "test/e2e/slow-watch-consumers.test.ts",
+  // npm install of the packed tarball compiles better-sqlite3 (a minute of both cores).
+  "test/e2e/install-tarball.test.ts",
+];
