@@ -40,6 +40,7 @@ import { getMetering, meteringFromOption, meteringLimitOption } from "./metering
 import { parse } from "./options.js";
 import { formatAge, formatBytes, formatPercent, formatTable, tableOptions } from "./table.js";
 import { equalityLabels, formatMessage, OUTPUT_FORMATS, parseSelector, selectorMatches, type LabelTerm, type OutputFormat } from "./output.js";
+import { describeCallError } from "./call-errors.js";
 import { errorMessage } from "../lib/error-message.js";
 import { concernsCell, failingOption, getPolicies, severityOption } from "./policies-command.js";
 
@@ -207,7 +208,7 @@ export function getCommand(): Command {
         }
         pick.reportMissing();
       } catch (e) {
-        process.stderr.write(`fleetlet get ${what}: ${target}: ${errorMessage(e)}\n`);
+        process.stderr.write(`fleetlet get ${what}: ${describeCallError(e, opts.agent ? "agent" : "aggregator", target)}\n`);
         process.exitCode = 1;
       } finally {
         transport.close();

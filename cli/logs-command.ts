@@ -6,6 +6,7 @@ import { FleetService } from "../gen/fleetlet/aggregator/v1/fleet_pb.js";
 import { createGrpcJsTransport } from "../lib/rpc/grpc-transport.js";
 import { clientTransportOptions } from "./client-token.js";
 import { parse } from "./options.js";
+import { describeCallError, notReached } from "./call-errors.js";
 import { errorMessage } from "../lib/error-message.js";
 
 interface LogsOptions {
@@ -75,7 +76,10 @@ export function logsCommand(): Command {
         }
       } catch (e) {
         if (!abort.signal.aborted) {
-          process.stderr.write(`fleetlet logs: ${address}: ${errorMessage(e)}\n`);
+          // Through the aggregator, an answer that came back is about the host and container
+          // (named by the target); only a connection that failed is about the aggregator.
+          const why = opts.agent ? describeCallError(e, "agent", address) : notReached(e) ? describeCallError(e, "aggregator", address) : errorMessage(e);
+          process.stderr.write(`fleetlet logs ${target}: ${why}\n`);
           process.exitCode = 1;
         }
       } finally {

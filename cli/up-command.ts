@@ -3,7 +3,7 @@ import { existsSync, fchmodSync, mkdirSync, openSync, readFileSync, statSync } f
 import { APPEND_NOFOLLOW, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from "../lib/private-file.js";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Command } from "commander";
+import { Command, Option } from "commander";
 import { createClient } from "@connectrpc/connect";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { InventoryService, InstanceKind, InstanceState } from "../gen/fleetlet/agent/v1/inventory_pb.js";
@@ -44,11 +44,12 @@ export function upCommand(): Command {
   return new Command("up")
     .description("the main job on one machine: an aggregator and a local agent, showing the fleet live until Ctrl-C")
     .option("--state-dir <dir>", "state of both daemons and their logs", ".fleetlet")
-    .option("--aggregator-listen <host:port>", "aggregator gRPC address", parse.address, parse.address("127.0.0.1:7700"))
-    .option("--agent-listen <host:port>", "agent gRPC address", parse.address, parse.address("127.0.0.1:7701"))
+    // Defaults shown as written (not as the parsed objects, which commander would print as JSON).
+    .addOption(new Option("--aggregator-listen <host:port>", "aggregator gRPC address").default(parse.address("127.0.0.1:7700"), "127.0.0.1:7700").argParser(parse.address))
+    .addOption(new Option("--agent-listen <host:port>", "agent gRPC address").default(parse.address("127.0.0.1:7701"), "127.0.0.1:7701").argParser(parse.address))
     .option("--agent-metrics-listen <host:port>", "agent Prometheus endpoint, or off", "127.0.0.1:9464")
     .option("--aggregator-metrics-listen <host:port>", "aggregator Prometheus endpoint, or off", "127.0.0.1:9465")
-    .option("--refresh <duration>", "table refresh interval", parse.durationMs, 1000)
+    .addOption(new Option("--refresh <duration>", "table refresh interval (e.g. 2s, 500ms)").default(1000, "1s").argParser(parse.durationMs))
     .option("--duration <duration>", "stop by itself after this long (default: run until Ctrl-C)", parse.durationMs)
     .option("--no-demo", "do not start demo instances when no hypervisor is found")
     .option(

@@ -15,6 +15,19 @@ async function refuses(args: string[], reason: RegExp): Promise<void> {
   assert.match(lines[0] ?? "", reason);
 }
 
+describe("help", () => {
+  it("up --help shows its defaults as they are written on the command line, never as objects", async () => {
+    const r = await runFleetlet(["up", "--help"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /--aggregator-listen <host:port> +aggregator gRPC address \(default: 127\.0\.0\.1:7700\)/);
+    assert.match(r.stdout, /--agent-listen <host:port> +agent gRPC address \(default: 127\.0\.0\.1:7701\)/);
+    assert.match(r.stdout, /--refresh <duration> .*\(default: 1s\)/);
+    assert.doesNotMatch(r.stdout, /default: \{/);
+    // A bare number is refused with examples of what is accepted (the unit is not guessed).
+    await refuses(["up", "--refresh", "2"], /--refresh.*"2" is not a duration \(e\.g\. 500ms, 2s, 1m30s\)/);
+  });
+});
+
 describe("bad flags", () => {
   it("agent: unknown flag", () => refuses(["agent", "--bogus"], /^fleetlet agent: error: unknown option '--bogus'/));
   it("agent: bad listen address", () => refuses(["agent", "--listen", "nope"], /--listen.*"nope" is not host:port/));

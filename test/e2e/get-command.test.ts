@@ -139,10 +139,20 @@ describe("fleetlet get", () => {
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(ids(r.stdout), ["live"]);
   });
+  it("logs through the aggregator: an answer about the host names the target, a connection that failed names the aggregator", async () => {
+    let r = await runFleetlet(["logs", "live/nope", "--aggregator", aggregator.address]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^fleetlet logs live\/nope: /);
+    assert.doesNotMatch(r.stderr, new RegExp(aggregator.address.replace(/\./g, "\\.")));
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+    r = await runFleetlet(["logs", "live/nope", "--aggregator", "127.0.0.1:1"]);
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, "fleetlet logs live/nope: aggregator 127.0.0.1:1: connection refused — is the aggregator running (and listening there)?\n");
+  });
   it("an aggregator that is not there: one line on stderr, exit 1", async () => {
     const r = await runFleetlet(["get", "hosts", "--aggregator", "127.0.0.1:1", "--timeout", "2s"]);
     assert.equal(r.code, 1);
-    assert.match(r.stderr.trim(), /^fleetlet get hosts: 127\.0\.0\.1:1: /);
+    assert.equal(r.stderr, "fleetlet get hosts: aggregator 127.0.0.1:1: connection refused — is the aggregator running (and listening there)?\n");
     assert.equal(r.stderr.trim().split("\n").length, 1);
   });
 });
