@@ -297,14 +297,20 @@ export function instancesTable(rows: InstanceRow[], withHost: boolean): string {
   );
 }
 
-export function statsTable(rows: (Omit<InstanceStats, "$typeName"> & { host: string })[], withHost: boolean): string {
-  const headers = ["ID", "NAME", "CPU-SEC", "CPU%", "RSS", "MEM%", "NET-RX", "NET-TX", "UNAVAILABLE"];
+/**
+ * Stats rows; with `state` on the rows (fleetlet up: every instance of the merged view, stats or
+ * not) a STATE column, so an instance on standby or stopped stays in the table.
+ */
+export function statsTable(rows: (Omit<InstanceStats, "$typeName"> & { host: string; state?: InstanceState })[], withHost: boolean, colour = false): string {
+  const withState = rows.some((r) => r.state !== undefined);
+  const headers = ["ID", "NAME", ...(withState ? ["STATE"] : []), "CPU-SEC", "CPU%", "RSS", "MEM%", "NET-RX", "NET-TX", "UNAVAILABLE"];
   return formatTable(
     withHost ? ["HOST", ...headers] : headers,
     rows.map((s) => {
       const cells = [
         s.instanceId,
         s.instanceName,
+        ...(withState ? [stateCell(s.state, colour)] : []),
         s.cpuSeconds === undefined ? "-" : s.cpuSeconds.toFixed(2),
         formatPercent(s.cpuUtilizationRatio),
         formatBytes(s.memoryRssBytes),
@@ -316,6 +322,25 @@ export function statsTable(rows: (Omit<InstanceStats, "$typeName"> & { host: str
       return withHost ? [s.host, ...cells] : cells;
     }),
   );
+}
+
+const STATE_COLOURS: Partial<Record<InstanceState, string>> = {
+  [InstanceState.RUNNING]: "\x1b[32m",
+  [InstanceState.STANDBY]: "\x1b[33m",
+  [InstanceState.STOPPED]: "\x1b[2m",
+  [InstanceState.ERROR]: "\x1b[31m",
+};
+
+/** The state's name, coloured on a terminal that wants colour (formatTable pads by visible width). */
+function stateCell(state: InstanceState | undefined, colour: boolean): string {
+  const name = state === undefined ? "-" : (InstanceState[state] ?? String(state));
+  const start = state !== undefined ? STATE_COLOURS[state] : undefined;
+  return colour && start ? `${start}${name}\x1b[0m` : name;
+}
+
+/** Colour only on a terminal, and never when NO_COLOR is set (no-color.org) or TERM is dumb. */
+export function wantsColour(stream: NodeJS.WriteStream): boolean {
+  return stream.isTTY === true && !process.env.NO_COLOR && process.env.TERM !== "dumb";
 }
 
 export function standbyTable(rows: { host: string; status: StandbyStatus }[], withHost: boolean): string {

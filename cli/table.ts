@@ -6,10 +6,10 @@
 export const tableOptions = { headers: true };
 
 export function formatTable(headers: string[], rows: string[][]): string {
-  const widths = (tableOptions.headers ? [headers, ...rows] : rows).reduce<number[]>((w, r) => headers.map((_, i) => Math.max(w[i] ?? 0, (r[i] ?? "").length)), []);
+  const widths = (tableOptions.headers ? [headers, ...rows] : rows).reduce<number[]>((w, r) => headers.map((_, i) => Math.max(w[i] ?? 0, visibleLength(r[i] ?? ""))), []);
   const line = (cells: string[]) =>
     cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .map((c, i) => (i === cells.length - 1 ? c : c + " ".repeat(Math.max(0, (widths[i] ?? 0) - visibleLength(c)))))
       .join("  ")
       .trimEnd();
   return (tableOptions.headers ? [line(headers), ...rows.map(line)] : rows.map(line)).join("\n");
@@ -38,4 +38,9 @@ export function formatAge(fromMs: number | undefined, nowMs = Date.now()): strin
 
 export function formatPercent(ratio: number | undefined): string {
   return ratio === undefined ? "-" : `${(ratio * 100).toFixed(1)}%`;
+}
+
+/** A cell's width on the terminal: its colour codes (SGR escapes) take none. */
+function visibleLength(cell: string): number {
+  return cell.replace(/\x1b\[[0-9;]*m/g, "").length;
 }

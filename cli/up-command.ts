@@ -19,7 +19,7 @@ import { DEMO_ECHO_PORT, removeStaleDemoNamespaces } from "./demo-network.js";
 import { startDemoHost, type RunningDemoHost } from "./demo-host.js";
 import { parse } from "./options.js";
 import { formatAge, formatTable } from "./table.js";
-import { hostResultLines, standbyTable, statsTable } from "./get-command.js";
+import { hostResultLines, standbyTable, statsTable, wantsColour } from "./get-command.js";
 import { errorMessage } from "../lib/error-message.js";
 
 const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../bin/fleetlet.js");
@@ -64,6 +64,7 @@ export function upCommand(): Command {
 
 async function runUp(opts: UpOptions): Promise<number> {
   const out = process.stdout;
+  let leaveScreen = () => {};
   const children: { name: string; child: ChildProcess }[] = [];
   let demos: DemoInstance[] = [];
   let demoHost: RunningDemoHost | undefined;
@@ -160,10 +161,25 @@ async function runUp(opts: UpOptions): Promise<number> {
       out.write(`try: npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://${agentAddr}\n\n`);
 
       const endAt = opts.duration !== undefined ? Date.now() + opts.duration : Infinity;
+      // The first frame once the aggregator has the local host's inventory (not a table of
+      // "No connection established" while it is still dialling): up to 10 s, saying what for.
+      const synced = await waitSynced(fleet, () => interrupted || Date.now() >= endAt, (what) => out.write(`waiting for the aggregator: ${what}\n`));
+      if (!synced) out.write("the aggregator has not synced the local host yet: showing what it has\n");
       const tty = out.isTTY === true;
+      const colour = wantsColour(out);
+      // On a terminal, frames are drawn in place on the alternate screen (as top and watch do),
+      // not appended: the scrollback keeps what was there before `up`.
+      if (tty) out.write("\x1b[?1049h");
+      // Once: a second "leave" would restore the cursor saved on entering, over the last frame.
+      leaveScreen = tty
+        ? () => {
+            leaveScreen = () => {};
+            out.write("\x1b[?1049l");
+          }
+        : () => {};
       while (!interrupted && Date.now() < endAt) {
-        const frame = await renderFleet(fleet, demoHost !== undefined);
-        out.write(tty ? `\x1b[H\x1b[2J${frame}\n\n(Ctrl-C to stop)\n` : `${frame}\n\n`);
+        const frame = await renderFleet(fleet, demoHost !== undefined, colour);
+        out.write(tty ? `\x1b[H${`${frame}\n\n(Ctrl-C to stop)`.replace(/\n/g, "\x1b[K\n")}\x1b[K\x1b[J` : `${frame}\n\n`);
         await new Promise<void>((r) => {
           const t = setTimeout(r, Math.min(opts.refresh, Math.max(0, endAt - Date.now())));
           wake.push(() => {
@@ -172,8 +188,12 @@ async function runUp(opts: UpOptions): Promise<number> {
           });
         });
       }
+      leaveScreen();
+      // The last frame stays on the normal screen when it ends.
+      if (tty) out.write(`${await renderFleet(fleet, demoHost !== undefined, colour)}\n\n`);
       for (const d of demos) await inventory.deregisterInstance({ instanceId: d.id }).catch(() => undefined);
     } finally {
+      leaveScreen();
       agentTransport.close();
       aggTransport.close();
     }
@@ -208,14 +228,34 @@ function demoNetworkLines(d: RunningDemoHost, demos: DemoInstance[]): string {
   return `${lines.join("\n")}\n`;
 }
 
-async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetService>>, withStandby: boolean): Promise<string> {
+/** Until every host is SYNCED in the aggregator's view (true), or 10 s / `stop` (false). */
+async function waitSynced(fleet: ReturnType<typeof createClient<typeof FleetService>>, stop: () => boolean, say: (what: string) => void): Promise<boolean> {
+  const deadline = Date.now() + 10_000;
+  let said = "";
+  while (!stop() && Date.now() < deadline) {
+    const hosts = (await fleet.listHosts({}, { timeoutMs: 2000 }).catch(() => undefined))?.hosts ?? [];
+    const behind = hosts.filter((h) => h.syncState !== HostSyncState.SYNCED);
+    if (hosts.length > 0 && behind.length === 0) return true;
+    const what = behind.map((h) => `host ${h.name} ${(ConnectionState[h.connectionState] ?? "").toLowerCase()}, inventory ${(HostSyncState[h.syncState] ?? "").toLowerCase()}`).join("; ") || "its hosts";
+    if (what !== said) say(what);
+    said = what;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
+async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetService>>, withStandby: boolean, colour = false): Promise<string> {
   const time = new Date().toISOString().replace("T", " ").slice(0, 19);
   try {
-    const [hosts, stats, standby] = await Promise.all([
+    const [hosts, stats, standby, view] = await Promise.all([
       fleet.listHosts({}, { timeoutMs: 2000 }),
       fleet.listInstanceStats({}, { timeoutMs: 5000 }),
       withStandby ? fleet.listStandbyStatus({}, { timeoutMs: 5000 }) : undefined,
+      // Every instance of the merged view: one on standby or stopped has no stats but stays listed.
+      readAllPages((pageToken) => fleet.listInstances({ pageToken }, { timeoutMs: 2000 })),
     ]);
+    const statsOf = new Map(stats.stats.map((s) => [`${s.host}/${s.instanceId}`, s]));
+    const rows = view.flatMap((p) => p.instances).map((i) => ({ ...(statsOf.get(`${i.host}/${i.id}`) ?? { instanceId: i.id, instanceName: i.name, allocatedVcpus: i.allocatedVcpus, allocatedMemoryBytes: i.allocatedMemoryBytes, unavailable: [] }), host: i.host, state: i.state }));
     const hostTable = formatTable(
       ["HOST", "ADDRESS", "CONNECTION", "INVENTORY", "LAST-SEEN", "INSTANCES", "LAST-ERROR"],
       hosts.hosts.map((h) => [
@@ -224,12 +264,12 @@ async function renderFleet(fleet: ReturnType<typeof createClient<typeof FleetSer
         ConnectionState[h.connectionState] ?? "",
         HostSyncState[h.syncState] ?? "",
         h.lastSeen ? `${formatAge(timestampMs(h.lastSeen))} ago` : "never",
-        String(stats.stats.filter((s) => s.host === h.name).length),
+        String(rows.filter((s) => s.host === h.name).length),
         h.lastError || "-",
       ]),
     );
     const standbyPart = standby ? `\n\n${standbyTable(standby.statuses.map((s) => ({ host: s.host, status: s.status! })), true)}` : "";
-    return `fleetlet fleet  ${time}\n\n${hostTable}\n\n${statsTable(stats.stats, true)}${standbyPart}\n\n${hostResultLines(stats.hostResults)}`;
+    return `fleetlet fleet  ${time}\n\n${hostTable}\n\n${statsTable(rows, true, colour)}${standbyPart}\n\n${hostResultLines(stats.hostResults)}`;
   } catch (e) {
     return `fleetlet fleet  ${time}\n\naggregator did not answer: ${errorMessage(e)}`;
   }

@@ -158,6 +158,8 @@ describe.skipIf(skip)("fleetlet up --demo-network: standby and wake for real", (
       assert.equal(procState(idlePid), "T", "demo-idle really is stopped");
       assert.equal((await demo.inventory.getInstance({ instanceId: "demo-idle" })).instance!.state, InstanceState.STANDBY);
       await demo.up.waitFor(/local\s+demo-idle\s+IN_STANDBY\s/, 5000);
+      // And in the fleet table: still listed, with its state (it has no stats while stopped).
+      await demo.up.waitFor(/local\s+demo-idle\s+idle\s+STANDBY\s/, 5000);
 
       // A new TCP connection from the demo's host namespace: its SYN wakes demo-idle, and it is served.
       const started = Date.now();

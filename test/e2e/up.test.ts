@@ -109,10 +109,11 @@ describe("fleetlet up", () => {
     assert.equal(r.code, 0, r.stderr + r.stdout);
     const frames = r.stdout.split("fleetlet fleet").slice(1);
     const web = frames[frames.length - 1]!.split("\n").find((l) => l.includes("demo-web"))!;
-    // NET-RX and NET-TX are the 7th and 8th columns after HOST: sizes, not "-".
+    // NET-RX and NET-TX are the 8th and 9th columns after HOST (after STATE): sizes, not "-".
     const cols = web.trim().split(/\s{2,}/);
-    assert.match(cols[7] ?? "", /^\d+(\.\d)?(Ki|Mi)$/, web);
+    assert.equal(cols[3], "RUNNING", web);
     assert.match(cols[8] ?? "", /^\d+(\.\d)?(Ki|Mi)$/, web);
+    assert.match(cols[9] ?? "", /^\d+(\.\d)?(Ki|Mi)$/, web);
     // The veths live in the demo's host namespace, never in the root namespace.
     assert.equal(execFileSync("ip", ["-o", "link"], { encoding: "utf8" }).includes("fl-demo"), false, "no veth in the root namespace");
     const pid = /network namespace fl-demo-host-(\d+)/.exec(r.stdout)?.[1];
