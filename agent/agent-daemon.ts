@@ -8,6 +8,7 @@ import { TokensFile } from "../lib/rpc/authz/tokens-file.js";
 import type { TlsFiles } from "../lib/rpc/tls-credentials.js";
 import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
+import { createRpcMetrics } from "../lib/rpc/rpc-metrics.js";
 import { readHostInfo } from "./inventory/host-info.js";
 import { claimStateDir } from "../lib/state-dir.js";
 import { reportFaultInjection } from "../lib/fault-injection.js";
@@ -176,6 +177,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
         standby: () => ({ supported: options.standby !== false && standby.controller.supported, reason: options.standby === false ? "--standby off" : standby.unsupportedReason }),
       });
     const server = await startGrpcServer({
+      onCallFinished: createRpcMetrics(metrics.meter),
       listen: options.listen,
       tls: options.tls,
       insecure: options.insecure,

@@ -7,6 +7,7 @@ import { TokensFile } from "../lib/rpc/authz/tokens-file.js";
 import { channelTlsCredentials, type TlsFiles } from "../lib/rpc/tls-credentials.js";
 import { serviceRegistration } from "../lib/rpc/service-adapter.js";
 import { startDaemonMetrics } from "../lib/otel-metrics.js";
+import { createRpcMetrics } from "../lib/rpc/rpc-metrics.js";
 import { claimStateDir } from "../lib/state-dir.js";
 import { reportFaultInjection } from "../lib/fault-injection.js";
 import { createFleetService } from "./fleet-service.js";
@@ -127,6 +128,7 @@ export async function startAggregator(options: AggregatorOptions): Promise<Runni
     });
     tokens = options.tokensFile === undefined ? undefined : new TokensFile(options.tokensFile, logger);
     const server = await startGrpcServer({
+      onCallFinished: createRpcMetrics(metrics.meter),
       listen: options.listen,
       tls: options.tls,
       insecure: options.insecure,

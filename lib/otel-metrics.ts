@@ -4,6 +4,7 @@ import { createNoopMeter, type Meter } from "@opentelemetry/api";
 import type { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
 import type { ListenAddress } from "./listen-address.js";
 import { errorMessage } from "./error-message.js";
+import { processExposition } from "./process-exposition.js";
 import { type DaemonTracing, startDaemonTracing } from "./otel-tracing.js";
 import { otlpMetricsConfig } from "./otlp-env.js";
 import { isLoopbackHost, plaintextBindProblem } from "./rpc/tls-plaintext-bind.js";
@@ -64,9 +65,12 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
   // Loaded only when the endpoint or OTLP is on: the SDK and its exporters cost several MB of RSS.
   const [{ MeterProvider }, { resourceFromAttributes }] = await Promise.all([import("@opentelemetry/sdk-metrics"), import("@opentelemetry/resources")]);
   let exposition: ScrapeExposition | undefined;
+  // The daemon's own series, then the process's and build info: the same text for a scrape and
+  // for an OTLP export (both carry the same series).
+  const fullExposition = () => `${exposition?.() ?? ""}${processExposition(serviceName)}`;
   const prometheus = listen ? await import("@opentelemetry/exporter-prometheus") : undefined;
   const exporter = prometheus ? new prometheus.PrometheusExporter({ preventServerStart: true }) : undefined;
-  const otlpReader = otlp ? await (await import("./otlp-metric-reader.js")).createOtlpMetricReader(otlp, () => exposition?.() ?? "") : undefined;
+  const otlpReader = otlp ? await (await import("./otlp-metric-reader.js")).createOtlpMetricReader(otlp, fullExposition) : undefined;
   const provider = new MeterProvider({
     resource: resourceFromAttributes({ "service.name": serviceName }),
     readers: [...(exporter ? [exporter] : []), ...(otlpReader ? [otlpReader] : [])],
@@ -77,7 +81,7 @@ export async function startDaemonMetrics(serviceName: string, listen: ListenAddr
   let url: string | undefined;
   if (listen && exporter && prometheus) {
     try {
-      ({ server, stopTls } = await servePrometheus(listen, exporter, new prometheus.PrometheusSerializer(), () => exposition?.() ?? "", https ? security : undefined));
+      ({ server, stopTls } = await servePrometheus(listen, exporter, new prometheus.PrometheusSerializer(), fullExposition, https ? security : undefined));
     } catch (e) {
       // The daemon will not start: stop the OTLP timers it would otherwise keep alive.
       await Promise.all([provider.shutdown({ timeoutMillis: 0 }).catch(() => {}), tracing.shutdown()]);
@@ -156,7 +160,8 @@ async function servePrometheus(
         const own = exposition();
         const { resourceMetrics } = await exporter.collect();
         res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
-        res.end(serializer.serialize(resourceMetrics) + own);
+        // `# UNIT` is OpenMetrics, not text format 0.0.4 (what the content type says): dropped.
+        res.end((serializer.serialize(resourceMetrics) + own).replace(/^# UNIT .*\n/gm, ""));
       } catch (e) {
         res.writeHead(500).end(`# collection failed: ${errorMessage(e)}\n`);
       }

@@ -8,6 +8,7 @@ import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection
 import { createHealthRegistry, ServingStatus, type HealthRegistry } from "./health-service.js";
 import { createReflectionImpls } from "./reflection-service.js";
 import { adaptService, type CallInterceptor, type ServiceRegistration } from "./service-adapter.js";
+import type { CallFinished } from "./rpc-metrics.js";
 import type { Logger } from "./logger.js";
 import type { StreamLimits } from "./stream-budget.js";
 import { StreamSlots } from "./stream-slots.js";
@@ -42,6 +43,8 @@ export interface GrpcServerOptions {
   streamLimits?: StreamLimits;
   /** Message sizes, streams, connection lifetimes and open watches (default DEFAULT_LISTENER_LIMITS). */
   limits?: Partial<ListenerLimits>;
+  /** Told of every call's end (the daemons' grpc_server_* metrics, rpc-metrics.ts). */
+  onCallFinished?: CallFinished;
 }
 
 
@@ -119,6 +122,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       quietMethods,
       streamLimits: options.streamLimits,
       streamSlots,
+      onCallFinished: options.onCallFinished,
     });
     server.addService(definition, handlers);
   }

@@ -20,6 +20,7 @@ import {
 } from "@connectrpc/connect";
 import { raceAbort } from "../abort-race.js";
 import { errorMessage } from "../error-message.js";
+import type { CallFinished } from "./rpc-metrics.js";
 import type { Logger } from "./logger.js";
 import { BudgetedStreamWriter, DEFAULT_STREAM_LIMITS, type StreamLimits } from "./stream-budget.js";
 import { codeName, headersToMetadata, metadataToHeaders, toGrpcStatus } from "./status-codes.js";
@@ -73,6 +74,8 @@ export interface AdapterOptions {
   streamLimits?: StreamLimits;
   /** Open streaming calls, capped per peer and in all; none: uncapped. */
   streamSlots?: StreamSlots;
+  /** Told of every call's end: method path, code name, seconds (rpc-metrics.ts). */
+  onCallFinished?: CallFinished;
 }
 
 // Any handler's calls share these few operations; grpc-js has one type per method kind.
@@ -202,6 +205,7 @@ function makeHandler(
       // A call that succeeded is a debug line (a polling client such as `fleetlet up` made
       // hundreds of KB of info lines in minutes); a refused or failed one is info, a server
       // fault warn. Audited calls have their own info line (authorize.ts).
+      options.onCallFinished?.(path, fields.code, fields.duration_ms / 1000);
       if (quiet || !error) options.logger.debug(fields, "rpc");
       else if (isServerFault(error.code)) options.logger.warn(fields, "rpc");
       else options.logger.info(fields, "rpc");

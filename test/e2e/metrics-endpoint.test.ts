@@ -9,6 +9,7 @@ import { startDaemon, type DaemonProcess } from "../helpers/daemon-process.js";
 import { agentClients } from "../helpers/clients.js";
 import { tempDir } from "../helpers/temp-dir.js";
 import { standInProcess } from "../helpers/stand-in-process.js";
+import { fleetletVersion } from "../../lib/fleetlet-version.js";
 
 // The instances' pid: not the agent's, nor the test process (an ancestor of the agent).
 const standIn = standInProcess();
@@ -71,6 +72,28 @@ describe("GET /metrics on the agent", () => {
     // The first commit of a new state dir writes the snapshot; later ones append to the journal.
     assert.ok(value(/^fleetlet_registry_commits_total\{kind="journal",[^}]*\} (\d+)$/m) >= 1);
     assert.ok(value(/^fleetlet_registry_commit_duration_seconds_count\{kind="snapshot",[^}]*\} (\d+)$/m) >= 1);
+  });
+  it("is text format 0.0.4 (no OpenMetrics `# UNIT`), with build info, process metrics and per-method gRPC server metrics", async () => {
+    const c = agentClients(agent.address);
+    await c.inventory.listInstances({});
+    await c.inventory.getInstance({ instanceId: "nope" }).catch(() => undefined);
+    c.close();
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+    assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+    const text = await res.text();
+    assert.doesNotMatch(text, /^# UNIT /m);
+    assert.match(text, new RegExp(`^fleetlet_build_info\\{service="fleetlet-agent",version="${fleetletVersion().replace(/\./g, "\\.")}",node_version="${process.version.replace(/\./g, "\\.")}"\\} 1$`, "m"));
+    const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
+    assert.ok(value(/^process_resident_memory_bytes (\d+)$/m) > 10 * 2 ** 20, "RSS above 10 MiB");
+    assert.ok(value(/^process_cpu_seconds_total ([\d.]+)$/m) > 0);
+    const started = value(/^process_start_time_seconds (\d+)$/m);
+    assert.ok(Math.abs(started - Date.now() / 1000) < 600, `started ${started}`);
+    assert.ok(value(/^process_open_fds (\d+)$/m) > 3);
+    const svc = 'grpc_service="fleetlet.agent.v1.InventoryService"';
+    assert.ok(value(new RegExp(`^grpc_server_handled_total\\{${svc},grpc_method="RegisterInstance",grpc_code="OK",[^}]*\\} (\\d+)$`, "m")) >= 1);
+    assert.ok(value(new RegExp(`^grpc_server_handled_total\\{${svc},grpc_method="GetInstance",grpc_code="NOT_FOUND",[^}]*\\} (\\d+)$`, "m")) >= 1);
+    assert.ok(value(new RegExp(`^grpc_server_handling_seconds_count\\{${svc},grpc_method="ListInstances",[^}]*\\} (\\d+)$`, "m")) >= 1);
+    assert.match(text, new RegExp(`^grpc_server_handling_seconds_bucket\\{${svc},grpc_method="ListInstances",[^}]*le="\\+Inf"\\} \\d+$`, "m"));
   });
   it("answers 404 elsewhere", async () => {
     assert.equal((await fetch(`http://127.0.0.1:${port}/`)).status, 404);

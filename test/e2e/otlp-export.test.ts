@@ -29,7 +29,7 @@ function metricsUrl(daemon: DaemonProcess): string {
 }
 
 /** Series whose value changes at every collection: compared by presence, not value. */
-const MOVING = /^fleetlet_event_loop_delay_/;
+const MOVING = /^(fleetlet_event_loop_delay_|process_(cpu|resident|open_fds)|nodejs_heap_)/;
 
 describe("OTLP metrics export next to the Prometheus endpoint", () => {
   let state: ReturnType<typeof tempDir>;
