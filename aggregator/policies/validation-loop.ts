@@ -337,27 +337,23 @@ export class ValidationLoop {
    * host whose view was replaced meanwhile is left for the next search.
    */
   private *allInstances(): Generator<[string, string, FleetInstance]> {
-    for (const host of this.view.hostNames()) {
-      const view = this.view.host(host);
-      if (!view) continue;
-      for (const [id, instance] of view.instances) {
-        if (this.view.host(host) !== view) break;
-        yield [host, id, instance];
-      }
+    for (const host of this.view.hostNames()) yield* this.hostInstances(host);
+  }
+
+  /** One host's instances, read live (allInstances). */
+  private *hostInstances(host: string): Generator<[string, string, FleetInstance]> {
+    const view = this.view.host(host);
+    if (!view) return;
+    for (const [id, instance] of view.instances) {
+      if (this.view.host(host) !== view) return;
+      yield [host, id, instance];
     }
   }
 
   /** The instances of `hosts`, then those named by `keys` (host\0id) still in the view. */
   private *someInstances(hosts: readonly string[], keys: readonly string[]): Generator<[string, string, FleetInstance]> {
     const walked = new Set(hosts);
-    for (const host of hosts) {
-      const view = this.view.host(host);
-      if (!view) continue;
-      for (const [id, instance] of view.instances) {
-        if (this.view.host(host) !== view) break;
-        yield [host, id, instance];
-      }
-    }
+    for (const host of hosts) yield* this.hostInstances(host);
     for (const k of keys) {
       const [host, id] = k.split("\0") as [string, string];
       if (walked.has(host)) continue;

@@ -2,11 +2,11 @@ import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { accessSync, constants, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import { join } from "node:path";
 import { fleetletVersion } from "../../lib/fleetlet-version.js";
 import { repoPath } from "../helpers/paths.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { freePort } from "../helpers/up-process.js";
 
 // Installed like a tool (issue 15): `npm pack` makes a tarball with the prebuilt JavaScript,
 // which `npm install -g` puts in a prefix of its own; from another directory the installed
@@ -15,15 +15,6 @@ import { tempDir } from "../helpers/temp-dir.js";
 
 const dir = tempDir("install");
 afterAll(() => dir.remove());
-
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 function run(cmd: string, args: string[], cwd: string, timeoutMs: number): string {
   return execFileSync(cmd, args, { cwd, encoding: "utf8", timeout: timeoutMs, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, npm_config_fund: "false", npm_config_audit: "false", npm_config_update_notifier: "false" } });

@@ -1,9 +1,9 @@
 import { afterAll, describe, it } from "vitest";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import net from "node:net";
 import { FLEETLET_BIN } from "../helpers/daemon-process.js";
 import { tempDir } from "../helpers/temp-dir.js";
+import { freePort } from "../helpers/up-process.js";
 
 // `fleetlet up` on a real terminal (tmux): frames are redrawn in place on the alternate screen —
 // the scrollback does not fill with one copy of the table per second — the STATE column is
@@ -20,15 +20,6 @@ afterAll(() => {
   }
   dir.remove();
 });
-
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 async function until(what: string, get: () => string, ok: (s: string) => boolean, ms: number): Promise<string> {
   const deadline = Date.now() + ms;
